@@ -1,0 +1,62 @@
+//! Counter samples: a node's periodic readings (CPU, memory, network), each of a named counter
+//! with a unit, on a named device, at a monotonic time.
+
+use crate::ids::{CounterId, DeviceId, NodeId};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// The unit of a counter's values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Unit {
+    Percent,
+    Bytes,
+    BytesPerSecond,
+    PerSecond,
+    Nanoseconds,
+    Count,
+}
+
+impl Unit {
+    pub fn symbol(self) -> &'static str {
+        match self {
+            Unit::Percent => "%",
+            Unit::Bytes => "B",
+            Unit::BytesPerSecond => "B/s",
+            Unit::PerSecond => "1/s",
+            Unit::Nanoseconds => "ns",
+            Unit::Count => "count",
+        }
+    }
+}
+
+impl fmt::Display for Unit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.symbol())
+    }
+}
+
+/// The name and unit behind a `CounterId` (e.g. "cpu.utilization", percent).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CounterDef {
+    pub id: CounterId,
+    pub name: String,
+    pub unit: Unit,
+}
+
+/// The name behind a `DeviceId` (e.g. "cpu3", "eth0", "rank1", "host").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceDef {
+    pub id: DeviceId,
+    pub name: String,
+}
+
+/// One reading of one counter.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CounterSample {
+    pub node: NodeId,
+    pub device: DeviceId,
+    pub counter: CounterId,
+    /// The node's monotonic clock when the value was read, in nanoseconds.
+    pub time_ns: u64,
+    pub value: f64,
+}

@@ -1,0 +1,24 @@
+//! The shared language of pinch: the data model of a profiled run (manifest, spans, counter
+//! samples, clock anchors) and the node log that carries it to disk.
+//!
+//! Every other crate speaks these types. The crate stays light (serde, postcard, crc32fast) so the
+//! per-node agent and the rank processes can link it without pulling in the analyzer's weight.
+
+pub mod clock;
+pub mod counter;
+pub mod ids;
+pub mod manifest;
+pub mod nodelog;
+pub mod span;
+
+pub use clock::{ClockAnchor, monotonic_now_ns, wall_now_ns};
+pub use counter::{CounterDef, CounterSample, DeviceDef, Unit};
+pub use ids::{CounterId, DeviceId, Lane, NodeId, OpId, Rank};
+pub use manifest::{
+    CounterSourceStatus, ManifestError, NodeEntry, RunManifest, SourceState, Versions, WorkloadSpec,
+};
+pub use nodelog::{
+    FrameReader, NODE_LOG_VERSION, NodeLog, NodeLogError, NodeLogWriter, RankExit, Record,
+    Truncation, read_node_log,
+};
+pub use span::{Category, CollectiveAttrs, CollectiveKind, Span, SpanAttrs};
