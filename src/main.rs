@@ -1,1 +1,19 @@
-fn main() {}
+//! The `pinch` command line: a thin layer over the crates. It parses arguments, validates them
+//! into the crates' types before any work starts, and maps failures to exit codes: 2 for bad
+//! input (named in one line), 1 for a run that failed.
+
+mod cli;
+mod cmd;
+mod exit;
+mod render;
+
+use clap::Parser;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    match cmd::dispatch(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => exit::report(&err),
+    }
+}

@@ -1,1 +1,31 @@
-//! analyzer
+//! The analyzer: merges a run's node logs into one timeline and names what holds the run back.
+//!
+//! Layering: `load` is the only module that touches the file system; it turns a run directory
+//! into `RunData`. Everything else is pure: `timeline::merge` puts every node on one time base,
+//! `analysis`, `breakdown` and `collectives` measure it, `findings` judges it, and
+//! `report::analyze` glues them into the `Report` written as `report.json`.
+
+pub mod analysis;
+pub mod breakdown;
+pub mod collectives;
+pub mod error;
+pub mod facts;
+pub mod findings;
+pub mod intervals;
+pub mod load;
+pub mod report;
+pub mod run;
+pub mod stats;
+pub mod timeline;
+
+#[cfg(test)]
+mod testkit;
+
+pub use analysis::AnalysisInput;
+pub use error::AnalyzerError;
+pub use facts::{Problem, ProblemKind, RunFacts};
+pub use findings::{Detector, Finding, FindingKind, Level, Location, all_detectors, detect_all};
+pub use load::load_run;
+pub use report::{REPORT_SCHEMA_VERSION, Report, analyze};
+pub use run::{LogState, NodeData, RankLife, RunData};
+pub use timeline::{NameId, Series, TimedSpan, Timeline, merge};

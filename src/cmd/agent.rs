@@ -1,0 +1,46 @@
+//! `pinch agent` (internal): one node's agent. It starts the node's ranks as `pinch rank`
+//! processes, writes the node log, and reports progress to the coordinator as JSON lines on stdout.
+
+use crate::cli::AgentArgs;
+use crate::cmd::workload::tp_config;
+use crate::exit::bad_input;
+use anyhow::Context;
+use pinch_collector::{AgentConfig, SampleRate, run_agent};
+use pinch_traces::{NodeId, Rank};
+use std::io::Write;
+use std::process::Command;
+
+pub fn agent(args: AgentArgs) -> anyhow::Result<()> {
+    let config = tp_config(&args.workload, args.world as usize)?;
+    let sample_rate = SampleRate::new(args.sample_hz).map_err(bad_input)?;
+    let exe = std::env::current_exe().context("cannot find the pinch executable")?;
+    let rank_flags = args.workload.to_flags(config.tp);
+    let (world, rendezvous) = (args.world, args.rendezvous);
+    let rank_command = move |rank: Rank| {
+        let mut cmd = Command::new(&exe);
+        cmd.arg("rank")
+            .arg(format!("--rank={}", rank.0))
+            .arg(format!("--world={world}"))
+            .arg(format!("--rendezvous={rendezvous}"))
+            .args(&rank_flags);
+        cmd
+    };
+    let agent_config = AgentConfig {
+        node: NodeId(args.node),
+        host: crate::cmd::run::host_name(),
+        ranks: args.ranks.iter().map(|&r| Rank(r)).collect(),
+        log_path: args.log.clone(),
+        sample_rate,
+        rank_command: Box::new(rank_command),
+    };
+    let mut stdout = std::io::stdout().lock();
+    let mut on_event = |event: pinch_collector::AgentEvent| {
+        // The coordinator may be gone; the node log is what matters, so keep going.
+        let _ = writeln!(stdout, "{}", event.to_line()).and_then(|()| stdout.flush());
+    };
+    let summary = run_agent(agent_config, &mut on_event)?;
+    match summary.failed.first() {
+        None => Ok(()),
+        Some((rank, message)) => anyhow::bail!("{rank} failed on node {}: {message}", args.node),
+    }
+}
