@@ -1,0 +1,56 @@
+//! End-to-end: `pinch run` on two local nodes, then `pinch analyze` on what it stored.
+
+mod common;
+
+use common::{pinch, report_json, run, stdout_of};
+use serde_json::Value;
+
+fn breakdown_sum(rank: &Value) -> f64 {
+    let b = &rank["breakdown_pct"];
+    ["compute", "communication", "memory", "host", "wait", "idle"]
+        .iter()
+        .map(|k| b[*k].as_f64().unwrap_or_else(|| panic!("breakdown_pct.{k} missing in {b}")))
+        .sum()
+}
+
+#[test]
+fn default_layout_records_two_nodes_and_reports_every_rank() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let assert = run(&out, &[]).success();
+    let printed = stdout_of(&assert);
+    assert!(printed.contains("rank"), "the report is printed:\n{printed}");
+
+    for file in ["manifest.json", "node-0.pnl", "node-1.pnl", "report.json"] {
+        assert!(out.join(file).is_file(), "{file} is stored");
+    }
+    let report = report_json(&out);
+    let ranks = report["ranks"].as_array().unwrap();
+    assert_eq!(ranks.len(), 2);
+    for rank in ranks {
+        let sum = breakdown_sum(rank);
+        assert!((sum - 100.0).abs() <= 1.0, "shares add to {sum}: {rank}");
+        assert!(rank["wall_ns"].as_u64().unwrap() > 0);
+        assert!(rank["breakdown_pct"]["communication"].as_f64().unwrap() > 0.0);
+    }
+    let nodes: Vec<u64> = ranks.iter().map(|r| r["node"].as_u64().unwrap()).collect();
+    assert_eq!(nodes, vec![0, 1], "TP=2 over 2 nodes puts one rank on each");
+    let collectives = report["collectives"].as_array().unwrap();
+    assert!(collectives.iter().any(|c| c["kind"] == "all_reduce"), "{collectives:?}");
+
+    let again = pinch().arg("analyze").arg(&out).arg("--json").assert().success();
+    let analyzed: Value = serde_json::from_str(&stdout_of(&again)).unwrap();
+    assert_eq!(analyzed, report, "analyze --json gives the numbers the run printed");
+}
+
+#[test]
+fn tp1_and_tp2_generate_the_same_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = dir.path().join("tp1");
+    let two = dir.path().join("tp2");
+    run(&one, &["--nodes=1", "--tp=1", "--seed=7"]).success();
+    run(&two, &["--nodes=2", "--tp=2", "--seed=7"]).success();
+    let tokens = |d: &std::path::Path| report_json(d)["run"]["generated_tokens"].clone();
+    assert!(tokens(&one).as_array().is_some_and(|t| t.len() == 2), "{}", tokens(&one));
+    assert_eq!(tokens(&one), tokens(&two));
+}
