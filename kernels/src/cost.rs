@@ -57,20 +57,44 @@ mod tests {
 
     #[test]
     fn add_and_add_assign_sum_both_fields() {
-        let a = Cost { flops: 3, bytes: 40 };
+        let a = Cost {
+            flops: 3,
+            bytes: 40,
+        };
         let b = Cost { flops: 5, bytes: 2 };
-        assert_eq!(a + b, Cost { flops: 8, bytes: 42 });
+        assert_eq!(
+            a + b,
+            Cost {
+                flops: 8,
+                bytes: 42
+            }
+        );
         let mut c = a;
         c += b;
-        assert_eq!(c, Cost { flops: 8, bytes: 42 });
+        assert_eq!(
+            c,
+            Cost {
+                flops: 8,
+                bytes: 42
+            }
+        );
     }
 
     #[test]
     fn sum_of_costs_adds_up() {
         let total: Cost = [1u64, 2, 3]
             .iter()
-            .map(|&i| Cost { flops: i, bytes: 10 * i })
+            .map(|&i| Cost {
+                flops: i,
+                bytes: 10 * i,
+            })
             .sum();
-        assert_eq!(total, Cost { flops: 6, bytes: 60 });
+        assert_eq!(
+            total,
+            Cost {
+                flops: 6,
+                bytes: 60
+            }
+        );
     }
 }

@@ -16,7 +16,13 @@ const LANES: usize = 8;
 ///
 /// If `x` and `y` differ in length.
 pub fn add_in_place(x: &mut [f32], y: &[f32]) -> Cost {
-    assert_eq!(x.len(), y.len(), "add_in_place: x has {} elements, y has {}", x.len(), y.len());
+    assert_eq!(
+        x.len(),
+        y.len(),
+        "add_in_place: x has {} elements, y has {}",
+        x.len(),
+        y.len()
+    );
     for (xi, &yi) in x.iter_mut().zip(y) {
         *xi += yi;
     }
@@ -36,8 +42,20 @@ pub fn add_in_place(x: &mut [f32], y: &[f32]) -> Cost {
 ///
 /// If `gate`, `up` and `out` are not all the same length.
 pub fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) -> Cost {
-    assert_eq!(gate.len(), up.len(), "silu_mul: gate has {} elements, up has {}", gate.len(), up.len());
-    assert_eq!(out.len(), gate.len(), "silu_mul: out has {} elements, gate has {}", out.len(), gate.len());
+    assert_eq!(
+        gate.len(),
+        up.len(),
+        "silu_mul: gate has {} elements, up has {}",
+        gate.len(),
+        up.len()
+    );
+    assert_eq!(
+        out.len(),
+        gate.len(),
+        "silu_mul: out has {} elements, gate has {}",
+        out.len(),
+        gate.len()
+    );
     for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
         *o = silu(g) * u;
     }
@@ -46,7 +64,13 @@ pub fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) -> Cost {
 
 /// [`silu_mul`] writing into `gate`, so the MLP needs one scratch buffer fewer.
 pub(crate) fn silu_mul_in_place(gate: &mut [f32], up: &[f32]) -> Cost {
-    assert_eq!(gate.len(), up.len(), "silu_mul: gate has {} elements, up has {}", gate.len(), up.len());
+    assert_eq!(
+        gate.len(),
+        up.len(),
+        "silu_mul: gate has {} elements, up has {}",
+        gate.len(),
+        up.len()
+    );
     for (g, &u) in gate.iter_mut().zip(up) {
         *g = silu(*g) * u;
     }
@@ -104,7 +128,12 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0.0f32; LANES];
     let a_chunks = a.chunks_exact(LANES);
     let b_chunks = b.chunks_exact(LANES);
-    let tail: f32 = a_chunks.remainder().iter().zip(b_chunks.remainder()).map(|(x, y)| x * y).sum();
+    let tail: f32 = a_chunks
+        .remainder()
+        .iter()
+        .zip(b_chunks.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
     for (ca, cb) in a_chunks.zip(b_chunks) {
         for lane in 0..LANES {
             acc[lane] += ca[lane] * cb[lane];
@@ -118,5 +147,128 @@ pub(crate) fn axpy(acc: &mut [f32], w: f32, x: &[f32]) {
     debug_assert_eq!(acc.len(), x.len());
     for (a, &xi) in acc.iter_mut().zip(x) {
         *a += w * xi;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{assert_close, fresh_rng, random_vec, to_f64};
+
+    fn silu_f64(g: f64) -> f64 {
+        g / (1.0 + (-g).exp())
+    }
+
+    #[test]
+    fn add_in_place_matches_f64_reference() {
+        let (mut rng, seed) = fresh_rng();
+        let mut x = random_vec(&mut rng, 37);
+        let y = random_vec(&mut rng, 37);
+        let want: Vec<f64> = x
+            .iter()
+            .zip(&y)
+            .map(|(&a, &b)| f64::from(a) + f64::from(b))
+            .collect();
+        add_in_place(&mut x, &y);
+        assert_close(&x, &want, 1e-6, 1e-6, seed, "add_in_place");
+    }
+
+    #[test]
+    fn silu_mul_matches_f64_reference() {
+        let (mut rng, seed) = fresh_rng();
+        let gate: Vec<f32> = random_vec(&mut rng, 53).iter().map(|g| g * 8.0).collect();
+        let up = random_vec(&mut rng, 53);
+        let want: Vec<f64> = to_f64(&gate)
+            .iter()
+            .zip(to_f64(&up))
+            .map(|(&g, u)| silu_f64(g) * u)
+            .collect();
+        let mut out = vec![0.0; 53];
+        silu_mul(&gate, &up, &mut out);
+        assert_close(&out, &want, 1e-6, 1e-5, seed, "silu_mul");
+        let mut in_place = gate.clone();
+        silu_mul_in_place(&mut in_place, &up);
+        assert_eq!(
+            in_place, out,
+            "in-place and out-of-place silu_mul differ (seed {seed})"
+        );
+    }
+
+    #[test]
+    fn softmax_matches_f64_reference_and_sums_to_one() {
+        let (mut rng, seed) = fresh_rng();
+        let mut row: Vec<f32> = random_vec(&mut rng, 100).iter().map(|v| v * 10.0).collect();
+        let x = to_f64(&row);
+        let max = x.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let sum: f64 = x.iter().map(|v| (v - max).exp()).sum();
+        let want: Vec<f64> = x.iter().map(|v| (v - max).exp() / sum).collect();
+        softmax(&mut row);
+        assert_close(&row, &want, 1e-7, 1e-5, seed, "softmax");
+        let total: f64 = row.iter().map(|&v| f64::from(v)).sum();
+        assert!(
+            (total - 1.0).abs() < 1e-5,
+            "softmax sums to {total} (seed {seed})"
+        );
+    }
+
+    #[test]
+    fn softmax_is_stable_for_large_inputs() {
+        let mut row = [1000.0f32, 1000.0, 999.0, -1000.0];
+        softmax(&mut row);
+        assert!(
+            row.iter().all(|v| v.is_finite()),
+            "softmax overflowed: {row:?}"
+        );
+        let e = (-1.0f64).exp();
+        let want = [1.0 / (2.0 + e), 1.0 / (2.0 + e), e / (2.0 + e), 0.0];
+        assert_close(&row, &want, 1e-7, 1e-6, 0, "softmax of large logits");
+    }
+
+    #[test]
+    fn dot_matches_f64_reference_across_lane_remainders() {
+        let (mut rng, seed) = fresh_rng();
+        for n in [0, 1, 7, 8, 9, 64, 131] {
+            let a = random_vec(&mut rng, n);
+            let b = random_vec(&mut rng, n);
+            let want: f64 = to_f64(&a).iter().zip(to_f64(&b)).map(|(x, y)| x * y).sum();
+            assert_close(
+                &[dot(&a, &b)],
+                &[want],
+                1e-6 * n as f64,
+                1e-5,
+                seed,
+                &format!("dot of {n}"),
+            );
+        }
+    }
+
+    #[test]
+    fn costs_match_hand_computed_values() {
+        let mut x = [0.0f32; 10];
+        // 10 adds; (10 + 10 + 10) elements × 4 bytes.
+        assert_eq!(
+            add_in_place(&mut x, &[1.0; 10]),
+            Cost {
+                flops: 10,
+                bytes: 120
+            }
+        );
+        // 5 × 10 flops; 30 elements × 4 bytes.
+        assert_eq!(
+            silu_mul(&[0.5; 10], &[1.0; 10], &mut x),
+            Cost {
+                flops: 50,
+                bytes: 120
+            }
+        );
+        // 5 × 10 + 1 flops; 20 elements × 4 bytes.
+        assert_eq!(
+            softmax(&mut x),
+            Cost {
+                flops: 51,
+                bytes: 80
+            }
+        );
+        assert_eq!(softmax(&mut []), Cost::default());
     }
 }

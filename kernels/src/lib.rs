@@ -1,1 +1,47 @@
-//! kernels
+//! CPU compute kernels of a Llama-style decoder, each reporting what it cost.
+//!
+//! pinch profiles distributed LLM inference; the workloads it runs are built from these ops
+//! (embedding, RMS norm, RoPE, matmul, grouped-query attention over a KV cache, the SiLU-gated
+//! MLP, softmax, greedy sampling). Every op returns a [`Cost`], flops and bytes from its
+//! documented cost model, so a measured time can be turned into achieved FLOP/s and bandwidth.
+//! Tensors are row-major `f32` slices; shape mismatches are programming errors and panic.
+//!
+//! # Why `gemm`
+//!
+//! Matmuls dominate the decoder, so they go through the `gemm` crate: pure Rust and well kept
+//! (it is the engine under faer), with BLAS-class single-thread speed from kernels that pick the
+//! CPU's best SIMD (AVX/AVX2/FMA on x86-64, NEON on aarch64) at run time. The alternatives cost
+//! more: a system BLAS (OpenBLAS, MKL through `blas-src`) must be installed or built from C on
+//! every machine the agent runs on; faer brings the same kernels with a whole linear-algebra
+//! library on top, a much heavier build for the one routine we need; `matrixmultiply` is light
+//! but slower on large shapes. Each rank is a single-threaded process, so `gemm` runs with
+//! `Parallelism::None` (the workspace builds it without rayon).
+//!
+//! A CUDA backend will come later behind a cargo feature; the CPU ops and their cost models here
+//! are the reference it will be checked against.
+
+mod attention;
+mod cost;
+mod elementwise;
+mod embedding;
+mod error;
+mod kv_cache;
+mod matmul;
+mod mlp;
+mod norm;
+mod rope;
+mod sample;
+#[cfg(test)]
+mod testutil;
+
+pub use attention::attention;
+pub use cost::Cost;
+pub use elementwise::{add_in_place, silu_mul, softmax};
+pub use embedding::embedding;
+pub use error::KernelError;
+pub use kv_cache::KvCache;
+pub use matmul::matmul;
+pub use mlp::{MlpScratch, mlp};
+pub use norm::rms_norm;
+pub use rope::rope;
+pub use sample::greedy_sample;
