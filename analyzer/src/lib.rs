@@ -21,11 +21,15 @@ pub mod timeline;
 #[cfg(test)]
 mod testkit;
 
-pub use analysis::AnalysisInput;
+pub use analysis::{AnalysisInput, ExitReport, OpCategory, OpReport, RankReport};
+pub use breakdown::{BreakdownNs, BreakdownPct};
+pub use collectives::{CollectiveOp, CollectiveReport};
 pub use error::AnalyzerError;
 pub use facts::{Problem, ProblemKind, RunFacts};
 pub use findings::{Detector, Finding, FindingKind, Level, Location, all_detectors, detect_all};
 pub use load::load_run;
-pub use report::{REPORT_SCHEMA_VERSION, Report, analyze};
+pub use report::{
+    CounterSourceReport, NodeReport, REPORT_SCHEMA_VERSION, Report, RunInfo, analyze, report_from,
+};
 pub use run::{LogState, NodeData, RankLife, RunData};
 pub use timeline::{NameId, Series, TimedSpan, Timeline, merge};

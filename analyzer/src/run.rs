@@ -30,6 +30,8 @@ pub enum LogState {
 pub struct RankLife {
     /// Whether a `RankStart` record was seen, and the pid it named.
     pub pid: Option<u32>,
+    /// The rank process's own clock anchor, from `RankStart`.
+    pub anchor: Option<ClockAnchor>,
     /// How the process ended; `None` when no `RankEnd` record was seen.
     pub exit: Option<RankExit>,
     /// The node's monotonic clock when the process ended.
@@ -106,7 +108,11 @@ impl NodeData {
                 self.host = host;
                 self.anchor = Some(anchor);
             }
-            Record::RankStart { rank, pid, .. } => self.rank_mut(rank).pid = Some(pid),
+            Record::RankStart { rank, pid, anchor } => {
+                let life = self.rank_mut(rank);
+                life.pid = Some(pid);
+                life.anchor = Some(anchor);
+            }
             Record::OpName { rank, op, name } => {
                 self.op_names.insert((rank, op), name);
             }
@@ -170,7 +176,8 @@ mod tests {
 
     #[test]
     fn rank_end_and_node_end_are_filed() {
-        let mut node = testkit::node_data(0, &[0]);
+        let entry = &testkit::manifest(&[&[0]]).nodes[0];
+        let mut node = NodeData::without_log(entry, String::new());
         node.apply(Record::RankEnd {
             rank: Rank(0),
             exit: RankExit::Success,

@@ -1,0 +1,289 @@
+//! Per-rank measurements (wall time, breakdown, overlap, top ops) and `AnalysisInput`, the
+//! measured run the detectors judge.
+
+use crate::breakdown::{BreakdownNs, BreakdownPct, breakdown, comm_overlap_pct};
+use crate::collectives::{CollectiveReport, collective_reports};
+use crate::facts::RunFacts;
+use crate::stats::{median, pct};
+use crate::timeline::{NameId, TimedSpan, Timeline};
+use pinch_traces::{Category, Rank, RankExit};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// How many ops `RankReport::top_ops` keeps.
+pub const TOP_OPS: usize = 10;
+
+/// A span category, as report.json spells it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpCategory {
+    Compute,
+    Communication,
+    Memory,
+    Host,
+    Wait,
+}
+
+impl From<Category> for OpCategory {
+    fn from(category: Category) -> OpCategory {
+        match category {
+            Category::Compute => OpCategory::Compute,
+            Category::Communication => OpCategory::Communication,
+            Category::Memory => OpCategory::Memory,
+            Category::Host => OpCategory::Host,
+            Category::Wait => OpCategory::Wait,
+        }
+    }
+}
+
+/// How a rank process ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum ExitReport {
+    Success,
+    Failed {
+        code: Option<i32>,
+        signal: Option<i32>,
+        message: String,
+    },
+}
+
+impl From<&RankExit> for ExitReport {
+    fn from(exit: &RankExit) -> ExitReport {
+        match exit {
+            RankExit::Success => ExitReport::Success,
+            RankExit::Failed {
+                code,
+                signal,
+                message,
+            } => ExitReport::Failed {
+                code: *code,
+                signal: *signal,
+                message: message.clone(),
+            },
+        }
+    }
+}
+
+/// One op name's spans on one rank.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OpReport {
+    pub name: String,
+    /// The category of the op's first span.
+    pub category: OpCategory,
+    pub count: u64,
+    /// Sum of the span durations (nested or overlapping spans each count).
+    pub total_ns: u64,
+    /// `total_ns` as a share of the rank's wall time (0 when that is 0: every span is then 0 too).
+    pub share_pct: f64,
+    pub median_ns: u64,
+    /// Summed over the spans that carry a count; `None` when none does.
+    pub flops: Option<u64>,
+    pub bytes: Option<u64>,
+    /// `flops` over the time of the spans that carry them, in GFLOP/s (1e9).
+    pub achieved_gflops: Option<f64>,
+    /// `bytes` over the time of the spans that carry them, in GB/s (1e9).
+    pub achieved_gbps: Option<f64>,
+}
+
+/// Everything measured about one rank.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RankReport {
+    pub rank: u32,
+    pub node: u32,
+    pub span_count: u64,
+    /// First span start to last span end; `None` when the rank has no span.
+    pub wall_ns: Option<u64>,
+    pub breakdown_ns: Option<BreakdownNs>,
+    /// `None` when the rank has no span or a wall time of zero.
+    pub breakdown_pct: Option<BreakdownPct>,
+    /// Share of communication time overlapped by compute; `None` without communication.
+    pub comm_overlap_pct: Option<f64>,
+    /// Up to `TOP_OPS` ops, longest total first.
+    pub top_ops: Vec<OpReport>,
+    /// `None` when the rank never reported a count.
+    pub dropped_spans: Option<u64>,
+    /// Whether no problem of the run touches this rank.
+    pub complete: bool,
+    /// `None` when the rank's end was not recorded.
+    pub exit: Option<ExitReport>,
+}
+
+/// Every rank known to the facts or present in the timeline, in order.
+pub fn rank_reports(timeline: &Timeline, facts: &RunFacts) -> Vec<RankReport> {
+    let mut ranks: Vec<Rank> = facts.rank_nodes.keys().copied().collect();
+    ranks.extend(timeline.ranks());
+    ranks.sort();
+    ranks.dedup();
+    ranks
+        .into_iter()
+        .map(|rank| rank_report(timeline, facts, rank))
+        .collect()
+}
+
+fn rank_report(timeline: &Timeline, facts: &RunFacts, rank: Rank) -> RankReport {
+    let spans = timeline.spans_of(rank);
+    // Every rank comes from the facts or has spans, so its node is always found.
+    let node = facts
+        .rank_nodes
+        .get(&rank)
+        .or(spans.first().map(|s| &s.node));
+    let breakdown_ns = (!spans.is_empty()).then(|| breakdown(spans));
+    let wall_ns = breakdown_ns.map(|b| b.wall_ns());
+    RankReport {
+        rank: rank.0,
+        node: node.map_or(0, |n| n.0),
+        span_count: spans.len() as u64,
+        wall_ns,
+        breakdown_ns,
+        breakdown_pct: breakdown_ns.and_then(|b| b.to_pct()),
+        comm_overlap_pct: comm_overlap_pct(spans),
+        top_ops: top_ops(timeline, spans, wall_ns.unwrap_or(0)),
+        dropped_spans: facts.dropped_spans.get(&rank).copied(),
+        complete: facts.is_complete(rank),
+        exit: facts.exits.get(&rank).map(ExitReport::from),
+    }
+}
+
+/// The ops with the most total time, at most `TOP_OPS`.
+fn top_ops(timeline: &Timeline, spans: &[TimedSpan], wall_ns: u64) -> Vec<OpReport> {
+    let mut by_name: BTreeMap<NameId, Vec<&TimedSpan>> = BTreeMap::new();
+    for s in spans {
+        by_name.entry(s.name).or_default().push(s);
+    }
+    let mut ops: Vec<OpReport> = by_name
+        .into_values()
+        .filter_map(|spans| op_report(timeline, &spans, wall_ns))
+        .collect();
+    ops.sort_by(|a, b| {
+        b.total_ns
+            .cmp(&a.total_ns)
+            .then_with(|| a.name.cmp(&b.name))
+    });
+    ops.truncate(TOP_OPS);
+    ops
+}
+
+fn op_report(timeline: &Timeline, spans: &[&TimedSpan], wall_ns: u64) -> Option<OpReport> {
+    let first = spans.first()?;
+    let total_ns: u64 = spans.iter().map(|s| s.duration_ns).sum();
+    let flops = sum_known(spans, |s| s.attrs.flops);
+    let bytes = sum_known(spans, |s| s.attrs.bytes);
+    Some(OpReport {
+        name: timeline.name(first.name).to_string(),
+        category: first.category.into(),
+        count: spans.len() as u64,
+        total_ns,
+        share_pct: pct(total_ns as f64, wall_ns as f64).unwrap_or(0.0),
+        median_ns: median(spans.iter().map(|s| s.duration_ns).collect())?,
+        flops: flops.map(|(sum, _)| sum),
+        bytes: bytes.map(|(sum, _)| sum),
+        achieved_gflops: flops.and_then(per_ns),
+        achieved_gbps: bytes.and_then(per_ns),
+    })
+}
+
+/// The sum of a quantity over the spans that carry it, with those spans' total time.
+fn sum_known(spans: &[&TimedSpan], get: impl Fn(&TimedSpan) -> Option<u64>) -> Option<(u64, u64)> {
+    spans
+        .iter()
+        .filter_map(|s| get(s).map(|v| (v, s.duration_ns)))
+        .reduce(|(v, t), (w, u)| (v.saturating_add(w), t + u))
+}
+
+/// Per nanosecond is per 1e9 per second: GFLOP/s from flops, GB/s from bytes.
+fn per_ns((amount, ns): (u64, u64)) -> Option<f64> {
+    (ns > 0).then(|| amount as f64 / ns as f64)
+}
+
+/// The measured run the detectors judge.
+#[derive(Clone, Debug)]
+pub struct AnalysisInput<'a> {
+    pub timeline: &'a Timeline,
+    pub facts: &'a RunFacts,
+    pub ranks: Vec<RankReport>,
+    pub collectives: Vec<CollectiveReport>,
+}
+
+impl<'a> AnalysisInput<'a> {
+    pub fn new(timeline: &'a Timeline, facts: &'a RunFacts) -> AnalysisInput<'a> {
+        AnalysisInput {
+            timeline,
+            facts,
+            ranks: rank_reports(timeline, facts),
+            collectives: collective_reports(timeline),
+        }
+    }
+
+    /// The ranks that have a breakdown (some spans and a wall time).
+    pub fn measured_ranks(&self) -> impl Iterator<Item = (&RankReport, BreakdownNs)> {
+        self.ranks
+            .iter()
+            .filter_map(|r| r.breakdown_ns.filter(|b| b.wall_ns() > 0).map(|b| (r, b)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::{collective, span, timeline};
+    use Category::*;
+
+    fn with_attrs(mut s: TimedSpan, flops: Option<u64>, bytes: Option<u64>) -> TimedSpan {
+        s.attrs.flops = flops;
+        s.attrs.bytes = bytes;
+        s
+    }
+
+    #[test]
+    fn top_ops_sum_time_and_rates_over_known_counts() {
+        let t = timeline(vec![
+            with_attrs(span(0, Compute, 0, 100), Some(1_000), None),
+            with_attrs(span(0, Compute, 100, 300), Some(2_000), None),
+            with_attrs(span(0, Compute, 400, 100), None, None),
+            collective(0, 1, 500, 500, 64),
+        ]);
+        let facts = RunFacts::from_timeline(&t);
+        let r = &rank_reports(&t, &facts)[0];
+        assert_eq!(r.wall_ns, Some(1_000));
+        assert_eq!(r.top_ops.len(), 2);
+        let compute = &r.top_ops[1];
+        assert_eq!((compute.name.as_str(), compute.count), ("compute", 3));
+        assert_eq!((compute.total_ns, compute.median_ns), (500, 100));
+        assert_eq!(compute.share_pct, 50.0);
+        assert_eq!(compute.flops, Some(3_000));
+        assert_eq!(compute.achieved_gflops, Some(3_000.0 / 400.0));
+        assert_eq!((compute.bytes, compute.achieved_gbps), (None, None));
+        assert_eq!(r.top_ops[0].category, OpCategory::Communication);
+        assert_eq!(r.comm_overlap_pct, Some(0.0));
+    }
+
+    #[test]
+    fn only_ten_ops_are_kept_longest_first() {
+        let spans = (0..12)
+            .map(|i| {
+                let mut s = span(0, Compute, i * 100, 10 + i as u64);
+                s.name = NameId(i as u32);
+                s
+            })
+            .collect();
+        let mut t = timeline(spans);
+        t.names = (0..12).map(|i| format!("op{i}")).collect();
+        let r = &rank_reports(&t, &RunFacts::from_timeline(&t))[0];
+        let names: Vec<&str> = r.top_ops.iter().map(|o| o.name.as_str()).collect();
+        assert_eq!(names.len(), TOP_OPS);
+        assert_eq!((names[0], names[9]), ("op11", "op2"));
+    }
+
+    #[test]
+    fn a_rank_without_spans_has_no_measurements() {
+        let t = timeline(vec![span(0, Compute, 0, 10)]);
+        let mut facts = RunFacts::from_timeline(&t);
+        facts.rank_nodes.insert(Rank(1), pinch_traces::NodeId(0));
+        facts.exits.insert(Rank(1), RankExit::Success);
+        let r = &rank_reports(&t, &facts)[1];
+        assert_eq!((r.rank, r.wall_ns, r.breakdown_pct), (1, None, None));
+        assert_eq!((r.comm_overlap_pct, r.dropped_spans), (None, None));
+        assert_eq!(r.exit, Some(ExitReport::Success));
+    }
+}

@@ -1,0 +1,305 @@
+//! Detectors of where wall time goes: one `ShareDetector` per category (and idle time), flagging
+//! the ranks whose exclusive share of wall time crosses a threshold.
+
+use super::{
+    Detector, Finding, FindingKind, Level, Location, mean, nodes_of, ranks_phrase, severity,
+};
+use crate::analysis::{AnalysisInput, OpCategory};
+use crate::breakdown::BreakdownNs;
+use pinch_traces::Category;
+use std::collections::BTreeMap;
+
+/// Flags ranks whose share of one part of the breakdown reaches `warn_pct`.
+#[derive(Clone, Debug)]
+pub struct ShareDetector {
+    kind: FindingKind,
+    /// The category measured; `None` for idle time.
+    part: Option<Category>,
+    /// The sentence's subject and verb: "communication takes".
+    what: &'static str,
+    /// The evidence names' stem: "comm" gives `comm_pct_mean`.
+    stem: &'static str,
+    warn_pct: f64,
+    /// The level at `warn_pct`, and the share at which it becomes critical.
+    level: Level,
+    critical_pct: Option<f64>,
+    suggestion: &'static str,
+}
+
+impl ShareDetector {
+    pub fn communication() -> ShareDetector {
+        ShareDetector {
+            kind: FindingKind::CommunicationBound,
+            part: Some(Category::Communication),
+            what: "communication takes",
+            stem: "comm",
+            warn_pct: 25.0,
+            level: Level::Warning,
+            critical_pct: Some(50.0),
+            suggestion: "cut communication per token: keep each tensor-parallel group inside one \
+                node (fewer TP ranks across a node boundary), batch more tokens per step so each \
+                collective amortizes its per-message latency, or overlap collectives with compute",
+        }
+    }
+
+    pub fn compute() -> ShareDetector {
+        ShareDetector {
+            kind: FindingKind::ComputeBound,
+            part: Some(Category::Compute),
+            what: "compute takes",
+            stem: "compute",
+            warn_pct: 60.0,
+            level: Level::Info,
+            critical_pct: None,
+            suggestion: "the run is limited by arithmetic, as a healthy one is: to go faster, \
+                speed up the top op (compare its achieved GFLOP/s with the hardware's peak) or \
+                spread it over more ranks",
+        }
+    }
+
+    pub fn host() -> ShareDetector {
+        ShareDetector {
+            kind: FindingKind::HostBound,
+            part: Some(Category::Host),
+            what: "host work takes",
+            stem: "host",
+            warn_pct: 20.0,
+            level: Level::Warning,
+            critical_pct: None,
+            suggestion: "the ranks wait on host-side bookkeeping: move scheduling and sampling \
+                off the critical path, batch requests, or give each rank a core of its own",
+        }
+    }
+
+    pub fn wait() -> ShareDetector {
+        ShareDetector {
+            kind: FindingKind::WaitBound,
+            part: Some(Category::Wait),
+            what: "waiting takes",
+            stem: "wait",
+            warn_pct: 10.0,
+            level: Level::Warning,
+            critical_pct: None,
+            suggestion: "ranks block on barriers or peers: find whom they wait for (see the \
+                straggler and load-imbalance findings) and even out the work or the placement",
+        }
+    }
+
+    pub fn idle() -> ShareDetector {
+        ShareDetector {
+            kind: FindingKind::Idle,
+            part: None,
+            what: "idle time (no op running) takes",
+            stem: "idle",
+            warn_pct: 20.0,
+            level: Level::Warning,
+            critical_pct: None,
+            suggestion: "no span covers this time: the rank sits between steps (launch or \
+                framework overhead, data loading) or runs work that is not instrumented; add \
+                spans there or close the gaps",
+        }
+    }
+
+    fn share_pct(&self, b: &BreakdownNs) -> f64 {
+        let ns = self.part.map_or(b.idle, |c| b.of(c));
+        ns as f64 / b.wall_ns() as f64 * 100.0
+    }
+}
+
+impl Detector for ShareDetector {
+    fn kind(&self) -> FindingKind {
+        self.kind
+    }
+
+    fn detect(&self, input: &AnalysisInput<'_>) -> Vec<Finding> {
+        let measured: Vec<(u32, f64)> = input
+            .measured_ranks()
+            .map(|(r, b)| (r.rank, self.share_pct(&b)))
+            .collect();
+        let flagged: Vec<(u32, f64)> = measured
+            .iter()
+            .copied()
+            .filter(|(_, pct)| *pct >= self.warn_pct)
+            .collect();
+        let Some(mean_pct) = mean(&flagged.iter().map(|(_, p)| *p).collect::<Vec<_>>()) else {
+            return Vec::new();
+        };
+        let max_pct = flagged.iter().map(|(_, p)| *p).fold(0.0, f64::max);
+        let ranks: Vec<u32> = flagged.iter().map(|(r, _)| *r).collect();
+        let ops = self.top_ops(input, &ranks);
+        let mut summary = format!(
+            "{} {mean_pct:.0}% of wall time on {}",
+            self.what,
+            ranks_phrase(&ranks, measured.len())
+        );
+        if let (Some(Category::Compute), Some((name, share))) = (self.part, ops.first()) {
+            summary += &format!("; the top op is '{name}' ({share:.0}% of wall time)");
+        }
+        Vec::from([Finding {
+            kind: self.kind,
+            level: self.level_at(max_pct),
+            severity: severity(mean_pct / 100.0),
+            summary,
+            location: Location {
+                nodes: nodes_of(input, &ranks),
+                ranks: ranks.clone(),
+                ops: ops.into_iter().map(|(name, _)| name).collect(),
+            },
+            evidence: self.evidence(input, &flagged, measured.len()),
+            suggestion: self.suggestion.to_string(),
+        }])
+    }
+}
+
+impl ShareDetector {
+    fn level_at(&self, max_pct: f64) -> Level {
+        match self.critical_pct {
+            Some(critical) if max_pct >= critical => Level::Critical,
+            _ => self.level,
+        }
+    }
+
+    /// Up to three ops of this category on the flagged ranks, by mean share of wall time.
+    fn top_ops(&self, input: &AnalysisInput<'_>, ranks: &[u32]) -> Vec<(String, f64)> {
+        let Some(category) = self.part.map(OpCategory::from) else {
+            return Vec::new();
+        };
+        let mut shares: BTreeMap<&str, f64> = BTreeMap::new();
+        let flagged = input.ranks.iter().filter(|r| ranks.contains(&r.rank));
+        for op in flagged.flat_map(|r| &r.top_ops) {
+            if op.category == category {
+                *shares.entry(&op.name).or_default() += op.share_pct / ranks.len() as f64;
+            }
+        }
+        let mut ops: Vec<(String, f64)> = shares.into_iter().map(|(n, s)| (n.into(), s)).collect();
+        ops.sort_by(|a, b| b.1.total_cmp(&a.1));
+        ops.truncate(3);
+        ops
+    }
+
+    fn evidence(
+        &self,
+        input: &AnalysisInput<'_>,
+        flagged: &[(u32, f64)],
+        total: usize,
+    ) -> BTreeMap<String, f64> {
+        let pcts: Vec<f64> = flagged.iter().map(|(_, p)| *p).collect();
+        let mut evidence = BTreeMap::from([
+            (
+                format!("{}_pct_mean", self.stem),
+                mean(&pcts).unwrap_or(0.0),
+            ),
+            (
+                format!("{}_pct_max", self.stem),
+                pcts.iter().copied().fold(0.0, f64::max),
+            ),
+            ("threshold_pct".to_string(), self.warn_pct),
+            ("ranks_flagged".to_string(), flagged.len() as f64),
+            ("ranks_measured".to_string(), total as f64),
+        ]);
+        if self.part == Some(Category::Communication) {
+            let overlaps: Vec<f64> = input
+                .ranks
+                .iter()
+                .filter(|r| flagged.iter().any(|(rank, _)| *rank == r.rank))
+                .filter_map(|r| r.comm_overlap_pct)
+                .collect();
+            if let Some(overlap) = mean(&overlaps) {
+                evidence.insert("comm_overlap_pct_mean".to_string(), overlap);
+            }
+        }
+        evidence
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::facts::RunFacts;
+    use crate::testkit::{self, span, timeline};
+    use Category::*;
+
+    fn detect(d: &ShareDetector, t: &crate::timeline::Timeline) -> Vec<Finding> {
+        let facts = RunFacts::from_timeline(t);
+        d.detect(&AnalysisInput::new(t, &facts))
+    }
+
+    #[test]
+    fn communication_over_half_the_time_is_critical_on_every_rank() {
+        let t = testkit::comm_heavy_timeline(4);
+        let f = detect(&ShareDetector::communication(), &t);
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].level, Level::Critical);
+        assert_eq!(
+            f[0].summary,
+            "communication takes 60% of wall time on every rank"
+        );
+        assert_eq!(f[0].location.ranks, vec![0, 1, 2, 3]);
+        assert_eq!(f[0].location.ops, vec!["all_reduce"]);
+        assert!((f[0].severity - 0.6).abs() < 1e-9);
+        assert_eq!(f[0].evidence.get("comm_overlap_pct_mean"), Some(&0.0));
+    }
+
+    #[test]
+    fn communication_between_the_thresholds_is_a_warning_on_the_ranks_that_cross() {
+        // Rank 0: 30% communication; rank 1: 10%.
+        let t = timeline(vec![
+            span(0, Compute, 0, 70),
+            span(0, Communication, 70, 30),
+            span(1, Compute, 0, 90),
+            span(1, Communication, 90, 10),
+        ]);
+        let f = detect(&ShareDetector::communication(), &t);
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].level, Level::Warning);
+        assert_eq!(
+            f[0].summary,
+            "communication takes 30% of wall time on rank 0"
+        );
+        assert_eq!(f[0].evidence.get("ranks_flagged"), Some(&1.0));
+    }
+
+    #[test]
+    fn compute_bound_is_info_and_names_the_top_op() {
+        let t = testkit::healthy_timeline(2);
+        let f = detect(&ShareDetector::compute(), &t);
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].level, Level::Info);
+        assert_eq!(
+            f[0].summary,
+            "compute takes 80% of wall time on every rank; the top op is 'compute' (80% of wall time)"
+        );
+    }
+
+    #[test]
+    fn host_wait_and_idle_each_cross_their_own_threshold() {
+        // 25% host, 15% wait, 30% idle, 30% compute.
+        let t = timeline(vec![
+            span(0, Host, 0, 25),
+            span(0, Wait, 25, 15),
+            span(0, Compute, 40, 30),
+            span(0, Compute, 100, 0),
+        ]);
+        for (d, summary) in [
+            (
+                ShareDetector::host(),
+                "host work takes 25% of wall time on rank 0",
+            ),
+            (
+                ShareDetector::wait(),
+                "waiting takes 15% of wall time on rank 0",
+            ),
+            (
+                ShareDetector::idle(),
+                "idle time (no op running) takes 30% of wall time on rank 0",
+            ),
+        ] {
+            let f = detect(&d, &t);
+            assert_eq!(f.len(), 1, "{d:?}");
+            assert_eq!(f[0].summary, summary);
+            assert_eq!(f[0].level, Level::Warning);
+        }
+        assert!(detect(&ShareDetector::compute(), &t).is_empty());
+        assert!(detect(&ShareDetector::communication(), &t).is_empty());
+    }
+}

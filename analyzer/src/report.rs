@@ -1,0 +1,318 @@
+//! `Report`, the analyzer's answer (written as report.json), and `analyze`, which builds it from a
+//! loaded run. Ids are plain numbers and enum values snake_case strings; docs/report.md documents
+//! every field.
+
+use crate::analysis::{AnalysisInput, RankReport};
+use crate::collectives::CollectiveReport;
+use crate::facts::RunFacts;
+use crate::findings::{Finding, detect_all};
+use crate::run::{NodeData, RunData};
+use crate::timeline::{Timeline, merge};
+use pinch_traces::{CounterSourceStatus, SourceState};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// report.json's schema version; bumped on any incompatible change.
+pub const REPORT_SCHEMA_VERSION: u32 = 1;
+
+/// The counter and device names CPU utilization is read from.
+const CPU_COUNTER: &str = "cpu.utilization";
+const CPU_DEVICE_PREFIX: &str = "cpu";
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub schema_version: u32,
+    pub run: RunInfo,
+    pub ranks: Vec<RankReport>,
+    pub collectives: Vec<CollectiveReport>,
+    pub nodes: Vec<NodeReport>,
+    pub findings: Vec<Finding>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunInfo {
+    pub id: String,
+    pub workload: String,
+    pub model: String,
+    pub parameters: BTreeMap<String, serde_json::Value>,
+    /// RFC 3339, UTC; `None` when the start time is out of chrono's range.
+    pub started_at: Option<String>,
+    pub started_at_unix_ns: u64,
+    pub pinch_version: String,
+    /// Earliest span start to latest span end over all ranks; `None` without spans.
+    pub wall_ns: Option<u64>,
+    pub counter_sources: Vec<CounterSourceReport>,
+    /// What the lowest rank that wrote an output generated: token ids, one list per sequence.
+    /// `None` when no rank wrote one.
+    pub generated_tokens: Option<Vec<Vec<u32>>>,
+    /// The rank `generated_tokens` come from.
+    pub generated_tokens_rank: Option<u32>,
+    /// Every way the run is incomplete, one sentence each; empty for a complete run.
+    pub incomplete: Vec<String>,
+}
+
+/// Whether one counter source was read on one node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CounterSourceReport {
+    pub node: u32,
+    pub source: String,
+    pub read: bool,
+    /// The counters read (empty when not read).
+    pub counters: Vec<String>,
+    /// Why it was not read; `None` when it was.
+    pub reason: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodeReport {
+    pub node: u32,
+    pub host: String,
+    pub log_file: String,
+    pub ranks: Vec<u32>,
+    /// Over every "cpu.utilization" sample of a "cpu*" device; `None` when there is none.
+    pub cpu_utilization_mean_pct: Option<f64>,
+    pub cpu_utilization_max_pct: Option<f64>,
+    /// Whether the log was read whole, ends with NodeEnd, and every rank on it finished.
+    pub complete: bool,
+    /// This node's (and its ranks') entries of `run.incomplete`.
+    pub incomplete: Vec<String>,
+}
+
+/// Analyzes a loaded run.
+pub fn analyze(run: &RunData) -> Report {
+    let timeline = merge(run);
+    let facts = RunFacts::from_run(run);
+    report_from(run, &timeline, &facts)
+}
+
+/// Builds the report from a run, its merged timeline and its facts.
+pub fn report_from(run: &RunData, timeline: &Timeline, facts: &RunFacts) -> Report {
+    let input = AnalysisInput::new(timeline, facts);
+    let findings = detect_all(&input);
+    Report {
+        schema_version: REPORT_SCHEMA_VERSION,
+        run: run_info(run, timeline, facts),
+        nodes: run
+            .nodes
+            .iter()
+            .map(|n| node_report(n, timeline, facts))
+            .collect(),
+        ranks: input.ranks,
+        collectives: input.collectives,
+        findings,
+    }
+}
+
+fn run_info(run: &RunData, timeline: &Timeline, facts: &RunFacts) -> RunInfo {
+    let m = &run.manifest;
+    let output = first_output(run);
+    let start = timeline.spans.iter().map(|s| s.start_ns).min();
+    let end = timeline.spans.iter().map(|s| s.end_ns()).max();
+    RunInfo {
+        id: m.run_id.clone(),
+        workload: m.workload.name.clone(),
+        model: m.workload.model.clone(),
+        parameters: m.workload.parameters.clone(),
+        started_at: rfc3339(m.started_at_unix_ns),
+        started_at_unix_ns: m.started_at_unix_ns,
+        pinch_version: m.versions.pinch.clone(),
+        wall_ns: start.zip(end).map(|(s, e)| e.abs_diff(s)),
+        counter_sources: counter_sources(run),
+        generated_tokens_rank: output.map(|(rank, _)| rank),
+        generated_tokens: output.map(|(_, tokens)| tokens.clone()),
+        incomplete: facts.problems.iter().map(ToString::to_string).collect(),
+    }
+}
+
+fn rfc3339(unix_ns: u64) -> Option<String> {
+    let secs = i64::try_from(unix_ns / 1_000_000_000).ok()?;
+    let nanos = u32::try_from(unix_ns % 1_000_000_000).ok()?;
+    let at = chrono::DateTime::from_timestamp(secs, nanos)?;
+    Some(at.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true))
+}
+
+/// The manifest's list; while the manifest has none (a run still going, or one that crashed),
+/// what the node logs reported.
+fn counter_sources(run: &RunData) -> Vec<CounterSourceReport> {
+    let from_logs: Vec<&CounterSourceStatus> = run.nodes.iter().flat_map(|n| &n.sources).collect();
+    let statuses: Vec<&CounterSourceStatus> = if run.manifest.counter_sources.is_empty() {
+        from_logs
+    } else {
+        run.manifest.counter_sources.iter().collect()
+    };
+    statuses.into_iter().map(source_report).collect()
+}
+
+fn source_report(status: &CounterSourceStatus) -> CounterSourceReport {
+    let (read, counters, reason) = match &status.state {
+        SourceState::Read { counters } => (true, counters.clone(), None),
+        SourceState::NotRead { reason } => (false, Vec::new(), Some(reason.clone())),
+    };
+    CounterSourceReport {
+        node: status.node.0,
+        source: status.source.clone(),
+        read,
+        counters,
+        reason,
+    }
+}
+
+/// The output of the lowest rank that wrote one (every rank of a tensor-parallel group
+/// generates the same tokens).
+fn first_output(run: &RunData) -> Option<(u32, &Vec<Vec<u32>>)> {
+    run.nodes
+        .iter()
+        .flat_map(|n| n.outputs.iter())
+        .min_by_key(|(rank, _)| **rank)
+        .map(|(rank, tokens)| (rank.0, tokens))
+}
+
+fn node_report(node: &NodeData, timeline: &Timeline, facts: &RunFacts) -> NodeReport {
+    let cpu: Vec<f64> = timeline
+        .series
+        .iter()
+        .filter(|s| s.node == node.node && s.counter == CPU_COUNTER)
+        .filter(|s| s.device.starts_with(CPU_DEVICE_PREFIX))
+        .flat_map(|s| s.values.iter().copied())
+        .filter(|v| v.is_finite())
+        .collect();
+    let incomplete: Vec<String> = facts
+        .problems
+        .iter()
+        .filter(|p| p.node == node.node)
+        .map(ToString::to_string)
+        .collect();
+    NodeReport {
+        node: node.node.0,
+        host: node.host.clone(),
+        log_file: node.log_file.clone(),
+        ranks: node.all_ranks().iter().map(|r| r.0).collect(),
+        cpu_utilization_mean_pct: (!cpu.is_empty())
+            .then(|| cpu.iter().sum::<f64>() / cpu.len() as f64),
+        cpu_utilization_max_pct: cpu.iter().copied().reduce(f64::max),
+        complete: incomplete.is_empty(),
+        incomplete,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::findings::Level;
+    use crate::testkit;
+    use pinch_traces::{
+        CounterDef, CounterId, CounterSample, DeviceDef, DeviceId, NodeId, Rank, RankExit, Unit,
+    };
+
+    #[test]
+    fn a_healthy_run_is_complete_and_has_nothing_above_info() {
+        let run = testkit::run_with_spans(&[&[0, 1], &[2, 3]]);
+        let report = analyze(&run);
+        assert_eq!(report.schema_version, 1);
+        assert_eq!(report.run.incomplete, Vec::<String>::new());
+        assert_eq!(report.ranks.len(), 4);
+        assert!(
+            report
+                .ranks
+                .iter()
+                .all(|r| r.complete && r.wall_ns.is_some())
+        );
+        assert!(
+            report.findings.iter().all(|f| f.level == Level::Info),
+            "{:#?}",
+            report.findings
+        );
+        assert_eq!(report.collectives.len(), 1);
+        assert_eq!(report.collectives[0].participants, 4);
+        assert!(report.nodes.iter().all(|n| n.complete));
+    }
+
+    #[test]
+    fn report_json_uses_plain_ids_and_snake_case_and_round_trips() -> serde_json::Result<()> {
+        let mut run = testkit::run_with_spans(&[&[0, 1]]);
+        run.nodes[0].apply(pinch_traces::Record::RankEnd {
+            rank: Rank(1),
+            exit: RankExit::Failed {
+                code: Some(3),
+                signal: None,
+                message: "boom".into(),
+            },
+            at_ns: 9,
+        });
+        let report = analyze(&run);
+        let json = serde_json::to_value(&report)?;
+        assert_eq!(json["schema_version"], 1);
+        assert_eq!(json["ranks"][0]["rank"], 0);
+        assert_eq!(json["ranks"][0]["node"], 0);
+        assert_eq!(json["ranks"][1]["exit"]["status"], "failed");
+        assert_eq!(json["collectives"][0]["kind"], "all_reduce");
+        let findings = json["findings"].as_array().cloned().unwrap_or_default();
+        let incomplete = findings.iter().find(|f| f["kind"] == "incomplete_run");
+        assert_eq!(
+            incomplete.map(|f| f["level"].clone()),
+            Some("critical".into())
+        );
+        assert_eq!(
+            incomplete.map(|f| f["location"]["ranks"][0].clone()),
+            Some(1.into())
+        );
+        assert!(json["ranks"][0]["breakdown_pct"]["idle"].is_number());
+        let back: Report = serde_json::from_value(json)?;
+        assert_eq!(back, report);
+        Ok(())
+    }
+
+    #[test]
+    fn run_facts_come_from_the_manifest_and_the_logs() {
+        let mut run = testkit::run_with_spans(&[&[0], &[1]]);
+        run.manifest.started_at_unix_ns = 1_700_000_000_123_456_789;
+        run.nodes[1].outputs.insert(Rank(1), vec![vec![7, 8]]);
+        run.nodes[0].outputs.insert(Rank(0), vec![vec![5]]);
+        let report = analyze(&run);
+        assert_eq!(
+            report.run.started_at.as_deref(),
+            Some("2023-11-14T22:13:20.123456789Z")
+        );
+        assert_eq!(report.run.generated_tokens, Some(vec![vec![5]]));
+        assert_eq!(report.run.generated_tokens_rank, Some(0));
+        assert_eq!(report.run.id, "test-run");
+        assert_eq!(
+            report.run.counter_sources[0].reason.as_deref(),
+            Some("no gpu")
+        );
+    }
+
+    #[test]
+    fn cpu_utilization_is_read_from_cpu_devices_only() {
+        let mut run = testkit::run_with_spans(&[&[0]]);
+        let node = &mut run.nodes[0];
+        let def = |id: u32, name: &str| DeviceDef {
+            id: DeviceId(id),
+            name: name.into(),
+        };
+        node.devices.insert(DeviceId(0), def(0, "cpu0"));
+        node.devices.insert(DeviceId(1), def(1, "rank0"));
+        node.counters.insert(
+            CounterId(0),
+            CounterDef {
+                id: CounterId(0),
+                name: "cpu.utilization".into(),
+                unit: Unit::Percent,
+            },
+        );
+        for (device, value) in [(0, 20.0), (0, 60.0), (1, 99.0)] {
+            node.samples.push(CounterSample {
+                node: NodeId(0),
+                device: DeviceId(device),
+                counter: CounterId(0),
+                time_ns: 1,
+                value,
+            });
+        }
+        let report = analyze(&run);
+        assert_eq!(report.nodes[0].cpu_utilization_mean_pct, Some(40.0));
+        assert_eq!(report.nodes[0].cpu_utilization_max_pct, Some(60.0));
+        let bare = analyze(&testkit::run_with_spans(&[&[0]]));
+        assert_eq!(bare.nodes[0].cpu_utilization_mean_pct, None);
+    }
+}

@@ -1,0 +1,263 @@
+//! Synthetic runs and timelines for the unit tests, built so their answers are known by hand:
+//! a healthy step is 800 ns of compute then a 150 ns all-reduce, ten steps 1 µs apart.
+
+use crate::run::{NodeData, RunData};
+use crate::timeline::{NameId, TimedSpan, Timeline};
+use pinch_traces::{
+    Category, ClockAnchor, CollectiveAttrs, CollectiveKind, CounterSourceStatus, Lane, NodeEntry,
+    NodeId, NodeLog, OpId, Rank, RankExit, Record, RunManifest, SourceState, Span, SpanAttrs,
+    Versions, WorkloadSpec,
+};
+use std::collections::BTreeMap;
+
+/// The names of `timeline`'s table: one per category, then "all_reduce".
+const NAMES: [&str; 6] = [
+    "compute",
+    "communication",
+    "memory",
+    "host",
+    "wait",
+    "all_reduce",
+];
+const STEPS: u64 = 10;
+const STEP_NS: u64 = 1_000;
+const WALL_AT_ANCHOR_NS: u64 = 1_700_000_000_000_000_000;
+
+/// A span on node 0 named after its category.
+pub fn span(rank: u32, category: Category, start_ns: i64, duration_ns: u64) -> TimedSpan {
+    let index = Category::ALL
+        .iter()
+        .position(|c| *c == category)
+        .unwrap_or(0);
+    TimedSpan {
+        rank: Rank(rank),
+        node: NodeId(0),
+        lane: Lane(0),
+        category,
+        name: NameId(index as u32),
+        start_ns,
+        duration_ns,
+        attrs: SpanAttrs::default(),
+    }
+}
+
+/// An all-reduce of two participants on node 0.
+pub fn collective(rank: u32, seq: u64, start_ns: i64, duration_ns: u64, bytes: u64) -> TimedSpan {
+    let mut s = span(rank, Category::Communication, start_ns, duration_ns);
+    s.name = NameId(5);
+    s.attrs.collective = Some(all_reduce(seq, 2, bytes));
+    s
+}
+
+fn all_reduce(seq: u64, participants: u32, message_bytes: u64) -> CollectiveAttrs {
+    CollectiveAttrs {
+        kind: CollectiveKind::AllReduce,
+        seq,
+        participants,
+        peer: None,
+        message_bytes,
+    }
+}
+
+pub fn timeline(spans: Vec<TimedSpan>) -> Timeline {
+    let names = NAMES.iter().map(|n| n.to_string()).collect();
+    Timeline::from_parts(0, names, spans, Vec::new())
+}
+
+/// Each step: compute for `compute_ns`, then an all-reduce until the step's `busy_ns`.
+fn stepped_timeline(ranks: u32, compute_ns: u64, busy_ns: u64) -> Timeline {
+    let mut spans = Vec::new();
+    for step in 0..STEPS {
+        let t0 = (step * STEP_NS) as i64;
+        for rank in 0..ranks {
+            spans.push(span(rank, Category::Compute, t0, compute_ns));
+            let start = t0 + compute_ns as i64;
+            let mut c = collective(rank, step, start, busy_ns - compute_ns, 1 << 20);
+            c.attrs.collective = Some(all_reduce(step, ranks, 1 << 20));
+            spans.push(c);
+        }
+    }
+    timeline(spans)
+}
+
+/// About 80% compute, 15% communication, 5% idle on every rank, all alike.
+pub fn healthy_timeline(ranks: u32) -> Timeline {
+    stepped_timeline(ranks, 800, 950)
+}
+
+/// 40% compute and 60% communication on every rank, nothing overlapped.
+pub fn comm_heavy_timeline(ranks: u32) -> Timeline {
+    stepped_timeline(ranks, 400, STEP_NS)
+}
+
+/// A manifest with one node per entry of `nodes`, each with those ranks.
+pub fn manifest(nodes: &[&[u32]]) -> RunManifest {
+    RunManifest {
+        format_version: pinch_traces::manifest::MANIFEST_VERSION,
+        run_id: "test-run".into(),
+        started_at_unix_ns: WALL_AT_ANCHOR_NS,
+        nodes: nodes
+            .iter()
+            .enumerate()
+            .map(|(i, ranks)| NodeEntry {
+                node: NodeId(i as u32),
+                host: format!("host{i}"),
+                ranks: ranks.iter().map(|r| Rank(*r)).collect(),
+                log_file: format!("node-{i}.pnl"),
+            })
+            .collect(),
+        workload: WorkloadSpec {
+            name: "decode-tp".into(),
+            model: "tiny".into(),
+            parameters: BTreeMap::new(),
+        },
+        versions: Versions::current("0.1.0"),
+        counter_sources: vec![CounterSourceStatus {
+            node: NodeId(0),
+            source: "nvml".into(),
+            state: SourceState::NotRead {
+                reason: "no gpu".into(),
+            },
+        }],
+    }
+}
+
+/// The anchor of node `node`: monotonic clocks differ per node, wall clocks agree.
+fn anchor(node: u32) -> ClockAnchor {
+    ClockAnchor {
+        mono_ns: 1_000_000_000 * u64::from(node + 1),
+        wall_ns: WALL_AT_ANCHOR_NS,
+        read_uncertainty_ns: 10,
+    }
+}
+
+/// The healthy steps of one rank on its node's monotonic clock.
+fn rank_spans(node: u32, rank: u32, participants: u32) -> Vec<Span> {
+    let base = anchor(node).mono_ns + 1_000;
+    let span = |op: u32, start_ns: u64, duration_ns: u64, attrs: SpanAttrs| Span {
+        rank: Rank(rank),
+        lane: Lane(0),
+        category: if op == 0 {
+            Category::Compute
+        } else {
+            Category::Communication
+        },
+        op: OpId(op),
+        start_ns,
+        duration_ns,
+        attrs,
+    };
+    (0..STEPS)
+        .flat_map(|step| {
+            let t0 = base + step * STEP_NS;
+            let compute = SpanAttrs {
+                flops: Some(1_000_000),
+                ..SpanAttrs::default()
+            };
+            let comm = SpanAttrs {
+                collective: Some(all_reduce(step, participants, 1 << 20)),
+                ..SpanAttrs::default()
+            };
+            [span(0, t0, 800, compute), span(1, t0 + 800, 150, comm)]
+        })
+        .collect()
+}
+
+/// A whole, healthy node log: start, names, spans, drop counts, ends.
+pub fn node_records(node: u32, ranks: &[u32], participants: u32) -> Vec<Record> {
+    let mut records = vec![Record::NodeStart {
+        node: NodeId(node),
+        host: format!("host{node}"),
+        ranks: ranks.iter().map(|r| Rank(*r)).collect(),
+        agent_pid: 100,
+        anchor: anchor(node),
+    }];
+    for &rank in ranks {
+        records.push(Record::RankStart {
+            rank: Rank(rank),
+            pid: 1_000 + rank,
+            anchor: anchor(node),
+        });
+        for (op, name) in [(0, "matmul"), (1, "all_reduce")] {
+            records.push(Record::OpName {
+                rank: Rank(rank),
+                op: OpId(op),
+                name: name.into(),
+            });
+        }
+    }
+    for &rank in ranks {
+        records.push(Record::Spans(rank_spans(node, rank, participants)));
+        records.push(Record::Dropped {
+            rank: Rank(rank),
+            spans: 0,
+        });
+    }
+    records.extend(end_records(ranks));
+    records
+}
+
+fn end_records(ranks: &[u32]) -> Vec<Record> {
+    let mut records: Vec<Record> = ranks
+        .iter()
+        .map(|&rank| Record::RankEnd {
+            rank: Rank(rank),
+            exit: RankExit::Success,
+            at_ns: 2_000_000_000_000,
+        })
+        .collect();
+    records.push(Record::NodeEnd {
+        at_ns: 2_000_000_000_001,
+    });
+    records
+}
+
+fn from_records(entry: &NodeEntry, records: Vec<Record>) -> NodeData {
+    let log = NodeLog {
+        version: pinch_traces::NODE_LOG_VERSION,
+        records,
+        truncation: None,
+    };
+    NodeData::from_log(entry, log)
+}
+
+/// A node whose ranks started and ended cleanly, without any span.
+pub fn node_data(node: u32, ranks: &[u32]) -> NodeData {
+    let records: Vec<Record> = node_records(node, ranks, 1)
+        .into_iter()
+        .filter(|r| !matches!(r, Record::Spans(_)))
+        .collect();
+    from_records(&manifest(&[ranks]).nodes[0], records).renamed(node)
+}
+
+impl NodeData {
+    /// The same node under another id (the manifest built for it numbered it 0).
+    fn renamed(mut self, node: u32) -> NodeData {
+        self.node = NodeId(node);
+        self.log_file = format!("node-{node}.pnl");
+        self
+    }
+}
+
+/// A clean run without spans.
+pub fn run_data(nodes: &[&[u32]]) -> RunData {
+    let manifest = manifest(nodes);
+    let nodes = (0..nodes.len() as u32)
+        .zip(nodes)
+        .map(|(i, ranks)| node_data(i, ranks))
+        .collect();
+    RunData { manifest, nodes }
+}
+
+/// A clean, healthy run: every rank does the healthy steps, all-reducing with every other.
+pub fn run_with_spans(nodes: &[&[u32]]) -> RunData {
+    let manifest = manifest(nodes);
+    let participants = nodes.iter().map(|r| r.len() as u32).sum();
+    let nodes = manifest
+        .nodes
+        .iter()
+        .zip(nodes)
+        .map(|(entry, ranks)| from_records(entry, node_records(entry.node.0, ranks, participants)))
+        .collect();
+    RunData { manifest, nodes }
+}

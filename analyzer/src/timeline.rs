@@ -1,0 +1,343 @@
+//! The merged timeline: every node's spans and counter samples on one time base.
+//!
+//! Each node stamps times with its own monotonic clock; its `ClockAnchor` maps them to wall-clock
+//! time, and the timeline expresses everything as nanoseconds since the earliest span of the run
+//! (its origin). Op names, interned per rank in the logs, resolve to one global string table.
+
+use crate::run::{NodeData, RunData};
+use pinch_traces::{
+    Category, ClockAnchor, CounterSample, Lane, NodeId, OpId, Rank, RunManifest, SpanAttrs, Unit,
+};
+use std::collections::{BTreeMap, HashMap};
+
+/// An index into `Timeline::names`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NameId(pub u32);
+
+/// A span on the timeline's time base.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TimedSpan {
+    pub rank: Rank,
+    pub node: NodeId,
+    pub lane: Lane,
+    pub category: Category,
+    pub name: NameId,
+    /// Nanoseconds since the timeline's origin (never negative for a span).
+    pub start_ns: i64,
+    pub duration_ns: u64,
+    pub attrs: SpanAttrs,
+}
+
+impl TimedSpan {
+    pub fn end_ns(&self) -> i64 {
+        self.start_ns
+            .saturating_add(i64::try_from(self.duration_ns).unwrap_or(i64::MAX))
+    }
+}
+
+/// One counter on one device of one node, stored by column: sample times and values.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Series {
+    pub node: NodeId,
+    pub counter: String,
+    /// `None` when the log lost the counter's definition.
+    pub unit: Option<Unit>,
+    pub device: String,
+    /// Nanoseconds since the timeline's origin; negative for samples before the first span.
+    pub times_ns: Vec<i64>,
+    pub values: Vec<f64>,
+}
+
+/// The whole run on one time base. Spans are sorted by (rank, start).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Timeline {
+    /// Wall-clock time of the origin, nanoseconds since the Unix epoch: the earliest span's start,
+    /// or the manifest's start time when the run has no span.
+    pub origin_unix_ns: i128,
+    pub names: Vec<String>,
+    pub spans: Vec<TimedSpan>,
+    pub series: Vec<Series>,
+}
+
+impl Timeline {
+    /// A timeline from parts already on one time base; sorts the spans.
+    pub fn from_parts(
+        origin_unix_ns: i128,
+        names: Vec<String>,
+        mut spans: Vec<TimedSpan>,
+        series: Vec<Series>,
+    ) -> Timeline {
+        spans.sort_by_key(|s| (s.rank, s.start_ns));
+        Timeline {
+            origin_unix_ns,
+            names,
+            spans,
+            series,
+        }
+    }
+
+    /// The op name behind an id; empty for an id of another timeline.
+    pub fn name(&self, id: NameId) -> &str {
+        self.names.get(id.0 as usize).map_or("", String::as_str)
+    }
+
+    /// The ranks that have spans, in order.
+    pub fn ranks(&self) -> Vec<Rank> {
+        let mut ranks: Vec<Rank> = self.spans.iter().map(|s| s.rank).collect();
+        ranks.dedup();
+        ranks
+    }
+
+    /// The spans of one rank, sorted by start.
+    pub fn spans_of(&self, rank: Rank) -> &[TimedSpan] {
+        let from = self.spans.partition_point(|s| s.rank < rank);
+        let to = self.spans.partition_point(|s| s.rank <= rank);
+        &self.spans[from..to]
+    }
+}
+
+/// Puts every node of a run on one time base.
+pub fn merge(run: &RunData) -> Timeline {
+    let anchors: Vec<ClockAnchor> = run
+        .nodes
+        .iter()
+        .map(|n| node_anchor(n, &run.manifest))
+        .collect();
+    let origin_unix_ns = run
+        .nodes
+        .iter()
+        .zip(&anchors)
+        .flat_map(|(n, a)| n.spans.iter().map(|s| a.to_wall_ns(s.start_ns)))
+        .min()
+        .unwrap_or(i128::from(run.manifest.started_at_unix_ns));
+    let mut names = Interner::default();
+    let mut spans = Vec::new();
+    let mut series = Vec::new();
+    for (node, anchor) in run.nodes.iter().zip(&anchors) {
+        let clock = NodeClock {
+            anchor: *anchor,
+            origin_unix_ns,
+        };
+        spans.extend(node_spans(node, clock, &mut names));
+        series.extend(node_series(node, clock));
+    }
+    Timeline::from_parts(origin_unix_ns, names.names, spans, series)
+}
+
+/// The node's anchor; failing that, one of its ranks'; failing that (a log without its first
+/// record), one that puts the node's earliest span at the run's start.
+fn node_anchor(node: &NodeData, manifest: &RunManifest) -> ClockAnchor {
+    let rank_anchor = node.ranks.values().find_map(|life| life.anchor);
+    node.anchor.or(rank_anchor).unwrap_or(ClockAnchor {
+        mono_ns: node.spans.iter().map(|s| s.start_ns).min().unwrap_or(0),
+        wall_ns: manifest.started_at_unix_ns,
+        read_uncertainty_ns: 0,
+    })
+}
+
+/// Maps one node's monotonic times onto the timeline.
+#[derive(Clone, Copy, Debug)]
+struct NodeClock {
+    anchor: ClockAnchor,
+    origin_unix_ns: i128,
+}
+
+impl NodeClock {
+    fn to_timeline_ns(self, mono_ns: u64) -> i64 {
+        let since_origin = self.anchor.to_wall_ns(mono_ns) - self.origin_unix_ns;
+        i64::try_from(since_origin).unwrap_or(if since_origin < 0 { i64::MIN } else { i64::MAX })
+    }
+}
+
+#[derive(Debug, Default)]
+struct Interner {
+    names: Vec<String>,
+    ids: HashMap<String, NameId>,
+}
+
+impl Interner {
+    fn intern(&mut self, name: &str) -> NameId {
+        if let Some(id) = self.ids.get(name) {
+            return *id;
+        }
+        let id = NameId(u32::try_from(self.names.len()).unwrap_or(u32::MAX));
+        self.names.push(name.to_string());
+        self.ids.insert(name.to_string(), id);
+        id
+    }
+}
+
+fn node_spans(node: &NodeData, clock: NodeClock, names: &mut Interner) -> Vec<TimedSpan> {
+    let mut resolved: HashMap<(Rank, OpId), NameId> = HashMap::new();
+    let mut name_of = |rank: Rank, op: OpId| {
+        *resolved.entry((rank, op)).or_insert_with(|| {
+            let name = node.op_names.get(&(rank, op));
+            names.intern(name.map_or(&format!("unnamed op {}", op.0), |n| n))
+        })
+    };
+    node.spans
+        .iter()
+        .map(|s| TimedSpan {
+            rank: s.rank,
+            node: node.node,
+            lane: s.lane,
+            category: s.category,
+            name: name_of(s.rank, s.op),
+            start_ns: clock.to_timeline_ns(s.start_ns),
+            duration_ns: s.duration_ns,
+            attrs: s.attrs,
+        })
+        .collect()
+}
+
+/// Groups a node's samples into one series per (counter, device), each sorted by time.
+fn node_series(node: &NodeData, clock: NodeClock) -> Vec<Series> {
+    let mut groups: BTreeMap<(u32, u32), Vec<&CounterSample>> = BTreeMap::new();
+    for s in &node.samples {
+        groups.entry((s.counter.0, s.device.0)).or_default().push(s);
+    }
+    groups
+        .into_values()
+        .filter_map(|mut samples| {
+            samples.sort_by_key(|s| s.time_ns);
+            let first = samples.first()?;
+            let def = node.counters.get(&first.counter);
+            let device = node.devices.get(&first.device);
+            Some(Series {
+                node: node.node,
+                counter: def.map_or(format!("unnamed counter {}", first.counter.0), |d| {
+                    d.name.clone()
+                }),
+                unit: def.map(|d| d.unit),
+                device: device.map_or(format!("unnamed device {}", first.device.0), |d| {
+                    d.name.clone()
+                }),
+                times_ns: samples
+                    .iter()
+                    .map(|s| clock.to_timeline_ns(s.time_ns))
+                    .collect(),
+                values: samples.iter().map(|s| s.value).collect(),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit;
+    use pinch_traces::{CounterDef, CounterId, DeviceDef, DeviceId, Span, SpanAttrs as Attrs};
+
+    fn span(rank: u32, op: u32, start_ns: u64, duration_ns: u64) -> Span {
+        Span {
+            rank: Rank(rank),
+            lane: Lane(0),
+            category: Category::Compute,
+            op: OpId(op),
+            start_ns,
+            duration_ns,
+            attrs: Attrs::default(),
+        }
+    }
+
+    /// Two nodes whose monotonic clocks differ by a lot but whose wall clocks agree.
+    fn two_node_run() -> RunData {
+        let mut run = testkit::run_data(&[&[0], &[1]]);
+        run.nodes[0].anchor = Some(ClockAnchor {
+            mono_ns: 1_000,
+            wall_ns: 1_000_000,
+            read_uncertainty_ns: 0,
+        });
+        run.nodes[1].anchor = Some(ClockAnchor {
+            mono_ns: 50_000,
+            wall_ns: 1_000_000,
+            read_uncertainty_ns: 0,
+        });
+        // Node 0: op 7 is "matmul"; node 1: op 7 is "all_reduce" and op 2 is "matmul".
+        run.nodes[0]
+            .op_names
+            .insert((Rank(0), OpId(7)), "matmul".into());
+        run.nodes[1]
+            .op_names
+            .insert((Rank(1), OpId(7)), "all_reduce".into());
+        run.nodes[1]
+            .op_names
+            .insert((Rank(1), OpId(2)), "matmul".into());
+        run.nodes[0].spans = vec![span(0, 7, 1_300, 100), span(0, 7, 1_100, 100)];
+        run.nodes[1].spans = vec![span(1, 7, 50_050, 10), span(1, 2, 50_200, 10)];
+        run
+    }
+
+    #[test]
+    fn nodes_share_one_time_base_from_the_earliest_span() {
+        let t = merge(&two_node_run());
+        assert_eq!(t.origin_unix_ns, 1_000_050);
+        let starts: Vec<(u32, i64)> = t.spans.iter().map(|s| (s.rank.0, s.start_ns)).collect();
+        assert_eq!(starts, vec![(0, 50), (0, 250), (1, 0), (1, 150)]);
+    }
+
+    #[test]
+    fn op_names_resolve_per_rank_into_one_table() {
+        let t = merge(&two_node_run());
+        let names: Vec<&str> = t.spans.iter().map(|s| t.name(s.name)).collect();
+        assert_eq!(names, vec!["matmul", "matmul", "all_reduce", "matmul"]);
+        assert_eq!(t.names.len(), 2);
+        assert_eq!(t.spans[0].name, t.spans[3].name);
+    }
+
+    #[test]
+    fn unnamed_ops_keep_their_id() {
+        let mut run = two_node_run();
+        run.nodes[0].op_names.clear();
+        let t = merge(&run);
+        assert_eq!(t.name(t.spans[0].name), "unnamed op 7");
+    }
+
+    #[test]
+    fn samples_become_sorted_series_with_names_and_units() {
+        let mut run = two_node_run();
+        let node = &mut run.nodes[1];
+        node.counters.insert(
+            CounterId(0),
+            CounterDef {
+                id: CounterId(0),
+                name: "cpu.utilization".into(),
+                unit: Unit::Percent,
+            },
+        );
+        node.devices.insert(
+            DeviceId(3),
+            DeviceDef {
+                id: DeviceId(3),
+                name: "cpu3".into(),
+            },
+        );
+        for (time_ns, value) in [(50_100, 20.0), (50_000, 10.0)] {
+            node.samples.push(CounterSample {
+                node: NodeId(1),
+                device: DeviceId(3),
+                counter: CounterId(0),
+                time_ns,
+                value,
+            });
+        }
+        let t = merge(&run);
+        assert_eq!(t.series.len(), 1);
+        let s = &t.series[0];
+        assert_eq!(
+            (s.counter.as_str(), s.device.as_str()),
+            ("cpu.utilization", "cpu3")
+        );
+        assert_eq!(s.unit, Some(Unit::Percent));
+        assert_eq!(s.times_ns, vec![-50, 50]);
+        assert_eq!(s.values, vec![10.0, 20.0]);
+    }
+
+    #[test]
+    fn spans_of_a_rank_are_its_slice() {
+        let t = merge(&two_node_run());
+        assert_eq!(t.ranks(), vec![Rank(0), Rank(1)]);
+        assert_eq!(t.spans_of(Rank(1)).len(), 2);
+        assert!(t.spans_of(Rank(5)).is_empty());
+    }
+}
