@@ -81,16 +81,17 @@ pub fn all_detectors() -> Vec<Box<dyn Detector>> {
     ]
 }
 
-/// Runs every detector; findings sorted by severity, then level, most urgent first.
+/// Runs every detector; findings sorted by level, then severity, most urgent first: a critical
+/// finding at a small share still outranks a description of where most time goes.
 pub fn detect_all(input: &AnalysisInput<'_>) -> Vec<Finding> {
     let mut findings: Vec<Finding> = all_detectors()
         .iter()
         .flat_map(|d| d.detect(input))
         .collect();
     findings.sort_by(|a, b| {
-        b.severity
-            .total_cmp(&a.severity)
-            .then(b.level.cmp(&a.level))
+        b.level
+            .cmp(&a.level)
+            .then(b.severity.total_cmp(&a.severity))
             .then(a.kind.cmp(&b.kind))
     });
     findings

@@ -1,0 +1,247 @@
+//! The report as a person reads it: tables on stdout (comfy-table), or report.json's content.
+
+use anyhow::Context;
+use comfy_table::{Cell, CellAlignment, Table, presets::UTF8_FULL_CONDENSED};
+use pinch_analyzer::{Finding, RankReport, Report};
+use std::io::Write;
+use std::path::Path;
+
+/// How many ops of each rank the tables show (report.json keeps more).
+const OPS_SHOWN: usize = 5;
+
+/// Writes the report to stdout as tables, or as JSON.
+pub fn print_report(report: &Report, json: bool) -> anyhow::Result<()> {
+    let text = if json { serde_json::to_string_pretty(report)? + "\n" } else { render_text(report) };
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
+    Ok(())
+}
+
+pub fn write_report_json(report: &Report, path: &Path) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(report)? + "\n";
+    std::fs::write(path, text).with_context(|| format!("cannot write report '{}'", path.display()))
+}
+
+pub fn render_text(report: &Report) -> String {
+    let mut sections = vec![header(report), ranks_table(report), ops_table(report)];
+    if !report.collectives.is_empty() {
+        sections.push(collectives_table(report));
+    }
+    sections.push(nodes_table(report));
+    sections.push(findings_text(&report.findings));
+    if !report.run.incomplete.is_empty() {
+        let lines: Vec<String> = report.run.incomplete.iter().map(|i| format!("  - {i}")).collect();
+        sections.push(format!("Incomplete\n{}", lines.join("\n")));
+    }
+    sections.join("\n\n") + "\n"
+}
+
+fn header(report: &Report) -> String {
+    let run = &report.run;
+    let param = |k: &str| run.parameters.get(k).map(|v| v.to_string()).unwrap_or_else(|| "?".into());
+    format!(
+        "pinch run {}: {} of model '{}' on {} nodes, TP={}, batch {} x {} prompt tokens + {} decoded\nwall time {}",
+        run.id,
+        run.workload,
+        run.model,
+        param("nodes"),
+        param("tp"),
+        param("batch"),
+        param("prompt_len"),
+        param("decode_tokens"),
+        run.wall_ns.map_or("unknown".into(), fmt_ns),
+    )
+}
+
+fn table(headers: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED);
+    t.set_header(headers.iter().map(|h| Cell::new(h)));
+    t
+}
+
+fn right(text: String) -> Cell {
+    Cell::new(text).set_alignment(CellAlignment::Right)
+}
+
+fn ranks_table(report: &Report) -> String {
+    let mut t = table(&[
+        "rank", "node", "wall", "compute", "comm", "memory", "host", "wait", "idle", "comm overlap", "dropped",
+    ]);
+    for r in &report.ranks {
+        t.add_row(rank_row(r));
+    }
+    format!("Ranks: share of wall time (overlaps counted once, compute first)\n{t}")
+}
+
+fn rank_row(r: &RankReport) -> Vec<Cell> {
+    let b = r.breakdown_pct.as_ref();
+    let share = |f: fn(&pinch_analyzer::BreakdownPct) -> f64| right(b.map_or("-".into(), |b| fmt_pct(f(b))));
+    vec![
+        right(r.rank.to_string()),
+        right(r.node.to_string()),
+        right(r.wall_ns.map_or("-".into(), fmt_ns)),
+        share(|b| b.compute),
+        share(|b| b.communication),
+        share(|b| b.memory),
+        share(|b| b.host),
+        share(|b| b.wait),
+        share(|b| b.idle),
+        right(r.comm_overlap_pct.map_or("-".into(), fmt_pct)),
+        right(r.dropped_spans.map_or("-".into(), |d| d.to_string())),
+    ]
+}
+
+fn ops_table(report: &Report) -> String {
+    let mut t = table(&["rank", "op", "category", "count", "total", "share", "median", "GFLOP/s", "GB/s"]);
+    for r in &report.ranks {
+        for op in r.top_ops.iter().take(OPS_SHOWN) {
+            t.add_row(vec![
+                right(r.rank.to_string()),
+                Cell::new(&op.name),
+                Cell::new(format!("{:?}", op.category).to_lowercase()),
+                right(op.count.to_string()),
+                right(fmt_ns(op.total_ns)),
+                right(fmt_pct(op.share_pct)),
+                right(fmt_ns(op.median_ns)),
+                right(op.achieved_gflops.map_or("-".into(), |g| format!("{g:.2}"))),
+                right(op.achieved_gbps.map_or("-".into(), |g| format!("{g:.2}"))),
+            ]);
+        }
+    }
+    format!("Top ops per rank\n{t}")
+}
+
+fn collectives_table(report: &Report) -> String {
+    let mut t = table(&[
+        "collective", "size", "ranks", "count", "median", "p90", "algbw GB/s", "busbw GB/s", "arrival skew",
+    ]);
+    for c in &report.collectives {
+        let kind = serde_json::to_value(c.kind).ok().and_then(|v| v.as_str().map(str::to_string));
+        t.add_row(vec![
+            Cell::new(kind.unwrap_or_else(|| format!("{:?}", c.kind))),
+            right(fmt_bytes(c.message_bytes)),
+            right(c.participants.to_string()),
+            right(c.count.to_string()),
+            right(fmt_ns(c.median_ns)),
+            right(fmt_ns(c.p90_ns)),
+            right(c.algbw_gbps.map_or("-".into(), |g| format!("{g:.3}"))),
+            right(c.busbw_gbps.map_or("-".into(), |g| format!("{g:.3}"))),
+            right(c.mean_skew_ns.map_or("-".into(), |s| fmt_ns(s.round() as u64))),
+        ]);
+    }
+    format!("Collectives (bus bandwidth with nccl-tests' factors)\n{t}")
+}
+
+fn nodes_table(report: &Report) -> String {
+    let mut t = table(&["node", "host", "ranks", "cpu mean", "cpu max", "counter sources"]);
+    for n in &report.nodes {
+        let ranks: Vec<String> = n.ranks.iter().map(u32::to_string).collect();
+        t.add_row(vec![
+            right(n.node.to_string()),
+            Cell::new(&n.host),
+            Cell::new(ranks.join(", ")),
+            right(n.cpu_utilization_mean_pct.map_or("-".into(), fmt_pct)),
+            right(n.cpu_utilization_max_pct.map_or("-".into(), fmt_pct)),
+            Cell::new(sources_of(report, n.node)),
+        ]);
+    }
+    format!("Nodes\n{t}")
+}
+
+/// "procfs: read (12 counters)" / "nvml: not read: no NVIDIA driver ..." one per line.
+fn sources_of(report: &Report, node: u32) -> String {
+    let lines: Vec<String> = report
+        .run
+        .counter_sources
+        .iter()
+        .filter(|s| s.node == node)
+        .map(|s| match (&s.reason, s.read) {
+            (_, true) => format!("{}: read ({} counters)", s.source, s.counters.len()),
+            (Some(reason), false) => format!("{}: not read: {reason}", s.source),
+            (None, false) => format!("{}: not read", s.source),
+        })
+        .collect();
+    if lines.is_empty() { "none recorded".into() } else { lines.join("\n") }
+}
+
+fn findings_text(findings: &[Finding]) -> String {
+    if findings.is_empty() {
+        return "Findings\n  none: nothing stands out".into();
+    }
+    let items: Vec<String> = findings.iter().enumerate().map(|(i, f)| finding_text(i + 1, f)).collect();
+    format!("Findings (most urgent first)\n{}", items.join("\n"))
+}
+
+fn finding_text(n: usize, f: &Finding) -> String {
+    let level = serde_json::to_value(f.level).ok().and_then(|v| v.as_str().map(str::to_string));
+    let mut where_ = Vec::new();
+    if !f.location.nodes.is_empty() {
+        where_.push(format!("nodes {}", join(&f.location.nodes)));
+    }
+    if !f.location.ranks.is_empty() {
+        where_.push(format!("ranks {}", join(&f.location.ranks)));
+    }
+    if !f.location.ops.is_empty() {
+        where_.push(format!("ops {}", f.location.ops.join(", ")));
+    }
+    let evidence: Vec<String> = f.evidence.iter().map(|(k, v)| format!("{k}={}", fmt_number(*v))).collect();
+    format!(
+        "  {n}. [{}] {}\n     where: {}\n     evidence: {}\n     suggestion: {}",
+        level.unwrap_or_default(),
+        f.summary,
+        if where_.is_empty() { "the whole run".into() } else { where_.join("; ") },
+        evidence.join(", "),
+        f.suggestion,
+    )
+}
+
+fn join(values: &[u32]) -> String {
+    values.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
+}
+
+fn fmt_number(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 { format!("{v:.0}") } else { format!("{v:.3}") }
+}
+
+pub fn fmt_pct(v: f64) -> String {
+    format!("{v:.1}%")
+}
+
+pub fn fmt_ns(ns: u64) -> String {
+    let ns_f = ns as f64;
+    match ns {
+        0..1_000 => format!("{ns} ns"),
+        1_000..1_000_000 => format!("{:.1} µs", ns_f / 1e3),
+        1_000_000..1_000_000_000 => format!("{:.2} ms", ns_f / 1e6),
+        _ => format!("{:.2} s", ns_f / 1e9),
+    }
+}
+
+pub fn fmt_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_sizes_read_naturally() {
+        assert_eq!(fmt_ns(999), "999 ns");
+        assert_eq!(fmt_ns(12_345), "12.3 µs");
+        assert_eq!(fmt_ns(4_500_000), "4.50 ms");
+        assert_eq!(fmt_ns(3_200_000_000), "3.20 s");
+        assert_eq!(fmt_bytes(512), "512 B");
+        assert_eq!(fmt_bytes(4096), "4.0 KiB");
+        assert_eq!(fmt_bytes(3 << 20), "3.0 MiB");
+    }
+}
