@@ -2,6 +2,16 @@
 //! carries a rank's spans to its agent, the counter samplers, and the agent that starts a node's
 //! ranks and writes its node log.
 
+pub mod agent;
+pub mod error;
+pub mod procfs_sampler;
 pub mod recorder;
+pub mod sampler;
+pub mod stream;
 
+pub use agent::{AgentConfig, AgentEvent, AgentSummary, FAILURE_GRACE, run_agent};
+pub use error::CollectorError;
+pub use procfs_sampler::ProcSampler;
 pub use recorder::Recorder;
+pub use sampler::{CounterSpec, SampleRate, SampleRateError, SampleSink, Sampler, SamplerError};
+pub use stream::RankStream;

@@ -70,7 +70,7 @@ pub struct CounterSourceStatus {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "state", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum SourceState {
     Read { counters: Vec<String> },
     NotRead { reason: String },

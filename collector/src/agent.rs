@@ -1,0 +1,944 @@
+//! The per-node agent: starts its node's ranks, gathers their streams and the node's counter
+//! samples, and writes the node log.
+//!
+//! One thread per rank reads that rank's stdout (a framed record stream, see `stream.rs`) and a
+//! sampler thread reads /proc at the configured rate; both send what they read over one channel
+//! to the single writer loop on the calling thread, which appends to the node log and flushes
+//! after each batch, so a crash of anything loses at most the last unflushed batch. Progress
+//! records are not logged: they become `AgentEvent`s for the coordinator. When a rank fails the
+//! others get `FAILURE_GRACE` to end on their own (they normally fail fast once their peer's
+//! connection drops) and are then killed.
+
+use crate::error::CollectorError;
+use crate::procfs_sampler::{PROC_COUNTERS, ProcSampler};
+use crate::sampler::{SampleRate, SampleSink, Sampler, SamplerError};
+use pinch_traces::nodelog::Frame;
+use pinch_traces::{
+    ClockAnchor, CounterSourceStatus, FrameReader, NodeId, NodeLogWriter, Rank, RankExit, Record,
+    SourceState, monotonic_now_ns,
+};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+/// How long the other ranks of a node get to end on their own after one rank failed.
+pub const FAILURE_GRACE: Duration = Duration::from_secs(10);
+/// How long after a rank exited the agent keeps reading its stdout (which a child of the rank may
+/// still hold open) before it records the rank's end without the rest of its stream.
+const STREAM_GRACE: Duration = Duration::from_secs(5);
+/// How often the writer loop checks its children when no record arrives.
+const POLL: Duration = Duration::from_millis(20);
+/// The most channel messages written between two flushes.
+const MAX_BATCH: usize = 256;
+
+/// What one agent runs: its node, its ranks, and where its log goes.
+pub struct AgentConfig {
+    pub node: NodeId,
+    pub host: String,
+    pub ranks: Vec<Rank>,
+    pub log_path: PathBuf,
+    pub sample_rate: SampleRate,
+    /// The command that starts one rank; the agent pipes its stdout and nulls its stdin.
+    pub rank_command: Box<dyn Fn(Rank) -> Command + Send>,
+}
+
+impl fmt::Debug for AgentConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AgentConfig")
+            .field("node", &self.node)
+            .field("host", &self.host)
+            .field("ranks", &self.ranks)
+            .field("log_path", &self.log_path)
+            .field("sample_rate", &self.sample_rate)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the agent tells its coordinator while it runs, one JSON object per line.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum AgentEvent {
+    Progress {
+        rank: Rank,
+        done: u32,
+        total: u32,
+    },
+    /// `message` says how the rank ended ("exited cleanly", "exited with code 3; ...").
+    RankEnded {
+        rank: Rank,
+        ok: bool,
+        message: String,
+    },
+}
+
+impl AgentEvent {
+    /// The event as one line of JSON, without the newline.
+    pub fn to_line(&self) -> String {
+        serde_json::to_string(self)
+            .expect("an AgentEvent has only numbers and strings, which always serialize")
+    }
+
+    /// Parses a line written by `to_line`; `None` for any other line.
+    pub fn from_line(line: &str) -> Option<AgentEvent> {
+        serde_json::from_str(line.trim()).ok()
+    }
+}
+
+/// How a node's run went.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AgentSummary {
+    /// The ranks that did not end cleanly, with how they ended.
+    pub failed: Vec<(Rank, String)>,
+    /// Spans the ranks' recorders dropped, all ranks together.
+    pub dropped_spans: u64,
+    /// Records written to the node log.
+    pub records_written: u64,
+    pub warnings: Vec<String>,
+}
+
+/// Starts the node's ranks, writes its log until every rank has ended, and returns how it went.
+pub fn run_agent(
+    config: AgentConfig,
+    on_event: &mut dyn FnMut(AgentEvent),
+) -> Result<AgentSummary, CollectorError> {
+    run_agent_with_grace(config, FAILURE_GRACE, on_event)
+}
+
+fn run_agent_with_grace(
+    config: AgentConfig,
+    failure_grace: Duration,
+    on_event: &mut dyn FnMut(AgentEvent),
+) -> Result<AgentSummary, CollectorError> {
+    let mut log = LogFile::create(&config.log_path)?;
+    log.append(&Record::NodeStart {
+        node: config.node,
+        host: config.host.clone(),
+        ranks: config.ranks.clone(),
+        agent_pid: std::process::id(),
+        anchor: ClockAnchor::now(),
+    })?;
+    let procfs = ProcSampler::probe();
+    for status in source_statuses(config.node, &procfs) {
+        log.append(&Record::Source(status))?;
+    }
+    log.flush()?;
+    let (inbox_tx, inbox) = mpsc::channel();
+    let mut agent = Supervisor::new(log, inbox, failure_grace, on_event);
+    agent.start_ranks(&config.ranks, config.rank_command.as_ref(), &inbox_tx)?;
+    let sampler = match procfs {
+        Ok(()) => Some(SamplerThread::start(
+            config.node,
+            agent.pids(),
+            config.sample_rate,
+            inbox_tx,
+        )?),
+        Err(_) => None,
+    };
+    agent.supervise()?;
+    if let Some(sampler) = sampler {
+        sampler.stop()?;
+    }
+    agent.finish()
+}
+
+/// The counter sources of this node, read or not and why.
+fn source_statuses(node: NodeId, procfs: &Result<(), SamplerError>) -> Vec<CounterSourceStatus> {
+    let procfs_state = match procfs {
+        Ok(()) => SourceState::Read {
+            counters: PROC_COUNTERS.iter().map(|c| c.name.to_string()).collect(),
+        },
+        Err(e) => SourceState::NotRead {
+            reason: e.to_string(),
+        },
+    };
+    let status = |source: &str, state| CounterSourceStatus {
+        node,
+        source: source.to_string(),
+        state,
+    };
+    vec![
+        status("procfs", procfs_state),
+        status(
+            "nvml",
+            SourceState::NotRead {
+                reason: nvml_reason(),
+            },
+        ),
+        status(
+            "perf",
+            SourceState::NotRead {
+                reason: "hardware and software perf counters are not collected by this pinch yet"
+                    .to_string(),
+            },
+        ),
+    ]
+}
+
+fn nvml_reason() -> String {
+    if Path::new("/proc/driver/nvidia").exists() {
+        "GPU sampling is not built into this pinch yet (NVML support comes with the collectors work)"
+            .to_string()
+    } else {
+        "no NVIDIA driver on this host (/proc/driver/nvidia is absent)".to_string()
+    }
+}
+
+/// The node log file, its path for errors, and a handle to sync it at the end.
+struct LogFile {
+    path: PathBuf,
+    writer: NodeLogWriter<BufWriter<File>>,
+    sync_handle: File,
+    records: u64,
+}
+
+impl LogFile {
+    fn create(path: &Path) -> Result<LogFile, CollectorError> {
+        let create_error = |source| CollectorError::CreateLog {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = File::create(path).map_err(create_error)?;
+        let sync_handle = file.try_clone().map_err(create_error)?;
+        let writer =
+            NodeLogWriter::new(BufWriter::with_capacity(1 << 16, file)).map_err(|source| {
+                CollectorError::WriteLog {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            })?;
+        Ok(LogFile {
+            path: path.to_path_buf(),
+            writer,
+            sync_handle,
+            records: 0,
+        })
+    }
+
+    fn append(&mut self, record: &Record) -> Result<(), CollectorError> {
+        self.writer
+            .append(record)
+            .map_err(|source| CollectorError::WriteLog {
+                path: self.path.clone(),
+                source,
+            })?;
+        self.records += 1;
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), CollectorError> {
+        self.writer
+            .flush()
+            .map_err(|source| CollectorError::WriteLog {
+                path: self.path.clone(),
+                source,
+            })
+    }
+
+    /// Flushes and syncs the file to disk.
+    fn close(mut self) -> Result<u64, CollectorError> {
+        self.flush()?;
+        self.sync_handle
+            .sync_all()
+            .map_err(|source| CollectorError::SyncLog {
+                path: self.path.clone(),
+                source,
+            })?;
+        Ok(self.records)
+    }
+}
+
+/// What the reader and sampler threads send to the writer loop.
+enum Inbound {
+    FromRank(Rank, Record),
+    /// A rank's stdout reached its end; `problem` says why its stream ended early, if it did.
+    StreamClosed {
+        rank: Rank,
+        problem: Option<String>,
+    },
+    Samples(Vec<Record>),
+    SamplerFailed(String),
+}
+
+/// Where a rank's stream stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum StreamState {
+    Open,
+    Closed,
+    Broken(String),
+}
+
+/// How a rank process ended, as far as the agent saw it.
+struct ExitSeen {
+    status: Result<ExitStatus, String>,
+    at_ns: u64,
+    seen: Instant,
+}
+
+/// One rank of the node: its process, its stream, and whether its end is written.
+struct RankSlot {
+    rank: Rank,
+    child: Option<Child>,
+    exit: Option<ExitSeen>,
+    stream: StreamState,
+    /// Why the agent killed it, if it did.
+    killed: Option<String>,
+    ended: bool,
+    dropped_spans: u64,
+}
+
+impl RankSlot {
+    fn new(rank: Rank) -> RankSlot {
+        RankSlot {
+            rank,
+            child: None,
+            exit: None,
+            stream: StreamState::Open,
+            killed: None,
+            ended: false,
+            dropped_spans: 0,
+        }
+    }
+
+    /// Notes the exit of a child that has ended, without blocking.
+    fn poll_exit(&mut self) {
+        let (Some(child), None) = (self.child.as_mut(), self.exit.as_ref()) else {
+            return;
+        };
+        let status = match child.try_wait() {
+            Ok(None) => return,
+            Ok(Some(status)) => Ok(status),
+            Err(e) => Err(format!("cannot wait for it: {e}")),
+        };
+        self.exit = Some(ExitSeen {
+            status,
+            at_ns: monotonic_now_ns(),
+            seen: Instant::now(),
+        });
+    }
+
+    /// Whether its end can be written: it exited, and its stream is done or overdue.
+    fn ready_to_end(&self) -> bool {
+        match &self.exit {
+            Some(exit) if !self.ended => {
+                self.stream != StreamState::Open || exit.seen.elapsed() >= STREAM_GRACE
+            }
+            _ => false,
+        }
+    }
+
+    fn is_running(&self) -> bool {
+        self.child.is_some() && self.exit.is_none()
+    }
+}
+
+impl Drop for RankSlot {
+    /// A rank still running when the agent stops (on an error) is killed and reaped, never orphaned.
+    fn drop(&mut self) {
+        if self.exit.is_some() {
+            return;
+        }
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// How a rank ended, from its exit status, its stream and the agent's own action.
+fn rank_exit(exit: &ExitSeen, stream: &StreamState, killed: Option<&str>) -> RankExit {
+    let mut problems = Vec::new();
+    let (code, signal) = match &exit.status {
+        Ok(status) => {
+            if !status.success() {
+                problems.push(describe_status(status));
+            }
+            (status.code(), status.signal())
+        }
+        Err(e) => {
+            problems.push(e.clone());
+            (None, None)
+        }
+    };
+    problems.extend(killed.map(str::to_string));
+    match stream {
+        StreamState::Open => problems.push(format!(
+            "its stdout was still open {} s after it exited; the rest of its stream is lost",
+            STREAM_GRACE.as_secs()
+        )),
+        StreamState::Broken(problem) => problems.push(problem.clone()),
+        StreamState::Closed => {}
+    }
+    if problems.is_empty() {
+        return RankExit::Success;
+    }
+    RankExit::Failed {
+        code,
+        signal,
+        message: problems.join("; "),
+    }
+}
+
+fn describe_status(status: &ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with code {code}"),
+        (None, Some(signal)) if status.core_dumped() => {
+            format!("killed by signal {signal} (core dumped)")
+        }
+        (None, Some(signal)) => format!("killed by signal {signal}"),
+        (None, None) => format!("ended with status '{status}'"),
+    }
+}
+
+/// The writer loop and everything it owns.
+struct Supervisor<'a> {
+    log: LogFile,
+    inbox: Receiver<Inbound>,
+    slots: Vec<RankSlot>,
+    failure_grace: Duration,
+    /// When the first rank failed, and which.
+    first_failure: Option<(Instant, Rank)>,
+    on_event: &'a mut dyn FnMut(AgentEvent),
+    summary: AgentSummary,
+}
+
+impl<'a> Supervisor<'a> {
+    fn new(
+        log: LogFile,
+        inbox: Receiver<Inbound>,
+        failure_grace: Duration,
+        on_event: &'a mut dyn FnMut(AgentEvent),
+    ) -> Supervisor<'a> {
+        Supervisor {
+            log,
+            inbox,
+            slots: Vec::new(),
+            failure_grace,
+            first_failure: None,
+            on_event,
+            summary: AgentSummary::default(),
+        }
+    }
+
+    /// Starts every rank; a rank that cannot start is recorded as failed at once.
+    fn start_ranks(
+        &mut self,
+        ranks: &[Rank],
+        command: &dyn Fn(Rank) -> Command,
+        inbox: &Sender<Inbound>,
+    ) -> Result<(), CollectorError> {
+        for &rank in ranks {
+            let mut slot = RankSlot::new(rank);
+            match spawn_rank(rank, command, inbox) {
+                Ok(child) => {
+                    let pid = child.id();
+                    slot.child = Some(child);
+                    let anchor = ClockAnchor::now();
+                    self.log.append(&Record::RankStart { rank, pid, anchor })?;
+                }
+                Err(message) => {
+                    slot.ended = true;
+                    self.end_rank(
+                        rank,
+                        RankExit::Failed {
+                            code: None,
+                            signal: None,
+                            message,
+                        },
+                    )?;
+                }
+            }
+            self.slots.push(slot);
+        }
+        self.log.flush()
+    }
+
+    fn pids(&self) -> Vec<(Rank, u32)> {
+        let pid = |s: &RankSlot| s.child.as_ref().map(|c| (s.rank, c.id()));
+        self.slots.iter().filter_map(pid).collect()
+    }
+
+    /// Runs the writer loop until every rank's end is written.
+    fn supervise(&mut self) -> Result<(), CollectorError> {
+        while self.slots.iter().any(|s| !s.ended) {
+            self.write_inbox(Some(POLL))?;
+            for slot in &mut self.slots {
+                slot.poll_exit();
+            }
+            self.write_ended_ranks()?;
+            self.enforce_failure_grace();
+        }
+        Ok(())
+    }
+
+    /// Writes the last samples, then `NodeEnd`; flushes and syncs the log.
+    fn finish(mut self) -> Result<AgentSummary, CollectorError> {
+        self.write_inbox(None)?;
+        self.log.append(&Record::NodeEnd {
+            at_ns: monotonic_now_ns(),
+        })?;
+        let mut summary = std::mem::take(&mut self.summary);
+        summary.dropped_spans = self.slots.iter().map(|s| s.dropped_spans).sum();
+        summary.records_written = self.log.close()?;
+        Ok(summary)
+    }
+
+    /// Waits up to `wait` for a message (not at all when `None`), writes it and whatever else
+    /// is queued (up to a batch), then flushes.
+    fn write_inbox(&mut self, wait: Option<Duration>) -> Result<(), CollectorError> {
+        let first = match wait {
+            Some(wait) => self.inbox.recv_timeout(wait),
+            None => self.inbox.try_recv().map_err(|_| RecvTimeoutError::Timeout),
+        };
+        let Ok(first) = first else {
+            return Ok(());
+        };
+        self.handle(first)?;
+        for _ in 1..MAX_BATCH {
+            match self.inbox.try_recv() {
+                Ok(message) => self.handle(message)?,
+                Err(_) => break,
+            }
+        }
+        self.log.flush()
+    }
+
+    fn handle(&mut self, message: Inbound) -> Result<(), CollectorError> {
+        match message {
+            Inbound::FromRank(rank, record) => self.handle_rank_record(rank, record),
+            Inbound::StreamClosed { rank, problem } => {
+                if let Some(slot) = self.slots.iter_mut().find(|s| s.rank == rank) {
+                    slot.stream = problem.map_or(StreamState::Closed, StreamState::Broken);
+                }
+                Ok(())
+            }
+            Inbound::Samples(records) => records.iter().try_for_each(|r| self.log.append(r)),
+            Inbound::SamplerFailed(message) => {
+                self.warn(format!("procfs sampling failed: {message}"));
+                Ok(())
+            }
+        }
+    }
+
+    /// Logs what a rank sent, except progress (an event) and records only an agent writes.
+    fn handle_rank_record(&mut self, rank: Rank, record: Record) -> Result<(), CollectorError> {
+        let Some(slot) = self.slots.iter_mut().find(|s| s.rank == rank && !s.ended) else {
+            return Ok(());
+        };
+        match record {
+            Record::Progress { done, total, .. } => {
+                (self.on_event)(AgentEvent::Progress { rank, done, total });
+                Ok(())
+            }
+            Record::Dropped { spans, .. } => {
+                slot.dropped_spans = spans;
+                self.log.append(&record)
+            }
+            Record::OpName { .. } | Record::Spans(_) | Record::Output { .. } => {
+                self.log.append(&record)
+            }
+            other => {
+                let kind = agent_record_kind(&other);
+                self.warn(format!(
+                    "{rank} sent a '{kind}' record, which only an agent writes; it was left out"
+                ));
+                Ok(())
+            }
+        }
+    }
+
+    /// Writes `RankEnd` for every rank that exited and whose stream is done.
+    fn write_ended_ranks(&mut self) -> Result<(), CollectorError> {
+        for index in 0..self.slots.len() {
+            let slot = &mut self.slots[index];
+            if !slot.ready_to_end() {
+                continue;
+            }
+            let Some(exit) = slot.exit.as_ref() else {
+                continue;
+            };
+            let (rank, at_ns) = (slot.rank, exit.at_ns);
+            let how = rank_exit(exit, &slot.stream, slot.killed.as_deref());
+            let killed = slot.killed.is_some();
+            slot.ended = true;
+            self.log.append(&Record::RankEnd {
+                rank,
+                exit: how.clone(),
+                at_ns,
+            })?;
+            self.report_end(rank, how, killed);
+        }
+        self.log.flush()
+    }
+
+    /// Writes a `RankEnd` for a rank that never ran, and reports it.
+    fn end_rank(&mut self, rank: Rank, exit: RankExit) -> Result<(), CollectorError> {
+        let at_ns = monotonic_now_ns();
+        self.log.append(&Record::RankEnd {
+            rank,
+            exit: exit.clone(),
+            at_ns,
+        })?;
+        self.report_end(rank, exit, false);
+        Ok(())
+    }
+
+    /// Tells the coordinator how a rank ended; a failure the agent did not cause starts the
+    /// grace period of the others.
+    fn report_end(&mut self, rank: Rank, exit: RankExit, killed_by_agent: bool) {
+        let (ok, message) = match exit {
+            RankExit::Success => (true, "exited cleanly".to_string()),
+            RankExit::Failed { message, .. } => (false, message),
+        };
+        if !ok {
+            self.summary.failed.push((rank, message.clone()));
+            if !killed_by_agent && self.first_failure.is_none() {
+                self.first_failure = Some((Instant::now(), rank));
+            }
+        }
+        (self.on_event)(AgentEvent::RankEnded { rank, ok, message });
+    }
+
+    /// Kills the ranks still running once the grace period after the first failure is over.
+    fn enforce_failure_grace(&mut self) {
+        let Some((failed_at, failed_rank)) = self.first_failure else {
+            return;
+        };
+        if failed_at.elapsed() < self.failure_grace {
+            return;
+        }
+        let reason = format!(
+            "stopped by the agent {:.1} s after {failed_rank} failed",
+            self.failure_grace.as_secs_f64()
+        );
+        for slot in self
+            .slots
+            .iter_mut()
+            .filter(|s| s.is_running() && s.killed.is_none())
+        {
+            if let Some(child) = slot.child.as_mut() {
+                // An error means it has just exited by itself; `poll_exit` will see that.
+                let _ = child.kill();
+            }
+            slot.killed = Some(reason.clone());
+        }
+    }
+
+    /// Keeps something the user should know that did not stop the node (a sampler that failed).
+    fn warn(&mut self, message: String) {
+        self.summary.warnings.push(message);
+    }
+}
+
+/// The name of a record kind that only an agent writes (for the warning when a rank sends one).
+fn agent_record_kind(record: &Record) -> &'static str {
+    match record {
+        Record::NodeStart { .. } => "NodeStart",
+        Record::RankStart { .. } => "RankStart",
+        Record::Device(_) => "Device",
+        Record::Counter(_) => "Counter",
+        Record::Source(_) => "Source",
+        Record::Samples(_) => "Samples",
+        Record::RankEnd { .. } => "RankEnd",
+        Record::NodeEnd { .. } => "NodeEnd",
+        Record::OpName { .. }
+        | Record::Spans(_)
+        | Record::Dropped { .. }
+        | Record::Progress { .. }
+        | Record::Output { .. } => "rank",
+    }
+}
+
+/// Starts one rank with its stdout piped to a new reader thread.
+fn spawn_rank(
+    rank: Rank,
+    command: &dyn Fn(Rank) -> Command,
+    inbox: &Sender<Inbound>,
+) -> Result<Child, String> {
+    let mut command = command(rank);
+    command.stdin(Stdio::null()).stdout(Stdio::piped());
+    let program = command.get_program().to_string_lossy().into_owned();
+    let mut child = command
+        .spawn()
+        .map_err(|e| format!("cannot start '{program}': {e}"))?;
+    let started = child
+        .stdout
+        .take()
+        .ok_or_else(|| "its stdout was not piped".to_string())
+        .and_then(|stdout| spawn_reader(rank, stdout, inbox.clone()));
+    if let Err(message) = started {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(message);
+    }
+    Ok(child)
+}
+
+fn spawn_reader(rank: Rank, stdout: ChildStdout, inbox: Sender<Inbound>) -> Result<(), String> {
+    let name = format!("pinch-reader-{}", rank.0);
+    thread::Builder::new()
+        .name(name.clone())
+        .spawn(move || {
+            let problem = forward_stream(rank, stdout, &inbox).err();
+            // A send error means the writer loop is gone: nothing is left to tell.
+            let _ = inbox.send(Inbound::StreamClosed { rank, problem });
+        })
+        .map(drop)
+        .map_err(|e| format!("cannot start thread '{name}': {e}"))
+}
+
+/// Sends every record of a rank's stream to the writer loop; says why if the stream broke.
+fn forward_stream(rank: Rank, stdout: ChildStdout, inbox: &Sender<Inbound>) -> Result<(), String> {
+    let mut input = BufReader::with_capacity(1 << 16, stdout);
+    let empty = input
+        .fill_buf()
+        .map_err(|e| format!("cannot read its stdout: {e}"))?
+        .is_empty();
+    if empty {
+        return Err("it wrote no record stream to stdout".to_string());
+    }
+    let source = PathBuf::from(format!("stdout of rank {}", rank.0));
+    let mut reader = FrameReader::new(input, &source).map_err(|e| e.to_string())?;
+    loop {
+        match reader.next_frame() {
+            Ok(Frame::Record(record)) => {
+                if inbox.send(Inbound::FromRank(rank, record)).is_err() {
+                    return Ok(());
+                }
+            }
+            Ok(Frame::End) => return Ok(()),
+            Ok(Frame::Cut(cut)) => {
+                return Err(format!(
+                    "its stream was cut at byte {} ({}; {} bytes lost)",
+                    cut.offset, cut.reason, cut.dropped_bytes
+                ));
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+/// The thread that samples /proc at the configured rate.
+struct SamplerThread {
+    stop: Sender<()>,
+    handle: JoinHandle<()>,
+}
+
+impl SamplerThread {
+    fn start(
+        node: NodeId,
+        pids: Vec<(Rank, u32)>,
+        rate: SampleRate,
+        inbox: Sender<Inbound>,
+    ) -> Result<SamplerThread, CollectorError> {
+        let (stop, stop_rx) = mpsc::channel();
+        let sampler = ProcSampler::new(&pids);
+        let name = "pinch-sampler".to_string();
+        let handle = thread::Builder::new()
+            .name(name.clone())
+            .spawn(move || run_sampler(sampler, node, rate.period(), &inbox, &stop_rx))
+            .map_err(|source| CollectorError::Thread { name, source })?;
+        Ok(SamplerThread { stop, handle })
+    }
+
+    fn stop(self) -> Result<(), CollectorError> {
+        // A send error means the thread already ended.
+        let _ = self.stop.send(());
+        self.handle
+            .join()
+            .map_err(|_| CollectorError::ThreadPanicked {
+                name: "pinch-sampler".to_string(),
+            })
+    }
+}
+
+/// Samples every `period` (first at once) until told to stop; reports only its first error.
+fn run_sampler(
+    mut sampler: ProcSampler,
+    node: NodeId,
+    period: Duration,
+    inbox: &Sender<Inbound>,
+    stop: &Receiver<()>,
+) {
+    let mut sink = SampleSink::new(node);
+    let mut failed = false;
+    let mut next = Instant::now();
+    loop {
+        let sampled = sampler.sample(monotonic_now_ns(), &mut sink);
+        if let (Err(e), false) = (sampled, failed) {
+            failed = true;
+            let _ = inbox.send(Inbound::SamplerFailed(e.to_string()));
+        }
+        let records = sink.take_records();
+        if !records.is_empty() && inbox.send(Inbound::Samples(records)).is_err() {
+            return;
+        }
+        // After a stall, carry on from now rather than sampling in a burst to catch up.
+        next = (next + period).max(Instant::now());
+        match stop.recv_timeout(next.saturating_duration_since(Instant::now())) {
+            Err(RecvTimeoutError::Timeout) => {}
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pinch_traces::{NodeLog, read_node_log};
+
+    fn config(dir: &Path, ranks: &[Rank], command: fn(Rank) -> Command) -> AgentConfig {
+        AgentConfig {
+            node: NodeId(2),
+            host: "h".into(),
+            ranks: ranks.to_vec(),
+            log_path: dir.join("node-2.pnl"),
+            sample_rate: SampleRate::new(50).unwrap(),
+            rank_command: Box::new(command),
+        }
+    }
+
+    fn ends(log: &NodeLog) -> Vec<(Rank, RankExit)> {
+        let end = |r: &Record| match r {
+            Record::RankEnd { rank, exit, .. } => Some((*rank, exit.clone())),
+            _ => None,
+        };
+        log.records.iter().filter_map(end).collect()
+    }
+
+    #[test]
+    fn agent_events_are_json_lines() {
+        let event = AgentEvent::Progress {
+            rank: Rank(1),
+            done: 2,
+            total: 5,
+        };
+        let line = event.to_line();
+        assert_eq!(line, r#"{"event":"progress","rank":1,"done":2,"total":5}"#);
+        assert_eq!(AgentEvent::from_line(&format!("{line}\n")), Some(event));
+        let ended = AgentEvent::RankEnded {
+            rank: Rank(0),
+            ok: false,
+            message: "exited with code 3".into(),
+        };
+        assert_eq!(AgentEvent::from_line(&ended.to_line()), Some(ended));
+        assert_eq!(AgentEvent::from_line("Compiling pinch"), None);
+    }
+
+    #[test]
+    fn log_that_cannot_be_created_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(dir.path(), &[Rank(0)], |_| Command::new("true"));
+        cfg.log_path = dir.path().join("missing").join("node.pnl");
+        let err = run_agent(cfg, &mut |_| {}).unwrap_err().to_string();
+        assert!(
+            err.contains("cannot create node log") && err.contains("missing/node.pnl"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn rank_that_cannot_start_is_recorded_as_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path(), &[Rank(0)], |_| {
+            Command::new("/nonexistent/pinch-rank")
+        });
+        let log_path = cfg.log_path.clone();
+        let summary = run_agent(cfg, &mut |_| {}).unwrap();
+        assert_eq!(summary.failed.len(), 1);
+        assert!(
+            summary.failed[0]
+                .1
+                .contains("cannot start '/nonexistent/pinch-rank'")
+        );
+        let log = read_node_log(&log_path).unwrap();
+        let [
+            (
+                Rank(0),
+                RankExit::Failed {
+                    code: None,
+                    signal: None,
+                    message,
+                },
+            ),
+        ] = &ends(&log)[..]
+        else {
+            panic!("{:?}", ends(&log))
+        };
+        assert_eq!(message, &summary.failed[0].1);
+        assert!(
+            !log.records
+                .iter()
+                .any(|r| matches!(r, Record::RankStart { .. }))
+        );
+        assert!(matches!(log.records.last(), Some(Record::NodeEnd { .. })));
+    }
+
+    #[test]
+    fn survivors_are_killed_after_the_grace_period() {
+        let dir = tempfile::tempdir().unwrap();
+        // Rank 0 would run for 30 s; rank 1 fails at once without writing a stream.
+        let cfg = config(dir.path(), &[Rank(0), Rank(1)], |rank| {
+            let (program, args): (&str, &[&str]) = match rank.0 {
+                0 => ("sleep", &["30"]),
+                _ => ("sh", &["-c", "exit 3"]),
+            };
+            let mut command = Command::new(program);
+            command.args(args);
+            command
+        });
+        let log_path = cfg.log_path.clone();
+        let started = Instant::now();
+        let mut events = Vec::new();
+        let summary =
+            run_agent_with_grace(cfg, Duration::from_millis(200), &mut |e| events.push(e)).unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "it waited for the sleeper"
+        );
+        let log = read_node_log(&log_path).unwrap();
+        let ends = ends(&log);
+        let [
+            (
+                Rank(1),
+                RankExit::Failed {
+                    code: Some(3),
+                    message: failed,
+                    ..
+                },
+            ),
+            (
+                Rank(0),
+                RankExit::Failed {
+                    code: None,
+                    signal: Some(9),
+                    message: killed,
+                },
+            ),
+        ] = &ends[..]
+        else {
+            panic!("{ends:?}")
+        };
+        assert!(failed.contains("wrote no record stream"), "{failed}");
+        assert!(
+            killed.contains("stopped by the agent 0.2 s after rank 1 failed"),
+            "{killed}"
+        );
+        assert_eq!(summary.failed.len(), 2);
+        let starts = log
+            .records
+            .iter()
+            .filter(|r| matches!(r, Record::RankStart { .. }));
+        assert_eq!(starts.count(), 2);
+        let failures = events
+            .iter()
+            .filter(|e| matches!(e, AgentEvent::RankEnded { ok: false, .. }));
+        assert_eq!(failures.count(), 2);
+    }
+}

@@ -1,0 +1,575 @@
+//! The procfs sampler: per-core CPU time shares, host memory, the rank processes' memory and CPU,
+//! and network interface rates, read from /proc through the `procfs` crate.
+//!
+//! Rates come from the difference of two readings, so the first reading of anything only primes
+//! it: a rate is absent until there is an interval to measure, never a fake 0. The math is kept
+//! apart from the I/O (`core_shares`, `rate_per_second`, `process_cpu_percent`) so it can be
+//! tested on hand-made snapshots.
+
+use crate::sampler::{CounterSpec, SampleSink, Sampler, SamplerError};
+use pinch_traces::{Rank, Unit};
+use procfs::process::Process;
+use procfs::{Current, CurrentSI, KernelStats, Meminfo, ProcError};
+
+const fn spec(name: &'static str, unit: Unit) -> CounterSpec {
+    CounterSpec { name, unit }
+}
+
+pub const CPU_UTILIZATION: CounterSpec = spec("cpu.utilization", Unit::Percent);
+pub const CPU_USER: CounterSpec = spec("cpu.user", Unit::Percent);
+pub const CPU_SYSTEM: CounterSpec = spec("cpu.system", Unit::Percent);
+pub const CPU_IOWAIT: CounterSpec = spec("cpu.iowait", Unit::Percent);
+pub const CPU_STEAL: CounterSpec = spec("cpu.steal", Unit::Percent);
+pub const MEM_AVAILABLE: CounterSpec = spec("mem.available", Unit::Bytes);
+pub const PROCESS_RSS: CounterSpec = spec("process.rss", Unit::Bytes);
+pub const PROCESS_CPU_TIME: CounterSpec = spec("process.cpu_time", Unit::Nanoseconds);
+pub const PROCESS_CPU_UTILIZATION: CounterSpec = spec("process.cpu_utilization", Unit::Percent);
+pub const NET_RX_BYTES: CounterSpec = spec("net.rx_bytes", Unit::BytesPerSecond);
+pub const NET_TX_BYTES: CounterSpec = spec("net.tx_bytes", Unit::BytesPerSecond);
+pub const NET_RX_PACKETS: CounterSpec = spec("net.rx_packets", Unit::PerSecond);
+pub const NET_TX_PACKETS: CounterSpec = spec("net.tx_packets", Unit::PerSecond);
+
+/// Every counter `ProcSampler` emits.
+pub const PROC_COUNTERS: &[CounterSpec] = &[
+    CPU_UTILIZATION,
+    CPU_USER,
+    CPU_SYSTEM,
+    CPU_IOWAIT,
+    CPU_STEAL,
+    MEM_AVAILABLE,
+    PROCESS_RSS,
+    PROCESS_CPU_TIME,
+    PROCESS_CPU_UTILIZATION,
+    NET_RX_BYTES,
+    NET_TX_BYTES,
+    NET_RX_PACKETS,
+    NET_TX_PACKETS,
+];
+
+/// Rates counted in clock ticks (10 ms each on most kernels) are measured over at least this
+/// long, so one tick more or less does not swing them wildly at high sample rates.
+const MIN_TICK_INTERVAL_NS: u64 = 20_000_000;
+
+/// The clock ticks of one core from /proc/stat, grouped as the shares pinch reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuTicks {
+    /// user + nice (guest time is already inside these).
+    pub user: u64,
+    pub system: u64,
+    pub idle: u64,
+    pub iowait: u64,
+    /// irq + softirq.
+    pub interrupts: u64,
+    pub steal: u64,
+}
+
+impl From<&procfs::CpuTime> for CpuTicks {
+    fn from(time: &procfs::CpuTime) -> CpuTicks {
+        CpuTicks {
+            user: time.user + time.nice,
+            system: time.system,
+            idle: time.idle,
+            iowait: time.iowait.unwrap_or(0),
+            interrupts: time.irq.unwrap_or(0) + time.softirq.unwrap_or(0),
+            steal: time.steal.unwrap_or(0),
+        }
+    }
+}
+
+/// Shares of one core's time over an interval, in percent.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CoreShares {
+    /// (total − idle − iowait) / total.
+    pub utilization: f64,
+    pub user: f64,
+    pub system: f64,
+    pub iowait: f64,
+    pub steal: f64,
+}
+
+/// The shares of a core's time between two readings; `None` when no tick passed between them.
+/// A field that went backwards (iowait may) counts as 0 ticks.
+pub fn core_shares(before: &CpuTicks, after: &CpuTicks) -> Option<CoreShares> {
+    let user = after.user.saturating_sub(before.user);
+    let system = after.system.saturating_sub(before.system);
+    let idle = after.idle.saturating_sub(before.idle);
+    let iowait = after.iowait.saturating_sub(before.iowait);
+    let interrupts = after.interrupts.saturating_sub(before.interrupts);
+    let steal = after.steal.saturating_sub(before.steal);
+    let total = user + system + idle + iowait + interrupts + steal;
+    if total == 0 {
+        return None;
+    }
+    let percent = |ticks: u64| 100.0 * ticks as f64 / total as f64;
+    Some(CoreShares {
+        utilization: percent(total - idle - iowait),
+        user: percent(user),
+        system: percent(system),
+        iowait: percent(iowait),
+        steal: percent(steal),
+    })
+}
+
+/// The rate of a cumulative counter per second; `None` without an interval or when the counter
+/// went backwards (an interface that was reset).
+pub fn rate_per_second(before: u64, after: u64, elapsed_ns: u64) -> Option<f64> {
+    let delta = after.checked_sub(before)?;
+    (elapsed_ns > 0).then(|| delta as f64 * 1e9 / elapsed_ns as f64)
+}
+
+/// The CPU a process used over an interval, in percent of one core.
+pub fn process_cpu_percent(
+    before_ticks: u64,
+    after_ticks: u64,
+    ticks_per_second: u64,
+    elapsed_ns: u64,
+) -> Option<f64> {
+    let ticks_per_ns = rate_per_second(before_ticks, after_ticks, elapsed_ns)?;
+    (ticks_per_second > 0).then(|| 100.0 * ticks_per_ns / ticks_per_second as f64)
+}
+
+/// Clock ticks as nanoseconds.
+pub fn ticks_to_ns(ticks: u64, ticks_per_second: u64) -> Option<u64> {
+    let ns = u128::from(ticks) * 1_000_000_000 / u128::from(ticks_per_second.max(1));
+    u64::try_from(ns).ok().filter(|_| ticks_per_second > 0)
+}
+
+/// A reading kept to measure the next interval against.
+#[derive(Clone, Debug)]
+struct Baseline<T> {
+    time_ns: u64,
+    value: T,
+}
+
+/// Measures `value` against the baseline in `slot` and makes it the new baseline. The first
+/// reading only primes; a reading less than `min_interval_ns` after the baseline is skipped and
+/// the baseline kept, so the interval grows until it is long enough.
+fn advance<T, R>(
+    slot: &mut Option<Baseline<T>>,
+    now_ns: u64,
+    value: T,
+    min_interval_ns: u64,
+    measure: impl FnOnce(&T, &T, u64) -> Option<R>,
+) -> Option<R> {
+    let mut result = None;
+    if let Some(base) = slot {
+        let elapsed_ns = now_ns.saturating_sub(base.time_ns);
+        if elapsed_ns < min_interval_ns {
+            return None;
+        }
+        result = measure(&base.value, &value, elapsed_ns);
+    }
+    *slot = Some(Baseline {
+        time_ns: now_ns,
+        value,
+    });
+    result
+}
+
+/// Cumulative counts of one network interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct NetCounts {
+    rx_bytes: u64,
+    tx_bytes: u64,
+    rx_packets: u64,
+    tx_packets: u64,
+}
+
+#[derive(Debug)]
+struct RankProcess {
+    pid: u32,
+    device: String,
+    cpu: Option<Baseline<u64>>,
+}
+
+/// Samples /proc for one node: its cores, memory, network interfaces and rank processes.
+#[derive(Debug)]
+pub struct ProcSampler {
+    ranks: Vec<RankProcess>,
+    ticks_per_second: u64,
+    page_size_bytes: u64,
+    cores: Vec<Option<Baseline<CpuTicks>>>,
+    core_names: Vec<String>,
+    interfaces: Vec<(String, Option<Baseline<NetCounts>>)>,
+}
+
+impl ProcSampler {
+    /// A sampler for this host and the given rank processes (rank, pid).
+    pub fn new(ranks: &[(Rank, u32)]) -> ProcSampler {
+        let ranks = ranks
+            .iter()
+            .map(|&(rank, pid)| RankProcess {
+                pid,
+                device: format!("rank{}", rank.0),
+                cpu: None,
+            })
+            .collect();
+        ProcSampler {
+            ranks,
+            ticks_per_second: procfs::ticks_per_second(),
+            page_size_bytes: procfs::page_size(),
+            cores: Vec::new(),
+            core_names: Vec::new(),
+            interfaces: Vec::new(),
+        }
+    }
+
+    /// Whether this host's /proc can be read: the host-wide files, once.
+    pub fn probe() -> Result<(), SamplerError> {
+        KernelStats::current().map_err(proc_error("/proc/stat"))?;
+        Meminfo::current().map_err(proc_error("/proc/meminfo"))?;
+        procfs::net::dev_status().map_err(proc_error("/proc/net/dev"))?;
+        Ok(())
+    }
+
+    fn sample_cores(&mut self, now_ns: u64, out: &mut SampleSink) -> Result<(), SamplerError> {
+        let stats = KernelStats::current().map_err(proc_error("/proc/stat"))?;
+        let count = stats.cpu_time.len();
+        self.cores.resize(count, None);
+        while self.core_names.len() < count {
+            self.core_names
+                .push(format!("cpu{}", self.core_names.len()));
+        }
+        for (core, time) in stats.cpu_time.iter().enumerate() {
+            let ticks = CpuTicks::from(time);
+            let slot = &mut self.cores[core];
+            let shares = advance(slot, now_ns, ticks, MIN_TICK_INTERVAL_NS, |b, a, _| {
+                core_shares(b, a)
+            });
+            if let Some(shares) = shares {
+                push_core(out, &self.core_names[core], now_ns, &shares);
+            }
+        }
+        Ok(())
+    }
+
+    fn sample_memory(now_ns: u64, out: &mut SampleSink) -> Result<(), SamplerError> {
+        let meminfo = Meminfo::current().map_err(proc_error("/proc/meminfo"))?;
+        if let Some(bytes) = meminfo.mem_available {
+            out.push(MEM_AVAILABLE, "host", now_ns, bytes as f64);
+        }
+        Ok(())
+    }
+
+    fn sample_ranks(&mut self, now_ns: u64, out: &mut SampleSink) -> Result<(), SamplerError> {
+        for rank in &mut self.ranks {
+            let Some(stat) = read_process_stat(rank.pid)? else {
+                continue;
+            };
+            let device = rank.device.as_str();
+            out.push(
+                PROCESS_RSS,
+                device,
+                now_ns,
+                (stat.rss * self.page_size_bytes) as f64,
+            );
+            let ticks = stat.utime + stat.stime;
+            if let Some(ns) = ticks_to_ns(ticks, self.ticks_per_second) {
+                out.push(PROCESS_CPU_TIME, device, now_ns, ns as f64);
+            }
+            let tps = self.ticks_per_second;
+            let percent = advance(
+                &mut rank.cpu,
+                now_ns,
+                ticks,
+                MIN_TICK_INTERVAL_NS,
+                |b, a, dt| process_cpu_percent(*b, *a, tps, dt),
+            );
+            if let Some(percent) = percent {
+                out.push(PROCESS_CPU_UTILIZATION, device, now_ns, percent);
+            }
+        }
+        Ok(())
+    }
+
+    fn sample_network(&mut self, now_ns: u64, out: &mut SampleSink) -> Result<(), SamplerError> {
+        let status = procfs::net::dev_status().map_err(proc_error("/proc/net/dev"))?;
+        let mut names: Vec<&String> = status.keys().collect();
+        names.sort();
+        for name in names {
+            let Some(dev) = status.get(name) else {
+                continue;
+            };
+            let counts = NetCounts {
+                rx_bytes: dev.recv_bytes,
+                tx_bytes: dev.sent_bytes,
+                rx_packets: dev.recv_packets,
+                tx_packets: dev.sent_packets,
+            };
+            let slot = self.interface_slot(name);
+            if let Some(rates) = advance(slot, now_ns, counts, 0, |b, a, dt| {
+                Some(net_rates(b, a, dt))
+            }) {
+                push_net(out, name, now_ns, rates);
+            }
+        }
+        Ok(())
+    }
+
+    fn interface_slot(&mut self, name: &str) -> &mut Option<Baseline<NetCounts>> {
+        let index = match self.interfaces.iter().position(|(n, _)| n == name) {
+            Some(i) => i,
+            None => {
+                self.interfaces.push((name.to_string(), None));
+                self.interfaces.len() - 1
+            }
+        };
+        &mut self.interfaces[index].1
+    }
+}
+
+impl Sampler for ProcSampler {
+    fn source(&self) -> &'static str {
+        "procfs"
+    }
+
+    fn counters(&self) -> &'static [CounterSpec] {
+        PROC_COUNTERS
+    }
+
+    /// Reads every part even when one fails, and returns the first failure.
+    fn sample(&mut self, now_ns: u64, out: &mut SampleSink) -> Result<(), SamplerError> {
+        let results = [
+            self.sample_cores(now_ns, out),
+            ProcSampler::sample_memory(now_ns, out),
+            self.sample_ranks(now_ns, out),
+            self.sample_network(now_ns, out),
+        ];
+        results.into_iter().collect()
+    }
+}
+
+fn proc_error(path: &'static str) -> impl FnOnce(ProcError) -> SamplerError {
+    move |source| SamplerError::Proc { path, source }
+}
+
+/// The stat of a live process; `None` when it has exited (gone, or a zombie not yet reaped).
+fn read_process_stat(pid: u32) -> Result<Option<procfs::process::Stat>, SamplerError> {
+    let stat = Process::new(pid as i32).and_then(|process| process.stat());
+    match stat {
+        Ok(stat) if stat.state == 'Z' || stat.state == 'X' => Ok(None),
+        Ok(stat) => Ok(Some(stat)),
+        Err(ProcError::NotFound(_) | ProcError::Incomplete(_)) => Ok(None),
+        Err(source) => Err(SamplerError::Process { pid, source }),
+    }
+}
+
+fn push_core(out: &mut SampleSink, core: &str, now_ns: u64, shares: &CoreShares) {
+    out.push(CPU_UTILIZATION, core, now_ns, shares.utilization);
+    out.push(CPU_USER, core, now_ns, shares.user);
+    out.push(CPU_SYSTEM, core, now_ns, shares.system);
+    out.push(CPU_IOWAIT, core, now_ns, shares.iowait);
+    out.push(CPU_STEAL, core, now_ns, shares.steal);
+}
+
+/// Per-second rates of one interface; each is absent if its counter went backwards.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct NetRates {
+    rx_bytes: Option<f64>,
+    tx_bytes: Option<f64>,
+    rx_packets: Option<f64>,
+    tx_packets: Option<f64>,
+}
+
+fn net_rates(before: &NetCounts, after: &NetCounts, elapsed_ns: u64) -> NetRates {
+    NetRates {
+        rx_bytes: rate_per_second(before.rx_bytes, after.rx_bytes, elapsed_ns),
+        tx_bytes: rate_per_second(before.tx_bytes, after.tx_bytes, elapsed_ns),
+        rx_packets: rate_per_second(before.rx_packets, after.rx_packets, elapsed_ns),
+        tx_packets: rate_per_second(before.tx_packets, after.tx_packets, elapsed_ns),
+    }
+}
+
+fn push_net(out: &mut SampleSink, interface: &str, now_ns: u64, rates: NetRates) {
+    let readings = [
+        (NET_RX_BYTES, rates.rx_bytes),
+        (NET_TX_BYTES, rates.tx_bytes),
+        (NET_RX_PACKETS, rates.rx_packets),
+        (NET_TX_PACKETS, rates.tx_packets),
+    ];
+    for (counter, value) in readings {
+        if let Some(value) = value {
+            out.push(counter, interface, now_ns, value);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pinch_traces::{CounterId, DeviceId, NodeId, Record, monotonic_now_ns};
+    use procfs::{ExplicitSystemInfo, FromBufReadSI};
+    use std::collections::HashMap;
+
+    const SYSTEM: ExplicitSystemInfo = ExplicitSystemInfo {
+        boot_time_secs: 0,
+        ticks_per_second: 100,
+        page_size: 4096,
+        is_little_endian: true,
+    };
+
+    /// Two /proc/stat snapshots 1 s apart on a 2-core machine (fields: user nice system idle
+    /// iowait irq softirq steal guest guest_nice). Over the interval cpu0 spent 50 ticks in
+    /// user, 10 nice, 20 system, 10 idle, 5 iowait, 3 irq, 2 softirq, 0 steal (100 in all);
+    /// cpu1 spent 10 user, 80 idle, 10 steal, and its iowait went back by 2 ticks.
+    const BEFORE: &str = "cpu  2000 100 1000 50000 400 30 20 0 0 0
+cpu0 1000 50 500 25000 200 15 10 0 0 0
+cpu1 1000 50 500 25000 200 15 10 0 0 0
+ctxt 1
+btime 1
+processes 1
+";
+    const AFTER: &str = "cpu  2060 110 1020 50090 403 33 22 10 0 0
+cpu0 1050 60 520 25010 205 18 12 0 0 0
+cpu1 1010 50 500 25080 198 15 10 10 0 0
+ctxt 2
+btime 1
+processes 2
+";
+
+    fn cores(text: &str) -> Vec<CpuTicks> {
+        let stats = KernelStats::from_buf_read(text.as_bytes(), &SYSTEM).unwrap();
+        stats.cpu_time.iter().map(CpuTicks::from).collect()
+    }
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-9
+    }
+
+    #[test]
+    fn core_shares_from_two_proc_stat_snapshots() {
+        let (before, after) = (cores(BEFORE), cores(AFTER));
+        assert_eq!(before.len(), 2);
+        let cpu0 = core_shares(&before[0], &after[0]).unwrap();
+        // busy = 100 − 10 idle − 5 iowait; user includes nice.
+        assert!(close(cpu0.utilization, 85.0), "{cpu0:?}");
+        assert!(
+            close(cpu0.user, 60.0) && close(cpu0.system, 20.0),
+            "{cpu0:?}"
+        );
+        assert!(
+            close(cpu0.iowait, 5.0) && close(cpu0.steal, 0.0),
+            "{cpu0:?}"
+        );
+        let cpu1 = core_shares(&before[1], &after[1]).unwrap();
+        assert!(close(cpu1.utilization, 20.0), "{cpu1:?}");
+        assert!(
+            close(cpu1.steal, 10.0) && close(cpu1.iowait, 0.0),
+            "{cpu1:?}"
+        );
+    }
+
+    #[test]
+    fn no_tick_no_share() {
+        let before = cores(BEFORE);
+        assert_eq!(core_shares(&before[0], &before[0]), None);
+    }
+
+    #[test]
+    fn rates_need_an_interval_and_a_counter_that_grew() {
+        assert_eq!(rate_per_second(1_000, 3_000, 500_000_000), Some(4_000.0));
+        assert_eq!(rate_per_second(1_000, 3_000, 0), None);
+        assert_eq!(rate_per_second(3_000, 1_000, 1_000_000_000), None);
+        // 25 ticks at 100 ticks/s over 0.5 s: half a core.
+        assert_eq!(process_cpu_percent(100, 125, 100, 500_000_000), Some(50.0));
+        assert_eq!(ticks_to_ns(250, 100), Some(2_500_000_000));
+        assert_eq!(ticks_to_ns(250, 0), None);
+    }
+
+    #[test]
+    fn first_reading_only_primes_and_short_intervals_keep_the_baseline() {
+        let mut slot = None;
+        let diff = |b: &u64, a: &u64, dt: u64| Some((a - b, dt));
+        assert_eq!(advance(&mut slot, 100, 10, 50, diff), None);
+        assert_eq!(advance(&mut slot, 120, 12, 50, diff), None);
+        assert_eq!(advance(&mut slot, 160, 15, 50, diff), Some((5, 60)));
+        assert_eq!(advance(&mut slot, 220, 21, 50, diff), Some((6, 60)));
+    }
+
+    /// Reads a sink's records back by name, keeping the definitions seen so far.
+    #[derive(Default)]
+    struct Names {
+        counters: HashMap<CounterId, String>,
+        devices: HashMap<DeviceId, String>,
+    }
+
+    impl Names {
+        /// (device, value) readings per counter name.
+        fn readings(&mut self, records: &[Record]) -> HashMap<String, Vec<(String, f64)>> {
+            let mut out: HashMap<String, Vec<(String, f64)>> = HashMap::new();
+            for record in records {
+                match record {
+                    Record::Counter(def) => drop(self.counters.insert(def.id, def.name.clone())),
+                    Record::Device(def) => drop(self.devices.insert(def.id, def.name.clone())),
+                    Record::Samples(samples) => {
+                        for s in samples {
+                            let entry = out.entry(self.counters[&s.counter].clone()).or_default();
+                            entry.push((self.devices[&s.device].clone(), s.value));
+                        }
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            out
+        }
+    }
+
+    /// Keeps this thread on a core for `ns`, so this process uses CPU between two samples.
+    fn spin_for_ns(ns: u64) {
+        let start = monotonic_now_ns();
+        let mut x = 0u64;
+        while monotonic_now_ns() - start < ns {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        }
+    }
+
+    #[test]
+    fn sampling_this_machine_twice_gives_sane_counters() {
+        let me = (Rank(0), std::process::id());
+        let gone = (Rank(1), u32::MAX - 7);
+        let mut sampler = ProcSampler::new(&[me, gone]);
+        let mut sink = SampleSink::new(NodeId(0));
+        sampler.sample(monotonic_now_ns(), &mut sink).unwrap();
+        let mut names = Names::default();
+        let first = names.readings(&sink.take_records());
+        assert!(
+            !first.contains_key("cpu.utilization"),
+            "the first sample only primes"
+        );
+        assert!(!first.contains_key("process.cpu_utilization"));
+        spin_for_ns(50_000_000);
+        sampler.sample(monotonic_now_ns(), &mut sink).unwrap();
+        let second = names.readings(&sink.take_records());
+
+        let cores = &second["cpu.utilization"];
+        assert!(!cores.is_empty() && cores.iter().all(|(d, _)| d.starts_with("cpu")));
+        for name in [
+            "cpu.utilization",
+            "cpu.user",
+            "cpu.system",
+            "cpu.iowait",
+            "cpu.steal",
+        ] {
+            assert!(
+                second[name].iter().all(|(_, v)| (0.0..=100.0).contains(v)),
+                "{name}"
+            );
+        }
+        let [(host, available)] = &second["mem.available"][..] else {
+            panic!("{second:?}")
+        };
+        assert!(host == "host" && *available > 1e6, "{available}");
+        let [(rank, rss)] = &second["process.rss"][..] else {
+            panic!("{second:?}")
+        };
+        assert!(rank == "rank0" && *rss > 1e5, "{rss}");
+        assert!(second["process.cpu_time"][0].1 > first["process.cpu_time"][0].1);
+        let busy = second["process.cpu_utilization"][0].1;
+        assert!(busy > 0.0 && busy <= 100.0 * cores.len() as f64, "{busy}");
+        assert!(second.values().flatten().all(|(d, _)| d != "rank1"));
+        assert!(
+            second.contains_key("net.rx_bytes"),
+            "every host has at least lo"
+        );
+    }
+}
