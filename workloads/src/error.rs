@@ -1,0 +1,59 @@
+//! What can go wrong before or during a workload run; every message names the offending value.
+
+use crate::comm::CommError;
+use pinch_kernels::KernelError;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum WorkloadError {
+    #[error("unknown preset '{name}'; known presets: {known}")]
+    UnknownPreset { name: String, known: String },
+
+    #[error("{what} '0' must be at least 1")]
+    ZeroSetting { what: &'static str },
+
+    #[error(
+        "tensor-parallel degree '{tp}' does not divide the {count} {what} of preset '{preset}'"
+    )]
+    TpDoesNotDivide {
+        tp: usize,
+        count: usize,
+        what: &'static str,
+        preset: String,
+    },
+
+    #[error("model '{name}' is malformed: {problem}")]
+    MalformedModel { name: String, problem: String },
+
+    #[error(
+        "prompt length {prompt_len} plus {decode_tokens} decode tokens is '{total}' tokens, \
+         more than the {max_seq} that preset '{preset}' allows"
+    )]
+    SequenceTooLong {
+        prompt_len: usize,
+        decode_tokens: usize,
+        total: usize,
+        max_seq: usize,
+        preset: String,
+    },
+
+    #[error("rank '{rank}' is out of range for tensor-parallel degree {tp}")]
+    RankOutOfRange { rank: usize, tp: usize },
+
+    #[error(
+        "the ring connects rank {ring_rank} of {ring_world} but this run is rank '{rank}' \
+         of tensor-parallel degree {tp}"
+    )]
+    RingMismatch {
+        ring_rank: usize,
+        ring_world: usize,
+        rank: usize,
+        tp: usize,
+    },
+
+    #[error("kv-cache append failed at layer {layer}: {source}")]
+    KvCache { layer: usize, source: KernelError },
+
+    #[error(transparent)]
+    Comm(#[from] CommError),
+}

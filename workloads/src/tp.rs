@@ -1,0 +1,106 @@
+//! Megatron-style tensor parallelism: which slice of each weight a rank owns.
+//!
+//! Attention is split by heads: rank `r` of `tp` owns query heads `[r*h/tp, (r+1)*h/tp)` and KV
+//! heads `[r*kv/tp, (r+1)*kv/tp)`, so its queries still find their own KV group locally. The MLP
+//! is split by intermediate columns. The projections back into the residual stream (`wo`,
+//! `w_down`) are row-parallel: each rank produces a partial sum, completed by one all-reduce.
+
+use crate::config::ModelConfig;
+use crate::error::WorkloadError;
+use std::ops::Range;
+
+/// The part of the model one rank of a tensor-parallel group computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TpLayout {
+    pub rank: usize,
+    pub tp: usize,
+    /// Query heads on this rank.
+    pub heads: usize,
+    /// Key-value heads on this rank.
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    /// MLP intermediate columns on this rank.
+    pub ffn: usize,
+}
+
+impl TpLayout {
+    /// The layout of `rank` in a group of `tp`; refuses degrees that do not split the model.
+    pub fn new(model: &ModelConfig, rank: usize, tp: usize) -> Result<TpLayout, WorkloadError> {
+        model.validate_tp(tp)?;
+        if rank >= tp {
+            return Err(WorkloadError::RankOutOfRange { rank, tp });
+        }
+        Ok(TpLayout {
+            rank,
+            tp,
+            heads: model.heads / tp,
+            kv_heads: model.kv_heads / tp,
+            head_dim: model.head_dim,
+            ffn: model.ffn / tp,
+        })
+    }
+
+    /// Width of this rank's query heads.
+    pub fn q_dim(&self) -> usize {
+        self.heads * self.head_dim
+    }
+
+    /// Width of this rank's key (or value) heads.
+    pub fn kv_dim(&self) -> usize {
+        self.kv_heads * self.head_dim
+    }
+
+    /// Columns of the full `wq` (and rows of the full `wo`) this rank owns.
+    pub fn q_range(&self) -> Range<usize> {
+        own(self.rank, self.q_dim())
+    }
+
+    /// Columns of the full `wk` and `wv` this rank owns.
+    pub fn kv_range(&self) -> Range<usize> {
+        own(self.rank, self.kv_dim())
+    }
+
+    /// Columns of the full `w_gate` and `w_up` (and rows of the full `w_down`) this rank owns.
+    pub fn ffn_range(&self) -> Range<usize> {
+        own(self.rank, self.ffn)
+    }
+}
+
+/// The `rank`-th of equal parts of width `width`.
+fn own(rank: usize, width: usize) -> Range<usize> {
+    rank * width..(rank + 1) * width
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::preset;
+
+    #[test]
+    fn ranks_own_disjoint_slices_that_cover_the_model() {
+        let tiny = preset("tiny").unwrap();
+        let zero = TpLayout::new(&tiny, 0, 2).unwrap();
+        let one = TpLayout::new(&tiny, 1, 2).unwrap();
+        assert_eq!((zero.heads, zero.kv_heads, zero.ffn), (4, 1, 768));
+        assert_eq!(zero.q_range(), 0..256);
+        assert_eq!(one.q_range(), 256..512);
+        assert_eq!(one.kv_range(), 64..128);
+        assert_eq!(one.ffn_range(), 768..1536);
+    }
+
+    #[test]
+    fn the_whole_model_is_rank_zero_of_one() {
+        let tiny = preset("tiny").unwrap();
+        let solo = TpLayout::new(&tiny, 0, 1).unwrap();
+        assert_eq!(solo.q_range(), 0..tiny.q_dim());
+        assert_eq!(solo.kv_range(), 0..tiny.kv_dim());
+        assert_eq!(solo.ffn_range(), 0..tiny.ffn);
+    }
+
+    #[test]
+    fn a_rank_outside_the_group_is_named() {
+        let tiny = preset("tiny").unwrap();
+        let err = TpLayout::new(&tiny, 2, 2).unwrap_err().to_string();
+        assert_eq!(err, "rank '2' is out of range for tensor-parallel degree 2");
+    }
+}
