@@ -40,14 +40,17 @@ pub struct WorkloadArgs {
     #[arg(long)]
     pub tp: Option<usize>,
     /// Prompts per batch.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 8)]
     pub batch: usize,
     /// Tokens per prompt (prefill length).
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 64)]
     pub prompt_len: usize,
     /// Tokens generated per prompt by greedy decoding.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 192)]
     pub decode_tokens: usize,
+    /// Batches served one after another, each prefilled with fresh prompts, then decoded.
+    #[arg(long, default_value_t = 4)]
+    pub rounds: usize,
     /// Seed of the synthetic weights and prompts.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -127,6 +130,7 @@ impl WorkloadArgs {
             format!("--batch={}", self.batch),
             format!("--prompt-len={}", self.prompt_len),
             format!("--decode-tokens={}", self.decode_tokens),
+            format!("--rounds={}", self.rounds),
             format!("--seed={}", self.seed),
         ];
         if let (Some(rank), Some(step)) = (self.crash_rank, self.crash_at_step) {

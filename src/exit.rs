@@ -26,7 +26,11 @@ pub fn report(err: &anyhow::Error) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     eprintln!("pinch: {err:#}");
-    if err.chain().any(|e| e.is::<BadInput>()) { ExitCode::from(2) } else { ExitCode::from(1) }
+    if err.chain().any(|e| e.is::<BadInput>()) {
+        ExitCode::from(2)
+    } else {
+        ExitCode::from(1)
+    }
 }
 
 fn is_broken_pipe(err: &anyhow::Error) -> bool {

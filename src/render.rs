@@ -11,7 +11,11 @@ const OPS_SHOWN: usize = 5;
 
 /// Writes the report to stdout as tables, or as JSON.
 pub fn print_report(report: &Report, json: bool) -> anyhow::Result<()> {
-    let text = if json { serde_json::to_string_pretty(report)? + "\n" } else { render_text(report) };
+    let text = if json {
+        serde_json::to_string_pretty(report)? + "\n"
+    } else {
+        render_text(report)
+    };
     let mut out = std::io::stdout().lock();
     out.write_all(text.as_bytes())?;
     out.flush()?;
@@ -31,7 +35,12 @@ pub fn render_text(report: &Report) -> String {
     sections.push(nodes_table(report));
     sections.push(findings_text(&report.findings));
     if !report.run.incomplete.is_empty() {
-        let lines: Vec<String> = report.run.incomplete.iter().map(|i| format!("  - {i}")).collect();
+        let lines: Vec<String> = report
+            .run
+            .incomplete
+            .iter()
+            .map(|i| format!("  - {i}"))
+            .collect();
         sections.push(format!("Incomplete\n{}", lines.join("\n")));
     }
     sections.join("\n\n") + "\n"
@@ -39,14 +48,20 @@ pub fn render_text(report: &Report) -> String {
 
 fn header(report: &Report) -> String {
     let run = &report.run;
-    let param = |k: &str| run.parameters.get(k).map(|v| v.to_string()).unwrap_or_else(|| "?".into());
+    let param = |k: &str| {
+        run.parameters
+            .get(k)
+            .map(|v| v.to_string())
+            .unwrap_or_else(|| "?".into())
+    };
     format!(
-        "pinch run {}: {} of model '{}' on {} nodes, TP={}, batch {} x {} prompt tokens + {} decoded\nwall time {}",
+        "pinch run {}: {} of model '{}' on {} nodes, TP={}, {} rounds of {} prompts x ({} prompt + {} decoded tokens)\nwall time {}",
         run.id,
         run.workload,
         run.model,
         param("nodes"),
         param("tp"),
+        param("rounds"),
         param("batch"),
         param("prompt_len"),
         param("decode_tokens"),
@@ -67,7 +82,17 @@ fn right(text: String) -> Cell {
 
 fn ranks_table(report: &Report) -> String {
     let mut t = table(&[
-        "rank", "node", "wall", "compute", "comm", "memory", "host", "wait", "idle", "comm overlap", "dropped",
+        "rank",
+        "node",
+        "wall",
+        "compute",
+        "comm",
+        "memory",
+        "host",
+        "wait",
+        "idle",
+        "comm overlap",
+        "dropped",
     ]);
     for r in &report.ranks {
         t.add_row(rank_row(r));
@@ -77,7 +102,9 @@ fn ranks_table(report: &Report) -> String {
 
 fn rank_row(r: &RankReport) -> Vec<Cell> {
     let b = r.breakdown_pct.as_ref();
-    let share = |f: fn(&pinch_analyzer::BreakdownPct) -> f64| right(b.map_or("-".into(), |b| fmt_pct(f(b))));
+    let share = |f: fn(&pinch_analyzer::BreakdownPct) -> f64| {
+        right(b.map_or("-".into(), |b| fmt_pct(f(b))))
+    };
     vec![
         right(r.rank.to_string()),
         right(r.node.to_string()),
@@ -94,7 +121,9 @@ fn rank_row(r: &RankReport) -> Vec<Cell> {
 }
 
 fn ops_table(report: &Report) -> String {
-    let mut t = table(&["rank", "op", "category", "count", "total", "share", "median", "GFLOP/s", "GB/s"]);
+    let mut t = table(&[
+        "rank", "op", "category", "count", "total", "share", "median", "GFLOP/s", "GB/s",
+    ]);
     for r in &report.ranks {
         for op in r.top_ops.iter().take(OPS_SHOWN) {
             t.add_row(vec![
@@ -115,10 +144,20 @@ fn ops_table(report: &Report) -> String {
 
 fn collectives_table(report: &Report) -> String {
     let mut t = table(&[
-        "collective", "size", "ranks", "count", "median", "p90", "algbw GB/s", "busbw GB/s", "arrival skew",
+        "collective",
+        "size",
+        "ranks",
+        "count",
+        "median",
+        "p90",
+        "algbw GB/s",
+        "busbw GB/s",
+        "arrival skew",
     ]);
     for c in &report.collectives {
-        let kind = serde_json::to_value(c.kind).ok().and_then(|v| v.as_str().map(str::to_string));
+        let kind = serde_json::to_value(c.kind)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string));
         t.add_row(vec![
             Cell::new(kind.unwrap_or_else(|| format!("{:?}", c.kind))),
             right(fmt_bytes(c.message_bytes)),
@@ -128,14 +167,24 @@ fn collectives_table(report: &Report) -> String {
             right(fmt_ns(c.p90_ns)),
             right(c.algbw_gbps.map_or("-".into(), |g| format!("{g:.3}"))),
             right(c.busbw_gbps.map_or("-".into(), |g| format!("{g:.3}"))),
-            right(c.mean_skew_ns.map_or("-".into(), |s| fmt_ns(s.round() as u64))),
+            right(
+                c.mean_skew_ns
+                    .map_or("-".into(), |s| fmt_ns(s.round() as u64)),
+            ),
         ]);
     }
     format!("Collectives (bus bandwidth with nccl-tests' factors)\n{t}")
 }
 
 fn nodes_table(report: &Report) -> String {
-    let mut t = table(&["node", "host", "ranks", "cpu mean", "cpu max", "counter sources"]);
+    let mut t = table(&[
+        "node",
+        "host",
+        "ranks",
+        "cpu mean",
+        "cpu max",
+        "counter sources",
+    ]);
     for n in &report.nodes {
         let ranks: Vec<String> = n.ranks.iter().map(u32::to_string).collect();
         t.add_row(vec![
@@ -163,19 +212,29 @@ fn sources_of(report: &Report, node: u32) -> String {
             (None, false) => format!("{}: not read", s.source),
         })
         .collect();
-    if lines.is_empty() { "none recorded".into() } else { lines.join("\n") }
+    if lines.is_empty() {
+        "none recorded".into()
+    } else {
+        lines.join("\n")
+    }
 }
 
 fn findings_text(findings: &[Finding]) -> String {
     if findings.is_empty() {
         return "Findings\n  none: nothing stands out".into();
     }
-    let items: Vec<String> = findings.iter().enumerate().map(|(i, f)| finding_text(i + 1, f)).collect();
+    let items: Vec<String> = findings
+        .iter()
+        .enumerate()
+        .map(|(i, f)| finding_text(i + 1, f))
+        .collect();
     format!("Findings (most urgent first)\n{}", items.join("\n"))
 }
 
 fn finding_text(n: usize, f: &Finding) -> String {
-    let level = serde_json::to_value(f.level).ok().and_then(|v| v.as_str().map(str::to_string));
+    let level = serde_json::to_value(f.level)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string));
     let mut where_ = Vec::new();
     if !f.location.nodes.is_empty() {
         where_.push(format!("nodes {}", join(&f.location.nodes)));
@@ -186,23 +245,39 @@ fn finding_text(n: usize, f: &Finding) -> String {
     if !f.location.ops.is_empty() {
         where_.push(format!("ops {}", f.location.ops.join(", ")));
     }
-    let evidence: Vec<String> = f.evidence.iter().map(|(k, v)| format!("{k}={}", fmt_number(*v))).collect();
+    let evidence: Vec<String> = f
+        .evidence
+        .iter()
+        .map(|(k, v)| format!("{k}={}", fmt_number(*v)))
+        .collect();
     format!(
         "  {n}. [{}] {}\n     where: {}\n     evidence: {}\n     suggestion: {}",
         level.unwrap_or_default(),
         f.summary,
-        if where_.is_empty() { "the whole run".into() } else { where_.join("; ") },
+        if where_.is_empty() {
+            "the whole run".into()
+        } else {
+            where_.join("; ")
+        },
         evidence.join(", "),
         f.suggestion,
     )
 }
 
 fn join(values: &[u32]) -> String {
-    values.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
+    values
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn fmt_number(v: f64) -> String {
-    if v.fract() == 0.0 && v.abs() < 1e15 { format!("{v:.0}") } else { format!("{v:.3}") }
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.3}")
+    }
 }
 
 pub fn fmt_pct(v: f64) -> String {
@@ -227,7 +302,11 @@ pub fn fmt_bytes(bytes: u64) -> String {
         value /= 1024.0;
         unit += 1;
     }
-    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
 }
 
 #[cfg(test)]

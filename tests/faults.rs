@@ -24,7 +24,10 @@ fn tp_degree_that_does_not_divide_the_heads_is_named() {
 
 #[test]
 fn missing_run_directory_is_named() {
-    fails_with_code_2(&["analyze", "/nonexistent/pinch-run"], "/nonexistent/pinch-run");
+    fails_with_code_2(
+        &["analyze", "/nonexistent/pinch-run"],
+        "/nonexistent/pinch-run",
+    );
 }
 
 #[test]
@@ -45,15 +48,33 @@ fn a_rank_that_dies_is_named_and_the_run_stays_readable() {
     let out = dir.path().join("run");
     let assert = run(&out, &["--crash-rank=1", "--crash-at-step=2"]).failure();
     let stderr = stderr_of(&assert);
-    assert!(stderr.contains("rank 1"), "the dead rank is named:\n{stderr}");
+    assert!(
+        stderr.contains("rank 1"),
+        "the dead rank is named:\n{stderr}"
+    );
     assert!(out.join("node-0.pnl").is_file() && out.join("node-1.pnl").is_file());
 
-    let analyzed = pinch().arg("analyze").arg(&out).arg("--json").assert().success();
+    let analyzed = pinch()
+        .arg("analyze")
+        .arg(&out)
+        .arg("--json")
+        .assert()
+        .success();
     let report: serde_json::Value = serde_json::from_slice(&analyzed.get_output().stdout).unwrap();
     let incomplete = report["run"]["incomplete"].to_string();
-    assert!(incomplete.contains("rank 1"), "the report says rank 1 is incomplete: {incomplete}");
-    assert_eq!(report["ranks"].as_array().map(Vec::len), Some(2), "both ranks still reported");
-    assert_eq!(report_json(&out)["run"]["incomplete"], report["run"]["incomplete"]);
+    assert!(
+        incomplete.contains("rank 1"),
+        "the report says rank 1 is incomplete: {incomplete}"
+    );
+    assert_eq!(
+        report["ranks"].as_array().map(Vec::len),
+        Some(2),
+        "both ranks still reported"
+    );
+    assert_eq!(
+        report_json(&out)["run"]["incomplete"],
+        report["run"]["incomplete"]
+    );
 }
 
 #[test]

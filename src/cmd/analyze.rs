@@ -14,7 +14,10 @@ pub fn analyze(args: AnalyzeArgs) -> anyhow::Result<()> {
 /// Loads a run directory and analyzes it. Problems with the directory itself are bad input.
 pub fn report_of(run_dir: &Path) -> anyhow::Result<Report> {
     if !run_dir.is_dir() {
-        return Err(bad_input(format!("run directory '{}' does not exist", run_dir.display())));
+        return Err(bad_input(format!(
+            "run directory '{}' does not exist",
+            run_dir.display()
+        )));
     }
     let run = load_run(run_dir).map_err(bad_input)?;
     Ok(analyze_run(&run))

@@ -25,10 +25,15 @@ pub fn rank(args: RankArgs) -> anyhow::Result<()> {
         .context("cannot start the span stream")?;
     let outcome = run_rank(&args, &config, &recorder, &stream);
     if let Ok(tokens) = &outcome {
-        stream.send(Record::Output { rank, tokens: tokens.clone() });
+        stream.send(Record::Output {
+            rank,
+            tokens: tokens.clone(),
+        });
     }
     stream.finish().context("cannot flush the span stream")?;
-    outcome.map(|_| ()).with_context(|| format!("rank {} failed", args.rank))
+    outcome
+        .map(|_| ())
+        .with_context(|| format!("rank {} failed", args.rank))
 }
 
 fn run_rank(
@@ -38,7 +43,9 @@ fn run_rank(
     stream: &RankStream,
 ) -> anyhow::Result<Vec<Vec<u32>>> {
     let mut ring = connect(args, recorder)?;
-    let crash_step = (args.workload.crash_rank == Some(args.rank)).then_some(args.workload.crash_at_step).flatten();
+    let crash_step = (args.workload.crash_rank == Some(args.rank))
+        .then_some(args.workload.crash_at_step)
+        .flatten();
     let rank = Rank(args.rank);
     let mut on_step = |done: u32, total: u32| {
         stream.send(Record::Progress { rank, done, total });
@@ -46,7 +53,13 @@ fn run_rank(
             crash(stream);
         }
     };
-    let generation = run_tp_rank(config, args.rank as usize, &mut ring, recorder, &mut on_step)?;
+    let generation = run_tp_rank(
+        config,
+        args.rank as usize,
+        &mut ring,
+        recorder,
+        &mut on_step,
+    )?;
     Ok(generation.tokens)
 }
 

@@ -10,8 +10,8 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use pinch_collector::{AgentEvent, SampleRate};
 use pinch_traces::{
-    NodeEntry, NodeId, Rank, Record, RunManifest, Versions, WorkloadSpec, manifest::MANIFEST_VERSION, read_node_log,
-    wall_now_ns,
+    NodeEntry, NodeId, Rank, Record, RunManifest, Versions, WorkloadSpec,
+    manifest::MANIFEST_VERSION, read_node_log, wall_now_ns,
 };
 use pinch_workloads::{RendezvousServer, TpRunConfig};
 use std::collections::BTreeMap;
@@ -71,10 +71,18 @@ fn plan(args: &RunArgs) -> anyhow::Result<Plan> {
         None => default_run_dir(),
     };
     if run_dir.join(pinch_traces::manifest::MANIFEST_FILE).exists() {
-        return Err(bad_input(format!("output directory '{}' already holds a run", run_dir.display())));
+        return Err(bad_input(format!(
+            "output directory '{}' already holds a run",
+            run_dir.display()
+        )));
     }
     let nodes = place_ranks(args.nodes, world);
-    Ok(Plan { config, nodes, sample_hz: args.sample_hz, run_dir })
+    Ok(Plan {
+        config,
+        nodes,
+        sample_hz: args.sample_hz,
+        run_dir,
+    })
 }
 
 /// Ranks placed node-major: node 0 holds the first `world / nodes` ranks, and so on.
@@ -120,10 +128,17 @@ fn manifest(plan: &Plan, args: &RunArgs) -> anyhow::Result<RunManifest> {
         ("tp", serde_json::json!(plan.config.tp)),
         ("batch", serde_json::json!(plan.config.batch)),
         ("prompt_len", serde_json::json!(plan.config.prompt_len)),
-        ("decode_tokens", serde_json::json!(plan.config.decode_tokens)),
+        (
+            "decode_tokens",
+            serde_json::json!(plan.config.decode_tokens),
+        ),
+        ("rounds", serde_json::json!(plan.config.rounds)),
         ("seed", serde_json::json!(plan.config.seed)),
         ("sample_hz", serde_json::json!(plan.sample_hz)),
-        ("model_params", serde_json::json!(plan.config.model.param_count())),
+        (
+            "model_params",
+            serde_json::json!(plan.config.model.param_count()),
+        ),
         ("model", model),
     ]
     .into_iter()
@@ -132,10 +147,18 @@ fn manifest(plan: &Plan, args: &RunArgs) -> anyhow::Result<RunManifest> {
     let started = wall_now_ns();
     Ok(RunManifest {
         format_version: MANIFEST_VERSION,
-        run_id: format!("{}-{:04x}", chrono::Local::now().format("%Y%m%dT%H%M%S"), rand::random::<u16>()),
+        run_id: format!(
+            "{}-{:04x}",
+            chrono::Local::now().format("%Y%m%dT%H%M%S"),
+            rand::random::<u16>()
+        ),
         started_at_unix_ns: started,
         nodes: plan.nodes.clone(),
-        workload: WorkloadSpec { name: "decode-tp".into(), model: w.preset.clone(), parameters },
+        workload: WorkloadSpec {
+            name: "decode-tp".into(),
+            model: w.preset.clone(),
+            parameters,
+        },
         versions: Versions::current(env!("CARGO_PKG_VERSION")),
         counter_sources: Vec::new(),
     })
@@ -156,7 +179,9 @@ fn execute(plan: &Plan, args: &RunArgs) -> anyhow::Result<Vec<String>> {
     let failures = follow(received, world as u32);
     let mut failures = failures;
     for (node, mut child) in agents {
-        let status = child.wait().with_context(|| format!("cannot wait for the agent of {node}"))?;
+        let status = child
+            .wait()
+            .with_context(|| format!("cannot wait for the agent of {node}"))?;
         if !status.success() && failures.is_empty() {
             failures.push(format!("the agent of {node} failed ({status})"));
         }
@@ -205,8 +230,10 @@ fn spawn_agent(
 fn follow(events: mpsc::Receiver<AgentEvent>, world: u32) -> Vec<String> {
     let bar = ProgressBar::new(0);
     bar.set_style(
-        ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len} rank-steps ({elapsed})")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(
+            "{spinner} {msg} [{bar:30}] {pos}/{len} rank-steps ({elapsed})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.set_message(format!("running {world} ranks"));
     bar.enable_steady_tick(Duration::from_millis(120));
@@ -214,7 +241,11 @@ fn follow(events: mpsc::Receiver<AgentEvent>, world: u32) -> Vec<String> {
     let mut failures = Vec::new();
     for event in events {
         match event {
-            AgentEvent::Progress { rank, done: d, total } => {
+            AgentEvent::Progress {
+                rank,
+                done: d,
+                total,
+            } => {
                 done.insert(rank, (d, total));
                 bar.set_length(u64::from(world) * u64::from(total));
                 bar.set_position(done.values().map(|&(d, _)| u64::from(d)).sum());
@@ -235,7 +266,9 @@ fn follow(events: mpsc::Receiver<AgentEvent>, world: u32) -> Vec<String> {
 fn counter_sources(plan: &Plan) -> Vec<pinch_traces::CounterSourceStatus> {
     let mut sources = Vec::new();
     for node in &plan.nodes {
-        let Ok(log) = read_node_log(&plan.run_dir.join(&node.log_file)) else { continue };
+        let Ok(log) = read_node_log(&plan.run_dir.join(&node.log_file)) else {
+            continue;
+        };
         sources.extend(log.records.into_iter().filter_map(|r| match r {
             Record::Source(status) => Some(status),
             _ => None,

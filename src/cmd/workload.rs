@@ -15,6 +15,7 @@ pub fn tp_config(args: &WorkloadArgs, default_tp: usize) -> anyhow::Result<TpRun
         batch: args.batch,
         prompt_len: args.prompt_len,
         decode_tokens: args.decode_tokens,
+        rounds: args.rounds,
         seed: args.seed,
     };
     config.validate().map_err(bad_input)?;

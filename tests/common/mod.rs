@@ -7,7 +7,13 @@ use serde_json::Value;
 use std::path::Path;
 
 /// A workload small enough for a debug build: a few seconds per run.
-pub const SMALL: &[&str] = &["--batch=2", "--prompt-len=8", "--decode-tokens=6", "--sample-hz=50"];
+pub const SMALL: &[&str] = &[
+    "--batch=2",
+    "--prompt-len=8",
+    "--decode-tokens=6",
+    "--rounds=2",
+    "--sample-hz=50",
+];
 
 pub fn pinch() -> Command {
     let mut cmd = Command::cargo_bin("pinch").expect("the pinch binary is built");
@@ -17,11 +23,18 @@ pub fn pinch() -> Command {
 
 /// Runs `pinch run` with the small workload plus `extra`, into `out`.
 pub fn run(out: &Path, extra: &[&str]) -> assert_cmd::assert::Assert {
-    pinch().arg("run").args(SMALL).args(extra).arg("--out").arg(out).assert()
+    pinch()
+        .arg("run")
+        .args(SMALL)
+        .args(extra)
+        .arg("--out")
+        .arg(out)
+        .assert()
 }
 
 pub fn report_json(run_dir: &Path) -> Value {
-    let text = std::fs::read_to_string(run_dir.join("report.json")).expect("report.json is written");
+    let text =
+        std::fs::read_to_string(run_dir.join("report.json")).expect("report.json is written");
     serde_json::from_str(&text).expect("report.json is JSON")
 }
 

@@ -66,6 +66,7 @@ fn config_from_args() -> Result<TpRunConfig, Box<dyn Error>> {
         batch: arg(1, 4) as usize,
         prompt_len: arg(2, 32) as usize,
         decode_tokens: arg(3, 64) as usize,
+        rounds: 1,
         seed: arg(4, 7),
     })
 }

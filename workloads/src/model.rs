@@ -198,6 +198,11 @@ impl Decoder {
         &self.buffers.logits
     }
 
+    /// Empties the KV caches for the next batch of sequences, keeping their memory.
+    pub fn reset(&mut self) {
+        self.caches.iter_mut().for_each(KvCache::clear);
+    }
+
     /// Positions already in the KV caches: where the next step's tokens go.
     pub fn cached_positions(&self) -> usize {
         self.caches.first().map_or(0, KvCache::len)

@@ -1,12 +1,14 @@
 //! One rank's part of a tensor-parallel generation run: prefill a batch of seeded prompts, then
 //! decode greedily for a fixed number of tokens.
 //!
-//! Step convention: a run has `decode_tokens` steps. Step 0 is the prefill: it runs the whole
-//! prompt (positions `0..prompt_len`) and samples the first generated token. Step `s` for
-//! `1 <= s < decode_tokens` is a decode step: it feeds generated token `s-1` at position
-//! `prompt_len + s - 1` and samples token `s`. Every sequence generates exactly
-//! `decode_tokens` tokens (no early stop). `on_step(done, total)` is called after each step
-//! with `done = s + 1` and `total = decode_tokens`.
+//! A run is `rounds` batches served one after another, each of `decode_tokens` steps. In a
+//! round, step 0 is the prefill: it runs the whole prompt (positions `0..prompt_len`) and
+//! samples the first generated token. Step `s` for `1 <= s < decode_tokens` is a decode step: it
+//! feeds generated token `s-1` at position `prompt_len + s - 1` and samples token `s`. Every
+//! sequence generates exactly `decode_tokens` tokens (no early stop). Steps are numbered across
+//! the run (round `r`'s step `s` is step `r * decode_tokens + s` in the spans), and
+//! `on_step(done, total)` is called after each with `done` = steps finished so far and
+//! `total = rounds * decode_tokens`.
 
 use crate::comm::Ring;
 use crate::config::ModelConfig;
@@ -34,11 +36,13 @@ pub struct TpRunConfig {
     pub prompt_len: usize,
     /// Tokens generated per sequence.
     pub decode_tokens: usize,
+    /// Batches served one after another, each with fresh prompts.
+    pub rounds: usize,
     /// Seeds the weights and the prompts.
     pub seed: u64,
 }
 
-/// What a rank generated: per sequence, the generated tokens (not the prompt).
+/// What a rank generated: per sequence (round-major), the generated tokens (not the prompt).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Generation {
     pub tokens: Vec<Vec<u32>>,
@@ -54,6 +58,7 @@ impl TpRunConfig {
             ("batch size", self.batch),
             ("prompt length", self.prompt_len),
             ("decode token count", self.decode_tokens),
+            ("round count", self.rounds),
         ];
         if let Some(&(what, _)) = counts.iter().find(|(_, count)| *count == 0) {
             return Err(WorkloadError::ZeroSetting { what });
@@ -71,18 +76,20 @@ impl TpRunConfig {
         Ok(())
     }
 
-    /// The prompts, `[batch, prompt_len]` row-major: the same on every rank for a seed.
-    pub fn prompts(&self) -> Vec<u32> {
+    /// Round `round`'s prompts, `[batch, prompt_len]` row-major: the same on every rank for a
+    /// seed, different from round to round.
+    pub fn prompts(&self, round: usize) -> Vec<u32> {
         let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
-        rng.set_stream(PROMPT_STREAM);
+        rng.set_stream(PROMPT_STREAM - round as u64);
         let vocab = self.model.vocab as u32;
         (0..self.batch * self.prompt_len)
             .map(|_| rng.random_range(0..vocab))
             .collect()
     }
 
-    fn steps(&self) -> u32 {
-        self.decode_tokens as u32
+    /// Steps of the whole run.
+    pub fn steps(&self) -> u32 {
+        (self.rounds * self.decode_tokens) as u32
     }
 }
 
@@ -105,7 +112,9 @@ pub fn run_tp_rank(
         });
     }
     let tracer = Tracer::new(recorder);
-    let weights = ModelWeights::generate(&config.model, config.seed).shard(rank, config.tp)?;
+    let weights = tracer.host(tracer.ops.weights_init, At::step(0), || {
+        ModelWeights::generate(&config.model, config.seed).shard(rank, config.tp)
+    })?;
     let max_seq = config.prompt_len + config.decode_tokens;
     let mut decoder = Decoder::new(
         &config.model,
@@ -114,28 +123,37 @@ pub fn run_tp_rank(
         config.prompt_len,
         max_seq,
     );
-    let mut input = prefill_input(config);
     let mut generation = Generation {
-        tokens: vec![Vec::with_capacity(config.decode_tokens); config.batch],
+        tokens: Vec::with_capacity(config.rounds * config.batch),
     };
-    for step in 0..config.steps() {
-        let sampled = decoder.forward(&tracer, ring, &input, step)?;
-        let position = config.prompt_len + step as usize;
-        tracer.host(tracer.ops.bookkeeping, At::step(step), || {
-            record_and_feed(sampled, position, &mut generation, &mut input);
+    for round in 0..config.rounds {
+        decoder.reset();
+        let first_step = (round * config.decode_tokens) as u32;
+        let mut input = tracer.host(tracer.ops.bookkeeping, At::step(first_step), || {
+            prefill_input(config, round)
         });
-        on_step(step + 1, config.steps());
+        let mut round_tokens = vec![Vec::with_capacity(config.decode_tokens); config.batch];
+        for s in 0..config.decode_tokens {
+            let step = first_step + s as u32;
+            let sampled = decoder.forward(&tracer, ring, &input, step)?;
+            let position = config.prompt_len + s;
+            tracer.host(tracer.ops.bookkeeping, At::step(step), || {
+                record_and_feed(sampled, position, &mut round_tokens, &mut input);
+            });
+            on_step(step + 1, config.steps());
+        }
+        generation.tokens.extend(round_tokens);
     }
     Ok(generation)
 }
 
-/// Step 0's input: every prompt, at positions `0..prompt_len`.
-fn prefill_input(config: &TpRunConfig) -> StepInput {
+/// A round's first input: every prompt, at positions `0..prompt_len`.
+fn prefill_input(config: &TpRunConfig, round: usize) -> StepInput {
     let positions = (0..config.batch)
         .flat_map(|_| 0..config.prompt_len)
         .collect();
     StepInput {
-        tokens: config.prompts(),
+        tokens: config.prompts(round),
         positions,
         new_tokens: config.prompt_len,
     }
@@ -146,10 +164,10 @@ fn prefill_input(config: &TpRunConfig) -> StepInput {
 fn record_and_feed(
     sampled: &[u32],
     position: usize,
-    generation: &mut Generation,
+    generation: &mut [Vec<u32>],
     input: &mut StepInput,
 ) {
-    for (out, &token) in generation.tokens.iter_mut().zip(sampled) {
+    for (out, &token) in generation.iter_mut().zip(sampled) {
         out.push(token);
     }
     input.tokens.clear();
@@ -175,6 +193,7 @@ mod tests {
             batch: 2,
             prompt_len: 8,
             decode_tokens: 6,
+            rounds: 1,
             seed,
         }
     }
@@ -230,6 +249,36 @@ mod tests {
         assert_eq!(tokens(&two[1]), generated);
         let other_seed = run_group(&[small(1, 8)]);
         assert_ne!(tokens(&other_seed[0]), generated);
+    }
+
+    #[test]
+    fn rounds_serve_fresh_prompts_one_after_another() {
+        let single = run_group(&[small(1, 7)]);
+        let config = TpRunConfig {
+            rounds: 2,
+            ..small(1, 7)
+        };
+        let double = run_group(&[config]);
+        let generated = &tokens(&double[0]).tokens;
+        assert_eq!(generated.len(), 4, "two rounds of a batch of two");
+        assert_eq!(
+            generated[..2],
+            tokens(&single[0]).tokens[..],
+            "round 0 is the one-round run"
+        );
+        assert_ne!(
+            generated[..2],
+            generated[2..],
+            "round 1 has its own prompts"
+        );
+        let progress = &double[0].progress;
+        assert_eq!(progress.last(), Some(&(12, 12)));
+        let steps: std::collections::BTreeSet<u32> = double[0]
+            .spans
+            .iter()
+            .filter_map(|s| s.attrs.step)
+            .collect();
+        assert_eq!(steps, (0..12).collect());
     }
 
     #[test]
@@ -290,6 +339,7 @@ mod tests {
         let mut ring = Ring::solo();
         let config = TpRunConfig {
             decode_tokens: 2,
+            rounds: 1,
             ..small(1, 3)
         };
         run_tp_rank(&config, 0, &mut ring, &recorder, &mut |_, _| {}).unwrap();
@@ -341,6 +391,7 @@ mod tests {
     fn a_rank_whose_peer_stops_fails_naming_it() {
         let early = TpRunConfig {
             decode_tokens: 3,
+            rounds: 1,
             ..small(2, 7)
         };
         let runs = run_group(&[small(2, 7), early]);
@@ -365,6 +416,7 @@ mod tests {
         );
         let zero_decode = TpRunConfig {
             decode_tokens: 0,
+            rounds: 1,
             ..small(1, 1)
         };
         assert!(
@@ -377,6 +429,7 @@ mod tests {
         let long = TpRunConfig {
             prompt_len: 200,
             decode_tokens: 100,
+            rounds: 1,
             ..small(1, 1)
         };
         assert_eq!(
@@ -389,6 +442,7 @@ mod tests {
         TpRunConfig {
             prompt_len: 250,
             decode_tokens: 6,
+            rounds: 1,
             ..small(2, 1)
         }
         .validate()
@@ -414,10 +468,10 @@ mod tests {
     #[test]
     fn prompts_are_seeded_and_in_the_vocabulary() {
         let config = small(1, 5);
-        let prompts = config.prompts();
+        let prompts = config.prompts(0);
         assert_eq!(prompts.len(), 2 * 8);
-        assert_eq!(prompts, config.prompts());
-        assert_ne!(prompts, small(1, 6).prompts());
+        assert_eq!(prompts, config.prompts(0));
+        assert_ne!(prompts, small(1, 6).prompts(0));
         assert!(prompts.iter().all(|&t| t < 4096));
     }
 }

@@ -12,7 +12,7 @@ use pinch_traces::{Category, CollectiveAttrs, CollectiveKind, Lane, OpId, SpanAt
 pub const LANE: Lane = Lane(0);
 
 /// Every op name the decoder records, in the order of a forward pass.
-pub const OP_NAMES: [&str; 18] = [
+pub const OP_NAMES: [&str; 19] = [
     "embedding",
     "attn_norm",
     "matmul.qkv",
@@ -31,6 +31,7 @@ pub const OP_NAMES: [&str; 18] = [
     "lm_head",
     "sample",
     "step.bookkeeping",
+    "weights.init",
 ];
 
 /// The interned id of each op name in `OP_NAMES`.
@@ -54,12 +55,13 @@ pub struct Ops {
     pub lm_head: OpId,
     pub sample: OpId,
     pub bookkeeping: OpId,
+    pub weights_init: OpId,
 }
 
 impl Ops {
     /// Interns every op name with `recorder` (locks and allocates: call once, before the run).
     pub fn intern(recorder: &Recorder) -> Ops {
-        let [a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p, q, r] =
+        let [a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p, q, r, s] =
             OP_NAMES.map(|name| recorder.intern(name));
         Ops {
             embedding: a,
@@ -80,6 +82,7 @@ impl Ops {
             lm_head: p,
             sample: q,
             bookkeeping: r,
+            weights_init: s,
         }
     }
 }
