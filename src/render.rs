@@ -72,7 +72,7 @@ fn header(report: &Report) -> String {
 fn table(headers: &[&str]) -> Table {
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED);
-    t.set_header(headers.iter().map(|h| Cell::new(h)));
+    t.set_header(headers.iter().map(Cell::new));
     t
 }
 
@@ -177,14 +177,7 @@ fn collectives_table(report: &Report) -> String {
 }
 
 fn nodes_table(report: &Report) -> String {
-    let mut t = table(&[
-        "node",
-        "host",
-        "ranks",
-        "cpu mean",
-        "cpu max",
-        "counter sources",
-    ]);
+    let mut t = table(&["node", "host", "ranks", "cpu mean", "cpu max"]);
     for n in &report.nodes {
         let ranks: Vec<String> = n.ranks.iter().map(u32::to_string).collect();
         t.add_row(vec![
@@ -193,13 +186,17 @@ fn nodes_table(report: &Report) -> String {
             Cell::new(ranks.join(", ")),
             right(n.cpu_utilization_mean_pct.map_or("-".into(), fmt_pct)),
             right(n.cpu_utilization_max_pct.map_or("-".into(), fmt_pct)),
-            Cell::new(sources_of(report, n.node)),
         ]);
     }
-    format!("Nodes\n{t}")
+    let sources: Vec<String> = report
+        .nodes
+        .iter()
+        .map(|n| sources_of(report, n.node))
+        .collect();
+    format!("Nodes\n{t}\nCounter sources\n{}", sources.join("\n"))
 }
 
-/// "procfs: read (12 counters)" / "nvml: not read: no NVIDIA driver ..." one per line.
+/// One line per source: "  node 0 procfs: read (13 counters)", "  node 0 nvml: not read: ...".
 fn sources_of(report: &Report, node: u32) -> String {
     let lines: Vec<String> = report
         .run
@@ -207,13 +204,17 @@ fn sources_of(report: &Report, node: u32) -> String {
         .iter()
         .filter(|s| s.node == node)
         .map(|s| match (&s.reason, s.read) {
-            (_, true) => format!("{}: read ({} counters)", s.source, s.counters.len()),
-            (Some(reason), false) => format!("{}: not read: {reason}", s.source),
-            (None, false) => format!("{}: not read", s.source),
+            (_, true) => format!(
+                "  node {node} {}: read ({} counters)",
+                s.source,
+                s.counters.len()
+            ),
+            (Some(reason), false) => format!("  node {node} {}: not read: {reason}", s.source),
+            (None, false) => format!("  node {node} {}: not read", s.source),
         })
         .collect();
     if lines.is_empty() {
-        "none recorded".into()
+        format!("  node {node}: none recorded (its log ends early)")
     } else {
         lines.join("\n")
     }
