@@ -384,7 +384,16 @@ mod tests {
             .filter(|s| s.category == Category::Host)
             .map(name)
             .collect();
-        assert_eq!(host, ["step.bookkeeping", "step.bookkeeping"]);
+        assert_eq!(
+            host,
+            [
+                "weights.init",
+                "step.bookkeeping",
+                "step.bookkeeping",
+                "step.bookkeeping"
+            ],
+            "weights, the round's prompts, then each step's next input"
+        );
     }
 
     #[test]
