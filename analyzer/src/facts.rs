@@ -140,6 +140,16 @@ fn write_failure(
     signal: Option<i32>,
     message: &str,
 ) -> fmt::Result {
+    // The agent's message starts with the status when it states it ("killed by signal 6; ...");
+    // say it once.
+    let stated = match (code, signal) {
+        (Some(c), _) => message.starts_with(&format!("exited with code {c}")),
+        (None, Some(s)) => message.starts_with(&format!("killed by signal {s}")),
+        (None, None) => false,
+    };
+    if stated {
+        return f.write_str(message);
+    }
     match (code, signal) {
         (Some(c), Some(s)) => write!(f, "failed with exit code {c} and signal {s}")?,
         (Some(c), None) => write!(f, "failed with exit code {c}")?,

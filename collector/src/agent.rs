@@ -12,6 +12,7 @@
 use crate::error::CollectorError;
 use crate::procfs_sampler::{PROC_COUNTERS, ProcSampler};
 use crate::sampler::{SampleRate, SampleSink, Sampler, SamplerError};
+use crate::stderr_tail::StderrTail;
 use pinch_traces::nodelog::Frame;
 use pinch_traces::{
     ClockAnchor, CounterSourceStatus, FrameReader, NodeId, NodeLogWriter, Rank, RankExit, Record,
@@ -289,6 +290,8 @@ struct RankSlot {
     stream: StreamState,
     /// Why the agent killed it, if it did.
     killed: Option<String>,
+    /// What it wrote to stderr last.
+    stderr: StderrTail,
     ended: bool,
     dropped_spans: u64,
 }
@@ -301,6 +304,7 @@ impl RankSlot {
             exit: None,
             stream: StreamState::Open,
             killed: None,
+            stderr: StderrTail::default(),
             ended: false,
             dropped_spans: 0,
         }
@@ -352,7 +356,12 @@ impl Drop for RankSlot {
 }
 
 /// How a rank ended, from its exit status, its stream and the agent's own action.
-fn rank_exit(exit: &ExitSeen, stream: &StreamState, killed: Option<&str>) -> RankExit {
+fn rank_exit(
+    exit: &ExitSeen,
+    stream: &StreamState,
+    killed: Option<&str>,
+    last_words: Option<String>,
+) -> RankExit {
     let mut problems = Vec::new();
     let (code, signal) = match &exit.status {
         Ok(status) => {
@@ -378,6 +387,7 @@ fn rank_exit(exit: &ExitSeen, stream: &StreamState, killed: Option<&str>) -> Ran
     if problems.is_empty() {
         return RankExit::Success;
     }
+    problems.extend(last_words.map(|line| format!("its last words: '{line}'")));
     RankExit::Failed {
         code,
         signal,
@@ -436,9 +446,10 @@ impl<'a> Supervisor<'a> {
         for &rank in ranks {
             let mut slot = RankSlot::new(rank);
             match spawn_rank(rank, command, inbox) {
-                Ok(child) => {
+                Ok((child, stderr)) => {
                     let pid = child.id();
                     slot.child = Some(child);
+                    slot.stderr = stderr;
                     let anchor = ClockAnchor::now();
                     self.log.append(&Record::RankStart { rank, pid, anchor })?;
                 }
@@ -564,7 +575,8 @@ impl<'a> Supervisor<'a> {
                 continue;
             };
             let (rank, at_ns) = (slot.rank, exit.at_ns);
-            let how = rank_exit(exit, &slot.stream, slot.killed.as_deref());
+            let last_words = slot.stderr.last_line();
+            let how = rank_exit(exit, &slot.stream, slot.killed.as_deref(), last_words);
             let killed = slot.killed.is_some();
             slot.ended = true;
             self.log.append(&Record::RankEnd {
@@ -655,14 +667,17 @@ fn agent_record_kind(record: &Record) -> &'static str {
     }
 }
 
-/// Starts one rank with its stdout piped to a new reader thread.
+/// Starts one rank with its stdout piped to a new reader thread and its stderr passed through.
 fn spawn_rank(
     rank: Rank,
     command: &dyn Fn(Rank) -> Command,
     inbox: &Sender<Inbound>,
-) -> Result<Child, String> {
+) -> Result<(Child, StderrTail), String> {
     let mut command = command(rank);
-    command.stdin(Stdio::null()).stdout(Stdio::piped());
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let program = command.get_program().to_string_lossy().into_owned();
     let mut child = command
         .spawn()
@@ -677,7 +692,12 @@ fn spawn_rank(
         let _ = child.wait();
         return Err(message);
     }
-    Ok(child)
+    let stderr = child
+        .stderr
+        .take()
+        .map(|e| StderrTail::follow(rank, e))
+        .unwrap_or_default();
+    Ok((child, stderr))
 }
 
 fn spawn_reader(rank: Rank, stdout: ChildStdout, inbox: Sender<Inbound>) -> Result<(), String> {

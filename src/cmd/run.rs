@@ -10,7 +10,7 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use pinch_collector::{AgentEvent, SampleRate};
 use pinch_traces::{
-    NodeEntry, NodeId, Rank, Record, RunManifest, Versions, WorkloadSpec,
+    NodeEntry, NodeId, Rank, RankExit, Record, RunManifest, Versions, WorkloadSpec,
     manifest::MANIFEST_VERSION, read_node_log, wall_now_ns,
 };
 use pinch_workloads::{RendezvousServer, TpRunConfig};
@@ -38,8 +38,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create run directory '{}'", plan.run_dir.display()))?;
     let mut manifest = manifest(&plan, &args)?;
     manifest.store(&plan.run_dir)?;
-    let failures = execute(&plan, &args)?;
-    manifest.counter_sources = counter_sources(&plan);
+    let agent_failures = execute(&plan, &args)?;
+    let recorded = read_back(&plan);
+    manifest.counter_sources = recorded.sources;
     manifest.store(&plan.run_dir)?;
     let report = report_of(&plan.run_dir)?;
     render::write_report_json(&report, &plan.run_dir.join("report.json"))?;
@@ -47,9 +48,17 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     if !args.json {
         eprintln!("run stored in {}", plan.run_dir.display());
     }
-    match failures.first() {
-        None => Ok(()),
-        Some(first) => anyhow::bail!("{first} (run stored in {})", plan.run_dir.display()),
+    let stored = plan.run_dir.display();
+    match (recorded.failures.first(), agent_failures.first()) {
+        (Some((_, _, rank, message)), _) => {
+            let others = match recorded.failures.len() - 1 {
+                0 => String::new(),
+                n => format!("; {n} more rank(s) failed with it"),
+            };
+            anyhow::bail!("{rank} failed first: {message}{others} (run stored in {stored})")
+        }
+        (None, Some(failure)) => anyhow::bail!("{failure} (run stored in {stored})"),
+        (None, None) => Ok(()),
     }
 }
 
@@ -262,17 +271,42 @@ fn follow(events: mpsc::Receiver<AgentEvent>, world: u32) -> Vec<String> {
     failures
 }
 
-/// The counter sources each node's agent reported, read back from the node logs.
-fn counter_sources(plan: &Plan) -> Vec<pinch_traces::CounterSourceStatus> {
-    let mut sources = Vec::new();
+/// What the coordinator reads back from the node logs once the agents are done.
+struct Recorded {
+    /// The counter sources each node's agent reported.
+    sources: Vec<pinch_traces::CounterSourceStatus>,
+    /// Failed ranks, the cause first: ranks that failed on their own before ranks that lost a
+    /// peer, each group by wall-clock end: (lost a peer, end, rank, how it ended).
+    failures: Vec<(bool, i128, Rank, String)>,
+}
+
+fn read_back(plan: &Plan) -> Recorded {
+    let mut recorded = Recorded {
+        sources: Vec::new(),
+        failures: Vec::new(),
+    };
     for node in &plan.nodes {
         let Ok(log) = read_node_log(&plan.run_dir.join(&node.log_file)) else {
             continue;
         };
-        sources.extend(log.records.into_iter().filter_map(|r| match r {
-            Record::Source(status) => Some(status),
-            _ => None,
-        }));
+        let mut anchor = None;
+        for record in log.records {
+            match record {
+                Record::NodeStart { anchor: a, .. } => anchor = Some(a),
+                Record::Source(status) => recorded.sources.push(status),
+                Record::RankEnd {
+                    rank,
+                    exit: RankExit::Failed { code, message, .. },
+                    at_ns,
+                } => {
+                    let wall_ns = anchor.map_or(i128::MAX, |a| a.to_wall_ns(at_ns));
+                    let lost_peer = code == Some(crate::exit::PEER_LOST);
+                    recorded.failures.push((lost_peer, wall_ns, rank, message));
+                }
+                _ => {}
+            }
+        }
     }
-    sources
+    recorded.failures.sort();
+    recorded
 }
