@@ -129,7 +129,7 @@ fn ops_table(report: &Report) -> String {
             t.add_row(vec![
                 right(r.rank.to_string()),
                 Cell::new(&op.name),
-                Cell::new(format!("{:?}", op.category).to_lowercase()),
+                Cell::new(op.category.name()),
                 right(op.count.to_string()),
                 right(fmt_ns(op.total_ns)),
                 right(fmt_pct(op.share_pct)),
@@ -155,11 +155,8 @@ fn collectives_table(report: &Report) -> String {
         "arrival skew",
     ]);
     for c in &report.collectives {
-        let kind = serde_json::to_value(c.kind)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string));
         t.add_row(vec![
-            Cell::new(kind.unwrap_or_else(|| format!("{:?}", c.kind))),
+            Cell::new(c.kind.name()),
             right(fmt_bytes(c.message_bytes)),
             right(c.participants.to_string()),
             right(c.count.to_string()),

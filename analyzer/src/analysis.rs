@@ -13,29 +13,6 @@ use std::collections::BTreeMap;
 /// How many ops `RankReport::top_ops` keeps.
 pub const TOP_OPS: usize = 10;
 
-/// A span category, as report.json spells it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OpCategory {
-    Compute,
-    Communication,
-    Memory,
-    Host,
-    Wait,
-}
-
-impl From<Category> for OpCategory {
-    fn from(category: Category) -> OpCategory {
-        match category {
-            Category::Compute => OpCategory::Compute,
-            Category::Communication => OpCategory::Communication,
-            Category::Memory => OpCategory::Memory,
-            Category::Host => OpCategory::Host,
-            Category::Wait => OpCategory::Wait,
-        }
-    }
-}
-
 /// How a rank process ended.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
@@ -70,7 +47,7 @@ impl From<&RankExit> for ExitReport {
 pub struct OpReport {
     pub name: String,
     /// The category of the op's first span.
-    pub category: OpCategory,
+    pub category: Category,
     pub count: u64,
     /// Sum of the span durations (nested or overlapping spans each count).
     pub total_ns: u64,
@@ -171,7 +148,7 @@ fn op_report(timeline: &Timeline, spans: &[&TimedSpan], wall_ns: u64) -> Option<
     let bytes = sum_known(spans, |s| s.attrs.bytes);
     Some(OpReport {
         name: timeline.name(first.name).to_string(),
-        category: first.category.into(),
+        category: first.category,
         count: spans.len() as u64,
         total_ns,
         share_pct: pct(total_ns as f64, wall_ns as f64).unwrap_or(0.0),
@@ -254,7 +231,7 @@ mod tests {
         assert_eq!(compute.flops, Some(3_000));
         assert_eq!(compute.achieved_gflops, Some(3_000.0 / 400.0));
         assert_eq!((compute.bytes, compute.achieved_gbps), (None, None));
-        assert_eq!(r.top_ops[0].category, OpCategory::Communication);
+        assert_eq!(r.top_ops[0].category, Category::Communication);
         assert_eq!(r.comm_overlap_pct, Some(0.0));
     }
 

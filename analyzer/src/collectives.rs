@@ -7,37 +7,10 @@ use pinch_traces::{CollectiveKind, Rank};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// A collective operation, as report.json spells it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CollectiveOp {
-    AllReduce,
-    AllGather,
-    ReduceScatter,
-    AllToAll,
-    Broadcast,
-    Send,
-    Recv,
-}
-
-impl From<CollectiveKind> for CollectiveOp {
-    fn from(kind: CollectiveKind) -> CollectiveOp {
-        match kind {
-            CollectiveKind::AllReduce => CollectiveOp::AllReduce,
-            CollectiveKind::AllGather => CollectiveOp::AllGather,
-            CollectiveKind::ReduceScatter => CollectiveOp::ReduceScatter,
-            CollectiveKind::AllToAll => CollectiveOp::AllToAll,
-            CollectiveKind::Broadcast => CollectiveOp::Broadcast,
-            CollectiveKind::Send => CollectiveOp::Send,
-            CollectiveKind::Recv => CollectiveOp::Recv,
-        }
-    }
-}
-
 /// One group of like collectives, over every rank that took part.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CollectiveReport {
-    pub kind: CollectiveOp,
+    pub kind: CollectiveKind,
     pub message_bytes: u64,
     pub participants: u32,
     /// Distinct sequence numbers: how many times the collective ran.
@@ -90,7 +63,7 @@ fn group_report(key: GroupKey, spans: &[&TimedSpan]) -> Option<CollectiveReport>
     ranks.dedup();
     let algbw_gbps = (median_ns > 0).then(|| message_bytes as f64 / median_ns as f64);
     Some(CollectiveReport {
-        kind: kind.into(),
+        kind,
         message_bytes,
         participants,
         count: arrivals.len() as u64,
@@ -192,7 +165,7 @@ mod tests {
 
     #[test]
     fn collective_kinds_serialize_in_snake_case() {
-        let json = serde_json::to_string(&CollectiveOp::from(CollectiveKind::ReduceScatter));
+        let json = serde_json::to_string(&CollectiveKind::ReduceScatter);
         assert_eq!(json.ok().as_deref(), Some("\"reduce_scatter\""));
     }
 }

@@ -21,9 +21,9 @@ pub mod timeline;
 #[cfg(test)]
 mod testkit;
 
-pub use analysis::{AnalysisInput, ExitReport, OpCategory, OpReport, RankReport};
+pub use analysis::{AnalysisInput, ExitReport, OpReport, RankReport};
 pub use breakdown::{BreakdownNs, BreakdownPct};
-pub use collectives::{CollectiveOp, CollectiveReport};
+pub use collectives::CollectiveReport;
 pub use error::AnalyzerError;
 pub use facts::{Problem, ProblemKind, RunFacts};
 pub use findings::{Detector, Finding, FindingKind, Level, Location, all_detectors, detect_all};

@@ -9,6 +9,7 @@ use std::fmt;
 /// What kind of time a span is. The analyzer's breakdown counts overlapping time once, in this
 /// order of precedence: compute, communication, memory, host, wait.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Category {
     /// Arithmetic: matmuls, attention, norms, activations.
     Compute,
@@ -50,6 +51,7 @@ impl fmt::Display for Category {
 
 /// The collective operations pinch's workloads issue.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum CollectiveKind {
     AllReduce,
     AllGather,

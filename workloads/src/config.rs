@@ -147,6 +147,23 @@ impl ModelConfig {
     }
 }
 
+/// A small shape of the tiny preset's kind, so tests build and run a model in milliseconds.
+#[cfg(test)]
+pub(crate) fn test_model() -> ModelConfig {
+    ModelConfig {
+        name: "small".to_string(),
+        vocab: 64,
+        hidden: 32,
+        layers: 2,
+        heads: 4,
+        kv_heads: 2,
+        head_dim: 8,
+        ffn: 48,
+        max_seq: 16,
+        ..tiny()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -355,24 +355,12 @@ fn head(pass: &Pass, weights: &ShardWeights, b: &mut Buffers) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::preset;
     use crate::weights::ModelWeights;
     use pinch_collector::Recorder;
     use pinch_traces::Rank;
 
     fn small() -> ModelConfig {
-        ModelConfig {
-            name: "small".to_string(),
-            vocab: 64,
-            hidden: 32,
-            layers: 2,
-            heads: 4,
-            kv_heads: 2,
-            head_dim: 8,
-            ffn: 48,
-            max_seq: 16,
-            ..preset("tiny").unwrap()
-        }
+        crate::config::test_model()
     }
 
     /// One step of two sequences: the same number of tokens each, from position `first` on.

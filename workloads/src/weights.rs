@@ -189,22 +189,9 @@ fn rows(matrix: &[f32], cols: usize, keep: Range<usize>) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::preset;
 
-    /// A small shape so the tests generate in milliseconds.
     fn small() -> ModelConfig {
-        ModelConfig {
-            name: "small".to_string(),
-            vocab: 64,
-            hidden: 32,
-            layers: 2,
-            heads: 4,
-            kv_heads: 2,
-            head_dim: 8,
-            ffn: 48,
-            max_seq: 16,
-            ..preset("tiny").unwrap()
-        }
+        crate::config::test_model()
     }
 
     fn std_of(values: &[f32]) -> f32 {

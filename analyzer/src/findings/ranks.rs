@@ -2,8 +2,9 @@
 //! collective, and compute spread unevenly across ranks.
 
 use super::{Detector, Finding, FindingKind, Level, Location, fmt_ns, mean, nodes_of, severity};
-use crate::analysis::{AnalysisInput, OpCategory, RankReport};
+use crate::analysis::{AnalysisInput, RankReport};
 use crate::stats::median;
+use pinch_traces::Category;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// A rank's collectives are much shorter than its peers' while arrivals are skewed: the peers
@@ -141,7 +142,7 @@ fn collective_ops(input: &AnalysisInput<'_>, rank: u32) -> Vec<String> {
         .iter()
         .filter(|r| r.rank == rank)
         .flat_map(|r| &r.top_ops)
-        .filter(|op| op.category == OpCategory::Communication)
+        .filter(|op| op.category == Category::Communication)
         .map(|op| op.name.as_str())
         .collect();
     names.into_iter().map(String::from).collect()
@@ -196,7 +197,7 @@ fn imbalance_finding(
     let top_compute = busiest
         .top_ops
         .iter()
-        .find(|op| op.category == OpCategory::Compute)
+        .find(|op| op.category == Category::Compute)
         .map(|op| op.name.clone());
     Finding {
         kind: FindingKind::LoadImbalance,

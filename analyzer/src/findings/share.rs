@@ -4,7 +4,7 @@
 use super::{
     Detector, Finding, FindingKind, Level, Location, mean, nodes_of, ranks_phrase, severity,
 };
-use crate::analysis::{AnalysisInput, OpCategory};
+use crate::analysis::AnalysisInput;
 use crate::breakdown::BreakdownNs;
 use pinch_traces::Category;
 use std::collections::BTreeMap;
@@ -161,7 +161,7 @@ impl ShareDetector {
 
     /// Up to three ops of this category on the flagged ranks, by mean share of wall time.
     fn top_ops(&self, input: &AnalysisInput<'_>, ranks: &[u32]) -> Vec<(String, f64)> {
-        let Some(category) = self.part.map(OpCategory::from) else {
+        let Some(category) = self.part else {
             return Vec::new();
         };
         let mut shares: BTreeMap<&str, f64> = BTreeMap::new();
