@@ -9,7 +9,7 @@
 //! # Why `gemm`
 //!
 //! Matmuls dominate the decoder, so they go through the `gemm` crate: pure Rust and well kept
-//! (it is the engine under faer), with BLAS-class single-thread speed from kernels that pick the
+//! (by faer's author; early faer was built on it), with BLAS-class single-thread speed from kernels that pick the
 //! CPU's best SIMD (AVX/AVX2/FMA on x86-64, NEON on aarch64) at run time. The alternatives cost
 //! more: a system BLAS (OpenBLAS, MKL through `blas-src`) must be installed or built from C on
 //! every machine the agent runs on; faer brings the same kernels with a whole linear-algebra
