@@ -39,6 +39,10 @@ fn default_layout_records_two_nodes_and_reports_every_rank() {
         assert!((sum - 100.0).abs() <= 1.0, "shares add to {sum}: {rank}");
         assert!(rank["wall_ns"].as_u64().unwrap() > 0);
         assert!(rank["breakdown_pct"]["communication"].as_f64().unwrap() > 0.0);
+        assert_eq!(
+            rank["dropped_spans"], 0,
+            "a known zero, not a missing count"
+        );
     }
     let nodes: Vec<u64> = ranks.iter().map(|r| r["node"].as_u64().unwrap()).collect();
     assert_eq!(nodes, vec![0, 1], "TP=2 over 2 nodes puts one rank on each");

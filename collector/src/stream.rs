@@ -48,7 +48,7 @@ impl RankStream {
             writer,
             batch: Vec::with_capacity(MAX_SPANS_PER_BATCH),
             names_sent: 0,
-            dropped_sent: 0,
+            dropped_sent: None,
         };
         let (messages, inbox) = mpsc::channel();
         let name = flusher_name(rank);
@@ -116,7 +116,8 @@ struct Flusher<W: Write> {
     writer: NodeLogWriter<BufWriter<W>>,
     batch: Vec<Span>,
     names_sent: usize,
-    dropped_sent: u64,
+    /// `None` until the first cycle, which writes the count even when it is 0: a known zero.
+    dropped_sent: Option<u64>,
 }
 
 impl<W: Write> Flusher<W> {
@@ -146,13 +147,13 @@ impl<W: Write> Flusher<W> {
     fn cycle(&mut self, queued: Vec<Record>) -> Result<(), CollectorError> {
         self.write_spans()?;
         let dropped = self.recorder.dropped();
-        if dropped != self.dropped_sent {
+        if Some(dropped) != self.dropped_sent {
             let rank = self.recorder.rank();
             self.append(&Record::Dropped {
                 rank,
                 spans: dropped,
             })?;
-            self.dropped_sent = dropped;
+            self.dropped_sent = Some(dropped);
         }
         for record in &queued {
             self.append(record)?;
@@ -363,6 +364,7 @@ mod tests {
                     }
                 }
                 Record::Progress { .. } => {}
+                Record::Dropped { rank, spans } => assert_eq!((*rank, *spans), (Rank(2), 0)),
                 other => panic!("unexpected record {other:?}"),
             }
         }
@@ -446,7 +448,11 @@ mod tests {
             matches!(&records[1], Record::Spans(b) if b.len() == 1),
             "{records:?}"
         );
-        assert!(matches!(records[2], Record::Progress { done: 1, .. }));
+        assert!(
+            matches!(records[2], Record::Dropped { spans: 0, .. }),
+            "a known zero is written once"
+        );
+        assert!(matches!(records[3], Record::Progress { done: 1, .. }));
         stream.finish().unwrap();
     }
 
