@@ -55,7 +55,7 @@ fn header(report: &Report) -> String {
             .unwrap_or_else(|| "?".into())
     };
     format!(
-        "pinch run {}: {} of model '{}' on {} nodes, TP={}, {} rounds of {} prompts x ({} prompt + {} decoded tokens)\nwall time {}",
+        "pinch run {}: {}, model '{}', {} nodes, TP={}\n{} rounds of {} prompts, each {} prompt + {} decoded tokens; wall time {}",
         run.id,
         run.workload,
         run.model,

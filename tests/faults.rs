@@ -23,6 +23,19 @@ fn tp_degree_that_does_not_divide_the_heads_is_named() {
 }
 
 #[test]
+fn injected_crash_outside_the_run_is_named() {
+    fails_with_code_2(&["run", "--crash-rank=5", "--crash-at-step=2"], "'5'");
+    fails_with_code_2(&["run", "--crash-rank=1", "--crash-at-step=9999"], "'9999'");
+}
+
+#[test]
+fn layout_that_does_not_fit_is_named() {
+    fails_with_code_2(&["run", "--nodes=0"], "'0'");
+    fails_with_code_2(&["run", "--nodes=4", "--tp=2"], "'4'");
+    fails_with_code_2(&["run", "--sample-hz=0"], "'0'");
+}
+
+#[test]
 fn missing_run_directory_is_named() {
     fails_with_code_2(
         &["analyze", "/nonexistent/pinch-run"],

@@ -19,5 +19,23 @@ pub fn tp_config(args: &WorkloadArgs, default_tp: usize) -> anyhow::Result<TpRun
         seed: args.seed,
     };
     config.validate().map_err(bad_input)?;
+    validate_fault(args, &config)?;
     Ok(config)
+}
+
+/// An injected crash must name a rank of the run and a step it reaches.
+fn validate_fault(args: &WorkloadArgs, config: &TpRunConfig) -> anyhow::Result<()> {
+    if let Some(rank) = args.crash_rank.filter(|&r| r as usize >= config.tp) {
+        return Err(bad_input(format!(
+            "crash rank '{rank}' is not a rank of this run (ranks 0 to {})",
+            config.tp - 1
+        )));
+    }
+    let steps = config.steps();
+    if let Some(step) = args.crash_at_step.filter(|&s| s == 0 || s > steps) {
+        return Err(bad_input(format!(
+            "crash step '{step}' is not a step of this run (steps 1 to {steps})"
+        )));
+    }
+    Ok(())
 }
