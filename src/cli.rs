@@ -35,8 +35,9 @@ pub struct WorkloadArgs {
     /// Model preset (`tiny`).
     #[arg(long, default_value = "tiny")]
     pub preset: String,
-    /// Tensor-parallel degree: the number of ranks. Must divide the model's attention heads,
-    /// KV heads and MLP size. Defaults to the number of nodes (one rank per node).
+    /// Tensor-parallel degree: the number of ranks. Must divide the model's attention heads and
+    /// MLP size; KV heads are split over the ranks, or replicated when ranks outnumber them.
+    /// Defaults to the number of nodes (one rank per node).
     #[arg(long)]
     pub tp: Option<usize>,
     /// Prompts per batch.

@@ -66,12 +66,14 @@ fn default_layout_records_two_nodes_and_reports_every_rank() {
 }
 
 #[test]
-fn tp1_and_tp2_generate_the_same_tokens() {
+fn tp1_tp2_and_tp4_generate_the_same_tokens() {
     let dir = tempfile::tempdir().unwrap();
     let one = dir.path().join("tp1");
     let two = dir.path().join("tp2");
+    let four = dir.path().join("tp4");
     run(&one, &["--nodes=1", "--tp=1", "--seed=7"]).success();
     run(&two, &["--nodes=2", "--tp=2", "--seed=7"]).success();
+    run(&four, &["--nodes=2", "--tp=4", "--seed=7"]).success();
     let tokens = |d: &std::path::Path| report_json(d)["run"]["generated_tokens"].clone();
     assert!(
         tokens(&one).as_array().is_some_and(|t| t.len() == 4),
@@ -79,4 +81,16 @@ fn tp1_and_tp2_generate_the_same_tokens() {
         tokens(&one)
     );
     assert_eq!(tokens(&one), tokens(&two));
+    assert_eq!(tokens(&one), tokens(&four));
+    let placed: Vec<(u64, u64)> = report_json(&four)["ranks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["rank"].as_u64().unwrap(), r["node"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        placed,
+        vec![(0, 0), (1, 0), (2, 1), (3, 1)],
+        "ranks placed node-major"
+    );
 }

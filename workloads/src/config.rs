@@ -115,28 +115,32 @@ impl ModelConfig {
         Ok(())
     }
 
-    /// Checks `tp` ranks can split this model Megatron-style: whole query heads, whole KV heads
-    /// and whole MLP columns on every rank.
+    /// Checks `tp` ranks can split this model Megatron-style: whole query heads and whole MLP
+    /// columns on every rank, and KV heads either split evenly or, when there are more ranks
+    /// than KV heads, replicated on an equal number of ranks each.
     pub fn validate_tp(&self, tp: usize) -> Result<(), WorkloadError> {
         if tp == 0 {
             return Err(WorkloadError::ZeroSetting {
                 what: "tensor-parallel degree",
             });
         }
-        let parts = [
-            ("attention heads", self.heads),
-            ("key-value heads", self.kv_heads),
-            ("ffn columns", self.ffn),
-        ];
-        match parts.iter().find(|(_, count)| count % tp != 0) {
-            Some(&(what, count)) => Err(WorkloadError::TpDoesNotDivide {
+        let parts = [("attention heads", self.heads), ("ffn columns", self.ffn)];
+        if let Some(&(what, count)) = parts.iter().find(|(_, count)| count % tp != 0) {
+            return Err(WorkloadError::TpDoesNotDivide {
                 tp,
                 count,
                 what,
                 preset: self.name.clone(),
-            }),
-            None => Ok(()),
+            });
         }
+        if self.kv_heads % tp != 0 && tp % self.kv_heads != 0 {
+            return Err(WorkloadError::TpDoesNotFitKvHeads {
+                tp,
+                kv_heads: self.kv_heads,
+                preset: self.name.clone(),
+            });
+        }
+        Ok(())
     }
 
     fn malformed(&self, problem: String) -> WorkloadError {
@@ -202,10 +206,23 @@ mod tests {
             three,
             "tensor-parallel degree '3' does not divide the 8 attention heads of preset 'tiny'"
         );
-        let four = tiny.validate_tp(4).unwrap_err().to_string();
+        tiny.validate_tp(4).unwrap();
+        tiny.validate_tp(8).unwrap();
+        let sixteen = tiny.validate_tp(16).unwrap_err().to_string();
         assert!(
-            four.contains("'4'") && four.contains("2 key-value heads"),
-            "{four}"
+            sixteen.contains("'16'") && sixteen.contains("8 attention heads"),
+            "{sixteen}"
+        );
+        let six_heads = ModelConfig {
+            heads: 12,
+            kv_heads: 4,
+            ffn: 1536,
+            ..tiny.clone()
+        };
+        let six = six_heads.validate_tp(6).unwrap_err().to_string();
+        assert!(
+            six.contains("'6'") && six.contains("4 key-value heads"),
+            "{six}"
         );
         let zero = tiny.validate_tp(0).unwrap_err().to_string();
         assert_eq!(zero, "tensor-parallel degree '0' must be at least 1");

@@ -26,6 +26,16 @@ pub enum WorkloadError {
     MalformedModel { name: String, problem: String },
 
     #[error(
+        "tensor-parallel degree '{tp}' neither divides nor is a multiple of the {kv_heads} \
+         key-value heads of preset '{preset}'"
+    )]
+    TpDoesNotFitKvHeads {
+        tp: usize,
+        kv_heads: usize,
+        preset: String,
+    },
+
+    #[error(
         "prompt length {prompt_len} plus {decode_tokens} decode tokens is '{total}' tokens, \
          more than the {max_seq} that preset '{preset}' allows"
     )]

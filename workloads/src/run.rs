@@ -247,6 +247,11 @@ mod tests {
         assert!(generated.tokens.iter().all(|seq| seq.len() == 6));
         assert_eq!(tokens(&two[0]), generated);
         assert_eq!(tokens(&two[1]), generated);
+        let four = run_group(&vec![small(4, 7); 4]);
+        assert!(
+            four.iter().all(|r| tokens(r) == generated),
+            "KV heads replicated at TP=4"
+        );
         let other_seed = run_group(&[small(1, 8)]);
         assert_ne!(tokens(&other_seed[0]), generated);
     }

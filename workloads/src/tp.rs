@@ -1,7 +1,10 @@
 //! Megatron-style tensor parallelism: which slice of each weight a rank owns.
 //!
 //! Attention is split by heads: rank `r` of `tp` owns query heads `[r*h/tp, (r+1)*h/tp)` and KV
-//! heads `[r*kv/tp, (r+1)*kv/tp)`, so its queries still find their own KV group locally. The MLP
+//! heads `[r*kv/tp, (r+1)*kv/tp)`, so its queries still find their own KV group locally. With
+//! more ranks than KV heads, each KV head is replicated on `tp/kv` consecutive ranks (rank `r`
+//! holds KV head `r / (tp/kv)`), as Megatron does: the query heads of those ranks are exactly
+//! that KV head's group, so attention stays local. The MLP
 //! is split by intermediate columns. The projections back into the residual stream (`wo`,
 //! `w_down`) are row-parallel: each rank produces a partial sum, completed by one all-reduce.
 
@@ -18,6 +21,8 @@ pub struct TpLayout {
     pub heads: usize,
     /// Key-value heads on this rank.
     pub kv_heads: usize,
+    /// On how many ranks each of this rank's KV heads is held (1 unless replicated).
+    pub kv_replicas: usize,
     pub head_dim: usize,
     /// MLP intermediate columns on this rank.
     pub ffn: usize,
@@ -34,7 +39,8 @@ impl TpLayout {
             rank,
             tp,
             heads: model.heads / tp,
-            kv_heads: model.kv_heads / tp,
+            kv_heads: (model.kv_heads / tp).max(1),
+            kv_replicas: (tp / model.kv_heads).max(1),
             head_dim: model.head_dim,
             ffn: model.ffn / tp,
         })
@@ -55,9 +61,9 @@ impl TpLayout {
         own(self.rank, self.q_dim())
     }
 
-    /// Columns of the full `wk` and `wv` this rank owns.
+    /// Columns of the full `wk` and `wv` this rank owns (or holds a replica of).
     pub fn kv_range(&self) -> Range<usize> {
-        own(self.rank, self.kv_dim())
+        own(self.rank / self.kv_replicas, self.kv_dim())
     }
 
     /// Columns of the full `w_gate` and `w_up` (and rows of the full `w_down`) this rank owns.
@@ -86,6 +92,19 @@ mod tests {
         assert_eq!(one.q_range(), 256..512);
         assert_eq!(one.kv_range(), 64..128);
         assert_eq!(one.ffn_range(), 768..1536);
+    }
+
+    #[test]
+    fn kv_heads_are_replicated_when_ranks_outnumber_them() {
+        let tiny = preset("tiny").unwrap();
+        let layouts: Vec<TpLayout> = (0..8)
+            .map(|r| TpLayout::new(&tiny, r, 8).unwrap())
+            .collect();
+        let kv: Vec<_> = layouts.iter().map(TpLayout::kv_range).collect();
+        assert_eq!(kv[..4], vec![0..64; 4][..], "ranks 0-3 hold KV head 0");
+        assert_eq!(kv[4..], vec![64..128; 4][..], "ranks 4-7 hold KV head 1");
+        // Rank 5's query head (5 of 8) belongs to KV head 5 / (8/2) = 1: local, as held.
+        assert_eq!((layouts[5].heads, layouts[5].q_range()), (1, 320..384));
     }
 
     #[test]
