@@ -6,7 +6,7 @@ use crate::collectives::{CollectiveReport, collective_reports};
 use crate::facts::RunFacts;
 use crate::stats::{median, pct};
 use crate::timeline::{NameId, TimedSpan, Timeline};
-use pinch_traces::{Category, Rank, RankExit};
+use pinch_traces::{Category, NodeId, Rank, RankExit};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -86,30 +86,28 @@ pub struct RankReport {
     pub exit: Option<ExitReport>,
 }
 
-/// Every rank known to the facts or present in the timeline, in order.
+/// Every rank known to the facts or present in the timeline, in order, each on its node: the
+/// manifest's placement, else the node whose log carried the rank's spans.
 pub fn rank_reports(timeline: &Timeline, facts: &RunFacts) -> Vec<RankReport> {
-    let mut ranks: Vec<Rank> = facts.rank_nodes.keys().copied().collect();
-    ranks.extend(timeline.ranks());
-    ranks.sort();
-    ranks.dedup();
-    ranks
+    let mut placed: BTreeMap<Rank, NodeId> = timeline
+        .ranks()
         .into_iter()
-        .map(|rank| rank_report(timeline, facts, rank))
+        .filter_map(|rank| Some((rank, timeline.spans_of(rank).first()?.node)))
+        .collect();
+    placed.extend(facts.rank_nodes.iter().map(|(&rank, &node)| (rank, node)));
+    placed
+        .into_iter()
+        .map(|(rank, node)| rank_report(timeline, facts, rank, node))
         .collect()
 }
 
-fn rank_report(timeline: &Timeline, facts: &RunFacts, rank: Rank) -> RankReport {
+fn rank_report(timeline: &Timeline, facts: &RunFacts, rank: Rank, node: NodeId) -> RankReport {
     let spans = timeline.spans_of(rank);
-    // Every rank comes from the facts or has spans, so its node is always found.
-    let node = facts
-        .rank_nodes
-        .get(&rank)
-        .or(spans.first().map(|s| &s.node));
     let breakdown_ns = (!spans.is_empty()).then(|| breakdown(spans));
     let wall_ns = breakdown_ns.map(|b| b.wall_ns());
     RankReport {
         rank: rank.0,
-        node: node.map_or(0, |n| n.0),
+        node: node.0,
         span_count: spans.len() as u64,
         wall_ns,
         breakdown_ns,

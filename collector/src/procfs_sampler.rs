@@ -57,10 +57,12 @@ pub struct CpuTicks {
     pub user: u64,
     pub system: u64,
     pub idle: u64,
-    pub iowait: u64,
+    /// `None` where the kernel does not report it.
+    pub iowait: Option<u64>,
     /// irq + softirq.
     pub interrupts: u64,
-    pub steal: u64,
+    /// `None` where the kernel does not report it.
+    pub steal: Option<u64>,
 }
 
 impl From<&procfs::CpuTime> for CpuTicks {
@@ -69,9 +71,9 @@ impl From<&procfs::CpuTime> for CpuTicks {
             user: time.user + time.nice,
             system: time.system,
             idle: time.idle,
-            iowait: time.iowait.unwrap_or(0),
+            iowait: time.iowait,
             interrupts: time.irq.unwrap_or(0) + time.softirq.unwrap_or(0),
-            steal: time.steal.unwrap_or(0),
+            steal: time.steal,
         }
     }
 }
@@ -83,8 +85,9 @@ pub struct CoreShares {
     pub utilization: f64,
     pub user: f64,
     pub system: f64,
-    pub iowait: f64,
-    pub steal: f64,
+    /// `None` where the kernel does not report the field: absent, not zero.
+    pub iowait: Option<f64>,
+    pub steal: Option<f64>,
 }
 
 /// The shares of a core's time between two readings; `None` when no tick passed between them.
@@ -93,20 +96,23 @@ pub fn core_shares(before: &CpuTicks, after: &CpuTicks) -> Option<CoreShares> {
     let user = after.user.saturating_sub(before.user);
     let system = after.system.saturating_sub(before.system);
     let idle = after.idle.saturating_sub(before.idle);
-    let iowait = after.iowait.saturating_sub(before.iowait);
+    let delta = |a: Option<u64>, b: Option<u64>| Some(a?.saturating_sub(b?));
+    let iowait = delta(after.iowait, before.iowait);
     let interrupts = after.interrupts.saturating_sub(before.interrupts);
-    let steal = after.steal.saturating_sub(before.steal);
-    let total = user + system + idle + iowait + interrupts + steal;
+    let steal = delta(after.steal, before.steal);
+    // A field the kernel does not report adds no ticks to the total.
+    let (iowait_ticks, steal_ticks) = (iowait.unwrap_or(0), steal.unwrap_or(0));
+    let total = user + system + idle + iowait_ticks + interrupts + steal_ticks;
     if total == 0 {
         return None;
     }
     let percent = |ticks: u64| 100.0 * ticks as f64 / total as f64;
     Some(CoreShares {
-        utilization: percent(total - idle - iowait),
+        utilization: percent(total - idle - iowait_ticks),
         user: percent(user),
         system: percent(system),
-        iowait: percent(iowait),
-        steal: percent(steal),
+        iowait: iowait.map(percent),
+        steal: steal.map(percent),
     })
 }
 
@@ -358,8 +364,12 @@ fn push_core(out: &mut SampleSink, core: &str, now_ns: u64, shares: &CoreShares)
     out.push(CPU_UTILIZATION, core, now_ns, shares.utilization);
     out.push(CPU_USER, core, now_ns, shares.user);
     out.push(CPU_SYSTEM, core, now_ns, shares.system);
-    out.push(CPU_IOWAIT, core, now_ns, shares.iowait);
-    out.push(CPU_STEAL, core, now_ns, shares.steal);
+    if let Some(iowait) = shares.iowait {
+        out.push(CPU_IOWAIT, core, now_ns, iowait);
+    }
+    if let Some(steal) = shares.steal {
+        out.push(CPU_STEAL, core, now_ns, steal);
+    }
 }
 
 /// Per-second rates of one interface; each is absent if its counter went backwards.
@@ -437,6 +447,23 @@ processes 2
     }
 
     #[test]
+    fn fields_the_kernel_does_not_report_stay_absent() {
+        let at = |busy, idle| CpuTicks {
+            user: busy,
+            system: 0,
+            idle,
+            iowait: None,
+            interrupts: 0,
+            steal: None,
+        };
+        let shares = core_shares(&at(0, 0), &at(30, 70)).unwrap();
+        assert_eq!(
+            (shares.utilization, shares.iowait, shares.steal),
+            (30.0, None, None)
+        );
+    }
+
+    #[test]
     fn core_shares_from_two_proc_stat_snapshots() {
         let (before, after) = (cores(BEFORE), cores(AFTER));
         assert_eq!(before.len(), 2);
@@ -448,13 +475,13 @@ processes 2
             "{cpu0:?}"
         );
         assert!(
-            close(cpu0.iowait, 5.0) && close(cpu0.steal, 0.0),
+            cpu0.iowait == Some(5.0) && cpu0.steal == Some(0.0),
             "{cpu0:?}"
         );
         let cpu1 = core_shares(&before[1], &after[1]).unwrap();
         assert!(close(cpu1.utilization, 20.0), "{cpu1:?}");
         assert!(
-            close(cpu1.steal, 10.0) && close(cpu1.iowait, 0.0),
+            cpu1.steal == Some(10.0) && cpu1.iowait == Some(0.0),
             "{cpu1:?}"
         );
     }

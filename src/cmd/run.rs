@@ -2,7 +2,7 @@
 //! one agent process per node, shows progress, then analyzes the node logs and prints the report.
 
 use crate::cli::RunArgs;
-use crate::cmd::analyze::report_of;
+use crate::cmd::analyze::load;
 use crate::cmd::workload::tp_config;
 use crate::exit::bad_input;
 use crate::render;
@@ -10,8 +10,8 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use pinch_collector::{AgentEvent, SampleRate};
 use pinch_traces::{
-    NodeEntry, NodeId, Rank, RankExit, Record, RunManifest, Versions, WorkloadSpec,
-    manifest::MANIFEST_VERSION, read_node_log, wall_now_ns,
+    NodeEntry, NodeId, Rank, RankExit, RunManifest, Versions, WorkloadSpec,
+    manifest::MANIFEST_VERSION, wall_now_ns,
 };
 use pinch_workloads::{RendezvousServer, TpRunConfig};
 use std::collections::BTreeMap;
@@ -36,22 +36,24 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let plan = plan(&args)?;
     std::fs::create_dir_all(&plan.run_dir)
         .with_context(|| format!("cannot create run directory '{}'", plan.run_dir.display()))?;
-    let mut manifest = manifest(&plan, &args)?;
-    manifest.store(&plan.run_dir)?;
+    manifest(&plan, &args)?.store(&plan.run_dir)?;
     let agent_failures = execute(&plan, &args)?;
-    let recorded = read_back(&plan);
-    manifest.counter_sources = recorded.sources;
-    manifest.store(&plan.run_dir)?;
-    let report = report_of(&plan.run_dir)?;
+    // The node logs are read once: for the manifest's counter sources, the report and the
+    // failures alike.
+    let mut run = load(&plan.run_dir)?;
+    run.manifest.counter_sources = run.nodes.iter().flat_map(|n| n.sources.clone()).collect();
+    run.manifest.store(&plan.run_dir)?;
+    let report = pinch_analyzer::analyze(&run);
+    let failures = failures_cause_first(&run);
     render::write_report_json(&report, &plan.run_dir.join("report.json"))?;
     render::print_report(&report, args.json)?;
     if !args.json {
         eprintln!("run stored in {}", plan.run_dir.display());
     }
     let stored = plan.run_dir.display();
-    match (recorded.failures.first(), agent_failures.first()) {
+    match (failures.first(), agent_failures.first()) {
         (Some((_, _, rank, message)), _) => {
-            let others = match recorded.failures.len() - 1 {
+            let others = match failures.len() - 1 {
                 0 => String::new(),
                 n => format!("; {n} more rank(s) failed with it"),
             };
@@ -271,42 +273,23 @@ fn follow(events: mpsc::Receiver<AgentEvent>, world: u32) -> Vec<String> {
     failures
 }
 
-/// What the coordinator reads back from the node logs once the agents are done.
-struct Recorded {
-    /// The counter sources each node's agent reported.
-    sources: Vec<pinch_traces::CounterSourceStatus>,
-    /// Failed ranks, the cause first: ranks that failed on their own before ranks that lost a
-    /// peer, each group by wall-clock end: (lost a peer, end, rank, how it ended).
-    failures: Vec<(bool, i128, Rank, String)>,
-}
-
-fn read_back(plan: &Plan) -> Recorded {
-    let mut recorded = Recorded {
-        sources: Vec::new(),
-        failures: Vec::new(),
-    };
-    for node in &plan.nodes {
-        let Ok(log) = read_node_log(&plan.run_dir.join(&node.log_file)) else {
-            continue;
-        };
-        let mut anchor = None;
-        for record in log.records {
-            match record {
-                Record::NodeStart { anchor: a, .. } => anchor = Some(a),
-                Record::Source(status) => recorded.sources.push(status),
-                Record::RankEnd {
-                    rank,
-                    exit: RankExit::Failed { code, message, .. },
-                    at_ns,
-                } => {
-                    let wall_ns = anchor.map_or(i128::MAX, |a| a.to_wall_ns(at_ns));
-                    let lost_peer = code == Some(crate::exit::PEER_LOST);
-                    recorded.failures.push((lost_peer, wall_ns, rank, message));
-                }
-                _ => {}
-            }
+/// Failed ranks, the cause first: ranks that failed on their own before ranks that lost a peer,
+/// each group by wall-clock end: (lost a peer, end, rank, how it ended).
+fn failures_cause_first(run: &pinch_analyzer::RunData) -> Vec<(bool, i128, Rank, String)> {
+    let mut failures = Vec::new();
+    for node in &run.nodes {
+        for (&rank, life) in &node.ranks {
+            let Some(RankExit::Failed { code, message, .. }) = &life.exit else {
+                continue;
+            };
+            let wall_ns = node
+                .anchor
+                .zip(life.end_ns)
+                .map_or(i128::MAX, |(a, t)| a.to_wall_ns(t));
+            let lost_peer = code == &Some(crate::exit::PEER_LOST);
+            failures.push((lost_peer, wall_ns, rank, message.clone()));
         }
     }
-    recorded.failures.sort();
-    recorded
+    failures.sort();
+    failures
 }
