@@ -3,7 +3,8 @@
 
 use pinch_traces::{
     ClockAnchor, CounterDef, CounterId, CounterSample, CounterSourceStatus, DeviceDef, DeviceId,
-    NodeEntry, NodeId, NodeLog, OpId, Rank, RankExit, Record, RunManifest, Span, Truncation,
+    NodeEntry, NodeId, NodeLog, OpId, Rank, RankExit, Record, RequestRecord, RunManifest, Span,
+    Truncation,
 };
 use std::collections::BTreeMap;
 
@@ -60,6 +61,8 @@ pub struct NodeData {
     pub dropped_spans: BTreeMap<Rank, u64>,
     /// The last `Output` record of each rank.
     pub outputs: BTreeMap<Rank, Vec<Vec<u32>>>,
+    /// Requests served by this node's replica leaders, in the order they finished.
+    pub requests: Vec<RequestRecord>,
     pub log: LogState,
     /// The node's monotonic clock at `Record::NodeEnd`; `None` when the agent did not finish.
     pub end_ns: Option<u64>,
@@ -83,6 +86,7 @@ impl NodeData {
             ranks: BTreeMap::new(),
             dropped_spans: BTreeMap::new(),
             outputs: BTreeMap::new(),
+            requests: Vec::new(),
             log: LogState::Missing { reason },
             end_ns: None,
         }
@@ -133,6 +137,7 @@ impl NodeData {
             Record::Output { rank, tokens } => {
                 self.outputs.insert(rank, tokens);
             }
+            Record::Request { request, .. } => self.requests.push(request),
             Record::RankEnd { rank, exit, at_ns } => {
                 let life = self.rank_mut(rank);
                 life.exit = Some(exit);

@@ -56,6 +56,7 @@ fn all_reduce(seq: u64, participants: u32, message_bytes: u64) -> CollectiveAttr
         participants,
         peer: None,
         message_bytes,
+        wait_ns: None,
     }
 }
 

@@ -551,9 +551,10 @@ impl<'a> Supervisor<'a> {
                 slot.dropped_spans = spans;
                 self.log.append(&record)
             }
-            Record::OpName { .. } | Record::Spans(_) | Record::Output { .. } => {
-                self.log.append(&record)
-            }
+            Record::OpName { .. }
+            | Record::Spans(_)
+            | Record::Output { .. }
+            | Record::Request { .. } => self.log.append(&record),
             other => {
                 let kind = agent_record_kind(&other);
                 self.warn(format!(
@@ -663,7 +664,8 @@ fn agent_record_kind(record: &Record) -> &'static str {
         | Record::Spans(_)
         | Record::Dropped { .. }
         | Record::Progress { .. }
-        | Record::Output { .. } => "rank",
+        | Record::Output { .. }
+        | Record::Request { .. } => "rank",
     }
 }
 

@@ -9,6 +9,7 @@ pub mod counter;
 pub mod ids;
 pub mod manifest;
 pub mod nodelog;
+pub mod request;
 pub mod span;
 
 pub use clock::{ClockAnchor, monotonic_now_ns, wall_now_ns};
@@ -21,4 +22,5 @@ pub use nodelog::{
     FrameReader, NODE_LOG_VERSION, NodeLog, NodeLogError, NodeLogWriter, RankExit, Record,
     Truncation, read_node_log,
 };
+pub use request::RequestRecord;
 pub use span::{Category, CollectiveAttrs, CollectiveKind, Span, SpanAttrs};

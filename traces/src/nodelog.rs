@@ -10,13 +10,14 @@ use crate::clock::ClockAnchor;
 use crate::counter::{CounterDef, CounterSample, DeviceDef};
 use crate::ids::{NodeId, OpId, Rank};
 use crate::manifest::CounterSourceStatus;
+use crate::request::RequestRecord;
 use crate::span::Span;
 use serde::{Deserialize, Serialize};
 use std::io::{self, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
 /// The node log format this build writes and reads.
-pub const NODE_LOG_VERSION: u32 = 1;
+pub const NODE_LOG_VERSION: u32 = 2;
 const MAGIC: &[u8; 8] = b"PINCHLOG";
 const HEADER_BYTES: usize = 16;
 const FRAME_HEADER_BYTES: usize = 8;
@@ -67,6 +68,11 @@ pub enum Record {
     Output {
         rank: Rank,
         tokens: Vec<Vec<u32>>,
+    },
+    /// A request a replica finished serving (sent by the replica's leader rank).
+    Request {
+        rank: Rank,
+        request: RequestRecord,
     },
     /// A rank process ended.
     RankEnd {

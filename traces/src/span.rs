@@ -107,6 +107,9 @@ pub struct CollectiveAttrs {
     pub peer: Option<Rank>,
     /// The size of the user's buffer (nccl-tests' "size"), not the bytes on the wire.
     pub message_bytes: u64,
+    /// Of the span's duration, the time spent waiting for the last peer to arrive; the rest
+    /// moved data. `None` when the transport could not tell.
+    pub wait_ns: Option<u64>,
 }
 
 /// Optional attributes of a span; `None` means not known or not meaningful, never zero.
@@ -118,6 +121,8 @@ pub struct SpanAttrs {
     pub layer: Option<u32>,
     pub step: Option<u32>,
     pub request_id: Option<u64>,
+    /// The pipeline micro-batch the op worked on.
+    pub micro_batch: Option<u32>,
     pub collective: Option<CollectiveAttrs>,
 }
 

@@ -196,6 +196,7 @@ impl<'r> Tracer<'r> {
             participants: ring.world() as u32,
             peer: None,
             message_bytes: std::mem::size_of_val(data) as u64,
+            wait_ns: None,
         };
         let start_ns = self.recorder.now_ns();
         let outcome = ring.all_reduce_sum(data);
