@@ -16,11 +16,16 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run a tensor-parallel inference workload on local nodes, record it, and report its
-    /// bottlenecks. With no options: 2 nodes on this machine, TP=2 across them, the tiny model.
+    /// Serve a stream of requests with a reference model on local nodes, record every rank, and
+    /// report the serving metrics and the bottlenecks. With no options: 2 nodes on this machine,
+    /// TP=2 across them, the tiny model, 32 requests kept 8 in flight.
     Run(RunArgs),
     /// Report again on a recorded run, from its node logs.
     Analyze(AnalyzeArgs),
+    /// List the model presets with their shapes, parameter counts and weight sizes.
+    Presets(crate::cmd::presets::PresetsArgs),
+    /// Microbenchmarks: collectives (nccl-tests style) and decode memory bandwidth.
+    Bench(crate::cmd::bench::BenchArgs),
     /// (internal) The per-node agent: starts the node's ranks and writes its node log.
     #[command(hide = true)]
     Agent(AgentArgs),
@@ -29,36 +34,99 @@ pub enum Command {
     Rank(RankArgs),
 }
 
-/// The workload every rank runs; the same flags travel from `run` to each agent and rank.
+/// The workload: model, layout, request stream, scheduler and injected faults. Validated into
+/// the workloads crate's `ServeConfig` by the coordinator, which hands it to every rank.
 #[derive(Debug, Clone, Args)]
 pub struct WorkloadArgs {
-    /// Model preset (`tiny`).
-    #[arg(long, default_value = "tiny")]
-    pub preset: String,
-    /// Tensor-parallel degree: the number of ranks. Must divide the model's attention heads and
-    /// MLP size; KV heads are split over the ranks, or replicated when ranks outnumber them.
-    /// Defaults to the number of nodes (one rank per node).
+    /// Model preset (see `pinch presets`).
+    #[arg(long, alias = "preset", default_value = "tiny")]
+    pub model: String,
+    /// A Hugging Face config.json to take the model's shape from (instead of --model).
+    #[arg(long, conflicts_with = "model")]
+    pub model_config: Option<PathBuf>,
+    /// A directory of safetensors to load weights from (else seeded synthetic weights).
     #[arg(long)]
-    pub tp: Option<usize>,
-    /// Prompts per batch.
+    pub weights: Option<PathBuf>,
+    /// How weights are stored: f32 or bf16 (computation is f32). Default: the preset's.
+    #[arg(long)]
+    pub dtype: Option<String>,
+    /// Parallel layout, e.g. `tp=2`, `dp=2,tp=2`, `tp=2,pp=2`, `ep=2`. Default: tp = nodes.
+    #[arg(long)]
+    pub parallel: Option<String>,
+    /// Requests in the stream.
+    #[arg(long, default_value_t = 32)]
+    pub requests: usize,
+    /// Poisson arrivals at this many requests per second (default: closed loop, --concurrency).
+    #[arg(long, conflicts_with = "concurrency")]
+    pub rate: Option<f64>,
+    /// Requests kept in flight (closed loop); the default when no --rate is given.
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+    /// Prompt lengths: `64`, `uniform:32-128` or `lognormal:MEDIAN,SIGMA,MAX`.
+    #[arg(long, default_value = "64")]
+    pub prompt_len: String,
+    /// Output lengths, same forms as --prompt-len.
+    #[arg(long, default_value = "64")]
+    pub output_len: String,
+    /// Data-parallel routing: round-robin or least-tokens.
+    #[arg(long, default_value = "round-robin")]
+    pub route: String,
+    /// Positions per KV-cache block.
+    #[arg(long, default_value_t = 16)]
+    pub block_size: usize,
+    /// KV-cache blocks per replica (default: room for --max-seqs of the longest requests).
+    #[arg(long)]
+    pub kv_blocks: Option<usize>,
+    /// Sequences a replica batches together at most.
     #[arg(long, default_value_t = 8)]
-    pub batch: usize,
-    /// Tokens per prompt (prefill length).
-    #[arg(long, default_value_t = 64)]
-    pub prompt_len: usize,
-    /// Tokens generated per prompt by greedy decoding.
-    #[arg(long, default_value_t = 192)]
-    pub decode_tokens: usize,
-    /// Batches served one after another, each prefilled with fresh prompts, then decoded.
-    #[arg(long, default_value_t = 4)]
-    pub rounds: usize,
-    /// Seed of the synthetic weights and prompts.
+    pub max_seqs: usize,
+    /// Tokens a step processes at most (prefill chunks included).
+    #[arg(long, default_value_t = 512)]
+    pub max_batch_tokens: usize,
+    /// Split long prompts over several steps, next to decodes.
+    #[arg(long)]
+    pub chunked_prefill: bool,
+    /// Pipeline micro-batches per step.
+    #[arg(long, default_value_t = 2)]
+    pub micro_batches: usize,
+    /// MoE capacity factor: tokens an expert takes per step as a multiple of an even share
+    /// (overflow is dropped). Default: no limit.
+    #[arg(long)]
+    pub capacity_factor: Option<f32>,
+    /// All-reduce algorithm: auto, ring or one-shot.
+    #[arg(long, default_value = "auto")]
+    pub all_reduce: String,
+    /// Threads each rank's matmuls may use.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Use TCP between ranks of one node too (default: shared memory).
+    #[arg(long)]
+    pub no_shm: bool,
+    /// Service-level objectives for goodput, e.g. `ttft=200ms,tpot=50ms`.
+    #[arg(long)]
+    pub slo: Option<String>,
+    /// Seed of the synthetic weights and the request stream.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Fault injection: make this rank crash (abort) after `--crash-at-step` steps.
+    /// Fault: slow one rank's compute, `RANK=FACTOR` (e.g. `1=2.5`).
+    #[arg(long)]
+    pub slow_rank: Option<String>,
+    /// Fault: skew expert routing (Zipf exponent over experts, e.g. `1.2`).
+    #[arg(long)]
+    pub expert_skew: Option<f64>,
+    /// Fault: pin a rank to cores, `RANK=CORES` (e.g. `0=0` or `1=0-1`).
+    #[arg(long)]
+    pub pin_rank: Option<String>,
+    /// Fault: delay a link, `A-B=DELAY` (e.g. `0-1=2ms`).
+    #[arg(long)]
+    pub link_delay: Vec<String>,
+    /// Fault: cap a link's rate, `A-B=RATE` (e.g. `0-1=100mbit`).
+    #[arg(long)]
+    pub link_rate: Vec<String>,
+    /// Fault: make this rank crash (abort) after `--crash-at-step` steps.
     #[arg(long, requires = "crash_at_step")]
     pub crash_rank: Option<u32>,
-    /// Fault injection: the step after which `--crash-rank` crashes.
+    /// Fault: the step after which `--crash-rank` crashes.
     #[arg(long, requires = "crash_rank")]
     pub crash_at_step: Option<u32>,
 }
@@ -105,9 +173,10 @@ pub struct AgentArgs {
     #[arg(long)]
     pub rendezvous: SocketAddr,
     #[arg(long)]
-    pub world: u32,
-    #[command(flatten)]
-    pub workload: WorkloadArgs,
+    pub router: SocketAddr,
+    /// The run's workload.json (a `ServeConfig`).
+    #[arg(long)]
+    pub plan: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -115,29 +184,11 @@ pub struct RankArgs {
     #[arg(long)]
     pub rank: u32,
     #[arg(long)]
-    pub world: u32,
+    pub node: u32,
     #[arg(long)]
     pub rendezvous: SocketAddr,
-    #[command(flatten)]
-    pub workload: WorkloadArgs,
-}
-
-impl WorkloadArgs {
-    /// The flags that reproduce these arguments on a child's command line.
-    pub fn to_flags(&self, tp: usize) -> Vec<String> {
-        let mut flags = vec![
-            format!("--preset={}", self.preset),
-            format!("--tp={tp}"),
-            format!("--batch={}", self.batch),
-            format!("--prompt-len={}", self.prompt_len),
-            format!("--decode-tokens={}", self.decode_tokens),
-            format!("--rounds={}", self.rounds),
-            format!("--seed={}", self.seed),
-        ];
-        if let (Some(rank), Some(step)) = (self.crash_rank, self.crash_at_step) {
-            flags.push(format!("--crash-rank={rank}"));
-            flags.push(format!("--crash-at-step={step}"));
-        }
-        flags
-    }
+    #[arg(long)]
+    pub router: SocketAddr,
+    #[arg(long)]
+    pub plan: PathBuf,
 }

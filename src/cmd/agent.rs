@@ -2,7 +2,7 @@
 //! processes, writes the node log, and reports progress to the coordinator as JSON lines on stdout.
 
 use crate::cli::AgentArgs;
-use crate::cmd::workload::tp_config;
+use crate::cmd::rank::read_plan;
 use crate::exit::bad_input;
 use anyhow::Context;
 use pinch_collector::{AgentConfig, SampleRate, run_agent};
@@ -11,18 +11,20 @@ use std::io::Write;
 use std::process::Command;
 
 pub fn agent(args: AgentArgs) -> anyhow::Result<()> {
-    let config = tp_config(&args.workload, args.world as usize)?;
+    // Read once here so a bad plan fails the node before any rank starts.
+    read_plan(&args.plan)?;
     let sample_rate = SampleRate::new(args.sample_hz).map_err(bad_input)?;
     let exe = std::env::current_exe().context("cannot find the pinch executable")?;
-    let rank_flags = args.workload.to_flags(config.tp);
-    let (world, rendezvous) = (args.world, args.rendezvous);
+    let (node, rendezvous, router, plan) = (args.node, args.rendezvous, args.router, args.plan.clone());
     let rank_command = move |rank: Rank| {
         let mut cmd = Command::new(&exe);
         cmd.arg("rank")
             .arg(format!("--rank={}", rank.0))
-            .arg(format!("--world={world}"))
+            .arg(format!("--node={node}"))
             .arg(format!("--rendezvous={rendezvous}"))
-            .args(&rank_flags);
+            .arg(format!("--router={router}"))
+            .arg("--plan")
+            .arg(&plan);
         cmd
     };
     let agent_config = AgentConfig {

@@ -1,9 +1,10 @@
-//! `pinch run`: the coordinator. It validates the layout, starts a rendezvous for the ranks and
+//! `pinch run`: the coordinator. It validates the workload into a `ServeConfig` (written to the
+//! run directory as workload.json for every rank), starts the rendezvous, the request router and
 //! one agent process per node, shows progress, then analyzes the node logs and prints the report.
 
 use crate::cli::RunArgs;
 use crate::cmd::analyze::load;
-use crate::cmd::workload::tp_config;
+use crate::cmd::workload::serve_config;
 use crate::exit::bad_input;
 use crate::render;
 use anyhow::Context;
@@ -13,7 +14,9 @@ use pinch_traces::{
     NodeEntry, NodeId, Rank, RankExit, RunManifest, Versions, WorkloadSpec,
     manifest::MANIFEST_VERSION, wall_now_ns,
 };
-use pinch_workloads::{RendezvousServer, TpRunConfig};
+use pinch_workloads::RendezvousServer;
+use pinch_workloads::engine::ServeConfig;
+use pinch_workloads::serving::{RouterServer, generate};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -23,10 +26,14 @@ use std::time::Duration;
 
 /// How long the rendezvous waits for every rank to register.
 const RENDEZVOUS_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long the router waits for every replica's leader to connect.
+const ROUTER_TIMEOUT: Duration = Duration::from_secs(300);
+/// The run's `ServeConfig`, read by every agent and rank.
+const PLAN_FILE: &str = "workload.json";
 
 /// A validated `pinch run`: everything checked before anything starts.
 struct Plan {
-    config: TpRunConfig,
+    config: ServeConfig,
     nodes: Vec<NodeEntry>,
     sample_hz: u32,
     run_dir: PathBuf,
@@ -37,6 +44,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&plan.run_dir)
         .with_context(|| format!("cannot create run directory '{}'", plan.run_dir.display()))?;
     manifest(&plan, &args)?.store(&plan.run_dir)?;
+    let plan_text = serde_json::to_string_pretty(&plan.config)?;
+    std::fs::write(plan.run_dir.join(PLAN_FILE), plan_text + "\n")
+        .with_context(|| format!("cannot write {PLAN_FILE} in '{}'", plan.run_dir.display()))?;
     let agent_failures = execute(&plan, &args)?;
     // The node logs are read once: for the manifest's counter sources, the report and the
     // failures alike.
@@ -69,13 +79,10 @@ fn plan(args: &RunArgs) -> anyhow::Result<Plan> {
         return Err(bad_input("node count '0' must be at least 1"));
     }
     SampleRate::new(args.sample_hz).map_err(bad_input)?;
-    let config = tp_config(&args.workload, args.nodes as usize)?;
-    let world = config.tp as u32;
-    if world % args.nodes != 0 {
-        return Err(bad_input(format!(
-            "{} ranks (--tp {world}) cannot be spread evenly over '{}' nodes",
-            world, args.nodes
-        )));
+    let config = serve_config(&args.workload, args.nodes as usize)?;
+    let world = config.layout.world() as u32;
+    if let Some(slo) = &args.workload.slo {
+        pinch_analyzer::Slo::parse(slo).map_err(bad_input)?;
     }
     let run_dir = match &args.out {
         Some(dir) => dir.clone(),
@@ -131,30 +138,36 @@ pub fn host_name() -> String {
 }
 
 fn manifest(plan: &Plan, args: &RunArgs) -> anyhow::Result<RunManifest> {
-    let w = &args.workload;
-    let model = serde_json::to_value(&plan.config.model)?;
-    let parameters: BTreeMap<String, serde_json::Value> = [
-        ("preset", serde_json::json!(w.preset)),
+    let c = &plan.config;
+    let mut parameters: BTreeMap<String, serde_json::Value> = [
+        ("model_name", serde_json::json!(c.model.name)),
+        ("layout", serde_json::json!(c.layout.to_string())),
+        ("dp", serde_json::json!(c.layout.dp)),
+        ("tp", serde_json::json!(c.layout.tp)),
+        ("pp", serde_json::json!(c.layout.pp)),
+        ("ep", serde_json::json!(c.layout.ep)),
         ("nodes", serde_json::json!(args.nodes)),
-        ("tp", serde_json::json!(plan.config.tp)),
-        ("batch", serde_json::json!(plan.config.batch)),
-        ("prompt_len", serde_json::json!(plan.config.prompt_len)),
-        (
-            "decode_tokens",
-            serde_json::json!(plan.config.decode_tokens),
-        ),
-        ("rounds", serde_json::json!(plan.config.rounds)),
-        ("seed", serde_json::json!(plan.config.seed)),
+        ("dtype", serde_json::json!(c.storage.name())),
+        ("requests", serde_json::to_value(&c.requests)?),
+        ("route", serde_json::to_value(c.route)?),
+        ("kv_blocks", serde_json::json!(c.kv_blocks)),
+        ("block_size", serde_json::json!(c.block_size)),
+        ("max_seqs", serde_json::json!(c.max_seqs)),
+        ("max_batch_tokens", serde_json::json!(c.max_batch_tokens)),
+        ("chunked_prefill", serde_json::json!(c.chunked_prefill)),
+        ("micro_batches", serde_json::json!(c.micro_batches)),
+        ("seed", serde_json::json!(c.seed)),
         ("sample_hz", serde_json::json!(plan.sample_hz)),
-        (
-            "model_params",
-            serde_json::json!(plan.config.model.param_count()),
-        ),
-        ("model", model),
+        ("model_params", serde_json::json!(c.model.param_count())),
+        ("faults", serde_json::to_value(&c.faults)?),
+        ("model", serde_json::to_value(&c.model)?),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
+    if let Some(slo) = &args.workload.slo {
+        parameters.insert("slo".to_string(), serde_json::json!(slo));
+    }
     let started = wall_now_ns();
     Ok(RunManifest {
         format_version: MANIFEST_VERSION,
@@ -166,8 +179,8 @@ fn manifest(plan: &Plan, args: &RunArgs) -> anyhow::Result<RunManifest> {
         started_at_unix_ns: started,
         nodes: plan.nodes.clone(),
         workload: WorkloadSpec {
-            name: "decode-tp".into(),
-            model: w.preset.clone(),
+            name: "serve".into(),
+            model: c.model.name.clone(),
             parameters,
         },
         versions: Versions::current(env!("CARGO_PKG_VERSION")),
@@ -177,17 +190,27 @@ fn manifest(plan: &Plan, args: &RunArgs) -> anyhow::Result<RunManifest> {
 
 /// Starts the rendezvous and the agents, follows their progress, and returns what failed.
 fn execute(plan: &Plan, args: &RunArgs) -> anyhow::Result<Vec<String>> {
-    let world = plan.config.tp;
+    let world = plan.config.layout.world();
     let server = RendezvousServer::bind("127.0.0.1:0").context("cannot start the rendezvous")?;
     let rendezvous = server.addr();
     let serving = std::thread::spawn(move || server.serve(world, RENDEZVOUS_TIMEOUT));
+    let c = &plan.config;
+    let router = RouterServer::start(
+        generate(&c.requests),
+        c.requests.arrivals.clone(),
+        c.layout.dp,
+        c.route,
+        ROUTER_TIMEOUT,
+    )
+    .context("cannot start the request router")?;
+    let router_addr = router.addr();
     let (events, received) = mpsc::channel();
     let mut agents = Vec::new();
     for node in &plan.nodes {
-        agents.push(spawn_agent(plan, args, node, rendezvous, events.clone())?);
+        agents.push(spawn_agent(plan, node, (rendezvous, router_addr), events.clone())?);
     }
     drop(events);
-    let failures = follow(received, world as u32);
+    let failures = follow(received, c.requests.requests as u64);
     let mut failures = failures;
     for (node, mut child) in agents {
         let status = child
@@ -197,16 +220,16 @@ fn execute(plan: &Plan, args: &RunArgs) -> anyhow::Result<Vec<String>> {
             failures.push(format!("the agent of {node} failed ({status})"));
         }
     }
-    // A rendezvous that never completed already surfaced as rank failures.
+    // A rendezvous or router that never completed already surfaced as rank failures.
     let _ = serving.join();
+    let _ = router.join();
     Ok(failures)
 }
 
 fn spawn_agent(
     plan: &Plan,
-    args: &RunArgs,
     node: &NodeEntry,
-    rendezvous: std::net::SocketAddr,
+    (rendezvous, router): (std::net::SocketAddr, std::net::SocketAddr),
     events: mpsc::Sender<AgentEvent>,
 ) -> anyhow::Result<(NodeId, Child)> {
     let exe = std::env::current_exe().context("cannot find the pinch executable")?;
@@ -219,8 +242,9 @@ fn spawn_agent(
         .arg(plan.run_dir.join(&node.log_file))
         .arg(format!("--sample-hz={}", plan.sample_hz))
         .arg(format!("--rendezvous={rendezvous}"))
-        .arg(format!("--world={}", plan.config.tp))
-        .args(args.workload.to_flags(plan.config.tp))
+        .arg(format!("--router={router}"))
+        .arg("--plan")
+        .arg(plan.run_dir.join(PLAN_FILE))
         .stdout(Stdio::piped())
         .spawn()
         .with_context(|| format!("cannot start the agent of {}", node.node))?;
@@ -237,29 +261,23 @@ fn spawn_agent(
     Ok((node.node, child))
 }
 
-/// Shows progress until every agent closed its stdout; returns the rank failures reported.
-fn follow(events: mpsc::Receiver<AgentEvent>, world: u32) -> Vec<String> {
-    let bar = ProgressBar::new(0);
+/// Shows progress (requests finished) until every agent closed its stdout; returns the rank
+/// failures reported.
+fn follow(events: mpsc::Receiver<AgentEvent>, requests: u64) -> Vec<String> {
+    let bar = ProgressBar::new(requests);
     bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} {msg} [{bar:30}] {pos}/{len} rank-steps ({elapsed})",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len} requests ({elapsed})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    bar.set_message(format!("running {world} ranks"));
+    bar.set_message("serving");
     bar.enable_steady_tick(Duration::from_millis(120));
-    let mut done: BTreeMap<Rank, (u32, u32)> = BTreeMap::new();
+    let mut done: BTreeMap<Rank, u32> = BTreeMap::new();
     let mut failures = Vec::new();
     for event in events {
         match event {
-            AgentEvent::Progress {
-                rank,
-                done: d,
-                total,
-            } => {
-                done.insert(rank, (d, total));
-                bar.set_length(u64::from(world) * u64::from(total));
-                bar.set_position(done.values().map(|&(d, _)| u64::from(d)).sum());
+            AgentEvent::Progress { rank, done: d, .. } => {
+                done.insert(rank, d);
+                bar.set_position(done.values().map(|&d| u64::from(d)).sum());
             }
             AgentEvent::RankEnded { rank, ok, message } => {
                 if !ok {

@@ -1,55 +1,117 @@
-//! The decoder's forward pass on one rank's shard, one traced kernel call per op.
+//! One rank's stage of the decoder: its layers (dense or mixture-of-experts), the embedding on
+//! the first stage and the LM head on the last, run over a batch of sequences whose KV caches
+//! live in a paged block pool. One traced kernel call per op.
 //!
-//! Per layer: attention block (norm, column-parallel q/k/v, RoPE, KV-cache append, attention over
-//! the local heads, row-parallel o projection, all-reduce, residual add), then MLP block (norm,
-//! column-parallel gate/up, SiLU-gate, row-parallel down projection, all-reduce, residual add).
-//! Then the final norm of each sequence's last position, the replicated LM head and greedy
-//! sampling. The all-reduced partial sums are identical on every rank, so every rank computes
-//! the same residual stream, logits and tokens.
+//! Per layer: attention block (norm, column-parallel q/k/v, RoPE, KV write through each
+//! sequence's block table, paged attention over the local heads, row-parallel o projection,
+//! tensor-parallel all-reduce, residual add), then the feed-forward block: a dense SwiGLU MLP
+//! (column-parallel gate/up, row-parallel down, all-reduce) or a mixture of experts (router,
+//! top-k gating with an optional capacity, the experts this rank holds, an optional shared
+//! expert). With expert parallelism the routed tokens travel to the rank holding their expert
+//! and back by all-to-all.
 //!
-//! Activations are allocated once, for the largest step (the prefill), and reused.
+//! The vocabulary is split over the tensor-parallel ranks: each looks up the tokens of its slice
+//! (zero rows for the others) and the partial embeddings are all-reduced; each computes the
+//! logits of its slice, and the ranks all-gather their best (logit, token) pairs, so greedy
+//! sampling picks the same token as a replicated head would, ties going to the lower token id.
 
-use crate::comm::Ring;
+use crate::comm::{AllReduceAlgo, CommError, Group, Mesh};
 use crate::config::ModelConfig;
 use crate::error::WorkloadError;
-use crate::trace::{At, Tracer};
-use crate::weights::{LayerWeights, ShardWeights};
+use crate::trace::{At, Issue, Tracer};
+use crate::weights::{Ffn, LayerWeights, Mlp, MoeWeights, ShardWeights};
 use pinch_kernels::{
-    Cost, KvCache, add_in_place, attention, embedding, greedy_sample, matmul, rms_norm, rope,
-    silu_mul,
+    Cost, KvPool, add_in_place, embedding_w, matmul_w, paged_attention, rms_norm, rope,
+    scale_add, silu_mul, top_k_gating,
 };
+use pinch_traces::CollectiveKind;
 
-/// The sizes one rank computes with: the model's, with heads and MLP columns local to the rank.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Dims {
-    pub vocab: usize,
-    pub hidden: usize,
-    /// Local query heads.
-    pub heads: usize,
-    /// Local key-value heads.
-    pub kv_heads: usize,
-    pub head_dim: usize,
-    /// Local MLP columns.
-    pub ffn: usize,
-    pub rope_theta: f32,
-    pub norm_eps: f32,
+/// How the mixture-of-experts layers route.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct MoeOptions {
+    /// Tokens an expert takes per step, as a multiple of an even share (`tokens · k / experts`);
+    /// the overflow is dropped (its expert output is zero). `None`: no limit.
+    pub capacity_factor: Option<f32>,
+    /// Fault injection: biases routing towards low expert ids, Zipf-like with this exponent.
+    pub skew: Option<f64>,
 }
 
-impl Dims {
-    fn new(model: &ModelConfig, shard: &ShardWeights) -> Dims {
-        let layout = shard.layout;
-        Dims {
-            vocab: model.vocab,
-            hidden: model.hidden,
-            heads: layout.heads,
-            kv_heads: layout.kv_heads,
-            head_dim: layout.head_dim,
-            ffn: layout.ffn,
-            rope_theta: model.rope_theta,
-            norm_eps: model.norm_eps,
+/// The communicators a forward pass uses.
+#[derive(Debug)]
+pub struct Comms<'a> {
+    pub mesh: &'a mut Mesh,
+    pub tp: &'a mut Group,
+    /// Every expert-parallel rank; `None` without expert parallelism.
+    pub experts: Option<&'a mut Group>,
+    pub algo: AllReduceAlgo,
+}
+
+/// One sequence's part of a step.
+#[derive(Clone, Copy, Debug)]
+pub struct SeqInput<'a> {
+    pub tokens: &'a [u32],
+    /// Position of `tokens[0]`.
+    pub start_pos: usize,
+    pub block_table: &'a [u32],
+    /// Whether this step samples the sequence's next token (from its last row).
+    pub samples: bool,
+}
+
+/// A step's sequences, flattened into rows.
+#[derive(Clone, Debug)]
+pub struct Batch<'a> {
+    pub seqs: Vec<SeqInput<'a>>,
+    /// Each sequence's first row.
+    starts: Vec<usize>,
+    positions: Vec<usize>,
+    tokens: Vec<u32>,
+}
+
+impl<'a> Batch<'a> {
+    pub fn new(seqs: Vec<SeqInput<'a>>) -> Batch<'a> {
+        let mut starts = Vec::with_capacity(seqs.len());
+        let mut positions = Vec::new();
+        let mut tokens = Vec::new();
+        for seq in &seqs {
+            starts.push(positions.len());
+            positions.extend(seq.start_pos..seq.start_pos + seq.tokens.len());
+            tokens.extend_from_slice(seq.tokens);
+        }
+        Batch {
+            seqs,
+            starts,
+            positions,
+            tokens,
         }
     }
 
+    pub fn rows(&self) -> usize {
+        self.positions.len()
+    }
+
+    /// The rows whose next token is sampled: each sampling sequence's last row.
+    fn sampled_rows(&self) -> Vec<usize> {
+        self.seqs
+            .iter()
+            .zip(&self.starts)
+            .filter(|(s, _)| s.samples && !s.tokens.is_empty())
+            .map(|(s, &start)| start + s.tokens.len() - 1)
+            .collect()
+    }
+}
+
+/// The widths one rank computes with.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Dims {
+    hidden: usize,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    rope_theta: f32,
+    norm_eps: f32,
+}
+
+impl Dims {
     fn q_dim(&self) -> usize {
         self.heads * self.head_dim
     }
@@ -59,378 +121,672 @@ impl Dims {
     }
 }
 
-/// One step's input: `new_tokens` tokens per sequence, `[batch, new_tokens]` row-major, and the
-/// position of each.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StepInput {
-    pub tokens: Vec<u32>,
-    pub positions: Vec<usize>,
-    pub new_tokens: usize,
-}
-
-/// Activation buffers, sized for `max_rows` rows (batch × the longest step).
-#[derive(Debug)]
+/// Activations, grown to the largest step seen and then reused.
+#[derive(Debug, Default)]
 struct Buffers {
-    /// The residual stream, `[rows, hidden]`.
     x: Vec<f32>,
     normed: Vec<f32>,
     q: Vec<f32>,
     k: Vec<f32>,
     v: Vec<f32>,
     attn: Vec<f32>,
-    /// A row-parallel projection's partial sum, all-reduced in place, `[rows, hidden]`.
     proj: Vec<f32>,
     gate: Vec<f32>,
     up: Vec<f32>,
     act: Vec<f32>,
-    /// The final norm of each sequence's last position, `[batch, hidden]`.
-    last: Vec<f32>,
+    mlp_out: Vec<f32>,
+    scratch: Vec<f32>,
+    moe: MoeBuffers,
     logits: Vec<f32>,
-    sampled: Vec<u32>,
 }
 
-/// This step's rows of every buffer.
-struct Views<'a> {
-    x: &'a mut [f32],
-    normed: &'a mut [f32],
-    q: &'a mut [f32],
-    k: &'a mut [f32],
-    v: &'a mut [f32],
-    attn: &'a mut [f32],
-    proj: &'a mut [f32],
-    gate: &'a mut [f32],
-    up: &'a mut [f32],
-    act: &'a mut [f32],
+#[derive(Debug, Default)]
+struct MoeBuffers {
+    router_logits: Vec<f32>,
+    ids: Vec<u32>,
+    gates: Vec<f32>,
+    /// Per routed slot (token-major, k per token): whether it was kept under the capacity.
+    kept: Vec<bool>,
+    /// Per routed slot: the expert's output row.
+    slot_out: Vec<f32>,
+    /// Rows gathered for one expert, and their outputs.
+    gathered: Vec<f32>,
+    gathered_out: Vec<f32>,
+    send: Vec<f32>,
+    send_counts: Vec<usize>,
+    recv: Vec<f32>,
+    recv_counts: Vec<usize>,
+    /// Per slot sent away, in send order: the slot index.
+    order: Vec<usize>,
 }
 
-impl Buffers {
-    fn new(dims: &Dims, batch: usize, max_rows: usize) -> Buffers {
-        let rows = |width: usize| vec![0.0f32; max_rows * width];
-        Buffers {
-            x: rows(dims.hidden),
-            normed: rows(dims.hidden),
-            q: rows(dims.q_dim()),
-            k: rows(dims.kv_dim()),
-            v: rows(dims.kv_dim()),
-            attn: rows(dims.q_dim()),
-            proj: rows(dims.hidden),
-            gate: rows(dims.ffn),
-            up: rows(dims.ffn),
-            act: rows(dims.ffn),
-            last: vec![0.0; batch * dims.hidden],
-            logits: vec![0.0; batch * dims.vocab],
-            sampled: vec![0; batch],
-        }
-    }
-
-    fn views(&mut self, dims: &Dims, rows: usize) -> Views<'_> {
-        Views {
-            x: &mut self.x[..rows * dims.hidden],
-            normed: &mut self.normed[..rows * dims.hidden],
-            q: &mut self.q[..rows * dims.q_dim()],
-            k: &mut self.k[..rows * dims.kv_dim()],
-            v: &mut self.v[..rows * dims.kv_dim()],
-            attn: &mut self.attn[..rows * dims.q_dim()],
-            proj: &mut self.proj[..rows * dims.hidden],
-            gate: &mut self.gate[..rows * dims.ffn],
-            up: &mut self.up[..rows * dims.ffn],
-            act: &mut self.act[..rows * dims.ffn],
-        }
-    }
+/// Resizes `buf` to `len` elements (growing its allocation only past the largest step so far).
+fn sized(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    buf.resize(len, 0.0);
+    &mut buf[..len]
 }
 
-/// What every op of one step shares.
-struct Pass<'a, 'r> {
-    tracer: &'a Tracer<'r>,
-    dims: Dims,
-    batch: usize,
-    input: &'a StepInput,
-    step: u32,
-}
-
-impl Pass<'_, '_> {
-    fn rows(&self) -> usize {
-        self.batch * self.input.new_tokens
-    }
-}
-
-/// One rank's decoder: its weights, KV caches and activation buffers.
+/// One rank's stage of the model.
 #[derive(Debug)]
-pub struct Decoder {
+pub struct StageModel {
+    config: ModelConfig,
     dims: Dims,
-    batch: usize,
-    max_tokens: usize,
     weights: ShardWeights,
-    caches: Vec<KvCache>,
-    buffers: Buffers,
+    pool: KvPool,
+    moe: MoeOptions,
+    bufs: Buffers,
 }
 
-impl Decoder {
-    /// A decoder for `batch` sequences of up to `max_seq` positions, taking at most
-    /// `max_tokens` new tokens per sequence in one step.
+impl StageModel {
+    /// A stage over `weights`, with a KV pool of `kv_blocks` blocks of `block_size` positions
+    /// for each of its layers.
     pub fn new(
-        model: &ModelConfig,
+        config: &ModelConfig,
         weights: ShardWeights,
-        batch: usize,
-        max_tokens: usize,
-        max_seq: usize,
-    ) -> Decoder {
-        let dims = Dims::new(model, &weights);
-        let caches = (0..model.layers)
-            .map(|_| KvCache::new(batch, max_seq, dims.kv_heads, dims.head_dim))
-            .collect();
-        Decoder {
-            dims,
-            batch,
-            max_tokens,
-            weights,
-            caches,
-            buffers: Buffers::new(&dims, batch, batch * max_tokens),
-        }
-    }
-
-    pub fn dims(&self) -> Dims {
-        self.dims
-    }
-
-    /// The last step's logits, `[batch, vocab]`: for each sequence, those of its last position.
-    pub fn logits(&self) -> &[f32] {
-        &self.buffers.logits
-    }
-
-    /// Empties the KV caches for the next batch of sequences, keeping their memory.
-    pub fn reset(&mut self) {
-        self.caches.iter_mut().for_each(KvCache::clear);
-    }
-
-    /// Positions already in the KV caches: where the next step's tokens go.
-    pub fn cached_positions(&self) -> usize {
-        self.caches.first().map_or(0, KvCache::len)
-    }
-
-    /// Runs one step (a prefill or a decode) and returns the token sampled for each sequence.
-    pub fn forward(
-        &mut self,
-        tracer: &Tracer,
-        ring: &mut Ring,
-        input: &StepInput,
-        step: u32,
-    ) -> Result<&[u32], WorkloadError> {
-        assert!(
-            input.new_tokens <= self.max_tokens,
-            "a step of {} tokens exceeds the {} the buffers were sized for",
-            input.new_tokens,
-            self.max_tokens
-        );
-        let pass = Pass {
-            tracer,
-            dims: self.dims,
-            batch: self.batch,
-            input,
-            step,
+        kv_blocks: usize,
+        block_size: usize,
+        moe: MoeOptions,
+    ) -> StageModel {
+        let layout = weights.layout;
+        let dims = Dims {
+            hidden: config.hidden,
+            heads: layout.heads,
+            kv_heads: layout.kv_heads,
+            head_dim: layout.head_dim,
+            rope_theta: config.rope_theta,
+            norm_eps: config.norm_eps,
         };
-        let mut views = self.buffers.views(&self.dims, pass.rows());
-        embed(&pass, &self.weights.embedding, views.x);
-        for (layer, (weights, cache)) in
-            self.weights.layers.iter().zip(&mut self.caches).enumerate()
-        {
-            attention_block(&pass, layer, weights, cache, &mut views, ring)?;
-            mlp_block(&pass, layer, weights, &mut views, ring)?;
+        let pool = KvPool::new(
+            weights.layers.len(),
+            kv_blocks,
+            block_size,
+            dims.kv_heads,
+            dims.head_dim,
+        );
+        StageModel {
+            config: config.clone(),
+            dims,
+            weights,
+            pool,
+            moe,
+            bufs: Buffers::default(),
         }
-        head(&pass, &self.weights, &mut self.buffers);
-        Ok(&self.buffers.sampled)
+    }
+
+    pub fn kv_pool_bytes(&self) -> u64 {
+        self.pool.bytes()
+    }
+
+    pub fn weight_bytes(&self) -> u64 {
+        self.weights.bytes()
+    }
+
+    /// The residual stream of the last `rows` rows computed or received, `[rows, hidden]`.
+    pub fn hidden(&self, rows: usize) -> &[f32] {
+        &self.bufs.x[..rows * self.dims.hidden]
+    }
+
+    /// Room for `rows` rows of residual stream received from the previous stage.
+    pub fn hidden_mut(&mut self, rows: usize) -> &mut [f32] {
+        sized(&mut self.bufs.x, rows * self.dims.hidden)
+    }
+
+    /// First stage: the batch's token embeddings into the residual stream.
+    pub fn embed(
+        &mut self,
+        t: &Tracer,
+        c: &mut Comms,
+        at: At,
+        batch: &Batch,
+    ) -> Result<(), WorkloadError> {
+        let rows = batch.rows();
+        let x = sized(&mut self.bufs.x, rows * self.dims.hidden);
+        let table = self.weights.embedding.as_ref().ok_or_else(|| not_here("embedding"))?;
+        let first = self.weights.vocab_range.start;
+        t.compute(t.ops.embedding, at, || {
+            embedding_w(table, first, &batch.tokens, x)
+        });
+        all_reduce(t, c, t.ops.all_reduce_embed, at, x)?;
+        Ok(())
+    }
+
+    /// Runs every layer of the stage over the batch's rows of the residual stream.
+    pub fn layers(
+        &mut self,
+        t: &Tracer,
+        c: &mut Comms,
+        at: At,
+        batch: &Batch,
+    ) -> Result<(), WorkloadError> {
+        let first_layer = self.weights.spec.layers.start;
+        for local in 0..self.weights.layers.len() {
+            let at = at.layer(first_layer + local);
+            if batch.rows() > 0 {
+                self.attention_block(t, c, at, local, batch)?;
+            }
+            self.ffn_block(t, c, at, local, batch.rows())?;
+        }
+        Ok(())
+    }
+
+    fn attention_block(
+        &mut self,
+        t: &Tracer,
+        c: &mut Comms,
+        at: At,
+        local: usize,
+        batch: &Batch,
+    ) -> Result<(), WorkloadError> {
+        let (d, rows) = (self.dims, batch.rows());
+        let w = &self.weights.layers[local];
+        let b = &mut self.bufs;
+        let x = &mut b.x[..rows * d.hidden];
+        let normed = sized(&mut b.normed, rows * d.hidden);
+        t.compute(t.ops.attn_norm, at, || {
+            rms_norm(x, &w.attn_norm, d.norm_eps, normed)
+        });
+        let q = sized(&mut b.q, rows * d.q_dim());
+        let k = sized(&mut b.k, rows * d.kv_dim());
+        let v = sized(&mut b.v, rows * d.kv_dim());
+        t.compute(t.ops.matmul_qkv, at, || {
+            matmul_w(normed, rows, &w.wq, q)
+                + matmul_w(normed, rows, &w.wk, k)
+                + matmul_w(normed, rows, &w.wv, v)
+        });
+        t.compute(t.ops.rope, at, || {
+            rope(q, &batch.positions, d.heads, d.head_dim, d.rope_theta)
+                + rope(k, &batch.positions, d.kv_heads, d.head_dim, d.rope_theta)
+        });
+        let pool = &mut self.pool;
+        t.memory(t.ops.kv_append, at, || {
+            let mut cost = Cost::default();
+            for (seq, &start) in batch.seqs.iter().zip(&batch.starts) {
+                let n = seq.tokens.len();
+                let rows = start * d.kv_dim()..(start + n) * d.kv_dim();
+                cost += pool.write(
+                    local,
+                    seq.block_table,
+                    seq.start_pos,
+                    &k[rows.clone()],
+                    &v[rows],
+                    n,
+                )?;
+            }
+            Ok(cost)
+        })
+        .map_err(|source| WorkloadError::KvCache {
+            layer: at.layer.unwrap_or(0) as usize,
+            source,
+        })?;
+        let attn = sized(&mut b.attn, rows * d.q_dim());
+        let scratch = &mut b.scratch;
+        let pool = &self.pool;
+        t.compute(t.ops.attention, at, || {
+            let mut cost = Cost::default();
+            for (seq, &start) in batch.seqs.iter().zip(&batch.starts) {
+                let n = seq.tokens.len();
+                let rows = start * d.q_dim()..(start + n) * d.q_dim();
+                cost += paged_attention(
+                    &q[rows.clone()],
+                    pool,
+                    local,
+                    seq.block_table,
+                    seq.start_pos,
+                    n,
+                    d.heads,
+                    scratch,
+                    &mut attn[rows],
+                );
+            }
+            cost
+        });
+        let proj = sized(&mut b.proj, rows * d.hidden);
+        t.compute(t.ops.matmul_o, at, || matmul_w(attn, rows, &w.wo, proj));
+        all_reduce(t, c, t.ops.all_reduce_attn, at, proj)?;
+        t.compute(t.ops.residual_add, at, || add_in_place(x, proj));
+        Ok(())
+    }
+
+    fn ffn_block(
+        &mut self,
+        t: &Tracer,
+        c: &mut Comms,
+        at: At,
+        local: usize,
+        rows: usize,
+    ) -> Result<(), WorkloadError> {
+        let d = self.dims;
+        let w: &LayerWeights = &self.weights.layers[local];
+        let b = &mut self.bufs;
+        if rows > 0 {
+            let x = &b.x[..rows * d.hidden];
+            let normed = sized(&mut b.normed, rows * d.hidden);
+            t.compute(t.ops.mlp_norm, at, || {
+                rms_norm(x, &w.mlp_norm, d.norm_eps, normed)
+            });
+        }
+        match &w.ffn {
+            Ffn::Dense(mlp) => {
+                if rows == 0 {
+                    return Ok(());
+                }
+                let proj = sized(&mut b.proj, rows * d.hidden);
+                dense_mlp(t, at, mlp, &b.normed, rows, &mut b.gate, &mut b.up, &mut b.act, proj);
+                all_reduce(t, c, t.ops.all_reduce_mlp, at, proj)?;
+            }
+            Ffn::Moe(moe) => {
+                sized(&mut b.proj, rows * d.hidden);
+                moe_block(t, c, at, &self.config, self.moe, moe, b, rows)?;
+                all_reduce(t, c, t.ops.all_reduce_mlp, at, &mut b.proj[..rows * d.hidden])?;
+            }
+        }
+        if rows > 0 {
+            let x = &mut b.x[..rows * d.hidden];
+            let proj = &b.proj[..rows * d.hidden];
+            t.compute(t.ops.residual_add, at, || add_in_place(x, proj));
+        }
+        Ok(())
+    }
+
+    /// Last stage: the greedy next token of every sampling sequence, in batch order. Every
+    /// tensor-parallel rank returns the same tokens.
+    pub fn sample(
+        &mut self,
+        t: &Tracer,
+        c: &mut Comms,
+        at: At,
+        batch: &Batch,
+    ) -> Result<Vec<u32>, WorkloadError> {
+        let d = self.dims;
+        let rows = batch.sampled_rows();
+        let n = rows.len();
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let (norm, head) = match (&self.weights.final_norm, &self.weights.lm_head) {
+            (Some(norm), Some(head)) => (norm, head),
+            _ => return Err(not_here("LM head")),
+        };
+        let b = &mut self.bufs;
+        let picked = sized(&mut b.up, n * d.hidden);
+        for (i, &r) in rows.iter().enumerate() {
+            picked[i * d.hidden..(i + 1) * d.hidden]
+                .copy_from_slice(&b.x[r * d.hidden..(r + 1) * d.hidden]);
+        }
+        let normed = sized(&mut b.normed, n * d.hidden);
+        t.compute(t.ops.final_norm, at, || {
+            rms_norm(picked, norm, d.norm_eps, normed)
+        });
+        let vocab_local = head.cols();
+        let logits = sized(&mut b.logits, n * vocab_local);
+        t.compute(t.ops.lm_head, at, || matmul_w(normed, n, head, logits));
+        let first = self.weights.vocab_range.start;
+        let mut best = vec![0.0f32; 2 * n];
+        t.compute(t.ops.sample, at, || local_argmax(logits, vocab_local, first, &mut best));
+        if c.tp.size() == 1 {
+            return Ok(best.chunks_exact(2).map(|p| p[1] as u32).collect());
+        }
+        let mut all = vec![0.0f32; 2 * n * c.tp.size()];
+        let issue = Issue {
+            kind: CollectiveKind::AllGather,
+            peer: None,
+            message_bytes: (all.len() * 4) as u64,
+        };
+        let mesh = &mut *c.mesh;
+        t.collective(t.ops.all_gather_sample, at, c.tp, issue, |g| {
+            mesh.all_gather(g, &best, &mut all)
+        })?;
+        Ok(pick_across_ranks(&all, n))
     }
 }
 
-fn embed(pass: &Pass, table: &[f32], x: &mut [f32]) {
-    let op = pass.tracer.ops.embedding;
-    let hidden = pass.dims.hidden;
-    pass.tracer.compute(op, At::step(pass.step), || {
-        embedding(table, hidden, &pass.input.tokens, x)
-    });
+fn not_here(what: &str) -> WorkloadError {
+    WorkloadError::MalformedModel {
+        name: what.to_string(),
+        problem: format!("this pipeline stage does not hold the {what}"),
+    }
 }
 
-/// Norm, q/k/v, RoPE, cache append, attention, o projection, all-reduce, residual add.
-fn attention_block(
-    pass: &Pass,
-    layer: usize,
-    w: &LayerWeights,
-    cache: &mut KvCache,
-    v: &mut Views,
-    ring: &mut Ring,
-) -> Result<(), WorkloadError> {
-    let (tracer, ops, d) = (pass.tracer, &pass.tracer.ops, pass.dims);
-    let (at, rows, new_tokens) = (
-        At::layer(pass.step, layer),
-        pass.rows(),
-        pass.input.new_tokens,
+/// All-reduces `data` over the tensor-parallel group as a traced collective.
+fn all_reduce(
+    t: &Tracer,
+    c: &mut Comms,
+    op: pinch_traces::OpId,
+    at: At,
+    data: &mut [f32],
+) -> Result<(), CommError> {
+    let issue = Issue {
+        kind: CollectiveKind::AllReduce,
+        peer: None,
+        message_bytes: std::mem::size_of_val(data) as u64,
+    };
+    let (mesh, algo) = (&mut *c.mesh, c.algo);
+    t.collective(op, at, c.tp, issue, |g| mesh.all_reduce_sum(g, data, algo))
+        .map(|_| ())
+}
+
+/// `out = down(silu(gate(input)) · up(input))` over `rows` rows, as three traced ops.
+#[allow(clippy::too_many_arguments)]
+fn dense_mlp(
+    t: &Tracer,
+    at: At,
+    mlp: &Mlp,
+    input: &[f32],
+    rows: usize,
+    gate: &mut Vec<f32>,
+    up: &mut Vec<f32>,
+    act: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    let hidden = mlp.w_gate.rows();
+    let width = mlp.w_gate.cols();
+    let input = &input[..rows * hidden];
+    let (gate, up, act) = (
+        sized(gate, rows * width),
+        sized(up, rows * width),
+        sized(act, rows * width),
     );
-    tracer.compute(ops.attn_norm, at, || {
-        rms_norm(v.x, &w.attn_norm, d.norm_eps, v.normed)
+    t.compute(t.ops.matmul_gate_up, at, || {
+        matmul_w(input, rows, &mlp.w_gate, gate) + matmul_w(input, rows, &mlp.w_up, up)
     });
-    tracer.compute(ops.matmul_qkv, at, || {
-        matmul(v.normed, &w.wq, rows, d.hidden, d.q_dim(), v.q)
-            + matmul(v.normed, &w.wk, rows, d.hidden, d.kv_dim(), v.k)
-            + matmul(v.normed, &w.wv, rows, d.hidden, d.kv_dim(), v.v)
-    });
-    let positions = &pass.input.positions;
-    tracer.compute(ops.rope, at, || {
-        rope(v.q, positions, d.heads, d.head_dim, d.rope_theta)
-            + rope(v.k, positions, d.kv_heads, d.head_dim, d.rope_theta)
-    });
-    tracer
-        .memory(ops.kv_append, at, || cache.append(v.k, v.v, new_tokens))
-        .map_err(|source| WorkloadError::KvCache { layer, source })?;
-    tracer.compute(ops.attention, at, || {
-        attention(v.q, cache, pass.batch, new_tokens, d.heads, v.attn)
-    });
-    tracer.compute(ops.matmul_o, at, || {
-        matmul(v.attn, &w.wo, rows, d.q_dim(), d.hidden, v.proj)
-    });
-    tracer.all_reduce(ops.all_reduce_attn, at, ring, v.proj)?;
-    tracer.compute(ops.residual_add, at, || add_in_place(v.x, v.proj));
-    Ok(())
+    t.compute(t.ops.silu_mul, at, || silu_mul(gate, up, act));
+    t.compute(t.ops.matmul_down, at, || matmul_w(act, rows, &mlp.w_down, out));
 }
 
-/// Norm, gate/up, SiLU gating, down projection, all-reduce, residual add.
-fn mlp_block(
-    pass: &Pass,
-    layer: usize,
-    w: &LayerWeights,
-    v: &mut Views,
-    ring: &mut Ring,
+/// The same MLP, untraced, for the expert loop (traced as a whole).
+fn expert_mlp(mlp: &Mlp, input: &[f32], rows: usize, scratch: &mut [Vec<f32>; 3], out: &mut [f32]) -> Cost {
+    let width = mlp.w_gate.cols();
+    let [gate, up, act] = scratch;
+    let (gate, up, act) = (
+        sized(gate, rows * width),
+        sized(up, rows * width),
+        sized(act, rows * width),
+    );
+    matmul_w(input, rows, &mlp.w_gate, gate)
+        + matmul_w(input, rows, &mlp.w_up, up)
+        + silu_mul(gate, up, act)
+        + matmul_w(act, rows, &mlp.w_down, out)
+}
+
+/// The mixture-of-experts block: `b.proj[..rows]` = Σ over each token's kept slots of gate ·
+/// expert(token) (+ the shared expert), from `b.normed`.
+#[allow(clippy::too_many_arguments)]
+fn moe_block(
+    t: &Tracer,
+    c: &mut Comms,
+    at: At,
+    config: &ModelConfig,
+    options: MoeOptions,
+    w: &MoeWeights,
+    b: &mut Buffers,
+    rows: usize,
 ) -> Result<(), WorkloadError> {
-    let (tracer, ops, d) = (pass.tracer, &pass.tracer.ops, pass.dims);
-    let (at, rows) = (At::layer(pass.step, layer), pass.rows());
-    tracer.compute(ops.mlp_norm, at, || {
-        rms_norm(v.x, &w.mlp_norm, d.norm_eps, v.normed)
-    });
-    tracer.compute(ops.matmul_gate_up, at, || {
-        matmul(v.normed, &w.w_gate, rows, d.hidden, d.ffn, v.gate)
-            + matmul(v.normed, &w.w_up, rows, d.hidden, d.ffn, v.up)
-    });
-    tracer.compute(ops.silu_mul, at, || silu_mul(v.gate, v.up, v.act));
-    tracer.compute(ops.matmul_down, at, || {
-        matmul(v.act, &w.w_down, rows, d.ffn, d.hidden, v.proj)
-    });
-    tracer.all_reduce(ops.all_reduce_mlp, at, ring, v.proj)?;
-    tracer.compute(ops.residual_add, at, || add_in_place(v.x, v.proj));
+    let moe = config.moe.as_ref().ok_or_else(|| not_here("expert configuration"))?;
+    let (hidden, experts, k) = (config.hidden, moe.experts, moe.top_k);
+    let m = &mut b.moe;
+    if rows > 0 {
+        route(t, at, w, options, moe.renormalize, &b.normed[..rows * hidden], rows, experts, k, m);
+    } else {
+        m.ids.clear();
+        m.gates.clear();
+        m.kept.clear();
+    }
+    sized(&mut m.slot_out, rows * k * hidden);
+    let mut scratch = [std::mem::take(&mut b.gate), std::mem::take(&mut b.up), std::mem::take(&mut b.act)];
+    let outcome = match c.experts.as_deref_mut() {
+        None => {
+            local_experts(t, at, w, &b.normed, hidden, k, m, &mut scratch);
+            Ok(())
+        }
+        Some(group) => exchange_experts(t, &mut *c.mesh, group, at, w, &b.normed, (hidden, experts, k), m, &mut scratch),
+    };
+    [b.gate, b.up, b.act] = scratch;
+    outcome?;
+    let proj = &mut b.proj[..rows * hidden];
+    let m = &b.moe;
+    t.compute(t.ops.moe_combine, at, || combine(m, hidden, k, proj));
+    if let (Some(shared), true) = (&w.shared, rows > 0) {
+        let out = sized(&mut b.mlp_out, rows * hidden);
+        let mut scratch = [std::mem::take(&mut b.gate), std::mem::take(&mut b.up), std::mem::take(&mut b.act)];
+        t.compute(t.ops.moe_shared, at, || {
+            expert_mlp(shared, &b.normed[..rows * hidden], rows, &mut scratch, out)
+                + add_in_place(&mut b.proj[..rows * hidden], out)
+        });
+        [b.gate, b.up, b.act] = scratch;
+    }
     Ok(())
 }
 
-/// Final norm of each sequence's last position, LM head, greedy sampling.
-fn head(pass: &Pass, weights: &ShardWeights, b: &mut Buffers) {
-    let (tracer, ops, d) = (pass.tracer, &pass.tracer.ops, pass.dims);
-    let at = At::step(pass.step);
-    let new_tokens = pass.input.new_tokens;
-    tracer.compute(ops.final_norm, at, || {
-        let last_rows = b.last.chunks_exact_mut(d.hidden).enumerate();
-        last_rows
-            .map(|(seq, out)| {
-                let row = (seq * new_tokens + new_tokens - 1) * d.hidden;
-                rms_norm(
-                    &b.x[row..row + d.hidden],
-                    &weights.final_norm,
-                    d.norm_eps,
-                    out,
-                )
-            })
-            .sum::<Cost>()
+/// Router logits, the skew bias, top-k gating and the capacity cut.
+#[allow(clippy::too_many_arguments)]
+fn route(
+    t: &Tracer,
+    at: At,
+    w: &MoeWeights,
+    options: MoeOptions,
+    renormalize: bool,
+    normed: &[f32],
+    rows: usize,
+    experts: usize,
+    k: usize,
+    m: &mut MoeBuffers,
+) {
+    let logits = sized(&mut m.router_logits, rows * experts);
+    m.ids.resize(rows * k, 0);
+    m.gates.resize(rows * k, 0.0);
+    t.compute(t.ops.moe_router, at, || {
+        let mut cost = matmul_w(normed, rows, &w.router, logits);
+        if let Some(s) = options.skew {
+            for row in logits.chunks_exact_mut(experts) {
+                for (e, l) in row.iter_mut().enumerate() {
+                    *l -= (s * ((e + 1) as f64).ln()) as f32;
+                }
+            }
+        }
+        cost += top_k_gating(logits, experts, k, renormalize, &mut m.ids, &mut m.gates);
+        cost
     });
-    tracer.compute(ops.lm_head, at, || {
-        matmul(
-            &b.last,
-            &weights.lm_head,
-            pass.batch,
-            d.hidden,
-            d.vocab,
-            &mut b.logits,
-        )
-    });
-    tracer.compute(ops.sample, at, || {
-        greedy_sample(&b.logits, d.vocab, &mut b.sampled)
-    });
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::weights::ModelWeights;
-    use pinch_collector::Recorder;
-    use pinch_traces::Rank;
-
-    fn small() -> ModelConfig {
-        crate::config::test_model()
-    }
-
-    /// One step of two sequences: the same number of tokens each, from position `first` on.
-    fn input(seqs: [&[u32]; 2], first: usize) -> StepInput {
-        let new_tokens = seqs[0].len();
-        StepInput {
-            tokens: seqs.concat(),
-            positions: (0..2).flat_map(|_| first..first + new_tokens).collect(),
-            new_tokens,
+    m.kept.clear();
+    m.kept.resize(rows * k, true);
+    if let Some(factor) = options.capacity_factor {
+        let capacity = ((factor as f64) * (rows * k) as f64 / experts as f64).ceil() as usize;
+        let mut load = vec![0usize; experts];
+        for (slot, &e) in m.ids.iter().enumerate() {
+            load[e as usize] += 1;
+            m.kept[slot] = load[e as usize] <= capacity.max(1);
         }
     }
+}
 
-    #[test]
-    fn decoding_a_token_matches_prefilling_it() {
-        let model = small();
-        let recorder = Recorder::new(Rank(0), 1 << 12);
-        let tracer = Tracer::new(&recorder);
-        let mut ring = Ring::solo();
-        let shard = || ModelWeights::generate(&model, 9).shard(0, 1).unwrap();
-        let (a, b): (&[u32], &[u32]) = (&[3, 14, 15, 9, 26], &[53, 58, 9, 7, 29]);
+/// Without expert parallelism: every expert (or this rank's slice of it) runs here.
+#[allow(clippy::too_many_arguments)]
+fn local_experts(
+    t: &Tracer,
+    at: At,
+    w: &MoeWeights,
+    normed: &[f32],
+    hidden: usize,
+    k: usize,
+    m: &mut MoeBuffers,
+    scratch: &mut [Vec<f32>; 3],
+) {
+    t.compute(t.ops.moe_experts, at, || {
+        let mut cost = Cost::default();
+        for (e, mlp) in w.experts.iter().enumerate() {
+            let Some(mlp) = mlp else { continue };
+            let slots: Vec<usize> = (0..m.ids.len())
+                .filter(|&s| m.kept[s] && m.ids[s] as usize == e)
+                .collect();
+            if slots.is_empty() {
+                continue;
+            }
+            let gathered = sized(&mut m.gathered, slots.len() * hidden);
+            for (i, &s) in slots.iter().enumerate() {
+                let token = s / k;
+                gathered[i * hidden..(i + 1) * hidden]
+                    .copy_from_slice(&normed[token * hidden..(token + 1) * hidden]);
+            }
+            let out = sized(&mut m.gathered_out, slots.len() * hidden);
+            cost += expert_mlp(mlp, gathered, slots.len(), scratch, out);
+            for (i, &s) in slots.iter().enumerate() {
+                m.slot_out[s * hidden..(s + 1) * hidden]
+                    .copy_from_slice(&out[i * hidden..(i + 1) * hidden]);
+            }
+        }
+        cost
+    });
+}
 
-        let mut stepwise = Decoder::new(&model, shard(), 2, 4, 8);
-        stepwise
-            .forward(&tracer, &mut ring, &input([&a[..4], &b[..4]], 0), 0)
-            .unwrap();
-        assert_eq!(stepwise.cached_positions(), 4);
-        stepwise
-            .forward(&tracer, &mut ring, &input([&a[4..], &b[4..]], 4), 1)
-            .unwrap();
-        assert_eq!(stepwise.cached_positions(), 5);
-
-        let mut at_once = Decoder::new(&model, shard(), 2, 5, 8);
-        let sampled = at_once
-            .forward(&tracer, &mut ring, &input([a, b], 0), 0)
-            .unwrap()
-            .to_vec();
-        let worst = stepwise
-            .logits()
-            .iter()
-            .zip(at_once.logits())
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0f32, f32::max);
-        assert!(worst < 1e-4, "logits differ by {worst}");
-        let (first, second) = at_once.logits().split_at(model.vocab);
-        assert_ne!(
-            first, second,
-            "the two sequences do not bleed into each other"
-        );
-        assert_eq!(sampled.len(), 2);
+/// With expert parallelism: kept slots travel to the rank holding their expert (the row plus
+/// the expert id as one more element), run there, and come back in the order they were sent.
+#[allow(clippy::too_many_arguments)]
+fn exchange_experts(
+    t: &Tracer,
+    mesh: &mut Mesh,
+    group: &mut Group,
+    at: At,
+    w: &MoeWeights,
+    normed: &[f32],
+    (hidden, experts, k): (usize, usize, usize),
+    m: &mut MoeBuffers,
+    scratch: &mut [Vec<f32>; 3],
+) -> Result<(), WorkloadError> {
+    let ranks = group.size();
+    let per_rank = experts / ranks;
+    let width = hidden + 1;
+    m.send.clear();
+    m.order.clear();
+    m.send_counts.clear();
+    m.send_counts.resize(ranks, 0);
+    for dest in 0..ranks {
+        for s in 0..m.ids.len() {
+            let e = m.ids[s] as usize;
+            if !m.kept[s] || e / per_rank != dest {
+                continue;
+            }
+            let token = s / k;
+            m.send.extend_from_slice(&normed[token * hidden..(token + 1) * hidden]);
+            m.send.push(e as f32);
+            m.order.push(s);
+            m.send_counts[dest] += width;
+        }
     }
-
-    #[test]
-    fn a_run_past_the_cache_fails_naming_the_layer() {
-        let model = small();
-        let recorder = Recorder::new(Rank(0), 1 << 12);
-        let tracer = Tracer::new(&recorder);
-        let shard = ModelWeights::generate(&model, 9).shard(0, 1).unwrap();
-        let mut decoder = Decoder::new(&model, shard, 2, 3, 4);
-        let mut ring = Ring::solo();
-        decoder
-            .forward(&tracer, &mut ring, &input([&[1, 2, 3], &[4, 5, 6]], 0), 0)
-            .unwrap();
-        decoder
-            .forward(&tracer, &mut ring, &input([&[7], &[8]], 3), 1)
-            .unwrap();
-        let err = decoder.forward(&tracer, &mut ring, &input([&[9], &[10]], 4), 2);
-        let err = err.unwrap_err().to_string();
-        assert!(
-            err.starts_with("kv-cache append failed at layer 0: "),
-            "{err}"
-        );
+    let issue = Issue {
+        kind: CollectiveKind::AllToAll,
+        peer: None,
+        message_bytes: (m.send.len() * 4) as u64,
+    };
+    let (send, counts, recv, recv_counts) = (&m.send, &m.send_counts, &mut m.recv, &mut m.recv_counts);
+    t.collective(t.ops.moe_dispatch, at, group, issue, |g| {
+        mesh.all_to_all_v(g, send, counts, recv, recv_counts)
+    })?;
+    let received = m.recv.len() / width;
+    let mut outputs = vec![0.0f32; received * hidden];
+    t.compute(t.ops.moe_experts, at, || {
+        run_received(w, &m.recv, hidden, &mut outputs, &mut m.gathered, &mut m.gathered_out, scratch)
+    });
+    let back_counts: Vec<usize> = m.recv_counts.iter().map(|c| c / width * hidden).collect();
+    let issue = Issue {
+        kind: CollectiveKind::AllToAll,
+        peer: None,
+        message_bytes: (outputs.len() * 4) as u64,
+    };
+    let mut returned = Vec::new();
+    let mut returned_counts = Vec::new();
+    t.collective(t.ops.moe_return, at, group, issue, |g| {
+        mesh.all_to_all_v(g, &outputs, &back_counts, &mut returned, &mut returned_counts)
+    })?;
+    for (i, &s) in m.order.iter().enumerate() {
+        m.slot_out[s * hidden..(s + 1) * hidden]
+            .copy_from_slice(&returned[i * hidden..(i + 1) * hidden]);
     }
+    Ok(())
+}
+
+/// Runs the received rows (`[row, expert id]` each) through this rank's experts, expert by
+/// expert, writing each output at its row's place.
+fn run_received(
+    w: &MoeWeights,
+    recv: &[f32],
+    hidden: usize,
+    outputs: &mut [f32],
+    gathered: &mut Vec<f32>,
+    gathered_out: &mut Vec<f32>,
+    scratch: &mut [Vec<f32>; 3],
+) -> Cost {
+    let width = hidden + 1;
+    let mut cost = Cost::default();
+    for (e, mlp) in w.experts.iter().enumerate() {
+        let Some(mlp) = mlp else { continue };
+        let rows: Vec<usize> = recv
+            .chunks_exact(width)
+            .enumerate()
+            .filter(|(_, row)| row[hidden] as usize == e)
+            .map(|(i, _)| i)
+            .collect();
+        if rows.is_empty() {
+            continue;
+        }
+        let input = sized(gathered, rows.len() * hidden);
+        for (i, &r) in rows.iter().enumerate() {
+            input[i * hidden..(i + 1) * hidden].copy_from_slice(&recv[r * width..r * width + hidden]);
+        }
+        let out = sized(gathered_out, rows.len() * hidden);
+        cost += expert_mlp(mlp, input, rows.len(), scratch, out);
+        for (i, &r) in rows.iter().enumerate() {
+            outputs[r * hidden..(r + 1) * hidden].copy_from_slice(&out[i * hidden..(i + 1) * hidden]);
+        }
+    }
+    cost
+}
+
+/// `proj[t] = Σ_s gate[t, s] · slot_out[t, s]` over each token's kept slots, in slot order.
+fn combine(m: &MoeBuffers, hidden: usize, k: usize, proj: &mut [f32]) -> Cost {
+    proj.fill(0.0);
+    let mut cost = Cost::default();
+    for (token, out) in proj.chunks_exact_mut(hidden).enumerate() {
+        for s in token * k..(token + 1) * k {
+            if m.kept[s] {
+                cost += scale_add(out, &m.slot_out[s * hidden..(s + 1) * hidden], m.gates[s]);
+            }
+        }
+    }
+    cost
+}
+
+/// Per row of `logits` (`[rows, vocab_local]`): `[max logit, its global token id]`, ties going
+/// to the lower id.
+fn local_argmax(logits: &[f32], vocab_local: usize, first: usize, best: &mut [f32]) -> Cost {
+    for (row, out) in logits.chunks_exact(vocab_local).zip(best.chunks_exact_mut(2)) {
+        let mut arg = 0;
+        for (i, &l) in row.iter().enumerate() {
+            if l > row[arg] {
+                arg = i;
+            }
+        }
+        out[0] = row[arg];
+        out[1] = (first + arg) as f32;
+    }
+    Cost {
+        flops: logits.len() as u64,
+        bytes: (logits.len() * 4 + best.len() * 4) as u64,
+    }
+}
+
+/// The winner of each row over the ranks' `[logit, id]` pairs (gathered rank-major): the
+/// highest logit, the lowest rank (so the lowest id) on ties.
+fn pick_across_ranks(all: &[f32], rows: usize) -> Vec<u32> {
+    let ranks = all.len() / (2 * rows);
+    (0..rows)
+        .map(|r| {
+            let pair = |rank: usize| &all[(rank * rows + r) * 2..(rank * rows + r) * 2 + 2];
+            let mut best = pair(0);
+            for rank in 1..ranks {
+                if pair(rank)[0] > best[0] {
+                    best = pair(rank);
+                }
+            }
+            best[1] as u32
+        })
+        .collect()
 }

@@ -1,108 +1,106 @@
-//! How the decoder's ops become spans: the op names, interned once per rank, and a `Tracer` that
+//! How a rank's work becomes spans: the op names, interned once per rank, and a `Tracer` that
 //! times a piece of work and hands the span to the recorder.
 //!
 //! Everything here is on the hot path: no allocation, no lock (the names were interned up front).
+//! The compute slow-down fault lives here too, so an injected slow rank looks exactly like a rank
+//! whose kernels are slower: the stretch is spent inside the compute span, busy.
 
-use crate::comm::{CommError, Ring};
+use crate::comm::{CommError, Group, Outcome};
 use pinch_collector::Recorder;
 use pinch_kernels::Cost;
-use pinch_traces::{Category, CollectiveAttrs, CollectiveKind, Lane, OpId, SpanAttrs};
+use pinch_traces::{Category, CollectiveAttrs, CollectiveKind, Lane, OpId, Rank, SpanAttrs};
+use std::time::{Duration, Instant};
 
-/// The lane a rank's decoder spans are laid on: the rank runs its ops on one thread.
+/// The lane a rank's spans are laid on: the rank runs its ops on one thread.
 pub const LANE: Lane = Lane(0);
 
-/// Every op name the decoder records, in the order of a forward pass.
-pub const OP_NAMES: [&str; 19] = [
-    "embedding",
-    "attn_norm",
-    "matmul.qkv",
-    "rope",
-    "kv_cache.append",
-    "attention",
-    "matmul.o",
-    "all_reduce.attn",
-    "residual_add",
-    "mlp_norm",
-    "matmul.gate_up",
-    "silu_mul",
-    "matmul.down",
-    "all_reduce.mlp",
-    "final_norm",
-    "lm_head",
-    "sample",
-    "step.bookkeeping",
-    "weights.init",
-];
+macro_rules! ops {
+    ($($field:ident => $name:literal,)*) => {
+        /// Every op name a rank records, in the order of a forward pass.
+        pub const OP_NAMES: &[&str] = &[$($name,)*];
 
-/// The interned id of each op name in `OP_NAMES`.
-#[derive(Clone, Copy, Debug)]
-pub struct Ops {
-    pub embedding: OpId,
-    pub attn_norm: OpId,
-    pub matmul_qkv: OpId,
-    pub rope: OpId,
-    pub kv_append: OpId,
-    pub attention: OpId,
-    pub matmul_o: OpId,
-    pub all_reduce_attn: OpId,
-    pub residual_add: OpId,
-    pub mlp_norm: OpId,
-    pub matmul_gate_up: OpId,
-    pub silu_mul: OpId,
-    pub matmul_down: OpId,
-    pub all_reduce_mlp: OpId,
-    pub final_norm: OpId,
-    pub lm_head: OpId,
-    pub sample: OpId,
-    pub bookkeeping: OpId,
-    pub weights_init: OpId,
-}
-
-impl Ops {
-    /// Interns every op name with `recorder` (locks and allocates: call once, before the run).
-    pub fn intern(recorder: &Recorder) -> Ops {
-        let [a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p, q, r, s] =
-            OP_NAMES.map(|name| recorder.intern(name));
-        Ops {
-            embedding: a,
-            attn_norm: b,
-            matmul_qkv: c,
-            rope: d,
-            kv_append: e,
-            attention: f,
-            matmul_o: g,
-            all_reduce_attn: h,
-            residual_add: i,
-            mlp_norm: j,
-            matmul_gate_up: k,
-            silu_mul: l,
-            matmul_down: m,
-            all_reduce_mlp: n,
-            final_norm: o,
-            lm_head: p,
-            sample: q,
-            bookkeeping: r,
-            weights_init: s,
+        /// The interned id of each op name in `OP_NAMES`.
+        #[derive(Clone, Copy, Debug)]
+        pub struct Ops {
+            $(pub $field: OpId,)*
         }
-    }
+
+        impl Ops {
+            /// Interns every op name with `recorder` (locks and allocates: call once, before
+            /// the run).
+            pub fn intern(recorder: &Recorder) -> Ops {
+                Ops { $($field: recorder.intern($name),)* }
+            }
+        }
+    };
 }
 
-/// Where in the run an op happens: its step, and its layer when inside one.
+ops! {
+    embedding => "embedding",
+    all_reduce_embed => "all_reduce.embed",
+    recv_activations => "pp.recv",
+    attn_norm => "attn_norm",
+    matmul_qkv => "matmul.qkv",
+    rope => "rope",
+    kv_append => "kv_cache.append",
+    attention => "attention",
+    matmul_o => "matmul.o",
+    all_reduce_attn => "all_reduce.attn",
+    residual_add => "residual_add",
+    mlp_norm => "mlp_norm",
+    matmul_gate_up => "matmul.gate_up",
+    silu_mul => "silu_mul",
+    matmul_down => "matmul.down",
+    moe_router => "moe.router",
+    moe_dispatch => "moe.dispatch",
+    moe_experts => "moe.experts",
+    moe_return => "moe.return",
+    moe_combine => "moe.combine",
+    moe_shared => "moe.shared",
+    all_reduce_mlp => "all_reduce.mlp",
+    send_activations => "pp.send",
+    final_norm => "final_norm",
+    lm_head => "lm_head",
+    sample => "sample",
+    all_gather_sample => "all_gather.sample",
+    send_tokens => "tokens.send",
+    recv_tokens => "tokens.recv",
+    schedule => "schedule",
+    broadcast_plan => "plan.broadcast",
+    step_sync => "step.sync",
+    idle => "idle",
+    weights_init => "weights.init",
+}
+
+/// Where in the run an op happens: its step, its layer when inside one, and its pipeline
+/// micro-batch when pipelined.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct At {
     pub step: u32,
     pub layer: Option<u32>,
+    pub micro_batch: Option<u32>,
 }
 
 impl At {
     pub fn step(step: u32) -> At {
-        At { step, layer: None }
-    }
-
-    pub fn layer(step: u32, layer: usize) -> At {
         At {
             step,
+            layer: None,
+            micro_batch: None,
+        }
+    }
+
+    pub fn layer(self, layer: usize) -> At {
+        At {
             layer: Some(layer as u32),
+            ..self
+        }
+    }
+
+    pub fn micro_batch(self, micro_batch: Option<usize>) -> At {
+        At {
+            micro_batch: micro_batch.map(|m| m as u32),
+            ..self
         }
     }
 
@@ -110,6 +108,7 @@ impl At {
         SpanAttrs {
             layer: self.layer,
             step: Some(self.step),
+            micro_batch: self.micro_batch,
             ..SpanAttrs::default()
         }
     }
@@ -123,11 +122,22 @@ impl At {
     }
 }
 
+/// A collective about to be issued: what the span will say of it.
+#[derive(Clone, Copy, Debug)]
+pub struct Issue {
+    pub kind: CollectiveKind,
+    /// The other side, for point-to-point operations (a global rank).
+    pub peer: Option<usize>,
+    pub message_bytes: u64,
+}
+
 /// Times ops into spans on one rank's recorder.
 #[derive(Debug)]
 pub struct Tracer<'r> {
     recorder: &'r Recorder,
     pub ops: Ops,
+    /// Injected fault: compute takes this many times as long (1.0: no fault).
+    compute_factor: f64,
 }
 
 impl<'r> Tracer<'r> {
@@ -135,17 +145,39 @@ impl<'r> Tracer<'r> {
         Tracer {
             recorder,
             ops: Ops::intern(recorder),
+            compute_factor: 1.0,
         }
+    }
+
+    /// Makes every compute op take `factor` times as long (fault injection; `factor >= 1`).
+    pub fn with_compute_factor(mut self, factor: f64) -> Tracer<'r> {
+        self.compute_factor = factor.max(1.0);
+        self
+    }
+
+    pub fn now_ns(&self) -> u64 {
+        self.recorder.now_ns()
     }
 
     /// Runs a kernel as a compute span carrying its cost.
     #[inline]
     pub fn compute(&self, op: OpId, at: At, kernel: impl FnOnce() -> Cost) {
         let start_ns = self.recorder.now_ns();
+        let started = Instant::now();
         let cost = kernel();
-        let attrs = at.attrs_with(cost);
+        self.stretch(started);
         self.recorder
-            .finish(LANE, Category::Compute, op, start_ns, attrs);
+            .finish(LANE, Category::Compute, op, start_ns, at.attrs_with(cost));
+    }
+
+    /// Spins until the work begun at `started` has taken `compute_factor` times its length.
+    fn stretch(&self, started: Instant) {
+        if self.compute_factor > 1.0 {
+            let target = started.elapsed().mul_f64(self.compute_factor);
+            while started.elapsed() < target {
+                std::hint::spin_loop();
+            }
+        }
     }
 
     /// Runs a fallible data movement within the rank as a memory span; a failure is recorded too.
@@ -177,36 +209,57 @@ impl<'r> Tracer<'r> {
         out
     }
 
-    /// All-reduces `data` over `ring` as a communication span, recorded even when it fails (the
-    /// time spent before a peer vanished is part of the story). A ring of one has nothing to
-    /// reduce: no collective is issued and no span recorded.
-    pub fn all_reduce(
+    /// Time the rank spent with nothing to do (waiting for requests), as a wait span.
+    pub fn wait<T>(&self, op: OpId, at: At, work: impl FnOnce() -> T) -> T {
+        let start_ns = self.recorder.now_ns();
+        let out = work();
+        self.recorder
+            .finish(LANE, Category::Wait, op, start_ns, at.attrs());
+        out
+    }
+
+    /// Runs a collective on `group` as a communication span carrying its kind, sequence number,
+    /// participants, bytes and the time spent waiting for peers. The span is recorded even when
+    /// the collective fails (the time before a peer vanished is part of the story). A group of
+    /// one has nothing to exchange: the collective still runs (it keeps sequence numbers in
+    /// step) but no span is recorded.
+    pub fn collective(
         &self,
         op: OpId,
         at: At,
-        ring: &mut Ring,
-        data: &mut [f32],
-    ) -> Result<(), CommError> {
-        if ring.world() == 1 {
-            return Ok(());
-        }
-        let collective = CollectiveAttrs {
-            kind: CollectiveKind::AllReduce,
-            seq: ring.seq(),
-            participants: ring.world() as u32,
-            peer: None,
-            message_bytes: std::mem::size_of_val(data) as u64,
+        group: &mut Group,
+        issue: Issue,
+        run: impl FnOnce(&mut Group) -> Result<Outcome, CommError>,
+    ) -> Result<Outcome, CommError> {
+        let attrs = CollectiveAttrs {
+            kind: issue.kind,
+            seq: group.seq(),
+            participants: group.size() as u32,
+            peer: issue.peer.map(|p| Rank(p as u32)),
+            message_bytes: issue.message_bytes,
             wait_ns: None,
         };
+        let solo = group.size() == 1;
         let start_ns = self.recorder.now_ns();
-        let outcome = ring.all_reduce_sum(data);
-        let attrs = SpanAttrs {
-            collective: Some(collective),
-            ..at.attrs()
-        };
-        self.recorder
-            .finish(LANE, Category::Communication, op, start_ns, attrs);
+        let outcome = run(group);
+        if !solo {
+            let collective = CollectiveAttrs {
+                wait_ns: outcome.as_ref().ok().map(|o| o.wait_ns),
+                ..attrs
+            };
+            let attrs = SpanAttrs {
+                collective: Some(collective),
+                ..at.attrs()
+            };
+            self.recorder
+                .finish(LANE, Category::Communication, op, start_ns, attrs);
+        }
         outcome
+    }
+
+    /// Sleeps for `duration` as a wait span (idle ranks between requests).
+    pub fn idle(&self, at: At, duration: Duration) {
+        self.wait(self.ops.idle, at, || std::thread::sleep(duration));
     }
 }
 
@@ -227,23 +280,24 @@ mod tests {
         let ops = Ops::intern(&recorder);
         let names = recorder.names_from(0);
         assert_eq!(names.len(), OP_NAMES.len());
-        assert_eq!(names[ops.bookkeeping.0 as usize].1, "step.bookkeeping");
+        assert_eq!(names[ops.schedule.0 as usize].1, "schedule");
         assert_eq!(names[ops.all_reduce_mlp.0 as usize].1, "all_reduce.mlp");
     }
 
     #[test]
-    fn spans_carry_category_cost_step_and_layer() {
+    fn spans_carry_category_cost_step_layer_and_micro_batch() {
         let recorder = Recorder::new(Rank(1), 16);
         let tracer = Tracer::new(&recorder);
         let cost = Cost {
             flops: 10,
             bytes: 20,
         };
-        tracer.compute(tracer.ops.rope, At::layer(3, 2), || cost);
+        let at = At::step(3).micro_batch(Some(1));
+        tracer.compute(tracer.ops.rope, at.layer(2), || cost);
         let failed: Result<(), &str> =
             tracer.memory(tracer.ops.kv_append, At::step(4), || Err("full"));
         assert_eq!(failed, Err("full"));
-        assert_eq!(tracer.host(tracer.ops.bookkeeping, At::step(5), || 7), 7);
+        assert_eq!(tracer.host(tracer.ops.schedule, At::step(5), || 7), 7);
         let spans = drain(&recorder);
         let summary: Vec<_> = spans
             .iter()
@@ -255,28 +309,40 @@ mod tests {
             vec![
                 (Category::Compute, ops.rope, Some(10), Some(3), Some(2)),
                 (Category::Memory, ops.kv_append, None, Some(4), None),
-                (Category::Host, ops.bookkeeping, None, Some(5), None),
+                (Category::Host, ops.schedule, None, Some(5), None),
             ]
         );
         assert_eq!(spans[0].attrs.bytes, Some(20));
+        assert_eq!(spans[0].attrs.micro_batch, Some(1));
         assert!(spans.iter().all(|s| s.rank == Rank(1) && s.lane == LANE));
     }
 
     #[test]
-    fn a_ring_of_one_records_no_collective() {
+    fn a_slowed_rank_spends_the_factor_inside_its_compute_spans() {
+        let recorder = Recorder::new(Rank(0), 16);
+        let tracer = Tracer::new(&recorder).with_compute_factor(3.0);
+        tracer.compute(tracer.ops.rope, At::step(0), || {
+            std::thread::sleep(Duration::from_millis(5));
+            Cost::default()
+        });
+        let spans = drain(&recorder);
+        assert!(spans[0].duration_ns >= 15_000_000, "{}", spans[0].duration_ns);
+    }
+
+    #[test]
+    fn a_group_of_one_records_no_collective() {
         let recorder = Recorder::new(Rank(0), 16);
         let tracer = Tracer::new(&recorder);
-        let mut data = [1.0, 2.0];
-        let mut ring = Ring::solo();
-        tracer
-            .all_reduce(
-                tracer.ops.all_reduce_attn,
-                At::step(0),
-                &mut ring,
-                &mut data,
-            )
-            .unwrap();
-        assert_eq!(data, [1.0, 2.0]);
+        let mut group = Group::new(0, vec![0], 0).unwrap();
+        let issue = Issue {
+            kind: CollectiveKind::AllReduce,
+            peer: None,
+            message_bytes: 8,
+        };
+        let outcome = tracer.collective(tracer.ops.all_reduce_attn, At::step(0), &mut group, issue, |_| {
+            Ok(Outcome::default())
+        });
+        assert!(outcome.is_ok());
         assert!(drain(&recorder).is_empty());
     }
 }
