@@ -1,8 +1,30 @@
 //! Causal grouped-query attention over a [`KvCache`], for prefill and decode alike.
 
+use std::cell::RefCell;
+
 use crate::cost::{Cost, f32_bytes};
 use crate::elementwise::{axpy, dot, softmax};
 use crate::kv_cache::KvCache;
+
+thread_local! {
+    /// The score row of [`attention`], kept so that calls through the scratch-less entry point
+    /// do not allocate once it has grown.
+    static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// [`attention_with_scratch`] with a per-thread score buffer, for callers that keep none.
+pub fn attention(
+    q: &[f32],
+    cache: &KvCache,
+    batch: usize,
+    new_tokens: usize,
+    n_heads: usize,
+    out: &mut [f32],
+) -> Cost {
+    SCORES.with_borrow_mut(|scores| {
+        attention_with_scratch(q, cache, batch, new_tokens, n_heads, scores, out)
+    })
+}
 
 /// Grouped-query attention of `new_tokens` query positions per sequence over everything in the
 /// cache, causal.
@@ -13,7 +35,8 @@ use crate::kv_cache::KvCache;
 /// reads kv head `h / (n_heads / n_kv_heads)`; scores are scaled by `1 / sqrt(head_dim)`.
 /// Works for prefill (`new_tokens` = prompt length) and decode (`new_tokens` = 1).
 ///
-/// Allocates one score row of `cache.len()` elements per call (not per head or per query).
+/// `scores` is scratch for one score row; it grows to `cache.len()` elements and is reused, so
+/// a caller that keeps it across calls never allocates.
 ///
 /// Cost model: with `A` = positions attended summed over the queries of one sequence
 /// (`new_tokens × (len - new_tokens) + new_tokens × (new_tokens + 1) / 2`), each query head
@@ -28,19 +51,22 @@ use crate::kv_cache::KvCache;
 /// If `batch` differs from the cache's, the cache's `head_dim` is 0, `n_heads` is not a multiple of the cache's `n_kv_heads`,
 /// the cache holds fewer than `new_tokens` positions, or `q`/`out` are not
 /// `[batch, new_tokens, n_heads * head_dim]`.
-pub fn attention(
+pub fn attention_with_scratch(
     q: &[f32],
     cache: &KvCache,
     batch: usize,
     new_tokens: usize,
     n_heads: usize,
+    scores: &mut Vec<f32>,
     out: &mut [f32],
 ) -> Cost {
     check_shapes(q, cache, batch, new_tokens, n_heads, out);
     let head_dim = cache.head_dim();
     let q_row = n_heads * head_dim;
     let start = cache.len() - new_tokens;
-    let mut scores = vec![0.0f32; cache.len()];
+    if scores.len() < cache.len() {
+        scores.resize(cache.len(), 0.0);
+    }
     for b in 0..batch {
         for t in 0..new_tokens {
             let row = (b * new_tokens + t) * q_row;
@@ -130,7 +156,8 @@ fn attend_one(
     }
 }
 
-fn attention_cost(
+/// The [`attention_with_scratch`] cost model for sequences of `len` positions.
+pub(crate) fn attention_cost(
     batch: usize,
     new_tokens: usize,
     n_heads: usize,
@@ -233,7 +260,15 @@ mod tests {
 
     fn run(q: &[f32], cache: &KvCache, s: &Shape, new: usize) -> Vec<f32> {
         let mut out = vec![f32::NAN; q.len()];
-        attention(q, cache, s.batch, new, s.n_heads, &mut out);
+        // A stale scratch longer than needed and full of NaN proves only the needed prefix is
+        // used and every slot of it is written before it is read.
+        let mut scores = vec![f32::NAN; cache.len() + 3];
+        attention_with_scratch(q, cache, s.batch, new, s.n_heads, &mut scores, &mut out);
+        assert_eq!(
+            scores.len(),
+            cache.len() + 3,
+            "a long enough scratch is not resized"
+        );
         out
     }
 

@@ -14,4 +14,22 @@ pub enum KernelError {
         /// Positions the cache would hold after the append.
         requested: usize,
     },
+    /// A sequence's block table has fewer blocks than its positions need.
+    #[error("block table of {blocks} blocks of {block_size} cannot hold {positions} positions")]
+    BlockTableTooShort {
+        /// Blocks in the table.
+        blocks: usize,
+        /// Positions the sequence would hold (the last one written, plus 1).
+        positions: usize,
+        /// Positions per block.
+        block_size: usize,
+    },
+    /// A block table names a block the pool does not have.
+    #[error("block id {block} is outside the pool's {blocks} blocks")]
+    BlockOutOfRange {
+        /// The block id found in the table.
+        block: u32,
+        /// Blocks in the pool.
+        blocks: usize,
+    },
 }

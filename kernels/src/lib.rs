@@ -14,8 +14,8 @@
 //! more: a system BLAS (OpenBLAS, MKL through `blas-src`) must be installed or built from C on
 //! every machine the agent runs on; faer brings the same kernels with a whole linear-algebra
 //! library on top, a much heavier build for the one routine we need; `matrixmultiply` is light
-//! but slower on large shapes. Each rank is a single-threaded process, so `gemm` runs with
-//! `Parallelism::None` (the workspace builds it without rayon).
+//! but slower on large shapes. Each rank is a single-threaded process by default, so `gemm` runs
+//! with `Parallelism::None` unless [`set_threads`] gives the process more threads (then rayon).
 //!
 //! A CUDA backend will come later behind a cargo feature; the CPU ops and their cost models here
 //! are the reference it will be checked against.
@@ -27,21 +27,31 @@ mod embedding;
 mod error;
 mod kv_cache;
 mod matmul;
+mod matrix;
+mod membw;
 mod mlp;
+mod moe;
 mod norm;
+mod paged;
 mod rope;
 mod sample;
 #[cfg(test)]
 mod testutil;
+mod threads;
 
-pub use attention::attention;
+pub use attention::{attention, attention_with_scratch};
 pub use cost::Cost;
 pub use elementwise::{add_in_place, silu_mul, softmax};
 pub use embedding::embedding;
 pub use error::KernelError;
 pub use kv_cache::KvCache;
 pub use matmul::matmul;
+pub use matrix::{Matrix, MatrixData, Storage, embedding_w, matmul_w};
+pub use membw::{TriadResult, stream_triad};
 pub use mlp::{MlpScratch, mlp};
+pub use moe::{scale_add, top_k_gating};
 pub use norm::rms_norm;
+pub use paged::{KvPool, paged_attention};
 pub use rope::rope;
 pub use sample::greedy_sample;
+pub use threads::{set_threads, threads};

@@ -1,0 +1,127 @@
+//! A STREAM-style triad that measures the memory bandwidth one thread can reach, so that
+//! decode's achieved bandwidth (weights streamed per second) can be put next to what this
+//! machine can do at all.
+
+use std::hint::black_box;
+use std::time::Instant;
+
+/// Bytes STREAM counts per triad element: `b` and `c` read, `a` written, 4 bytes each (the
+/// write-allocate read of `a` is not counted, as in STREAM).
+const TRIAD_BYTES_PER_ELEMENT: u64 = 3 * 4;
+
+/// What [`stream_triad`] measured.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TriadResult {
+    /// Elements per array.
+    pub elements: usize,
+    /// Timed passes.
+    pub repeats: usize,
+    /// Bytes counted per pass: `elements × 3 × 4`.
+    pub bytes_per_pass: u64,
+    /// Bandwidth of the fastest pass.
+    pub best_rate_bytes_per_s: f64,
+    /// Median bandwidth over the passes.
+    pub median_rate_bytes_per_s: f64,
+}
+
+/// Runs `a[i] = b[i] + s · c[i]` over three f32 arrays of `elements` each, `repeats` timed
+/// passes after one untimed warm-up pass (which also faults the pages in), on the calling thread.
+///
+/// Pick `elements` well beyond the last-level cache (STREAM asks for 4× it) or the result is
+/// cache bandwidth, not memory bandwidth.
+///
+/// # Panics
+///
+/// If `elements` or `repeats` is 0.
+pub fn stream_triad(elements: usize, repeats: usize) -> TriadResult {
+    assert!(elements > 0, "stream_triad: elements is 0");
+    assert!(repeats > 0, "stream_triad: repeats is 0");
+    let (mut a, b, c) = (
+        vec![0.0f32; elements],
+        vec![1.0f32; elements],
+        vec![2.0f32; elements],
+    );
+    let bytes_per_pass = elements as u64 * TRIAD_BYTES_PER_ELEMENT;
+    triad(&mut a, &b, &c, 3.0);
+    let mut rates: Vec<f64> = (0..repeats)
+        .map(|_| {
+            let start = Instant::now();
+            triad(
+                black_box(&mut a),
+                black_box(&b),
+                black_box(&c),
+                black_box(3.0),
+            );
+            black_box(&a);
+            bytes_per_pass as f64 / start.elapsed().as_secs_f64()
+        })
+        .collect();
+    rates.sort_by(f64::total_cmp);
+    TriadResult {
+        elements,
+        repeats,
+        bytes_per_pass,
+        best_rate_bytes_per_s: rates[repeats - 1],
+        median_rate_bytes_per_s: median_of_sorted(&rates),
+    }
+}
+
+/// `a[i] = b[i] + s · c[i]`.
+fn triad(a: &mut [f32], b: &[f32], c: &[f32], s: f32) {
+    for (ai, (&bi, &ci)) in a.iter_mut().zip(b.iter().zip(c)) {
+        *ai = bi + s * ci;
+    }
+}
+
+/// Median of a non-empty sorted slice (the mean of the middle two for an even length).
+fn median_of_sorted(x: &[f64]) -> f64 {
+    let mid = x.len() / 2;
+    if x.len() % 2 == 1 {
+        x[mid]
+    } else {
+        (x[mid - 1] + x[mid]) / 2.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{assert_close, fresh_rng, random_vec, to_f64};
+
+    #[test]
+    fn triad_matches_f64_reference() {
+        let (mut rng, seed) = fresh_rng();
+        let (b, c) = (random_vec(&mut rng, 33), random_vec(&mut rng, 33));
+        let mut a = vec![f32::NAN; 33];
+        triad(&mut a, &b, &c, 1.5);
+        let want: Vec<f64> = to_f64(&b)
+            .iter()
+            .zip(to_f64(&c))
+            .map(|(b, c)| b + 1.5 * c)
+            .collect();
+        assert_close(&a, &want, 1e-6, 1e-6, seed, "triad");
+    }
+
+    #[test]
+    fn median_of_odd_and_even_lengths() {
+        assert_eq!(median_of_sorted(&[1.0, 2.0, 7.0]), 2.0);
+        assert_eq!(median_of_sorted(&[1.0, 2.0, 4.0, 7.0]), 3.0);
+    }
+
+    #[test]
+    fn stream_triad_counts_three_arrays_and_best_is_at_least_the_median() {
+        let r = stream_triad(1 << 12, 5);
+        assert_eq!(
+            (r.elements, r.repeats, r.bytes_per_pass),
+            (4096, 5, 4096 * 12)
+        );
+        assert!(r.median_rate_bytes_per_s > 0.0 && r.median_rate_bytes_per_s.is_finite());
+        assert!(r.best_rate_bytes_per_s >= r.median_rate_bytes_per_s);
+    }
+
+    #[test]
+    #[should_panic(expected = "repeats is 0")]
+    fn stream_triad_rejects_zero_repeats() {
+        stream_triad(8, 0);
+    }
+}
