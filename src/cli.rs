@@ -25,7 +25,8 @@ pub enum Command {
     /// List the model presets with their shapes, parameter counts and weight sizes.
     Presets(crate::cmd::presets::PresetsArgs),
     /// Microbenchmarks: collectives (nccl-tests style) and decode memory bandwidth.
-    Bench(crate::cmd::bench::BenchArgs),
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// (internal) The per-node agent: starts the node's ranks and writes its node log.
     #[command(hide = true)]
     Agent(AgentArgs),
@@ -191,4 +192,12 @@ pub struct RankArgs {
     pub router: SocketAddr,
     #[arg(long)]
     pub plan: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// An nccl-tests-style sweep of every collective over message sizes: time, algbw, busbw.
+    Collectives(crate::cmd::bench::BenchArgs),
+    /// Decode's achieved memory bandwidth against a STREAM triad on this machine.
+    Decode(crate::cmd::decode_bench::DecodeArgs),
 }

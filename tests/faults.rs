@@ -14,24 +14,33 @@ fn fails_with_code_2(args: &[&str], names: &str) {
 
 #[test]
 fn unknown_preset_is_named() {
-    fails_with_code_2(&["run", "--preset=enormous"], "enormous");
+    fails_with_code_2(&["run", "--model=enormous"], "enormous");
 }
 
 #[test]
 fn tp_degree_that_does_not_divide_the_heads_is_named() {
-    fails_with_code_2(&["run", "--nodes=1", "--tp=3"], "'3'");
+    fails_with_code_2(&["run", "--nodes=1", "--parallel=tp=3"], "'3'");
 }
 
 #[test]
 fn injected_crash_outside_the_run_is_named() {
     fails_with_code_2(&["run", "--crash-rank=5", "--crash-at-step=2"], "'5'");
-    fails_with_code_2(&["run", "--crash-rank=1", "--crash-at-step=9999"], "'9999'");
+    fails_with_code_2(&["run", "--crash-rank=1", "--crash-at-step=0"], "'0'");
+    fails_with_code_2(&["run", "--slow-rank=1=0.5"], "'0.5'");
+    fails_with_code_2(&["run", "--link-delay=0-7=2ms"], "'7'");
+    fails_with_code_2(&["run", "--link-rate=0-1=fast"], "'fast'");
+    fails_with_code_2(&["run", "--pin-rank=0=x"], "'x'");
+    fails_with_code_2(&["run", "--expert-skew=1.5"], "'tiny'");
 }
 
 #[test]
 fn layout_that_does_not_fit_is_named() {
     fails_with_code_2(&["run", "--nodes=0"], "'0'");
-    fails_with_code_2(&["run", "--nodes=4", "--tp=2"], "'4'");
+    fails_with_code_2(&["run", "--nodes=4", "--parallel=tp=2"], "'4'");
+    fails_with_code_2(&["run", "--parallel=tp=2,ep=2", "--model=moe-tiny"], "tp=2");
+    fails_with_code_2(&["run", "--parallel=ep=2"], "'tiny'");
+    fails_with_code_2(&["run", "--parallel=pp=99"], "'99'");
+    fails_with_code_2(&["run", "--parallel=zz=2"], "'zz'");
     fails_with_code_2(&["run", "--sample-hz=0"], "'0'");
 }
 
@@ -47,7 +56,7 @@ fn missing_run_directory_is_named() {
 fn node_log_of_an_unknown_version_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
-    run(&out, &["--nodes=1", "--tp=1"]).success();
+    run(&out, &["--nodes=1", "--parallel=tp=1"]).success();
     let log = out.join("node-0.pnl");
     let mut bytes = std::fs::read(&log).unwrap();
     bytes[8..12].copy_from_slice(&9u32.to_le_bytes());
@@ -92,7 +101,15 @@ fn a_rank_that_dies_is_named_and_the_run_stays_readable() {
 
 #[test]
 fn every_subcommand_has_help() {
-    for sub in [&["--help"][..], &["run", "--help"], &["analyze", "--help"]] {
+    let subs = [
+        &["--help"][..],
+        &["run", "--help"],
+        &["analyze", "--help"],
+        &["presets", "--help"],
+        &["bench", "collectives", "--help"],
+        &["bench", "decode", "--help"],
+    ];
+    for sub in subs {
         let assert = pinch().args(sub).assert().success();
         let text = String::from_utf8_lossy(&assert.get_output().stdout).into_owned();
         assert!(text.contains("Usage"), "{sub:?}:\n{text}");

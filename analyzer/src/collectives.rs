@@ -31,6 +31,9 @@ pub struct CollectiveReport {
     pub mean_skew_ns: Option<f64>,
     /// The rank that most often started last (the one the others waited for).
     pub last_arrival_rank: Option<u32>,
+    /// Of the time in these spans, the share spent waiting for the last peer to arrive (the
+    /// rest moved data), over the spans whose transport measured it; `None` when none did.
+    pub wait_pct: Option<f64>,
 }
 
 type GroupKey = (CollectiveKind, u64, u32);
@@ -76,15 +79,25 @@ fn group_report(key: GroupKey, spans: &[&TimedSpan]) -> Option<CollectiveReport>
         busbw_gbps: algbw_gbps.map(|bw| bw * kind.bus_factor(participants)),
         mean_skew_ns: mean_skew_ns(&arrivals),
         last_arrival_rank: last_arrival_rank(&arrivals),
+        wait_pct: wait_pct(spans),
     })
 }
 
-/// Per sequence number, each rank's earliest start.
-fn arrivals_by_seq(spans: &[&TimedSpan]) -> BTreeMap<u64, BTreeMap<Rank, i64>> {
-    let mut arrivals: BTreeMap<u64, BTreeMap<Rank, i64>> = BTreeMap::new();
+/// The share of the spans' time spent waiting, over spans that measured it.
+fn wait_pct(spans: &[&TimedSpan]) -> Option<f64> {
+    let (wait_ns, total_ns) = spans
+        .iter()
+        .filter_map(|s| Some((s.attrs.collective?.wait_ns?, s.duration_ns)))
+        .fold((0u64, 0u64), |(w, t), (sw, st)| (w + sw.min(st), t + st));
+    crate::stats::pct(wait_ns as f64, total_ns as f64)
+}
+
+/// Per (communicator, sequence number), each rank's earliest start.
+fn arrivals_by_seq(spans: &[&TimedSpan]) -> BTreeMap<(u32, u64), BTreeMap<Rank, i64>> {
+    let mut arrivals: BTreeMap<(u32, u64), BTreeMap<Rank, i64>> = BTreeMap::new();
     for s in spans {
         if let Some(c) = s.attrs.collective {
-            let start = arrivals.entry(c.seq).or_default().entry(s.rank);
+            let start = arrivals.entry((c.group, c.seq)).or_default().entry(s.rank);
             let start = start.or_insert(s.start_ns);
             *start = (*start).min(s.start_ns);
         }
@@ -92,7 +105,7 @@ fn arrivals_by_seq(spans: &[&TimedSpan]) -> BTreeMap<u64, BTreeMap<Rank, i64>> {
     arrivals
 }
 
-fn mean_skew_ns(arrivals: &BTreeMap<u64, BTreeMap<Rank, i64>>) -> Option<f64> {
+fn mean_skew_ns(arrivals: &BTreeMap<(u32, u64), BTreeMap<Rank, i64>>) -> Option<f64> {
     let skews: Vec<u64> = arrivals
         .values()
         .filter(|starts| starts.len() >= 2)
@@ -107,7 +120,7 @@ fn mean_skew_ns(arrivals: &BTreeMap<u64, BTreeMap<Rank, i64>>) -> Option<f64> {
 
 /// The rank that started last most often, among sequence numbers where someone waited
 /// (ties go to the lower rank).
-fn last_arrival_rank(arrivals: &BTreeMap<u64, BTreeMap<Rank, i64>>) -> Option<u32> {
+fn last_arrival_rank(arrivals: &BTreeMap<(u32, u64), BTreeMap<Rank, i64>>) -> Option<u32> {
     let mut lasts: BTreeMap<Rank, u64> = BTreeMap::new();
     for starts in arrivals.values().filter(|s| s.len() >= 2) {
         let first = starts.values().min().copied();
@@ -156,11 +169,38 @@ mod tests {
         assert_eq!(big.busbw_gbps, Some(algbw * 1.0));
         assert_eq!(big.mean_skew_ns, Some(300.0));
         assert_eq!(big.last_arrival_rank, Some(1));
+        assert_eq!(big.wait_pct, None, "the test spans did not measure waiting");
         let small = &reports[1];
         assert_eq!(
             (small.count, small.mean_skew_ns, small.last_arrival_rank),
             (1, None, None)
         );
+    }
+
+    #[test]
+    fn waiting_share_counts_only_spans_that_measured_it() {
+        let mut spans = vec![
+            collective(0, 1, 0, 1_000, 64),
+            collective(1, 1, 0, 1_000, 64),
+        ];
+        if let Some(c) = spans[0].attrs.collective.as_mut() {
+            c.wait_ns = Some(400);
+        }
+        let reports = collective_reports(&timeline(spans));
+        assert_eq!(reports[0].wait_pct, Some(40.0));
+    }
+
+    #[test]
+    fn the_same_sequence_number_on_two_groups_is_two_collectives() {
+        let mut spans = vec![
+            collective(0, 1, 0, 100, 64),
+            collective(1, 1, 5_000, 100, 64),
+        ];
+        if let Some(c) = spans[1].attrs.collective.as_mut() {
+            c.group = 1;
+        }
+        let report = &collective_reports(&timeline(spans))[0];
+        assert_eq!((report.count, report.mean_skew_ns), (2, None));
     }
 
     #[test]

@@ -52,6 +52,7 @@ pub fn collective(rank: u32, seq: u64, start_ns: i64, duration_ns: u64, bytes: u
 fn all_reduce(seq: u64, participants: u32, message_bytes: u64) -> CollectiveAttrs {
     CollectiveAttrs {
         kind: CollectiveKind::AllReduce,
+        group: 0,
         seq,
         participants,
         peer: None,

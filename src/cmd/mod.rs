@@ -2,16 +2,22 @@
 
 mod agent;
 mod analyze;
+pub mod bench;
+pub mod decode_bench;
+pub mod presets;
 mod rank;
 mod run;
 mod workload;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{BenchCommand, Cli, Command};
 
 pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => run::run(args),
         Command::Analyze(args) => analyze::analyze(args),
+        Command::Presets(args) => presets::presets(args),
+        Command::Bench(BenchCommand::Collectives(args)) => bench::bench(args),
+        Command::Bench(BenchCommand::Decode(args)) => decode_bench::decode(args),
         Command::Agent(args) => agent::agent(args),
         Command::Rank(args) => rank::rank(args),
     }

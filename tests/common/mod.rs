@@ -8,10 +8,10 @@ use std::path::Path;
 
 /// A workload small enough for a debug build: a few seconds per run.
 pub const SMALL: &[&str] = &[
-    "--batch=2",
+    "--requests=6",
+    "--concurrency=3",
     "--prompt-len=8",
-    "--decode-tokens=6",
-    "--rounds=2",
+    "--output-len=6",
     "--sample-hz=50",
 ];
 

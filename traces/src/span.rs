@@ -99,6 +99,8 @@ impl fmt::Display for CollectiveKind {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CollectiveAttrs {
     pub kind: CollectiveKind,
+    /// The communicator (process group) it ran on, unique within the run.
+    pub group: u32,
     /// Per communicator, the n-th collective: the same number on every participant.
     pub seq: u64,
     /// How many ranks take part.

@@ -8,6 +8,8 @@
 
 pub mod comm;
 pub mod config;
+pub mod decode_bench;
+pub mod engine;
 pub mod error;
 pub mod layout;
 pub mod model;

@@ -233,6 +233,7 @@ impl<'r> Tracer<'r> {
     ) -> Result<Outcome, CommError> {
         let attrs = CollectiveAttrs {
             kind: issue.kind,
+            group: group.id(),
             seq: group.seq(),
             participants: group.size() as u32,
             peer: issue.peer.map(|p| Rank(p as u32)),
