@@ -226,6 +226,11 @@ impl StageModel {
         &self.bufs.x[..rows * self.dims.hidden]
     }
 
+    /// The logits of the last `sample` call, `[sampled rows, this rank's vocabulary slice]`.
+    pub fn logits(&self) -> &[f32] {
+        &self.bufs.logits
+    }
+
     /// Room for `rows` rows of residual stream received from the previous stage.
     pub fn hidden_mut(&mut self, rows: usize) -> &mut [f32] {
         sized(&mut self.bufs.x, rows * self.dims.hidden)
