@@ -47,6 +47,23 @@ pub enum WorkloadError {
         preset: String,
     },
 
+    #[error("expert-parallel degree '{ep}' needs a mixture-of-experts model but '{model}' is dense")]
+    EpNeedsMoe { ep: usize, model: String },
+
+    #[error("expert-parallel degree '{ep}' does not divide the {experts} experts of model '{model}'")]
+    EpDoesNotDivide {
+        ep: usize,
+        experts: usize,
+        model: String,
+    },
+
+    #[error("pipeline-parallel degree '{pp}' exceeds the {layers} layers of model '{model}'")]
+    PpExceedsLayers {
+        pp: usize,
+        layers: usize,
+        model: String,
+    },
+
     #[error("rank '{rank}' is out of range for tensor-parallel degree {tp}")]
     RankOutOfRange { rank: usize, tp: usize },
 
