@@ -14,8 +14,8 @@
 //! more: a system BLAS (OpenBLAS, MKL through `blas-src`) must be installed or built from C on
 //! every machine the agent runs on; faer brings the same kernels with a whole linear-algebra
 //! library on top, a much heavier build for the one routine we need; `matrixmultiply` is light
-//! but slower on large shapes. Each rank is a single-threaded process, so `gemm` runs with
-//! `Parallelism::None` (the workspace builds it without rayon).
+//! but slower on large shapes. Each rank is a single-threaded process by default, so `gemm` runs
+//! with `Parallelism::None` unless [`set_threads`] gives the process more threads (then rayon).
 //!
 //! A CUDA backend will come later behind a cargo feature; the CPU ops and their cost models here
 //! are the reference it will be checked against.
@@ -27,12 +27,14 @@ mod embedding;
 mod error;
 mod kv_cache;
 mod matmul;
+mod matrix;
 mod mlp;
 mod norm;
 mod rope;
 mod sample;
 #[cfg(test)]
 mod testutil;
+mod threads;
 
 pub use attention::attention;
 pub use cost::Cost;
@@ -41,7 +43,9 @@ pub use embedding::embedding;
 pub use error::KernelError;
 pub use kv_cache::KvCache;
 pub use matmul::matmul;
+pub use matrix::{Matrix, MatrixData, Storage, embedding_w, matmul_w};
 pub use mlp::{MlpScratch, mlp};
 pub use norm::rms_norm;
 pub use rope::rope;
 pub use sample::greedy_sample;
+pub use threads::{set_threads, threads};

@@ -4,9 +4,10 @@ use crate::cost::{Cost, f32_bytes};
 
 /// `out[m, n] = a[m, k] · b[k, n]`, all row-major; `out` is overwritten, not accumulated into.
 ///
-/// Runs on `gemm` with `Parallelism::None`: each rank of a profiled workload is its own
-/// single-threaded process doing one core's worth of work, so a matmul that spawned threads
-/// would steal cores from the other ranks and blur the per-rank profile.
+/// Runs on `gemm` with [`crate::threads`] threads, 1 unless the process said otherwise: each
+/// rank of a profiled workload is its own process doing one core's worth of work by default,
+/// so a matmul that spawned threads would steal cores from the other ranks and blur the
+/// per-rank profile.
 ///
 /// Cost model: 2mkn flops (one multiply and one add per term); bytes = a and b read, out
 /// written = (mk + kn + mn) × 4 (weights included: for a linear layer `b` is the weight).
@@ -57,7 +58,7 @@ pub fn matmul(a: &[f32], b: &[f32], m: usize, k: usize, n: usize, out: &mut [f32
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            crate::threads::parallelism(),
         );
     }
     matmul_cost(m, k, n)
