@@ -9,6 +9,7 @@
 mod presets;
 
 use crate::error::WorkloadError;
+use pinch_kernels::Storage;
 use serde::{Deserialize, Serialize};
 use std::ops::Range;
 
@@ -89,9 +90,18 @@ pub struct ModelConfig {
     /// `None` for a dense model.
     #[serde(default)]
     pub moe: Option<MoeConfig>,
+    /// How weight matrices are stored unless a run asks otherwise (norms and routers are
+    /// always f32).
+    #[serde(default = "f32_storage")]
+    pub storage: Storage,
     /// Whether the LM head is the embedding's transpose rather than a tensor of its own.
     #[serde(default)]
     pub tie_embeddings: bool,
+}
+
+/// Configs written before weights had a storage type were all f32.
+fn f32_storage() -> Storage {
+    Storage::F32
 }
 
 impl ModelConfig {
@@ -175,6 +185,14 @@ impl ModelConfig {
     /// Parameters split by storage, as `weight_bytes` prices them.
     pub fn param_split(&self) -> ParamSplit {
         self.params(Experts::All)
+    }
+
+    /// Bytes of all weights with matrices in `storage`; norms and routers count as f32, as
+    /// the weights hold them.
+    pub fn weight_bytes(&self, storage: Storage) -> u64 {
+        let split = self.param_split();
+        let f32_bytes = Storage::F32.bytes_per_element() as u64;
+        split.matrix * storage.bytes_per_element() as u64 + split.f32 * f32_bytes
     }
 
     fn params(&self, experts: Experts) -> ParamSplit {

@@ -3,7 +3,8 @@
 //!
 //! Three families, each from a CPU-sized `tiny` and `small` up to the published sizes:
 //! dense Llama-3, Mixtral-style MoE (top-2 of 8 experts), and DeepSeek-style MoE (many narrow
-//! experts, top-k of them plus shared experts, the first layers dense).
+//! experts, top-k of them plus shared experts, the first layers dense). The tiny presets store
+//! their weights as f32 (tests compare them exactly); the others as bf16, as they are published.
 //!
 //! DeepSeek-V2 and V3 use multi-head latent attention (MLA), which compresses keys and values
 //! through a low-rank projection. pinch models it as ordinary multi-head attention with the
@@ -12,6 +13,7 @@
 
 use super::{Family, ModelConfig, MoeConfig};
 use crate::error::WorkloadError;
+use pinch_kernels::Storage;
 
 /// The names `preset` knows, in the order they are listed to users.
 pub const PRESETS: &[&str] = &[
@@ -81,6 +83,7 @@ fn tiny() -> ModelConfig {
         norm_eps: 1e-5,
         max_seq: 256,
         moe: None,
+        storage: Storage::F32,
         tie_embeddings: false,
     }
 }
@@ -98,6 +101,7 @@ fn small() -> ModelConfig {
         head_dim: 64,
         ffn: 3584,
         max_seq: 2048,
+        storage: Storage::Bf16,
         ..tiny()
     }
 }
@@ -114,6 +118,7 @@ fn llama3_8b() -> ModelConfig {
         head_dim: 128,
         ffn: 14_336,
         max_seq: 8192,
+        storage: Storage::Bf16,
         ..tiny()
     }
 }
@@ -168,6 +173,7 @@ fn moe_small() -> ModelConfig {
         ffn: 1536,
         rope_theta: 1_000_000.0,
         moe: Some(mixtral_moe(1536)),
+        storage: Storage::Bf16,
         ..small()
     }
 }
@@ -187,6 +193,7 @@ fn mixtral_8x7b() -> ModelConfig {
         rope_theta: 1_000_000.0,
         max_seq: 32_768,
         moe: Some(mixtral_moe(14_336)),
+        storage: Storage::Bf16,
         ..tiny()
     }
 }
@@ -244,6 +251,7 @@ fn deepseek_tiny() -> ModelConfig {
             dense_layers: 1,
             renormalize: false,
         }),
+        storage: Storage::F32,
         tie_embeddings: false,
     }
 }
@@ -269,6 +277,7 @@ fn deepseek_small() -> ModelConfig {
             dense_layers: 1,
             renormalize: false,
         }),
+        storage: Storage::Bf16,
         ..deepseek_tiny()
     }
 }
@@ -294,6 +303,7 @@ fn deepseek_v2_lite() -> ModelConfig {
             dense_layers: 1,
             renormalize: false,
         }),
+        storage: Storage::Bf16,
         ..deepseek_tiny()
     }
 }
@@ -320,6 +330,7 @@ fn deepseek_v3() -> ModelConfig {
             dense_layers: 3,
             renormalize: true,
         }),
+        storage: Storage::Bf16,
         ..deepseek_tiny()
     }
 }

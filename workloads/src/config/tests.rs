@@ -123,6 +123,26 @@ fn norms_and_routers_are_counted_as_f32() {
 }
 
 #[test]
+fn weight_bytes_price_matrices_by_storage_and_the_rest_as_f32() {
+    let c = test_moe_model();
+    let split = c.param_split();
+    assert_eq!(c.weight_bytes(Storage::F32), 4 * c.param_count());
+    assert_eq!(c.weight_bytes(Storage::Bf16), 2 * split.matrix + 4 * split.f32);
+}
+
+#[test]
+fn tiny_presets_default_to_f32_and_the_rest_to_bf16() {
+    for config in presets() {
+        let want = if config.name.ends_with("tiny") {
+            Storage::F32
+        } else {
+            Storage::Bf16
+        };
+        assert_eq!(config.storage, want, "{}", config.name);
+    }
+}
+
+#[test]
 fn unknown_preset_is_named_with_the_known_ones() {
     let err = preset("enormous").unwrap_err().to_string();
     assert!(
