@@ -2,6 +2,7 @@
 
 use crate::comm::CommError;
 use pinch_kernels::KernelError;
+use std::path::PathBuf;
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -47,10 +48,14 @@ pub enum WorkloadError {
         preset: String,
     },
 
-    #[error("expert-parallel degree '{ep}' needs a mixture-of-experts model but '{model}' is dense")]
+    #[error(
+        "expert-parallel degree '{ep}' needs a mixture-of-experts model but '{model}' is dense"
+    )]
     EpNeedsMoe { ep: usize, model: String },
 
-    #[error("expert-parallel degree '{ep}' does not divide the {experts} experts of model '{model}'")]
+    #[error(
+        "expert-parallel degree '{ep}' does not divide the {experts} experts of model '{model}'"
+    )]
     EpDoesNotDivide {
         ep: usize,
         experts: usize,
@@ -62,6 +67,22 @@ pub enum WorkloadError {
         pp: usize,
         layers: usize,
         model: String,
+    },
+
+    #[error("cannot read '{path}': {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+
+    #[error("hugging face config '{path}': {problem}")]
+    HfConfig { path: PathBuf, problem: String },
+
+    #[error("hugging face config '{path}': model_type '{model_type}' is unknown; known: {known}")]
+    HfModelType {
+        path: PathBuf,
+        model_type: String,
+        known: String,
     },
 
     #[error("rank '{rank}' is out of range for tensor-parallel degree {tp}")]

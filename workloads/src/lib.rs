@@ -9,6 +9,7 @@
 pub mod comm;
 pub mod config;
 pub mod error;
+pub mod hf;
 pub mod model;
 pub mod run;
 pub mod tp;

@@ -49,7 +49,10 @@ fn every_listed_preset_exists_and_is_valid() {
 fn published_presets_have_their_published_sizes() {
     let billions = |name: &str| {
         let c = preset(name).unwrap();
-        (c.param_count() as f64 / 1e9, c.active_param_count() as f64 / 1e9)
+        (
+            c.param_count() as f64 / 1e9,
+            c.active_param_count() as f64 / 1e9,
+        )
     };
     let near = |got: f64, want: f64| (got / want - 1.0).abs() < 0.02;
     let (total, _) = billions("llama3-8b");
@@ -59,7 +62,10 @@ fn published_presets_have_their_published_sizes() {
     let (total, _) = billions("llama3-405b");
     assert!(near(total, 405.8), "{total}");
     let (total, active) = billions("mixtral-8x7b");
-    assert!(near(total, 46.70) && near(active, 12.88), "{total} {active}");
+    assert!(
+        near(total, 46.70) && near(active, 12.88),
+        "{total} {active}"
+    );
     let (total, active) = billions("mixtral-8x22b");
     assert!(near(total, 140.6) && near(active, 39.2), "{total} {active}");
 }
@@ -68,7 +74,10 @@ fn published_presets_have_their_published_sizes() {
 fn small_presets_stay_runnable_on_a_cpu() {
     let small = preset("small").unwrap();
     let f32_bytes = 4 * small.param_count();
-    assert!((500_000_000..1_000_000_000).contains(&f32_bytes), "{f32_bytes}");
+    assert!(
+        (500_000_000..1_000_000_000).contains(&f32_bytes),
+        "{f32_bytes}"
+    );
     for name in ["moe-tiny", "deepseek-tiny"] {
         let c = preset(name).unwrap();
         assert_eq!(c.vocab, 4096);
@@ -127,7 +136,10 @@ fn weight_bytes_price_matrices_by_storage_and_the_rest_as_f32() {
     let c = test_moe_model();
     let split = c.param_split();
     assert_eq!(c.weight_bytes(Storage::F32), 4 * c.param_count());
-    assert_eq!(c.weight_bytes(Storage::Bf16), 2 * split.matrix + 4 * split.f32);
+    assert_eq!(
+        c.weight_bytes(Storage::Bf16),
+        2 * split.matrix + 4 * split.f32
+    );
 }
 
 #[test]
