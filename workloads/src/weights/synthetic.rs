@@ -34,9 +34,10 @@ pub fn synthetic_shard(
     assemble(config, spec, &Synthetic { config, seed })
 }
 
-struct Synthetic<'a> {
-    config: &'a ModelConfig,
-    seed: u64,
+/// The seeded model as a source of blocks.
+pub(crate) struct Synthetic<'a> {
+    pub(crate) config: &'a ModelConfig,
+    pub(crate) seed: u64,
 }
 
 impl Synthetic<'_> {
