@@ -1,18 +1,76 @@
-//! Model shapes: the `ModelConfig` of a Llama-style decoder and the named presets pinch ships.
+//! Model shapes: the `ModelConfig` of a Llama-style decoder, dense or mixture-of-experts, and
+//! the checks a shape must pass before any rank starts.
 //!
-//! A shape is checked twice: on its own (`validate`), and against a tensor-parallel degree
-//! (`validate_tp`), so a bad `--tp` is refused before any rank starts.
+//! A shape is checked on its own (`validate`), then against each parallel degree: tensor
+//! (`validate_tp`), expert (`validate_ep`) and pipeline (`validate_pp`), so a bad `--tp`,
+//! `--ep` or `--pp` is refused with the number that does not fit. The named shapes pinch ships
+//! live in `presets`.
+
+mod presets;
 
 use crate::error::WorkloadError;
+use pinch_kernels::Storage;
 use serde::{Deserialize, Serialize};
+use std::ops::Range;
 
-/// The names `preset` knows, in the order they are listed to users.
-pub const PRESETS: &[&str] = &["tiny"];
+pub use presets::{PRESETS, preset, presets};
 
-/// The shape of a Llama-style decoder (RMSNorm, RoPE, grouped-query attention, SwiGLU MLP).
+/// The published architecture a shape follows; it decides the tensor names of a checkpoint and
+/// how the router is read, not the arithmetic (every family runs as the same decoder).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Family {
+    #[default]
+    Llama,
+    Mistral,
+    Qwen2,
+    Mixtral,
+    Qwen2Moe,
+    DeepSeek,
+}
+
+impl Family {
+    /// The name users see, as serde writes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Llama => "llama",
+            Family::Mistral => "mistral",
+            Family::Qwen2 => "qwen2",
+            Family::Mixtral => "mixtral",
+            Family::Qwen2Moe => "qwen2_moe",
+            Family::DeepSeek => "deep_seek",
+        }
+    }
+}
+
+/// The mixture-of-experts part of a shape: which layers route, to how many experts, how wide.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoeConfig {
+    /// Routed experts per MoE layer.
+    pub experts: usize,
+    /// Routed experts each token goes to.
+    pub top_k: usize,
+    /// Intermediate width of one routed expert.
+    pub expert_ffn: usize,
+    /// Shared experts every token goes through (0 for Mixtral).
+    pub shared_experts: usize,
+    /// Intermediate width of all shared experts together (0 if there are none): they are one
+    /// wide MLP, as DeepSeek and Qwen2-MoE compute them.
+    pub shared_ffn: usize,
+    /// The first `dense_layers` layers use a dense MLP of width `ffn` (DeepSeek's
+    /// `first_k_dense_replace`); the rest are MoE layers.
+    pub dense_layers: usize,
+    /// Whether the top-k gate weights are renormalized to sum to 1 (Mixtral: true).
+    pub renormalize: bool,
+}
+
+/// The shape of a Llama-style decoder (RMSNorm, RoPE, grouped-query attention, SwiGLU MLP),
+/// whose MLP may be a mixture of experts.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelConfig {
     pub name: String,
+    #[serde(default)]
+    pub family: Family,
     pub vocab: usize,
     /// Width of the residual stream.
     pub hidden: usize,
@@ -22,42 +80,28 @@ pub struct ModelConfig {
     /// Key-value heads (grouped-query attention: `heads` is a multiple of it).
     pub kv_heads: usize,
     pub head_dim: usize,
-    /// Width of the MLP's intermediate layer.
+    /// Width of the dense MLP's intermediate layer (the MLP of every layer of a dense model,
+    /// of the first `moe.dense_layers` layers of a MoE model).
     pub ffn: usize,
     pub rope_theta: f32,
     pub norm_eps: f32,
     /// Longest sequence (prompt plus generated tokens) a run may reach.
     pub max_seq: usize,
+    /// `None` for a dense model.
+    #[serde(default)]
+    pub moe: Option<MoeConfig>,
+    /// How weight matrices are stored unless a run asks otherwise (norms and routers are
+    /// always f32).
+    #[serde(default = "f32_storage")]
+    pub storage: Storage,
+    /// Whether the LM head is the embedding's transpose rather than a tensor of its own.
+    #[serde(default)]
+    pub tie_embeddings: bool,
 }
 
-/// The shape called `name`, or an error listing the known presets.
-pub fn preset(name: &str) -> Result<ModelConfig, WorkloadError> {
-    match name {
-        "tiny" => Ok(tiny()),
-        _ => Err(WorkloadError::UnknownPreset {
-            name: name.to_string(),
-            known: PRESETS.join(", "),
-        }),
-    }
-}
-
-/// Llama-3's ratios at about 28 M parameters: 4 query heads per KV head, an MLP three times
-/// the hidden width, RoPE theta 500 000. A TP=2 run of 4 × (32 + 64) tokens takes seconds on
-/// two cores in a release build.
-fn tiny() -> ModelConfig {
-    ModelConfig {
-        name: "tiny".to_string(),
-        vocab: 4096,
-        hidden: 512,
-        layers: 8,
-        heads: 8,
-        kv_heads: 2,
-        head_dim: 64,
-        ffn: 1536,
-        rope_theta: 500_000.0,
-        norm_eps: 1e-5,
-        max_seq: 256,
-    }
+/// Configs written before weights had a storage type were all f32.
+fn f32_storage() -> Storage {
+    Storage::F32
 }
 
 impl ModelConfig {
@@ -71,21 +115,137 @@ impl ModelConfig {
         self.kv_heads * self.head_dim
     }
 
-    /// Parameters of one decoder layer: attention, MLP and the two norms.
-    pub fn layer_param_count(&self) -> u64 {
-        let attention = 2 * self.hidden * self.q_dim() + 2 * self.hidden * self.kv_dim();
-        let mlp = 3 * self.hidden * self.ffn;
-        (attention + mlp + 2 * self.hidden) as u64
+    /// Whether `layer` routes its tokens to experts.
+    pub fn is_moe_layer(&self, layer: usize) -> bool {
+        self.moe
+            .as_ref()
+            .is_some_and(|moe| layer >= moe.dense_layers && layer < self.layers)
     }
 
-    /// Every parameter: embedding, layers, final norm and the (untied) LM head.
+    /// How many of the layers route to experts.
+    pub fn moe_layer_count(&self) -> usize {
+        (0..self.layers).filter(|&l| self.is_moe_layer(l)).count()
+    }
+}
+
+/// Parameter counts of one part of the model, split by how they are stored: matrices take the
+/// weight storage, norms and routers always stay f32.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ParamSplit {
+    pub matrix: u64,
+    pub f32: u64,
+}
+
+impl ParamSplit {
+    pub fn total(self) -> u64 {
+        self.matrix + self.f32
+    }
+
+    fn add(self, other: ParamSplit) -> ParamSplit {
+        ParamSplit {
+            matrix: self.matrix + other.matrix,
+            f32: self.f32 + other.f32,
+        }
+    }
+
+    fn times(self, n: u64) -> ParamSplit {
+        ParamSplit {
+            matrix: self.matrix * n,
+            f32: self.f32 * n,
+        }
+    }
+}
+
+/// Which experts a count includes: all of them, or those one token passes through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Experts {
+    All,
+    Active,
+}
+
+impl ModelConfig {
+    /// Parameters of one decoder layer, every expert and the router included.
+    pub fn layer_param_count(&self, layer: usize) -> u64 {
+        self.layer_params(layer, Experts::All).total()
+    }
+
+    /// Every parameter: embedding, layers (all experts and routers), norms, and the LM head
+    /// unless it is tied to the embedding.
     pub fn param_count(&self) -> u64 {
-        let embedding_and_head = 2 * self.vocab * self.hidden + self.hidden;
-        embedding_and_head as u64 + self.layers as u64 * self.layer_param_count()
+        self.params(Experts::All).total()
     }
 
+    /// The parameters one token passes through: as `param_count`, but only `top_k` routed
+    /// experts (and the shared ones) of each MoE layer. The embedding counts whole, as
+    /// published active counts do.
+    pub fn active_param_count(&self) -> u64 {
+        self.params(Experts::Active).total()
+    }
+
+    /// Parameters split by storage, as `weight_bytes` prices them.
+    pub fn param_split(&self) -> ParamSplit {
+        self.params(Experts::All)
+    }
+
+    /// Bytes of all weights with matrices in `storage`; norms and routers count as f32, as
+    /// the weights hold them.
+    pub fn weight_bytes(&self, storage: Storage) -> u64 {
+        let split = self.param_split();
+        let f32_bytes = Storage::F32.bytes_per_element() as u64;
+        split.matrix * storage.bytes_per_element() as u64 + split.f32 * f32_bytes
+    }
+
+    fn params(&self, experts: Experts) -> ParamSplit {
+        let table = (self.vocab * self.hidden) as u64;
+        let head = if self.tie_embeddings { 0 } else { table };
+        let outside = ParamSplit {
+            matrix: table + head,
+            f32: self.hidden as u64,
+        };
+        (0..self.layers)
+            .map(|l| self.layer_params(l, experts))
+            .fold(outside, ParamSplit::add)
+    }
+
+    fn layer_params(&self, layer: usize, experts: Experts) -> ParamSplit {
+        let attention = 2 * self.hidden * self.q_dim() + 2 * self.hidden * self.kv_dim();
+        let norms = 2 * self.hidden as u64;
+        let base = ParamSplit {
+            matrix: attention as u64,
+            f32: norms,
+        };
+        base.add(self.ffn_params(layer, experts))
+    }
+
+    fn ffn_params(&self, layer: usize, experts: Experts) -> ParamSplit {
+        let mlp = |width: usize| 3 * (self.hidden * width) as u64;
+        match self.moe.as_ref().filter(|_| self.is_moe_layer(layer)) {
+            None => ParamSplit {
+                matrix: mlp(self.ffn),
+                f32: 0,
+            },
+            Some(moe) => {
+                let routed = match experts {
+                    Experts::All => moe.experts,
+                    Experts::Active => moe.top_k,
+                };
+                let expert = ParamSplit {
+                    matrix: mlp(moe.expert_ffn),
+                    f32: 0,
+                };
+                let rest = ParamSplit {
+                    matrix: mlp(moe.shared_ffn),
+                    f32: (self.hidden * moe.experts) as u64,
+                };
+                expert.times(routed as u64).add(rest)
+            }
+        }
+    }
+}
+
+impl ModelConfig {
     /// Checks the shape is one the decoder can run: positive sizes, whole GQA groups, even
-    /// head dimension (RoPE rotates pairs).
+    /// head dimension (RoPE rotates pairs), and a coherent MoE part.
     pub fn validate(&self) -> Result<(), WorkloadError> {
         let sizes = [
             ("vocabulary size", self.vocab),
@@ -112,19 +272,51 @@ impl ModelConfig {
                 self.head_dim
             )));
         }
+        match &self.moe {
+            Some(moe) => self.validate_moe(moe),
+            None => Ok(()),
+        }
+    }
+
+    fn validate_moe(&self, moe: &MoeConfig) -> Result<(), WorkloadError> {
+        if moe.experts == 0 || moe.expert_ffn == 0 {
+            return Err(self.malformed(format!(
+                "its {} experts of width {} leave nothing to route to",
+                moe.experts, moe.expert_ffn
+            )));
+        }
+        if moe.top_k == 0 || moe.top_k > moe.experts {
+            return Err(self.malformed(format!(
+                "its top-k '{}' is not between 1 and its {} experts",
+                moe.top_k, moe.experts
+            )));
+        }
+        if (moe.shared_experts == 0) != (moe.shared_ffn == 0) {
+            return Err(self.malformed(format!(
+                "its {} shared experts have a total width of '{}'",
+                moe.shared_experts, moe.shared_ffn
+            )));
+        }
+        if moe.dense_layers >= self.layers {
+            return Err(self.malformed(format!(
+                "its '{}' dense layers leave no MoE layer among its {}",
+                moe.dense_layers, self.layers
+            )));
+        }
         Ok(())
     }
 
-    /// Checks `tp` ranks can split this model Megatron-style: whole query heads and whole MLP
-    /// columns on every rank, and KV heads either split evenly or, when there are more ranks
-    /// than KV heads, replicated on an equal number of ranks each.
+    /// Checks `tp` ranks can split this model Megatron-style: whole query heads, MLP and
+    /// expert columns and vocabulary rows (the embedding and head are vocab-parallel) on
+    /// every rank, and KV heads either split evenly or, when there are more ranks than KV
+    /// heads, replicated on an equal number of ranks each.
     pub fn validate_tp(&self, tp: usize) -> Result<(), WorkloadError> {
         if tp == 0 {
             return Err(WorkloadError::ZeroSetting {
                 what: "tensor-parallel degree",
             });
         }
-        let parts = [("attention heads", self.heads), ("ffn columns", self.ffn)];
+        let parts = self.tp_split_parts();
         if let Some(&(what, count)) = parts.iter().find(|(_, count)| count % tp != 0) {
             return Err(WorkloadError::TpDoesNotDivide {
                 tp,
@@ -141,6 +333,74 @@ impl ModelConfig {
             });
         }
         Ok(())
+    }
+
+    /// What tensor parallelism splits into equal parts, named as errors name them. The dense
+    /// width counts only if some layer is dense; a shared width only if there is one.
+    fn tp_split_parts(&self) -> Vec<(&'static str, usize)> {
+        let mut parts = vec![("attention heads", self.heads)];
+        if (0..self.layers).any(|l| !self.is_moe_layer(l)) {
+            parts.push(("ffn columns", self.ffn));
+        }
+        if let Some(moe) = &self.moe {
+            parts.push(("expert ffn columns", moe.expert_ffn));
+            if moe.shared_ffn > 0 {
+                parts.push(("shared-expert ffn columns", moe.shared_ffn));
+            }
+        }
+        parts.push(("vocabulary rows", self.vocab));
+        parts
+    }
+
+    /// Checks `ep` ranks can share out this model's experts evenly.
+    pub fn validate_ep(&self, ep: usize) -> Result<(), WorkloadError> {
+        if ep == 0 {
+            return Err(WorkloadError::ZeroSetting {
+                what: "expert-parallel degree",
+            });
+        }
+        match &self.moe {
+            None if ep > 1 => Err(WorkloadError::EpNeedsMoe {
+                ep,
+                model: self.name.clone(),
+            }),
+            Some(moe) if moe.experts % ep != 0 => Err(WorkloadError::EpDoesNotDivide {
+                ep,
+                experts: moe.experts,
+                model: self.name.clone(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Checks `pp` pipeline stages each get at least one layer.
+    pub fn validate_pp(&self, pp: usize) -> Result<(), WorkloadError> {
+        if pp == 0 {
+            return Err(WorkloadError::ZeroSetting {
+                what: "pipeline-parallel degree",
+            });
+        }
+        if pp > self.layers {
+            return Err(WorkloadError::PpExceedsLayers {
+                pp,
+                layers: self.layers,
+                model: self.name.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The layers of pipeline stage `stage` of `pp`: contiguous, as even as possible, the
+    /// earlier stages taking one extra layer each when `pp` does not divide the layer count.
+    /// A stage past the last (or `pp` 0) gets an empty range at the end.
+    pub fn stage_layers(&self, stage: usize, pp: usize) -> Range<usize> {
+        if pp == 0 || stage >= pp {
+            return self.layers..self.layers;
+        }
+        let (base, extra) = (self.layers / pp, self.layers % pp);
+        let start = stage * base + stage.min(extra);
+        let len = base + usize::from(stage < extra);
+        start..(start + len).min(self.layers)
     }
 
     fn malformed(&self, problem: String) -> WorkloadError {
@@ -164,105 +424,30 @@ pub(crate) fn test_model() -> ModelConfig {
         head_dim: 8,
         ffn: 48,
         max_seq: 16,
-        ..tiny()
+        ..preset("tiny").expect("tiny is a preset")
+    }
+}
+
+/// A small Mixtral-style shape (4 experts, top-2, one dense layer and a shared expert, so every
+/// kind of FFN shows up), for tests that build MoE weights in milliseconds.
+#[cfg(test)]
+pub(crate) fn test_moe_model() -> ModelConfig {
+    ModelConfig {
+        name: "small-moe".to_string(),
+        family: Family::DeepSeek,
+        layers: 3,
+        moe: Some(MoeConfig {
+            experts: 4,
+            top_k: 2,
+            expert_ffn: 16,
+            shared_experts: 1,
+            shared_ffn: 24,
+            dense_layers: 1,
+            renormalize: true,
+        }),
+        ..test_model()
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tiny_has_llama3_ratios_and_counts_its_parameters() {
-        let tiny = preset("tiny").unwrap();
-        tiny.validate().unwrap();
-        assert_eq!(tiny.heads / tiny.kv_heads, 4);
-        assert_eq!(tiny.q_dim(), tiny.hidden);
-        // Per layer: q and o 512×512, k and v 512×128, three 512×1536 MLP matrices, two norms.
-        assert_eq!(tiny.layer_param_count(), 3_015_680);
-        assert_eq!(tiny.param_count(), 8 * 3_015_680 + 2 * 4096 * 512 + 512);
-    }
-
-    #[test]
-    fn every_listed_preset_exists() {
-        for name in PRESETS {
-            assert_eq!(&preset(name).unwrap().name, name);
-        }
-    }
-
-    #[test]
-    fn unknown_preset_is_named_with_the_known_ones() {
-        let err = preset("enormous").unwrap_err().to_string();
-        assert_eq!(err, "unknown preset 'enormous'; known presets: tiny");
-    }
-
-    #[test]
-    fn tp_must_divide_heads_kv_heads_and_ffn() {
-        let tiny = preset("tiny").unwrap();
-        tiny.validate_tp(1).unwrap();
-        tiny.validate_tp(2).unwrap();
-        let three = tiny.validate_tp(3).unwrap_err().to_string();
-        assert_eq!(
-            three,
-            "tensor-parallel degree '3' does not divide the 8 attention heads of preset 'tiny'"
-        );
-        tiny.validate_tp(4).unwrap();
-        tiny.validate_tp(8).unwrap();
-        let sixteen = tiny.validate_tp(16).unwrap_err().to_string();
-        assert!(
-            sixteen.contains("'16'") && sixteen.contains("8 attention heads"),
-            "{sixteen}"
-        );
-        let six_heads = ModelConfig {
-            heads: 12,
-            kv_heads: 4,
-            ffn: 1536,
-            ..tiny.clone()
-        };
-        let six = six_heads.validate_tp(6).unwrap_err().to_string();
-        assert!(
-            six.contains("'6'") && six.contains("4 key-value heads"),
-            "{six}"
-        );
-        let zero = tiny.validate_tp(0).unwrap_err().to_string();
-        assert_eq!(zero, "tensor-parallel degree '0' must be at least 1");
-    }
-
-    #[test]
-    fn ffn_divisibility_is_checked() {
-        let odd_ffn = ModelConfig {
-            ffn: 1537,
-            ..preset("tiny").unwrap()
-        };
-        let err = odd_ffn.validate_tp(2).unwrap_err().to_string();
-        assert!(err.contains("1537 ffn columns"), "{err}");
-    }
-
-    #[test]
-    fn malformed_shapes_are_refused_naming_the_value() {
-        let tiny = preset("tiny").unwrap();
-        let groups = ModelConfig {
-            kv_heads: 3,
-            ..tiny.clone()
-        };
-        let err = groups.validate().unwrap_err().to_string();
-        assert!(err.contains("'3' key-value heads"), "{err}");
-        let odd = ModelConfig {
-            head_dim: 63,
-            ..tiny.clone()
-        };
-        assert!(odd.validate().unwrap_err().to_string().contains("'63'"));
-        let empty = ModelConfig { layers: 0, ..tiny };
-        let err = empty.validate().unwrap_err().to_string();
-        assert_eq!(err, "model 'tiny' is malformed: its layer count is '0'");
-    }
-
-    #[test]
-    fn config_round_trips_through_json() {
-        let tiny = preset("tiny").unwrap();
-        let text = serde_json::to_string(&tiny).unwrap();
-        assert!(text.contains("\"kv_heads\":2"), "{text}");
-        let back: ModelConfig = serde_json::from_str(&text).unwrap();
-        assert_eq!(back, tiny);
-    }
-}
+mod tests;

@@ -2,6 +2,7 @@
 
 use crate::comm::CommError;
 use pinch_kernels::KernelError;
+use std::path::PathBuf;
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -47,8 +48,95 @@ pub enum WorkloadError {
         preset: String,
     },
 
+    #[error(
+        "expert-parallel degree '{ep}' needs a mixture-of-experts model but '{model}' is dense"
+    )]
+    EpNeedsMoe { ep: usize, model: String },
+
+    #[error(
+        "expert-parallel degree '{ep}' does not divide the {experts} experts of model '{model}'"
+    )]
+    EpDoesNotDivide {
+        ep: usize,
+        experts: usize,
+        model: String,
+    },
+
+    #[error("pipeline-parallel degree '{pp}' exceeds the {layers} layers of model '{model}'")]
+    PpExceedsLayers {
+        pp: usize,
+        layers: usize,
+        model: String,
+    },
+
+    #[error("cannot read '{path}': {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+
+    #[error("hugging face config '{path}': {problem}")]
+    HfConfig { path: PathBuf, problem: String },
+
+    #[error("hugging face config '{path}': model_type '{model_type}' is unknown; known: {known}")]
+    HfModelType {
+        path: PathBuf,
+        model_type: String,
+        known: String,
+    },
+
+    #[error("no *.safetensors file in '{dir}'")]
+    NoCheckpoint { dir: PathBuf },
+
+    #[error("checkpoint file '{path}' is unreadable: {problem}")]
+    CheckpointFile { path: PathBuf, problem: String },
+
+    #[error("tensor '{name}' of shape {shape} is missing from the checkpoint in '{dir}'")]
+    MissingTensor {
+        name: String,
+        shape: String,
+        dir: PathBuf,
+    },
+
+    #[error("tensor '{name}' in '{path}' has shape '{found}' but {expected} was expected")]
+    TensorShape {
+        name: String,
+        path: PathBuf,
+        found: String,
+        expected: String,
+    },
+
+    #[error("tensor '{name}' in '{path}' has dtype '{dtype}'; pinch reads F32, BF16 and F16")]
+    TensorDtype {
+        name: String,
+        path: PathBuf,
+        dtype: String,
+    },
+
+    #[error("checkpoint in '{dir}' cannot be loaded: {problem}")]
+    UnsupportedCheckpoint { dir: PathBuf, problem: String },
+
     #[error("rank '{rank}' is out of range for tensor-parallel degree {tp}")]
     RankOutOfRange { rank: usize, tp: usize },
+
+    #[error("expert-parallel rank '{rank}' is out of range for expert-parallel degree {ep}")]
+    EpRankOutOfRange { rank: usize, ep: usize },
+
+    #[error(
+        "expert-parallel degree {ep} needs tensor-parallel degree 1, not '{tp}' \
+         (attention is data-parallel under expert parallelism)"
+    )]
+    EpNeedsTpOne { ep: usize, tp: usize },
+
+    #[error(
+        "layers '{start}..{end}' are not a non-empty range within the {layers} layers of model '{model}'"
+    )]
+    LayersOutOfRange {
+        start: usize,
+        end: usize,
+        layers: usize,
+        model: String,
+    },
 
     #[error(
         "the ring connects rank {ring_rank} of {ring_world} but this run is rank '{rank}' \

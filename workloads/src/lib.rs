@@ -1,27 +1,29 @@
-//! The workloads pinch profiles: a Llama-style decoder with seeded synthetic weights, run with
-//! Megatron-style tensor parallelism over rank processes that all-reduce over TCP, every op
-//! recorded as a span.
+//! The workloads pinch profiles: Llama-, Mixtral- and DeepSeek-shaped decoders (seeded synthetic
+//! weights or real safetensors), served to a stream of requests by ranks laid out with tensor,
+//! pipeline, data and expert parallelism, every op and collective recorded as a span.
 //!
-//! Layers, from the bottom: `config` (model shapes and presets), `tp` (which slice a rank owns),
-//! `weights` (seeded weights and their shards), `comm` (rendezvous and ring all-reduce),
-//! `trace` (op names and spans), `model` (the forward pass), `run` (a rank's generation run).
+//! Layers, from the bottom: `config` and `hf` (model shapes: presets and Hugging Face configs),
+//! `tp` (which slice a tensor-parallel rank owns), `weights` (seeded or loaded weights and their
+//! shards), `layout` (parallel degrees, rank coordinates, groups), `comm` (the mesh of links and
+//! the collectives), `trace` (op names and spans), `model` (one stage's forward pass), `serving`
+//! (requests, scheduler, router), `engine` (a rank's serving loop), `decode_bench`.
 
 pub mod comm;
 pub mod config;
 pub mod decode_bench;
 pub mod engine;
 pub mod error;
+pub mod hf;
 pub mod layout;
 pub mod model;
-pub mod run;
+pub mod serving;
 pub mod tp;
 pub mod trace;
 pub mod weights;
 
-pub use comm::{CommError, DEFAULT_IO_TIMEOUT, RendezvousServer, Ring, rendezvous};
-pub use config::{ModelConfig, PRESETS, preset};
+pub use comm::{CommError, DEFAULT_IO_TIMEOUT, RendezvousServer};
+pub use config::{ModelConfig, preset, presets};
 pub use error::WorkloadError;
-pub use run::{Generation, TpRunConfig, run_tp_rank};
+pub use hf::from_hf_config;
 pub use tp::TpLayout;
 pub use trace::OP_NAMES;
-pub use weights::{LayerWeights, ModelWeights, ShardWeights};

@@ -5,8 +5,11 @@
 //! more ranks than KV heads, each KV head is replicated on `tp/kv` consecutive ranks (rank `r`
 //! holds KV head `r / (tp/kv)`), as Megatron does: the query heads of those ranks are exactly
 //! that KV head's group, so attention stays local. The MLP
-//! is split by intermediate columns. The projections back into the residual stream (`wo`,
-//! `w_down`) are row-parallel: each rank produces a partial sum, completed by one all-reduce.
+//! is split by intermediate columns, and so is every expert and the shared expert of a MoE
+//! layer, each over its own width (the router is replicated). The projections back into the
+//! residual stream (`wo`, `w_down`) are row-parallel: each rank produces a partial sum,
+//! completed by one all-reduce. The embedding and LM head are vocab-parallel: rank `r` holds
+//! vocabulary rows `[r*vocab/tp, (r+1)*vocab/tp)`.
 
 use crate::config::ModelConfig;
 use crate::error::WorkloadError;
@@ -26,6 +29,12 @@ pub struct TpLayout {
     pub head_dim: usize,
     /// MLP intermediate columns on this rank.
     pub ffn: usize,
+    /// Intermediate columns of each routed expert on this rank; `None` for a dense model.
+    pub expert_ffn: Option<usize>,
+    /// Intermediate columns of the shared experts on this rank; `None` without shared experts.
+    pub shared_ffn: Option<usize>,
+    /// Vocabulary rows of the embedding (columns of the LM head) on this rank.
+    pub vocab: usize,
 }
 
 impl TpLayout {
@@ -43,6 +52,13 @@ impl TpLayout {
             kv_replicas: (tp / model.kv_heads).max(1),
             head_dim: model.head_dim,
             ffn: model.ffn / tp,
+            expert_ffn: model.moe.as_ref().map(|moe| moe.expert_ffn / tp),
+            shared_ffn: model
+                .moe
+                .as_ref()
+                .filter(|moe| moe.shared_ffn > 0)
+                .map(|moe| moe.shared_ffn / tp),
+            vocab: model.vocab / tp,
         })
     }
 
@@ -69,6 +85,22 @@ impl TpLayout {
     /// Columns of the full `w_gate` and `w_up` (and rows of the full `w_down`) this rank owns.
     pub fn ffn_range(&self) -> Range<usize> {
         own(self.rank, self.ffn)
+    }
+
+    /// Columns of each full expert's `w_gate` and `w_up` (rows of its `w_down`) this rank owns.
+    pub fn expert_ffn_range(&self) -> Option<Range<usize>> {
+        self.expert_ffn.map(|width| own(self.rank, width))
+    }
+
+    /// Columns of the full shared expert's `w_gate` and `w_up` (rows of its `w_down`) this
+    /// rank owns.
+    pub fn shared_ffn_range(&self) -> Option<Range<usize>> {
+        self.shared_ffn.map(|width| own(self.rank, width))
+    }
+
+    /// Rows of the full embedding (columns of the full LM head) this rank owns.
+    pub fn vocab_range(&self) -> Range<usize> {
+        own(self.rank, self.vocab)
     }
 }
 
@@ -114,6 +146,21 @@ mod tests {
         assert_eq!(solo.q_range(), 0..tiny.q_dim());
         assert_eq!(solo.kv_range(), 0..tiny.kv_dim());
         assert_eq!(solo.ffn_range(), 0..tiny.ffn);
+    }
+
+    #[test]
+    fn experts_shared_experts_and_vocabulary_split_by_rank() {
+        let model = crate::config::test_moe_model();
+        let one = TpLayout::new(&model, 1, 2).unwrap();
+        assert_eq!(one.expert_ffn_range(), Some(8..16));
+        assert_eq!(one.shared_ffn_range(), Some(12..24));
+        assert_eq!(one.vocab_range(), 32..64);
+        let dense = TpLayout::new(&preset("tiny").unwrap(), 0, 2).unwrap();
+        assert_eq!(
+            (dense.expert_ffn_range(), dense.shared_ffn_range()),
+            (None, None)
+        );
+        assert_eq!(dense.vocab_range(), 0..2048);
     }
 
     #[test]
