@@ -11,6 +11,7 @@ pub mod config;
 pub mod error;
 pub mod model;
 pub mod run;
+pub mod serving;
 pub mod tp;
 pub mod trace;
 pub mod weights;
