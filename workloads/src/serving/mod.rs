@@ -5,9 +5,13 @@
 //! Every failure is a `ServingError` whose message quotes the offending value.
 
 pub mod requests;
+pub mod router;
 pub mod scheduler;
 
 pub use requests::{Arrivals, LengthDist, RequestSpec, RequestWorkload, generate};
+pub use router::{
+    ReplicaSummary, RoutePolicy, RouterClient, RouterEvent, RouterServer, RouterSummary,
+};
 pub use scheduler::{Scheduler, SchedulerConfig, SeqWork, StepPlan};
 
 use std::io;
@@ -95,7 +99,7 @@ pub enum ServingError {
     #[error("replica '{replica}' connected twice")]
     DuplicateReplica { replica: usize },
 
-    #[error("replica {replica} disconnected with {outstanding} requests unfinished")]
+    #[error("replica {replica} disconnected early, with {outstanding} of its requests unfinished")]
     ReplicaClosed { replica: usize, outstanding: usize },
 
     #[error("replica {replica} reported request '{id}' finished, but it has no such request")]
