@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use comfy_table::{Cell, CellAlignment, Table, presets::UTF8_FULL_CONDENSED};
-use pinch_analyzer::{Finding, RankReport, Report};
+use pinch_analyzer::{Finding, LatencyStats, RankReport, Report, ServingReport};
 use std::io::Write;
 use std::path::Path;
 
@@ -32,6 +32,9 @@ pub fn render_text(report: &Report) -> String {
     if !report.collectives.is_empty() {
         sections.push(collectives_table(report));
     }
+    if let Some(serving) = &report.serving {
+        sections.push(serving_text(serving));
+    }
     sections.push(nodes_table(report));
     sections.push(findings_text(&report.findings));
     if !report.run.incomplete.is_empty() {
@@ -54,19 +57,30 @@ fn header(report: &Report) -> String {
             .map(|v| v.to_string())
             .unwrap_or_else(|| "?".into())
     };
-    format!(
-        "pinch run {}: {}, model '{}', {} nodes, TP={}\n{} rounds of {} prompts, each {} prompt + {} decoded tokens; wall time {}",
+    let title = format!(
+        "pinch run {}: {}, model '{}', {} nodes, TP={}",
         run.id,
         run.workload,
         run.model,
         param("nodes"),
         param("tp"),
-        param("rounds"),
-        param("batch"),
-        param("prompt_len"),
-        param("decode_tokens"),
-        run.wall_ns.map_or("unknown".into(), fmt_ns),
-    )
+    );
+    let wall = run.wall_ns.map_or("unknown".into(), fmt_ns);
+    let shape = match &report.serving {
+        Some(s) => format!(
+            "{} requests served by {} replicas; wall time {wall}",
+            s.requests,
+            s.per_replica.len()
+        ),
+        None => format!(
+            "{} rounds of {} prompts, each {} prompt + {} decoded tokens; wall time {wall}",
+            param("rounds"),
+            param("batch"),
+            param("prompt_len"),
+            param("decode_tokens"),
+        ),
+    };
+    format!("{title}\n{shape}")
 }
 
 fn table(headers: &[&str]) -> Table {
@@ -171,6 +185,81 @@ fn collectives_table(report: &Report) -> String {
         ]);
     }
     format!("Collectives (bus bandwidth with nccl-tests' factors)\n{t}")
+}
+
+/// The serving metrics: throughput, a latency table, goodput, the replicas and the digest.
+fn serving_text(s: &ServingReport) -> String {
+    let per_s = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2}"));
+    let summary = format!(
+        "Serving (vLLM's definitions; percentiles interpolated)\n  {} requests, {} prompt + {} output tokens in {}; {} preemptions\n  throughput: {} req/s, {} output tok/s, {} total tok/s",
+        s.requests,
+        s.prompt_tokens,
+        s.output_tokens,
+        s.duration_s
+            .map_or("unknown time".into(), |d| format!("{d:.2} s")),
+        s.preemptions,
+        per_s(s.request_throughput_per_s),
+        per_s(s.output_token_throughput_per_s),
+        per_s(s.total_token_throughput_per_s),
+    );
+    let goodput = s.goodput.as_ref().map_or(
+        "  goodput: no SLO given (workload parameter 'slo')".into(),
+        |g| {
+            format!(
+                "  goodput ({}): {} of {} requests met it ({}), {} req/s",
+                g.slo,
+                g.requests,
+                s.requests,
+                fmt_pct(g.fraction * 100.0),
+                per_s(g.requests_per_s),
+            )
+        },
+    );
+    format!(
+        "{summary}\n{}\n{goodput}\n{}\n  outputs digest: {}",
+        latency_table(s),
+        replicas_table(s),
+        s.outputs_digest
+    )
+}
+
+fn latency_table(s: &ServingReport) -> Table {
+    let mut t = table(&["latency", "mean", "median", "p90", "p99"]);
+    for (name, stats) in [
+        ("TTFT", &s.ttft),
+        ("TPOT", &s.tpot),
+        ("ITL", &s.itl),
+        ("E2E", &s.e2e),
+    ] {
+        let cell = |f: fn(&LatencyStats) -> f64| {
+            right(stats.as_ref().map_or("-".into(), |l| fmt_ms(f(l))))
+        };
+        t.add_row(vec![
+            Cell::new(name),
+            cell(|l| l.mean_ms),
+            cell(|l| l.median_ms),
+            cell(|l| l.p90_ms),
+            cell(|l| l.p99_ms),
+        ]);
+    }
+    t
+}
+
+fn replicas_table(s: &ServingReport) -> Table {
+    let mut t = table(&["replica", "requests", "output tokens"]);
+    for r in &s.per_replica {
+        t.add_row(vec![
+            right(r.replica.to_string()),
+            right(r.requests.to_string()),
+            right(r.output_tokens.to_string()),
+        ]);
+    }
+    t
+}
+
+/// Milliseconds in the unit that reads best, like `fmt_ns`.
+fn fmt_ms(ms: f64) -> String {
+    fmt_ns((ms * 1e6).round().max(0.0) as u64)
 }
 
 fn nodes_table(report: &Report) -> String {
@@ -320,5 +409,60 @@ mod tests {
         assert_eq!(fmt_bytes(512), "512 B");
         assert_eq!(fmt_bytes(4096), "4.0 KiB");
         assert_eq!(fmt_bytes(3 << 20), "3.0 MiB");
+    }
+
+    #[test]
+    fn the_serving_section_shows_throughput_latencies_goodput_and_replicas() {
+        let stats = |base: f64| {
+            Some(LatencyStats {
+                mean_ms: base,
+                median_ms: base,
+                p90_ms: base * 2.0,
+                p99_ms: base * 3.0,
+            })
+        };
+        let serving = ServingReport {
+            requests: 3,
+            prompt_tokens: 35,
+            output_tokens: 8,
+            duration_s: Some(0.5),
+            request_throughput_per_s: Some(6.0),
+            output_token_throughput_per_s: Some(16.0),
+            total_token_throughput_per_s: Some(86.0),
+            ttft: stats(200.0),
+            tpot: None,
+            itl: stats(0.5),
+            e2e: stats(270.0),
+            goodput: Some(pinch_analyzer::Goodput {
+                slo: "ttft=250ms".into(),
+                requests: 1,
+                requests_per_s: Some(2.0),
+                fraction: 1.0 / 3.0,
+            }),
+            preemptions: 2,
+            per_replica: vec![pinch_analyzer::ReplicaServing {
+                replica: 0,
+                requests: 3,
+                output_tokens: 8,
+            }],
+            outputs_digest: "abc123".into(),
+        };
+        let text = serving_text(&serving);
+        for needle in [
+            "3 requests, 35 prompt + 8 output tokens in 0.50 s; 2 preemptions",
+            "6.00 req/s, 16.00 output tok/s, 86.00 total tok/s",
+            "200.00 ms",
+            "600.00 ms",
+            "500.0 µs",
+            "goodput (ttft=250ms): 1 of 3 requests met it (33.3%), 2.00 req/s",
+            "outputs digest: abc123",
+        ] {
+            assert!(text.contains(needle), "{needle:?} not in\n{text}");
+        }
+        let tpot_row = text
+            .lines()
+            .find(|l| l.contains("TPOT"))
+            .unwrap_or_default();
+        assert!(tpot_row.contains('-'), "{tpot_row}");
     }
 }

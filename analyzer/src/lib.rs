@@ -15,6 +15,7 @@ pub mod intervals;
 pub mod load;
 pub mod report;
 pub mod run;
+pub mod serving;
 pub mod stats;
 pub mod timeline;
 
@@ -32,4 +33,7 @@ pub use report::{
     CounterSourceReport, NodeReport, REPORT_SCHEMA_VERSION, Report, RunInfo, analyze, report_from,
 };
 pub use run::{LogState, NodeData, RankLife, RunData};
+pub use serving::{
+    Goodput, LatencyStats, ReplicaServing, ServingReport, Slo, SloError, serving_report,
+};
 pub use timeline::{NameId, Series, TimedSpan, Timeline, merge};

@@ -7,13 +7,14 @@ use crate::collectives::CollectiveReport;
 use crate::facts::RunFacts;
 use crate::findings::{Finding, detect_all};
 use crate::run::{NodeData, RunData};
+use crate::serving::{ServingReport, serving_report};
 use crate::timeline::{Timeline, merge};
 use pinch_traces::{CounterSourceStatus, SourceState};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// report.json's schema version; bumped on any incompatible change.
-pub const REPORT_SCHEMA_VERSION: u32 = 1;
+pub const REPORT_SCHEMA_VERSION: u32 = 2;
 
 /// The counter and device names CPU utilization is read from.
 const CPU_COUNTER: &str = "cpu.utilization";
@@ -27,6 +28,8 @@ pub struct Report {
     pub collectives: Vec<CollectiveReport>,
     pub nodes: Vec<NodeReport>,
     pub findings: Vec<Finding>,
+    /// Serving metrics (vLLM's definitions); `None` when the run recorded no request.
+    pub serving: Option<ServingReport>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -100,6 +103,7 @@ pub fn report_from(run: &RunData, timeline: &Timeline, facts: &RunFacts) -> Repo
         ranks: input.ranks,
         collectives: input.collectives,
         findings,
+        serving: serving_report(run),
     }
 }
 
@@ -208,7 +212,8 @@ mod tests {
     fn a_healthy_run_is_complete_and_has_nothing_above_info() {
         let run = testkit::run_with_spans(&[&[0, 1], &[2, 3]]);
         let report = analyze(&run);
-        assert_eq!(report.schema_version, 1);
+        assert_eq!(report.schema_version, 2);
+        assert_eq!(report.serving, None);
         assert_eq!(report.run.incomplete, Vec::<String>::new());
         assert_eq!(report.ranks.len(), 4);
         assert!(
@@ -241,7 +246,8 @@ mod tests {
         });
         let report = analyze(&run);
         let json = serde_json::to_value(&report)?;
-        assert_eq!(json["schema_version"], 1);
+        assert_eq!(json["schema_version"], 2);
+        assert!(json["serving"].is_null());
         assert_eq!(json["ranks"][0]["rank"], 0);
         assert_eq!(json["ranks"][0]["node"], 0);
         assert_eq!(json["ranks"][1]["exit"]["status"], "failed");
@@ -314,5 +320,30 @@ mod tests {
         assert_eq!(report.nodes[0].cpu_utilization_max_pct, Some(60.0));
         let bare = analyze(&testkit::run_with_spans(&[&[0]]));
         assert_eq!(bare.nodes[0].cpu_utilization_mean_pct, None);
+    }
+
+    #[test]
+    fn served_requests_give_a_serving_section_with_the_manifest_slo() {
+        let mut run = testkit::run_with_spans(&[&[0]]);
+        run.manifest
+            .workload
+            .parameters
+            .insert("slo".into(), "ttft=1ms".into());
+        let base = run.nodes[0].anchor.map_or(0, |a| a.mono_ns);
+        run.nodes[0].requests.push(pinch_traces::RequestRecord {
+            id: 0,
+            replica: 0,
+            arrival_ns: base,
+            token_times_ns: vec![base + 500_000, base + 2_500_000],
+            prompt_tokens: 3,
+            tokens: vec![4, 5],
+            preemptions: 0,
+        });
+        let report = analyze(&run);
+        let serving = report.serving.expect("serving");
+        assert_eq!((serving.requests, serving.output_tokens), (1, 2));
+        let goodput = serving.goodput.expect("goodput");
+        assert_eq!((goodput.slo.as_str(), goodput.requests), ("ttft=1ms", 1));
+        assert_eq!(serving.tpot.map(|t| t.mean_ms), Some(2.0));
     }
 }

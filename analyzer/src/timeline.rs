@@ -126,7 +126,7 @@ pub fn merge(run: &RunData) -> Timeline {
 
 /// The node's anchor; failing that, one of its ranks'; failing that (a log without its first
 /// record), one that puts the node's earliest span at the run's start.
-fn node_anchor(node: &NodeData, manifest: &RunManifest) -> ClockAnchor {
+pub(crate) fn node_anchor(node: &NodeData, manifest: &RunManifest) -> ClockAnchor {
     let rank_anchor = node.ranks.values().find_map(|life| life.anchor);
     node.anchor.or(rank_anchor).unwrap_or(ClockAnchor {
         mono_ns: node.spans.iter().map(|s| s.start_ns).min().unwrap_or(0),
