@@ -18,8 +18,8 @@ use crate::error::WorkloadError;
 use crate::layout::{GroupSpec, Layout, RankGroups};
 use crate::model::{Batch, Comms, MoeOptions, SeqInput, StageModel};
 use crate::serving::{
-    RequestWorkload, RoutePolicy, RouterClient, RouterEvent, Scheduler, SchedulerConfig,
-    ServingError, StepPlan,
+    RequestSpec, RequestWorkload, RoutePolicy, RouterClient, RouterEvent, Scheduler,
+    SchedulerConfig, ServingError, StepPlan,
 };
 use crate::trace::{At, Issue, Tracer};
 use crate::weights::{ShardSpec, ShardWeights, load_shard, synthetic_shard};
@@ -287,23 +287,24 @@ impl Intake {
     /// (as an idle span) up to `patience`.
     fn take(&mut self, tracer: &Tracer, step: u32, patience: Duration) -> Result<(), ServeError> {
         let arrived = self.router.poll()?;
-        self.admit(tracer, arrived);
+        self.admit(tracer, arrived)?;
         if self.scheduler.is_idle() && !self.router.is_ended() {
             let event = tracer.wait(tracer.ops.idle, At::step(step), || {
                 self.router.wait(patience)
             })?;
             if let Some(RouterEvent::Requests(arrived)) = event {
-                self.admit(tracer, arrived);
+                self.admit(tracer, arrived)?;
             }
         }
         Ok(())
     }
 
-    fn admit(&mut self, tracer: &Tracer, arrived: Vec<crate::serving::RequestSpec>) {
+    fn admit(&mut self, tracer: &Tracer, arrived: Vec<RequestSpec>) -> Result<(), ServeError> {
         let now = tracer.now_ns();
         for request in arrived {
-            self.scheduler.add(request, now);
+            self.scheduler.add(request, now)?;
         }
+        Ok(())
     }
 
     /// Nothing left to serve, and nothing more coming.
