@@ -2,8 +2,9 @@
 //! Megatron-style tensor parallelism over rank processes that all-reduce over TCP, every op
 //! recorded as a span.
 //!
-//! Layers, from the bottom: `config` (model shapes and presets), `tp` (which slice a rank owns),
-//! `weights` (seeded weights and their shards), `comm` (rendezvous and ring all-reduce),
+//! Layers, from the bottom: `config` (model shapes, dense and MoE, and presets), `hf` (shapes
+//! from Hugging Face `config.json`), `tp` (which slice a rank owns), `weights` (shards of seeded
+//! weights or of safetensors checkpoints, f32 or bf16), `comm` (rendezvous and ring all-reduce),
 //! `trace` (op names and spans), `model` (the forward pass), `run` (a rank's generation run).
 
 pub mod comm;
@@ -17,9 +18,13 @@ pub mod trace;
 pub mod weights;
 
 pub use comm::{CommError, DEFAULT_IO_TIMEOUT, RendezvousServer, Ring, rendezvous};
-pub use config::{ModelConfig, PRESETS, preset};
+pub use config::{Family, ModelConfig, MoeConfig, PRESETS, preset, presets};
 pub use error::WorkloadError;
+pub use hf::from_hf_config;
 pub use run::{Generation, TpRunConfig, run_tp_rank};
 pub use tp::TpLayout;
 pub use trace::OP_NAMES;
-pub use weights::{LayerWeights, ModelWeights, ShardWeights};
+pub use weights::{
+    Ffn, LayerWeights, Mlp, ModelWeights, MoeWeights, ShardSpec, ShardWeights, load_shard,
+    synthetic_shard,
+};
