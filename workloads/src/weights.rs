@@ -10,12 +10,10 @@
 
 mod checkpoint;
 mod init;
-pub mod legacy;
 pub mod shard;
 mod source;
 mod synthetic;
 
 pub use checkpoint::load_shard;
-pub use legacy::{LayerWeights, ModelWeights, ShardWeights};
-pub use shard::{Ffn, Mlp, MoeWeights, ShardSpec};
+pub use shard::{Ffn, LayerWeights, Mlp, MoeWeights, ShardSpec, ShardWeights};
 pub use synthetic::synthetic_shard;

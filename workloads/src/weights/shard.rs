@@ -303,14 +303,22 @@ impl<S: Source> Cutter<'_, S> {
     }
 
     fn ffn(&self, l: usize) -> Result<Ffn, WorkloadError> {
-        if !self.config.is_moe_layer(l) {
-            let mlp = self.mlp(|p| Tensor::Mlp(l, p), self.layout.ffn_range())?;
-            return Ok(Ffn::Dense(mlp));
+        let expert_width = self.layout.expert_ffn_range();
+        match expert_width.filter(|_| self.config.is_moe_layer(l)) {
+            Some(width) => Ok(Ffn::Moe(self.moe(l, width)?)),
+            None => {
+                let mlp = self.mlp(|p| Tensor::Mlp(l, p), self.layout.ffn_range())?;
+                Ok(Ffn::Dense(mlp))
+            }
         }
+    }
+
+    /// A MoE layer: the whole router, the held experts' slices over `width`, the shared
+    /// experts' slice.
+    fn moe(&self, l: usize, width: Range<usize>) -> Result<MoeWeights, WorkloadError> {
         let (hidden, experts) = Tensor::Router(l).dims(self.config);
         let router = self.block(Tensor::Router(l), 0..hidden, 0..experts, Storage::F32)?;
         let held = self.spec.expert_range(self.config);
-        let width = self.layout.expert_ffn_range().unwrap_or(0..0);
         let experts = (0..experts)
             .map(|e| {
                 held.contains(&e)
@@ -323,11 +331,11 @@ impl<S: Source> Cutter<'_, S> {
             .shared_ffn_range()
             .map(|width| self.mlp(|p| Tensor::Shared(l, p), width))
             .transpose()?;
-        Ok(Ffn::Moe(MoeWeights {
+        Ok(MoeWeights {
             router,
             experts,
             shared,
-        }))
+        })
     }
 
     /// An MLP's slice over intermediate columns `width`: gate and up by columns, down by rows.
