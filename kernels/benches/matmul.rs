@@ -46,6 +46,14 @@ const SHAPES: [Shape; 9] = {
     ]
 };
 
+/// Decode through a matrix far larger than the last-level cache (128 MiB as f32, 64 MiB as
+/// bf16), where the weights must come from memory.
+const LARGE: [Shape; 1] = [Shape {
+    m: 1,
+    k: 4096,
+    n: 8192,
+}];
+
 /// Deterministic values in [-1, 1): benchmarks need no randomness, only non-trivial data.
 fn values(len: usize, salt: usize) -> Vec<f32> {
     (0..len)
@@ -75,6 +83,16 @@ fn matmul_w_f32(b: Bencher, s: Shape) {
 
 #[divan::bench(args = SHAPES)]
 fn matmul_w_bf16(b: Bencher, s: Shape) {
+    bench_matmul_w(b, s, Storage::Bf16);
+}
+
+#[divan::bench(args = LARGE, sample_count = 20)]
+fn matmul_w_f32_large(b: Bencher, s: Shape) {
+    bench_matmul_w(b, s, Storage::F32);
+}
+
+#[divan::bench(args = LARGE, sample_count = 20)]
+fn matmul_w_bf16_large(b: Bencher, s: Shape) {
     bench_matmul_w(b, s, Storage::Bf16);
 }
 
