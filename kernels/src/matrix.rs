@@ -13,6 +13,7 @@ use std::ops::Range;
 
 use half::bf16;
 use half::slice::HalfFloatSliceExt;
+use rayon::prelude::*;
 
 use crate::cost::{Cost, f32_bytes};
 use crate::threads::{parallelism, threads};
@@ -287,14 +288,14 @@ fn columns_of<T: Copy>(data: &[T], width: usize, cols: &Range<usize>) -> Vec<T> 
 /// `out[m, w.cols] = a[m, w.rows] · w`; `out` is overwritten, not accumulated into.
 ///
 /// f32 weights go to `gemm` in one call. bf16 weights are read at 2 bytes each, once:
-/// - for one row (`m = 1`, decode) on one thread, each weight is converted in registers and
+/// - for one row (`m = 1`, decode), each weight is converted in registers and
 ///   fused into the accumulation (a bf16 GEMV);
 /// - otherwise one panel (at most [`PANEL_ELEMENTS`]) at a time is converted into a reused
 ///   per-thread f32 scratch buffer and its product accumulated into the matching strip of `out`
 ///   by `gemm`, so the arithmetic runs on `gemm`'s kernels.
 ///
-/// Uses [`crate::threads`] threads (through `gemm`; the fused single-row path is
-/// single-threaded, so with more threads `m = 1` takes the panel path).
+/// Uses [`crate::threads`] threads: through `gemm`, or for the fused single-row path, by
+/// splitting the columns.
 ///
 /// Cost model: 2 · m · rows · cols flops; bytes = a read and out written as f32 + the weights
 /// at their storage size (bf16 halves the weight bytes streamed).
@@ -331,9 +332,7 @@ pub fn matmul_w(a: &[f32], m: usize, w: &Matrix, out: &mut [f32]) -> Cost {
             out,
             n,
         ),
-        MatrixData::Bf16(b) if m == 1 && threads() == 1 => {
-            pulp::Arch::new().dispatch(GemvBf16 { a, w: b, n, out })
-        }
+        MatrixData::Bf16(b) if m == 1 => gemv_bf16(a, b, n, out),
         MatrixData::Bf16(_) => matmul_bf16(a, m, w, out),
     }
     Cost {
@@ -343,7 +342,7 @@ pub fn matmul_w(a: &[f32], m: usize, w: &Matrix, out: &mut [f32]) -> Cost {
 }
 
 /// Rows of `w` a [`GemvBf16`] pass folds into `out` at once: each pass loads and stores `out`
-/// once for this many weight rows.
+/// once for this many weight rows. The pass is written out for exactly 4.
 const GEMV_ROWS: usize = 4;
 
 /// Widest column block of a [`GemvBf16`] pass, so that the block of `out` stays in L1 cache.
@@ -352,12 +351,43 @@ const GEMV_MAX_COLS: usize = 4096;
 /// `out[n] = a[k] · w[k, n]` on bf16 weights, for decode's single row (`m = 1`), where a panel
 /// conversion would write and re-read every weight as f32 for one use. Each weight is converted
 /// in registers and fused into the accumulation instead, so the weights are read once, at 2
-/// bytes each, and nothing else leaves L1. Like [`ConvertBlock`], it is compiled per CPU
-/// feature level so the loop vectorizes.
+/// bytes each, and nothing else leaves L1. With several threads each takes a contiguous range
+/// of columns.
+fn gemv_bf16(a: &[f32], w: &[bf16], n: usize, out: &mut [f32]) {
+    let threads = threads();
+    if threads == 1 {
+        pulp::Arch::new().dispatch(GemvBf16 {
+            a,
+            w,
+            n,
+            first_col: 0,
+            out,
+        });
+        return;
+    }
+    // Ranges of whole 64-byte cache lines of `out`, so threads never share a line.
+    let cols_per_thread = n.div_ceil(threads).next_multiple_of(16).max(1);
+    out.par_chunks_mut(cols_per_thread)
+        .enumerate()
+        .for_each(|(i, out)| {
+            pulp::Arch::new().dispatch(GemvBf16 {
+                a,
+                w,
+                n,
+                first_col: i * cols_per_thread,
+                out,
+            });
+        });
+}
+
+/// Columns `first_col .. first_col + out.len()` of `a[k] · w[k, n]` into `out`: the body of
+/// [`gemv_bf16`]. Like [`ConvertBlock`], it is compiled per CPU feature level so the loop
+/// vectorizes.
 struct GemvBf16<'a> {
     a: &'a [f32],
     w: &'a [bf16],
     n: usize,
+    first_col: usize,
     out: &'a mut [f32],
 }
 
@@ -366,18 +396,16 @@ impl pulp::WithSimd for GemvBf16<'_> {
 
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, _simd: S) {
-        let n = self.n;
-        for c0 in (0..n).step_by(GEMV_MAX_COLS) {
-            let width = GEMV_MAX_COLS.min(n - c0);
-            let out = &mut self.out[c0..c0 + width];
+        for (i, out) in self.out.chunks_mut(GEMV_MAX_COLS).enumerate() {
+            let c0 = self.first_col + i * GEMV_MAX_COLS;
+            let width = out.len();
+            let row = |r: usize| &self.w[r * self.n + c0..][..width];
             out.fill(0.0);
-            let row = |r: usize| &self.w[r * n + c0..r * n + c0 + width];
-            let mut r = 0;
-            while r + GEMV_ROWS <= self.a.len() {
-                let (a, w) = (
-                    &self.a[r..r + GEMV_ROWS],
-                    [row(r), row(r + 1), row(r + 2), row(r + 3)],
-                );
+            let groups = self.a.chunks_exact(GEMV_ROWS);
+            let tail_start = self.a.len() - groups.remainder().len();
+            for (g, a) in groups.enumerate() {
+                let r = g * GEMV_ROWS;
+                let w = [row(r), row(r + 1), row(r + 2), row(r + 3)];
                 let weights = w[0].iter().zip(w[1]).zip(w[2].iter().zip(w[3]));
                 for (o, ((w0, w1), (w2, w3))) in out.iter_mut().zip(weights) {
                     let acc = a[0].mul_add(w0.to_f32(), *o);
@@ -385,9 +413,8 @@ impl pulp::WithSimd for GemvBf16<'_> {
                     let acc = a[2].mul_add(w2.to_f32(), acc);
                     *o = a[3].mul_add(w3.to_f32(), acc);
                 }
-                r += GEMV_ROWS;
             }
-            for (&a, r) in self.a[r..].iter().zip(r..) {
+            for (&a, r) in self.a[tail_start..].iter().zip(tail_start..) {
                 for (o, w) in out.iter_mut().zip(row(r)) {
                     *o = a.mul_add(w.to_f32(), *o);
                 }
@@ -531,7 +558,7 @@ pub fn embedding_w(table: &Matrix, first_row: usize, tokens: &[u32], out: &mut [
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::testutil::{assert_close, fresh_rng, matmul_f64, random_vec, to_f64};
 
@@ -595,7 +622,7 @@ mod tests {
         Matrix::from_f32(1, 4, vec![0.0; 4], Storage::Bf16).column_slice(2..5);
     }
 
-    fn check_matmul_w(m: usize, k: usize, n: usize, storage: Storage) {
+    pub(crate) fn check_matmul_w(m: usize, k: usize, n: usize, storage: Storage) {
         let (mut rng, seed) = fresh_rng();
         let a = random_vec(&mut rng, m * k);
         let w = Matrix::from_f32(k, n, random_vec(&mut rng, k * n), storage);
