@@ -2,18 +2,21 @@
 //! [`embedding_w`].
 //!
 //! Decode is bound by the bytes of weights streamed from memory, so storing weights as bf16
-//! halves its cost; computation stays f32 everywhere. A bf16 matmul converts one cache-sized
-//! panel of the weights at a time into a reused f32 scratch buffer and hands it to `gemm`, so
-//! memory sees 2 bytes per weight and the arithmetic still runs on `gemm`'s SIMD kernels.
+//! halves its cost; computation stays f32 everywhere. A bf16 matmul either converts weights in
+//! registers inside a fused GEMV (one row, decode) or converts one cache-sized panel at a time
+//! into a reused f32 scratch buffer and hands it to `gemm` (several rows), so memory sees 2
+//! bytes per weight and the arithmetic runs on SIMD kernels either way. The loops that convert
+//! are compiled per CPU feature level through `pulp`, since they only vectorize well with AVX2.
 
 use std::cell::RefCell;
 use std::ops::Range;
 
 use half::bf16;
 use half::slice::HalfFloatSliceExt;
+use rayon::prelude::*;
 
 use crate::cost::{Cost, f32_bytes};
-use crate::threads::parallelism;
+use crate::threads::{parallelism, threads};
 
 /// Bytes of one token id.
 const TOKEN_BYTES: u64 = std::mem::size_of::<u32>() as u64;
@@ -22,8 +25,10 @@ const TOKEN_BYTES: u64 = std::mem::size_of::<u32>() as u64;
 /// with the bf16 it was read from and the output strip it accumulates into.
 const PANEL_ELEMENTS: usize = 32 * 1024;
 
-/// Widest panel, in output columns.
-const PANEL_MAX_COLS: usize = 512;
+/// Widest panel, in output columns. Measured on a Zen 4 core for m = 8 and 64 against 512, 1024
+/// and full-width panels: narrower strips keep each strip of `out` in L1/L2 while its panels
+/// accumulate, and 256 was fastest or level.
+const PANEL_MAX_COLS: usize = 256;
 
 /// How weights are stored. Computation is always f32.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -207,12 +212,50 @@ impl Matrix {
             out.len(),
             rows.len()
         );
-        for (r, out_row) in rows.zip(out.chunks_exact_mut(width.max(1))) {
-            let elements = r * self.cols + cols.start..r * self.cols + cols.end;
-            match &self.data {
-                MatrixData::F32(d) => out_row.copy_from_slice(&d[elements]),
-                MatrixData::Bf16(d) => d[elements].convert_to_f32_slice(out_row),
+        match &self.data {
+            MatrixData::F32(d) => {
+                for (r, out_row) in rows.zip(out.chunks_exact_mut(width.max(1))) {
+                    let start = r * self.cols + cols.start;
+                    out_row.copy_from_slice(&d[start..start + width]);
+                }
             }
+            MatrixData::Bf16(d) => {
+                let first = rows.start * self.cols + cols.start;
+                let convert = ConvertBlock {
+                    src: &d[first..],
+                    src_stride: self.cols,
+                    width,
+                    out,
+                };
+                pulp::Arch::new().dispatch(convert);
+            }
+        }
+    }
+}
+
+/// Converts rows of bf16 (`width` wide, `src_stride` apart, starting at `src[0]`) into the
+/// rows of `out`.
+///
+/// half converts element by element; compiled for the CPU's widest vectors (pulp picks AVX2
+/// on x86-64 where present, at run time) the loop vectorizes, which bf16 matmuls depend on:
+/// without it the conversion takes longer than the arithmetic.
+struct ConvertBlock<'a> {
+    src: &'a [bf16],
+    src_stride: usize,
+    width: usize,
+    out: &'a mut [f32],
+}
+
+impl pulp::WithSimd for ConvertBlock<'_> {
+    type Output = ();
+
+    // Inlined into pulp's per-CPU entry points, which is what compiles it for their features.
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) {
+        let out_rows = self.out.chunks_exact_mut(self.width.max(1));
+        for (r, out_row) in out_rows.enumerate() {
+            let start = r * self.src_stride;
+            self.src[start..start + self.width].convert_to_f32_slice(out_row);
         }
     }
 }
@@ -244,10 +287,15 @@ fn columns_of<T: Copy>(data: &[T], width: usize, cols: &Range<usize>) -> Vec<T> 
 
 /// `out[m, w.cols] = a[m, w.rows] · w`; `out` is overwritten, not accumulated into.
 ///
-/// f32 weights go to `gemm` in one call. bf16 weights are converted one panel (at most
-/// [`PANEL_ELEMENTS`]) at a time into a reused per-thread scratch buffer, and each panel's
-/// product is accumulated into the matching strip of `out`, so the weights are read from memory
-/// once, at 2 bytes each. Uses [`crate::threads`] threads.
+/// f32 weights go to `gemm` in one call. bf16 weights are read at 2 bytes each, once:
+/// - for one row (`m = 1`, decode), each weight is converted in registers and
+///   fused into the accumulation (a bf16 GEMV);
+/// - otherwise one panel (at most [`PANEL_ELEMENTS`]) at a time is converted into a reused
+///   per-thread f32 scratch buffer and its product accumulated into the matching strip of `out`
+///   by `gemm`, so the arithmetic runs on `gemm`'s kernels.
+///
+/// Uses [`crate::threads`] threads: through `gemm`, or for the fused single-row path, by
+/// splitting the columns.
 ///
 /// Cost model: 2 · m · rows · cols flops; bytes = a read and out written as f32 + the weights
 /// at their storage size (bf16 halves the weight bytes streamed).
@@ -284,11 +332,94 @@ pub fn matmul_w(a: &[f32], m: usize, w: &Matrix, out: &mut [f32]) -> Cost {
             out,
             n,
         ),
+        MatrixData::Bf16(b) if m == 1 => gemv_bf16(a, b, n, out),
         MatrixData::Bf16(_) => matmul_bf16(a, m, w, out),
     }
     Cost {
         flops: 2 * (m * k * n) as u64,
         bytes: f32_bytes(m * k + m * n) + w.bytes(),
+    }
+}
+
+/// Rows of `w` a [`GemvBf16`] pass folds into `out` at once: each pass loads and stores `out`
+/// once for this many weight rows. The pass is written out for exactly 4.
+const GEMV_ROWS: usize = 4;
+
+/// Widest column block of a [`GemvBf16`] pass, so that the block of `out` stays in L1 cache.
+const GEMV_MAX_COLS: usize = 4096;
+
+/// `out[n] = a[k] · w[k, n]` on bf16 weights, for decode's single row (`m = 1`), where a panel
+/// conversion would write and re-read every weight as f32 for one use. Each weight is converted
+/// in registers and fused into the accumulation instead, so the weights are read once, at 2
+/// bytes each, and nothing else leaves L1. With several threads each takes a contiguous range
+/// of columns.
+fn gemv_bf16(a: &[f32], w: &[bf16], n: usize, out: &mut [f32]) {
+    let threads = threads();
+    if threads == 1 {
+        pulp::Arch::new().dispatch(GemvBf16 {
+            a,
+            w,
+            n,
+            first_col: 0,
+            out,
+        });
+        return;
+    }
+    // Ranges of whole 64-byte cache lines of `out`, so threads never share a line.
+    let cols_per_thread = n.div_ceil(threads).next_multiple_of(16).max(1);
+    out.par_chunks_mut(cols_per_thread)
+        .enumerate()
+        .for_each(|(i, out)| {
+            pulp::Arch::new().dispatch(GemvBf16 {
+                a,
+                w,
+                n,
+                first_col: i * cols_per_thread,
+                out,
+            });
+        });
+}
+
+/// Columns `first_col .. first_col + out.len()` of `a[k] · w[k, n]` into `out`: the body of
+/// [`gemv_bf16`]. Like [`ConvertBlock`], it is compiled per CPU feature level so the loop
+/// vectorizes.
+struct GemvBf16<'a> {
+    a: &'a [f32],
+    w: &'a [bf16],
+    n: usize,
+    first_col: usize,
+    out: &'a mut [f32],
+}
+
+impl pulp::WithSimd for GemvBf16<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) {
+        for (i, out) in self.out.chunks_mut(GEMV_MAX_COLS).enumerate() {
+            let c0 = self.first_col + i * GEMV_MAX_COLS;
+            let width = out.len();
+            let row = |r: usize| &self.w[r * self.n + c0..][..width];
+            out.fill(0.0);
+            let groups = self.a.chunks_exact(GEMV_ROWS);
+            let tail_start = self.a.len() - groups.remainder().len();
+            for (g, a) in groups.enumerate() {
+                let r = g * GEMV_ROWS;
+                let w = [row(r), row(r + 1), row(r + 2), row(r + 3)];
+                let weights = w[0].iter().zip(w[1]).zip(w[2].iter().zip(w[3]));
+                for (o, ((w0, w1), (w2, w3))) in out.iter_mut().zip(weights) {
+                    let acc = a[0].mul_add(w0.to_f32(), *o);
+                    let acc = a[1].mul_add(w1.to_f32(), acc);
+                    let acc = a[2].mul_add(w2.to_f32(), acc);
+                    *o = a[3].mul_add(w3.to_f32(), acc);
+                }
+            }
+            for (&a, r) in self.a[tail_start..].iter().zip(tail_start..) {
+                for (o, w) in out.iter_mut().zip(row(r)) {
+                    *o = a.mul_add(w.to_f32(), *o);
+                }
+            }
+        }
     }
 }
 
@@ -427,7 +558,7 @@ pub fn embedding_w(table: &Matrix, first_row: usize, tokens: &[u32], out: &mut [
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::testutil::{assert_close, fresh_rng, matmul_f64, random_vec, to_f64};
 
@@ -491,7 +622,7 @@ mod tests {
         Matrix::from_f32(1, 4, vec![0.0; 4], Storage::Bf16).column_slice(2..5);
     }
 
-    fn check_matmul_w(m: usize, k: usize, n: usize, storage: Storage) {
+    pub(crate) fn check_matmul_w(m: usize, k: usize, n: usize, storage: Storage) {
         let (mut rng, seed) = fresh_rng();
         let a = random_vec(&mut rng, m * k);
         let w = Matrix::from_f32(k, n, random_vec(&mut rng, k * n), storage);
@@ -522,19 +653,28 @@ mod tests {
 
     #[test]
     fn matmul_w_bf16_spans_several_panels_in_both_directions() {
-        // 1100 columns make three column strips (the last partial); with 512-column panels
-        // 64 rows fit a panel, so 300 rows make five row panels (the last partial).
-        check_matmul_w(1, 300, 1100, Storage::Bf16);
+        // 1100 columns make five column strips (the last partial); with 256-column panels
+        // 128 rows fit a panel, so 300 rows make three row panels (the last partial).
         check_matmul_w(9, 300, 1100, Storage::Bf16);
+        check_matmul_w(2, 300, 1100, Storage::Bf16);
         check_matmul_w(70, 300, 129, Storage::F32);
     }
 
     #[test]
+    fn matmul_w_bf16_single_row_spans_column_blocks_and_a_row_tail() {
+        // m = 1 takes the fused path: 4100 columns make two column blocks (4096 + 4); 7 rows
+        // are one group of 4 and a tail of 3.
+        check_matmul_w(1, 7, 4100, Storage::Bf16);
+        check_matmul_w(1, 300, 1100, Storage::Bf16);
+        check_matmul_w(1, 3, 5, Storage::Bf16);
+    }
+
+    #[test]
     fn matmul_w_with_an_empty_inner_dimension_writes_zeros() {
-        for storage in [Storage::F32, Storage::Bf16] {
-            let mut out = [f32::NAN; 6];
-            matmul_w(&[], 2, &Matrix::from_f32(0, 3, vec![], storage), &mut out);
-            assert_eq!(out, [0.0; 6], "{}", storage.name());
+        for (storage, m) in [Storage::F32, Storage::Bf16].into_iter().zip([1, 2]) {
+            let mut out = vec![f32::NAN; 3 * m];
+            matmul_w(&[], m, &Matrix::from_f32(0, 3, vec![], storage), &mut out);
+            assert_eq!(out, vec![0.0; 3 * m], "{} with m = {m}", storage.name());
         }
     }
 

@@ -5,6 +5,8 @@
 use std::hint::black_box;
 use std::time::Instant;
 
+use crate::cost::Cost;
+
 /// Bytes STREAM counts per triad element: `b` and `c` read, `a` written, 4 bytes each (the
 /// write-allocate read of `a` is not counted, as in STREAM).
 const TRIAD_BYTES_PER_ELEMENT: u64 = 3 * 4;
@@ -42,6 +44,7 @@ pub fn stream_triad(elements: usize, repeats: usize) -> TriadResult {
         vec![2.0f32; elements],
     );
     let bytes_per_pass = elements as u64 * TRIAD_BYTES_PER_ELEMENT;
+    // Warm-up: faults the pages in and brings the code into cache.
     triad(&mut a, &b, &c, 3.0);
     let mut rates: Vec<f64> = (0..repeats)
         .map(|_| {
@@ -66,10 +69,28 @@ pub fn stream_triad(elements: usize, repeats: usize) -> TriadResult {
     }
 }
 
-/// `a[i] = b[i] + s · c[i]`.
-fn triad(a: &mut [f32], b: &[f32], c: &[f32], s: f32) {
+/// One triad pass, `a[i] = b[i] + s · c[i]`, the unit [`stream_triad`] times.
+///
+/// Cost model: 2 flops per element (multiply, add); bytes as STREAM counts them, b and c read
+/// and a written = 3 × 4 per element.
+///
+/// # Panics
+///
+/// If the three slices differ in length.
+pub fn triad(a: &mut [f32], b: &[f32], c: &[f32], s: f32) -> Cost {
+    assert!(
+        a.len() == b.len() && b.len() == c.len(),
+        "triad: arrays of {}, {} and {} elements differ",
+        a.len(),
+        b.len(),
+        c.len()
+    );
     for (ai, (&bi, &ci)) in a.iter_mut().zip(b.iter().zip(c)) {
         *ai = bi + s * ci;
+    }
+    Cost {
+        flops: 2 * a.len() as u64,
+        bytes: a.len() as u64 * TRIAD_BYTES_PER_ELEMENT,
     }
 }
 
@@ -93,7 +114,14 @@ mod tests {
         let (mut rng, seed) = fresh_rng();
         let (b, c) = (random_vec(&mut rng, 33), random_vec(&mut rng, 33));
         let mut a = vec![f32::NAN; 33];
-        triad(&mut a, &b, &c, 1.5);
+        let cost = triad(&mut a, &b, &c, 1.5);
+        assert_eq!(
+            cost,
+            Cost {
+                flops: 66,
+                bytes: 33 * 12
+            }
+        );
         let want: Vec<f64> = to_f64(&b)
             .iter()
             .zip(to_f64(&c))

@@ -30,15 +30,24 @@ pub(crate) fn parallelism() -> gemm::Parallelism {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::matrix::Storage;
+    use crate::matrix::tests::check_matmul_w;
 
-    // One test owns the global setting so parallel tests never see each other's value.
+    // One test owns the global setting so parallel tests never see each other's value (others
+    // may run threaded meanwhile, which changes no result).
     #[test]
-    fn set_threads_round_trips_and_maps_to_gemm_parallelism() {
+    fn set_threads_round_trips_maps_to_gemm_parallelism_and_threaded_matmuls_agree() {
         assert_eq!(threads(), 1, "the default is single-threaded");
         assert!(matches!(parallelism(), gemm::Parallelism::None));
         set_threads(3);
         assert_eq!(threads(), 3);
         assert!(matches!(parallelism(), gemm::Parallelism::Rayon(3)));
+        // Every path of both matmuls, threaded: the single-row bf16 path splits its columns
+        // (1100 over 3 threads: 368 + 368 + 364), the others go through gemm.
+        for (m, storage) in [(1, Storage::Bf16), (9, Storage::Bf16), (9, Storage::F32)] {
+            check_matmul_w(m, 300, 1100, storage);
+        }
+        check_matmul_w(1, 5, 2, Storage::Bf16);
         set_threads(0);
         assert_eq!(threads(), 1, "0 threads is taken as 1");
         assert!(matches!(parallelism(), gemm::Parallelism::None));
