@@ -3,10 +3,8 @@
 //! `matmul_w(x, w)` (`[in, out]` row-major).
 //!
 //! `shard` holds the types the model code reads and cuts shards from a `source`; `init` is the
-//! seeded generator. `legacy` is the first, dense-only f32 API (`ModelWeights::generate(..)
-//! .shard(..)`), kept until the model code moves over; its `LayerWeights` and `ShardWeights`
-//! are still the ones re-exported here, so the new types of the same names are reached as
-//! `weights::shard::{LayerWeights, ShardWeights}` until then.
+//! seeded generator (its streams and scales are those of the first, dense-only generator, so a
+//! seed gives the same `tiny` model as it always did).
 
 mod checkpoint;
 mod init;

@@ -4,7 +4,6 @@
 use super::*;
 use crate::config::{test_model, test_moe_model};
 use crate::weights::init::uniform;
-use crate::weights::legacy::ModelWeights;
 use crate::weights::shard::{Ffn, LayerWeights, Mlp, MoeWeights};
 use pinch_kernels::{Matrix, Storage};
 
@@ -70,15 +69,6 @@ fn a_dense_model_keeps_the_values_of_the_first_generator() {
         assert_eq!(mlp.w_up.to_f32(), uniform(7, s + 7, h * f, std(h)));
         assert_eq!(mlp.w_down.to_f32(), uniform(7, s + 8, f * h, std(f)));
     }
-}
-
-#[test]
-fn the_old_api_draws_the_same_dense_model() {
-    let config = test_model();
-    let (new, old) = (whole(&config, 7), ModelWeights::generate(&config, 7));
-    assert_eq!(new.embedding.as_ref().unwrap().to_f32(), old.embedding);
-    assert_eq!(new.layers[1].wo.to_f32(), old.layers[1].wo);
-    assert_eq!(dense(&new.layers[1]).w_down.to_f32(), old.layers[1].w_down);
 }
 
 #[test]
