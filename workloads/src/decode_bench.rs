@@ -133,7 +133,7 @@ pub fn measure_decode(bench: &DecodeBench) -> Result<DecodeMeasurement, DecodeBe
     let kv_bytes = kv_read_bytes(&bench.model, bench.batch, bench.prompt_len + bench.steps / 2);
     let bytes_per_step = weight_bytes + kv_bytes;
     let decode_gb_per_s = bytes_per_step as f64 / median_ns;
-    let triad_gb_per_s = triad.best_bytes_per_s / 1e9;
+    let triad_gb_per_s = triad.best_rate_bytes_per_s / 1e9;
     Ok(DecodeMeasurement {
         model: bench.model.name.clone(),
         dtype: bench.storage.name().to_string(),

@@ -132,6 +132,15 @@ pub struct RankIo<'a> {
     pub on_request: &'a mut dyn FnMut(RequestRecord),
 }
 
+impl std::fmt::Debug for RankIo<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RankIo")
+            .field("rank", &self.mesh.rank())
+            .field("leads", &self.router.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 /// What a rank did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RankSummary {
@@ -517,27 +526,21 @@ impl Engine<'_, '_> {
     fn run_micro_batch(&mut self, mesh: &mut Mesh, at: At, batch: &Batch) -> Result<Vec<u32>, ServeError> {
         let last = self.stage + 1 == self.config.layout.pp;
         let rows = batch.rows();
+        let algo = self.config.algo();
         if self.stage == 0 {
-            let mut comms = self.comms(mesh);
+            let mut comms = comms(mesh, &mut self.groups, algo);
             self.model.embed(&self.tracer, &mut comms, at, batch)?;
         } else {
             self.receive_activations(mesh, at, rows)?;
         }
-        {
-            let mut comms = Comms {
-                mesh: &mut *mesh,
-                tp: &mut self.groups.tp,
-                experts: self.groups.experts.as_mut(),
-                algo: self.config.algo(),
-            };
-            self.model.layers(&self.tracer, &mut comms, at, batch)?;
-        }
+        self.model
+            .layers(&self.tracer, &mut comms(mesh, &mut self.groups, algo), at, batch)?;
         if !last {
             self.send_activations(mesh, at, rows)?;
             return Ok(Vec::new());
         }
         let tokens = {
-            let mut comms = self.comms(mesh);
+            let mut comms = comms(mesh, &mut self.groups, algo);
             self.model.sample(&self.tracer, &mut comms, at, batch)?
         };
         if let (true, Some(group)) = (self.stage > 0, self.groups.token_return.as_mut()) {
@@ -552,15 +555,6 @@ impl Engine<'_, '_> {
             })?;
         }
         Ok(tokens)
-    }
-
-    fn comms<'m>(&'m mut self, mesh: &'m mut Mesh) -> Comms<'m> {
-        Comms {
-            mesh,
-            tp: &mut self.groups.tp,
-            experts: self.groups.experts.as_mut(),
-            algo: self.config.algo(),
-        }
     }
 
     fn receive_activations(&mut self, mesh: &mut Mesh, at: At, rows: usize) -> Result<(), ServeError> {
@@ -616,6 +610,16 @@ impl Engine<'_, '_> {
             .chunks_exact(4)
             .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect())
+    }
+}
+
+/// The communicators the model's forward pass uses.
+fn comms<'m>(mesh: &'m mut Mesh, groups: &'m mut Groups, algo: AllReduceAlgo) -> Comms<'m> {
+    Comms {
+        mesh,
+        tp: &mut groups.tp,
+        experts: groups.experts.as_mut(),
+        algo,
     }
 }
 

@@ -30,6 +30,7 @@ pub(crate) fn fan_in_std(fan_in: usize) -> f32 {
 }
 
 /// `len` values uniform on `[-a, a)` with standard deviation `std` (a = std·√3).
+#[cfg(test)]
 pub(crate) fn uniform(seed: u64, stream: u64, len: usize, std: f32) -> Vec<f32> {
     uniform_block(seed, stream, len, 0..1, 0..len, std)
 }
