@@ -197,7 +197,7 @@ pub struct RankArgs {
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
     /// An nccl-tests-style sweep of every collective over message sizes: time, algbw, busbw.
-    Collectives(crate::cmd::bench::BenchArgs),
+    Collectives(crate::cmd::bench::CollectivesArgs),
     /// Decode's achieved memory bandwidth against a STREAM triad on this machine.
     Decode(crate::cmd::decode_bench::DecodeArgs),
 }

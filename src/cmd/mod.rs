@@ -16,7 +16,9 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Run(args) => run::run(args),
         Command::Analyze(args) => analyze::analyze(args),
         Command::Presets(args) => presets::presets(args),
-        Command::Bench(BenchCommand::Collectives(args)) => bench::bench(args),
+        Command::Bench(BenchCommand::Collectives(args)) => bench::bench(bench::BenchArgs {
+            what: bench::BenchCommand::Collectives(args),
+        }),
         Command::Bench(BenchCommand::Decode(args)) => decode_bench::decode(args),
         Command::Agent(args) => agent::agent(args),
         Command::Rank(args) => rank::rank(args),

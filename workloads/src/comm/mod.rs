@@ -52,7 +52,7 @@ mod wire;
 #[cfg(test)]
 mod tests;
 
-// pub mod bench;
+pub mod bench;
 
 pub use collectives::ONE_SHOT_MAX_BYTES;
 pub use group::{AllReduceAlgo, Group, Outcome};
