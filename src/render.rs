@@ -167,11 +167,21 @@ fn collectives_table(report: &Report) -> String {
         "algbw GB/s",
         "busbw GB/s",
         "arrival skew",
+        "waiting",
     ]);
     for c in &report.collectives {
+        let size = if c.sizes_vary {
+            format!(
+                "~{} (≤{})",
+                fmt_bytes(c.message_bytes),
+                fmt_bytes(c.size_class_bytes)
+            )
+        } else {
+            fmt_bytes(c.message_bytes)
+        };
         t.add_row(vec![
             Cell::new(c.kind.name()),
-            right(fmt_bytes(c.message_bytes)),
+            right(size),
             right(c.participants.to_string()),
             right(c.count.to_string()),
             right(fmt_ns(c.median_ns)),
@@ -182,9 +192,13 @@ fn collectives_table(report: &Report) -> String {
                 c.mean_skew_ns
                     .map_or("-".into(), |s| fmt_ns(s.round() as u64)),
             ),
+            right(c.wait_pct.map_or("-".into(), |w| format!("{w:.0}%"))),
         ]);
     }
-    format!("Collectives (bus bandwidth with nccl-tests' factors)\n{t}")
+    format!(
+        "Collectives (bus bandwidth with nccl-tests' factors; waiting: share of their time spent \
+         waiting for the last peer)\n{t}"
+    )
 }
 
 /// The serving metrics: throughput, a latency table, goodput, the replicas and the digest.

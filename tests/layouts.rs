@@ -24,7 +24,10 @@ fn serve(dir: &Path, name: &str, extra: &[&str], ranks: usize) -> Value {
     let reported = report["ranks"].as_array().unwrap();
     assert_eq!(reported.len(), ranks, "{name}: one breakdown per rank");
     for rank in reported {
-        assert!(rank["breakdown_pct"]["compute"].as_f64().unwrap() > 0.0, "{name}: {rank}");
+        assert!(
+            rank["breakdown_pct"]["compute"].as_f64().unwrap() > 0.0,
+            "{name}: {rank}"
+        );
     }
     report
 }
@@ -37,24 +40,47 @@ fn digest(report: &Value) -> Value {
 fn dense_layouts_serve_the_same_tokens() {
     let dir = tempfile::tempdir().unwrap();
     let tp = serve(dir.path(), "tp2", &["--parallel=tp=2"], 2);
-    let dp = serve(dir.path(), "dp2", &["--parallel=dp=2", "--route=least-tokens"], 2);
+    let dp = serve(
+        dir.path(),
+        "dp2",
+        &["--parallel=dp=2", "--route=least-tokens"],
+        2,
+    );
     let pp = serve(dir.path(), "pp2", &["--parallel=pp=2"], 2);
     let tp_pp = serve(dir.path(), "tp2pp2", &["--parallel=tp=2,pp=2"], 4);
     assert_eq!(digest(&tp), digest(&dp));
     assert_eq!(digest(&tp), digest(&pp));
     assert_eq!(digest(&tp), digest(&tp_pp));
     let per_replica = dp["serving"]["per_replica"].as_array().unwrap();
-    assert_eq!(per_replica.len(), 2, "both replicas served: {per_replica:?}");
+    assert_eq!(
+        per_replica.len(),
+        2,
+        "both replicas served: {per_replica:?}"
+    );
     let kinds = |r: &Value| r["collectives"].to_string();
-    assert!(kinds(&pp).contains("send"), "pipeline stages send: {}", kinds(&pp));
+    assert!(
+        kinds(&pp).contains("send"),
+        "pipeline stages send: {}",
+        kinds(&pp)
+    );
 }
 
 #[test]
 fn expert_parallel_moe_serves_with_all_to_all() {
     let dir = tempfile::tempdir().unwrap();
-    let ep = serve(dir.path(), "ep2", &["--parallel=ep=2", "--model=moe-tiny"], 2);
+    let ep = serve(
+        dir.path(),
+        "ep2",
+        &["--parallel=ep=2", "--model=moe-tiny"],
+        2,
+    );
     let collectives = ep["collectives"].to_string();
     assert!(collectives.contains("all_to_all"), "{collectives}");
-    let tp = serve(dir.path(), "moe-tp2", &["--parallel=tp=2", "--model=moe-tiny"], 2);
+    let tp = serve(
+        dir.path(),
+        "moe-tp2",
+        &["--parallel=tp=2", "--model=moe-tiny"],
+        2,
+    );
     assert!(tp["serving"]["outputs_digest"].is_string());
 }

@@ -1,5 +1,10 @@
-//! Collectives grouped by (kind, message size, participants), matched across ranks by sequence
-//! number: how long they take, the bandwidth that implies, and how far apart the ranks arrive.
+//! Collectives grouped by (kind, message size class, participants), matched across ranks by
+//! (communicator, sequence number): how long they take, the bandwidth that implies, how far
+//! apart the ranks arrive, and how much of the time went to waiting for the last one.
+//!
+//! Sizes are grouped by power-of-two class, so operations whose size varies from step to step
+//! (a prefill's all-reduce, a plan broadcast, an all-to-all of routed tokens) form one row per
+//! class instead of one per byte count.
 
 use crate::stats::percentile;
 use crate::timeline::{TimedSpan, Timeline};
@@ -11,7 +16,13 @@ use std::collections::BTreeMap;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CollectiveReport {
     pub kind: CollectiveKind,
+    /// The median message size of the group's spans.
     pub message_bytes: u64,
+    /// The power of two the sizes were grouped under: every size is at most this (and above
+    /// half of it).
+    pub size_class_bytes: u64,
+    /// Whether the group's spans had different sizes.
+    pub sizes_vary: bool,
     pub participants: u32,
     /// Distinct sequence numbers: how many times the collective ran.
     pub count: u64,
@@ -38,12 +49,21 @@ pub struct CollectiveReport {
 
 type GroupKey = (CollectiveKind, u64, u32);
 
+/// The power-of-two class of a size (0 stays 0).
+fn size_class(bytes: u64) -> u64 {
+    if bytes == 0 {
+        0
+    } else {
+        bytes.next_power_of_two()
+    }
+}
+
 /// Every collective group of the timeline, by total time, longest first.
 pub fn collective_reports(timeline: &Timeline) -> Vec<CollectiveReport> {
     let mut groups: BTreeMap<GroupKey, Vec<&TimedSpan>> = BTreeMap::new();
     for span in &timeline.spans {
         if let Some(c) = span.attrs.collective {
-            let key = (c.kind, c.message_bytes, c.participants);
+            let key = (c.kind, size_class(c.message_bytes), c.participants);
             groups.entry(key).or_default().push(span);
         }
     }
@@ -56,9 +76,16 @@ pub fn collective_reports(timeline: &Timeline) -> Vec<CollectiveReport> {
 }
 
 fn group_report(key: GroupKey, spans: &[&TimedSpan]) -> Option<CollectiveReport> {
-    let (kind, message_bytes, participants) = key;
+    let (kind, size_class_bytes, participants) = key;
     let mut durations: Vec<u64> = spans.iter().map(|s| s.duration_ns).collect();
     durations.sort_unstable();
+    let mut sizes: Vec<u64> = spans
+        .iter()
+        .filter_map(|s| Some(s.attrs.collective?.message_bytes))
+        .collect();
+    sizes.sort_unstable();
+    let message_bytes = percentile(&sizes, 50.0)?;
+    let sizes_vary = sizes.first() != sizes.last();
     let median_ns = percentile(&durations, 50.0)?;
     let arrivals = arrivals_by_seq(spans);
     let mut ranks: Vec<u32> = spans.iter().map(|s| s.rank.0).collect();
@@ -68,6 +95,8 @@ fn group_report(key: GroupKey, spans: &[&TimedSpan]) -> Option<CollectiveReport>
     Some(CollectiveReport {
         kind,
         message_bytes,
+        size_class_bytes,
+        sizes_vary,
         participants,
         count: arrivals.len() as u64,
         span_count: spans.len() as u64,
@@ -201,6 +230,33 @@ mod tests {
         }
         let report = &collective_reports(&timeline(spans))[0];
         assert_eq!((report.count, report.mean_skew_ns), (2, None));
+    }
+
+    #[test]
+    fn varying_sizes_group_by_power_of_two_class() {
+        let spans = vec![
+            collective(0, 1, 0, 100, 5_000),
+            collective(1, 1, 0, 100, 5_000),
+            collective(0, 2, 1_000, 100, 7_000),
+            collective(1, 2, 1_000, 100, 7_000),
+            collective(0, 3, 2_000, 100, 9_000),
+        ];
+        let reports = collective_reports(&timeline(spans));
+        assert_eq!(reports.len(), 2);
+        let eight_k = reports
+            .iter()
+            .find(|r| r.size_class_bytes == 8_192)
+            .unwrap();
+        assert_eq!((eight_k.count, eight_k.sizes_vary), (2, true));
+        assert_eq!(
+            eight_k.message_bytes, 5_000,
+            "nearest-rank median of 5000, 5000, 7000, 7000"
+        );
+        let sixteen_k = reports
+            .iter()
+            .find(|r| r.size_class_bytes == 16_384)
+            .unwrap();
+        assert!(!sixteen_k.sizes_vary);
     }
 
     #[test]

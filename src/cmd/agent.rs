@@ -15,7 +15,8 @@ pub fn agent(args: AgentArgs) -> anyhow::Result<()> {
     read_plan(&args.plan)?;
     let sample_rate = SampleRate::new(args.sample_hz).map_err(bad_input)?;
     let exe = std::env::current_exe().context("cannot find the pinch executable")?;
-    let (node, rendezvous, router, plan) = (args.node, args.rendezvous, args.router, args.plan.clone());
+    let (node, rendezvous, router, plan) =
+        (args.node, args.rendezvous, args.router, args.plan.clone());
     let rank_command = move |rank: Rank| {
         let mut cmd = Command::new(&exe);
         cmd.arg("rank")

@@ -60,7 +60,17 @@ pub fn decode(args: DecodeArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let mut table = Table::new();
-    table.set_header(vec!["model", "dtype", "batch", "weights", "step", "tokens/s", "decode", "triad", "decode/triad"]);
+    table.set_header(vec![
+        "model",
+        "dtype",
+        "batch",
+        "weights",
+        "step",
+        "tokens/s",
+        "decode",
+        "triad",
+        "decode/triad",
+    ]);
     table.add_row(vec![
         m.model.clone(),
         m.dtype.clone(),

@@ -52,12 +52,20 @@ fn run_rank(
     let coords = config.layout.coords(me);
     let leads = config.layout.ep > 1 || (coords.stage == 0 && coords.tp_rank == 0);
     let router = if leads {
-        Some(RouterClient::connect(args.router, coords.replica, RENDEZVOUS_TIMEOUT)?)
+        Some(RouterClient::connect(
+            args.router,
+            coords.replica,
+            RENDEZVOUS_TIMEOUT,
+        )?)
     } else {
         None
     };
     let rank = Rank(args.rank);
-    let crash_step = config.faults.crash.filter(|&(r, _)| r == me).map(|(_, s)| s);
+    let crash_step = config
+        .faults
+        .crash
+        .filter(|&(r, _)| r == me)
+        .map(|(_, s)| s);
     let total = config.requests.requests as u32;
     let mut finished = 0u32;
     let mut on_step = |done: u32| {
@@ -93,7 +101,14 @@ fn connect(args: &RankArgs, config: &ServeConfig, recorder: &Recorder) -> anyhow
     let my_addr = listener.local_addr()?;
     let rank = args.rank as usize;
     let world = config.layout.world();
-    let peers = rendezvous(args.rendezvous, rank, world, args.node, my_addr, RENDEZVOUS_TIMEOUT)?;
+    let peers = rendezvous(
+        args.rendezvous,
+        rank,
+        world,
+        args.node,
+        my_addr,
+        RENDEZVOUS_TIMEOUT,
+    )?;
     let options = MeshOptions {
         shm: config.shm,
         shaping: config

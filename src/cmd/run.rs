@@ -47,7 +47,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let plan_text = serde_json::to_string_pretty(&plan.config)?;
     std::fs::write(plan.run_dir.join(PLAN_FILE), plan_text + "\n")
         .with_context(|| format!("cannot write {PLAN_FILE} in '{}'", plan.run_dir.display()))?;
-    let agent_failures = execute(&plan, &args)?;
+    let agent_failures = execute(&plan)?;
     // The node logs are read once: for the manifest's counter sources, the report and the
     // failures alike.
     let mut run = load(&plan.run_dir)?;
@@ -189,7 +189,7 @@ fn manifest(plan: &Plan, args: &RunArgs) -> anyhow::Result<RunManifest> {
 }
 
 /// Starts the rendezvous and the agents, follows their progress, and returns what failed.
-fn execute(plan: &Plan, args: &RunArgs) -> anyhow::Result<Vec<String>> {
+fn execute(plan: &Plan) -> anyhow::Result<Vec<String>> {
     let world = plan.config.layout.world();
     let server = RendezvousServer::bind("127.0.0.1:0").context("cannot start the rendezvous")?;
     let rendezvous = server.addr();
@@ -207,7 +207,12 @@ fn execute(plan: &Plan, args: &RunArgs) -> anyhow::Result<Vec<String>> {
     let (events, received) = mpsc::channel();
     let mut agents = Vec::new();
     for node in &plan.nodes {
-        agents.push(spawn_agent(plan, node, (rendezvous, router_addr), events.clone())?);
+        agents.push(spawn_agent(
+            plan,
+            node,
+            (rendezvous, router_addr),
+            events.clone(),
+        )?);
     }
     drop(events);
     let failures = follow(received, c.requests.requests as u64);

@@ -170,9 +170,9 @@ fn all_reduce(text: &str) -> anyhow::Result<AllReduceChoice> {
 
 fn capacity(factor: Option<f32>) -> anyhow::Result<Option<f32>> {
     match factor {
-        Some(f) if !(f.is_finite() && f > 0.0) => Err(bad_input(format!(
-            "capacity factor '{f}' must be above 0"
-        ))),
+        Some(f) if !(f.is_finite() && f > 0.0) => {
+            Err(bad_input(format!("capacity factor '{f}' must be above 0")))
+        }
         other => Ok(other),
     }
 }
@@ -189,7 +189,9 @@ fn faults(args: &WorkloadArgs, layout: &Layout, model: &ModelConfig) -> anyhow::
             .parse()
             .ok()
             .filter(|f: &f64| f.is_finite() && *f >= 1.0)
-            .ok_or_else(|| bad_input(format!("slow-down factor '{factor}' must be a number >= 1")))?;
+            .ok_or_else(|| {
+                bad_input(format!("slow-down factor '{factor}' must be a number >= 1"))
+            })?;
         faults.slow_rank = Some((rank, factor));
     }
     if let Some(skew) = args.expert_skew {
@@ -253,7 +255,10 @@ fn link<'t>(text: &'t str, world: usize, form: &str) -> anyhow::Result<(usize, u
     let (a, b) = pair
         .split_once('-')
         .ok_or_else(|| bad_input(format!("link '{pair}' is not of the form A-B")))?;
-    let (a, b) = (rank_in(a, world, "link rank")?, rank_in(b, world, "link rank")?);
+    let (a, b) = (
+        rank_in(a, world, "link rank")?,
+        rank_in(b, world, "link rank")?,
+    );
     if a == b {
         return Err(bad_input(format!("link '{pair}' joins a rank to itself")));
     }
@@ -283,8 +288,10 @@ fn cpu_list(text: &str) -> anyhow::Result<Vec<usize>> {
     for part in text.split(',') {
         match part.split_once('-') {
             Some((lo, hi)) => {
-                let (lo, hi): (usize, usize) =
-                    (lo.parse().map_err(|_| bad())?, hi.parse().map_err(|_| bad())?);
+                let (lo, hi): (usize, usize) = (
+                    lo.parse().map_err(|_| bad())?,
+                    hi.parse().map_err(|_| bad())?,
+                );
                 if lo > hi {
                     return Err(bad());
                 }

@@ -121,7 +121,14 @@ pub fn measure_decode(bench: &DecodeBench) -> Result<DecodeMeasurement, DecodeBe
         let inputs: Vec<[u32; 1]> = next.iter().map(|&t| [t]).collect();
         let rows: Vec<&[u32]> = inputs.iter().map(|t| &t[..]).collect();
         let started = Instant::now();
-        next = step(&mut model, &tracer, &mut comms, &rows, bench.prompt_len + s, &tables)?;
+        next = step(
+            &mut model,
+            &tracer,
+            &mut comms,
+            &rows,
+            bench.prompt_len + s,
+            &tables,
+        )?;
         if s > 0 {
             times_ns.push(started.elapsed().as_nanos() as u64);
         }
@@ -130,7 +137,11 @@ pub fn measure_decode(bench: &DecodeBench) -> Result<DecodeMeasurement, DecodeBe
     }
     times_ns.sort_unstable();
     let median_ns = times_ns[times_ns.len() / 2] as f64;
-    let kv_bytes = kv_read_bytes(&bench.model, bench.batch, bench.prompt_len + bench.steps / 2);
+    let kv_bytes = kv_read_bytes(
+        &bench.model,
+        bench.batch,
+        bench.prompt_len + bench.steps / 2,
+    );
     let bytes_per_step = weight_bytes + kv_bytes;
     let decode_gb_per_s = bytes_per_step as f64 / median_ns;
     let triad_gb_per_s = triad.best_rate_bytes_per_s / 1e9;

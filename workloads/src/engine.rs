@@ -221,7 +221,11 @@ struct Engine<'a, 'r> {
 }
 
 /// Runs rank `rank`'s part of the serving run described by `config`.
-pub fn serve_rank(config: &ServeConfig, rank: usize, io: RankIo) -> Result<RankSummary, ServeError> {
+pub fn serve_rank(
+    config: &ServeConfig,
+    rank: usize,
+    io: RankIo,
+) -> Result<RankSummary, ServeError> {
     let RankIo {
         mesh,
         router,
@@ -330,8 +334,7 @@ impl Intake {
     ) -> Result<(), ServeError> {
         let done = self.scheduler.complete(plan, tokens, tracer.now_ns())?;
         for request in done {
-            self.router
-                .finished(request.id, request.tokens.len())?;
+            self.router.finished(request.id, request.tokens.len())?;
             self.finished += 1;
             on_request(request);
         }
@@ -434,7 +437,12 @@ impl Engine<'_, '_> {
 
     /// All expert-parallel ranks learn whether any has work this step and whether any is still
     /// serving.
-    fn agree(&mut self, mesh: &mut Mesh, working: bool, active: bool) -> Result<(bool, bool), ServeError> {
+    fn agree(
+        &mut self,
+        mesh: &mut Mesh,
+        working: bool,
+        active: bool,
+    ) -> Result<(bool, bool), ServeError> {
         let mut flags = [f32::from(u8::from(working)), f32::from(u8::from(active))];
         let Some(group) = self.groups.experts.as_mut() else {
             return Ok((working, active));
@@ -445,9 +453,10 @@ impl Engine<'_, '_> {
             message_bytes: 8,
         };
         let at = At::step(self.step);
-        self.tracer.collective(self.tracer.ops.step_sync, at, group, issue, |g| {
-            mesh.all_reduce_sum(g, &mut flags, AllReduceAlgo::OneShot)
-        })?;
+        self.tracer
+            .collective(self.tracer.ops.step_sync, at, group, issue, |g| {
+                mesh.all_reduce_sum(g, &mut flags, AllReduceAlgo::OneShot)
+            })?;
         if flags[0] == 0.0 && flags[1] > 0.0 {
             self.tracer.idle(at, EP_IDLE_WAIT);
         }
@@ -456,7 +465,11 @@ impl Engine<'_, '_> {
 
     /// The leader sends `control` to the replica; the others receive it. A replica of one
     /// skips the broadcast.
-    fn broadcast(&mut self, mesh: &mut Mesh, control: Option<&Control>) -> Result<Control, ServeError> {
+    fn broadcast(
+        &mut self,
+        mesh: &mut Mesh,
+        control: Option<&Control>,
+    ) -> Result<Control, ServeError> {
         let mut bytes = match control {
             Some(c) => serde_json::to_vec(c).map_err(|e| self.bad_plan(e))?,
             None => Vec::new(),
@@ -468,9 +481,17 @@ impl Engine<'_, '_> {
                 message_bytes: bytes.len() as u64,
             };
             let at = self.at();
-            self.tracer.collective(self.tracer.ops.broadcast_plan, at, &mut self.groups.replica, issue, |g| {
-                mesh.broadcast(g, 0, &mut bytes)
-            })?;
+            let data = &mut bytes;
+            self.tracer.collective_sized(
+                self.tracer.ops.broadcast_plan,
+                at,
+                &mut self.groups.replica,
+                issue,
+                |g| {
+                    let outcome = mesh.broadcast(g, 0, data)?;
+                    Ok((outcome, data.len() as u64))
+                },
+            )?;
         }
         serde_json::from_slice(&bytes).map_err(|e| self.bad_plan(e))
     }
@@ -496,7 +517,10 @@ impl Engine<'_, '_> {
             })
             .collect();
         let pp = self.config.layout.pp;
-        let parts = micro_batches(seqs.len(), if pp > 1 { self.config.micro_batches } else { 1 });
+        let parts = micro_batches(
+            seqs.len(),
+            if pp > 1 { self.config.micro_batches } else { 1 },
+        );
         let mut tokens = Vec::new();
         for (mb, range) in parts.iter().enumerate() {
             let micro = (pp > 1).then_some(mb);
@@ -512,7 +536,8 @@ impl Engine<'_, '_> {
             }
         }
         let expected = plan.seqs.iter().filter(|s| s.samples).count();
-        let holds_tokens = self.stage + 1 == pp || self.stage == 0 && self.groups.token_return.is_some();
+        let holds_tokens =
+            self.stage + 1 == pp || self.stage == 0 && self.groups.token_return.is_some();
         if holds_tokens && tokens.len() != expected {
             return Err(ServeError::TokenCount {
                 expected,
@@ -523,7 +548,12 @@ impl Engine<'_, '_> {
     }
 
     /// One micro-batch through this stage: in, layers, out.
-    fn run_micro_batch(&mut self, mesh: &mut Mesh, at: At, batch: &Batch) -> Result<Vec<u32>, ServeError> {
+    fn run_micro_batch(
+        &mut self,
+        mesh: &mut Mesh,
+        at: At,
+        batch: &Batch,
+    ) -> Result<Vec<u32>, ServeError> {
         let last = self.stage + 1 == self.config.layout.pp;
         let rows = batch.rows();
         let algo = self.config.algo();
@@ -533,8 +563,12 @@ impl Engine<'_, '_> {
         } else {
             self.receive_activations(mesh, at, rows)?;
         }
-        self.model
-            .layers(&self.tracer, &mut comms(mesh, &mut self.groups, algo), at, batch)?;
+        self.model.layers(
+            &self.tracer,
+            &mut comms(mesh, &mut self.groups, algo),
+            at,
+            batch,
+        )?;
         if !last {
             self.send_activations(mesh, at, rows)?;
             return Ok(Vec::new());
@@ -550,29 +584,43 @@ impl Engine<'_, '_> {
                 peer: Some(group.members()[0]),
                 message_bytes: bytes.len() as u64,
             };
-            self.tracer.collective(self.tracer.ops.send_tokens, at, group, issue, |g| {
-                mesh.send(g, 0, &bytes)
-            })?;
+            self.tracer
+                .collective(self.tracer.ops.send_tokens, at, group, issue, |g| {
+                    mesh.send(g, 0, &bytes)
+                })?;
         }
         Ok(tokens)
     }
 
-    fn receive_activations(&mut self, mesh: &mut Mesh, at: At, rows: usize) -> Result<(), ServeError> {
-        let group = self.groups.prev_stage.as_mut().ok_or_else(|| stage_error(self.rank))?;
+    fn receive_activations(
+        &mut self,
+        mesh: &mut Mesh,
+        at: At,
+        rows: usize,
+    ) -> Result<(), ServeError> {
+        let group = self
+            .groups
+            .prev_stage
+            .as_mut()
+            .ok_or_else(|| stage_error(self.rank))?;
         let mut bytes = Vec::new();
         let issue = Issue {
             kind: CollectiveKind::Recv,
             peer: Some(group.members()[0]),
             message_bytes: (rows * self.config.model.hidden * 4) as u64,
         };
-        self.tracer.collective(self.tracer.ops.recv_activations, at, group, issue, |g| {
-            mesh.recv(g, 0, &mut bytes)
-        })?;
+        self.tracer
+            .collective(self.tracer.ops.recv_activations, at, group, issue, |g| {
+                mesh.recv(g, 0, &mut bytes)
+            })?;
         let hidden = self.model.hidden_mut(rows);
         if bytes.len() != hidden.len() * 4 {
             return Err(ServeError::BadPlan {
                 rank: self.rank,
-                reason: format!("received '{}' bytes of activations for {rows} rows", bytes.len()),
+                reason: format!(
+                    "received '{}' bytes of activations for {rows} rows",
+                    bytes.len()
+                ),
             });
         }
         for (x, b) in hidden.iter_mut().zip(bytes.chunks_exact(4)) {
@@ -582,30 +630,47 @@ impl Engine<'_, '_> {
     }
 
     fn send_activations(&mut self, mesh: &mut Mesh, at: At, rows: usize) -> Result<(), ServeError> {
-        let group = self.groups.next_stage.as_mut().ok_or_else(|| stage_error(self.rank))?;
-        let bytes: Vec<u8> = self.model.hidden(rows).iter().flat_map(|x| x.to_le_bytes()).collect();
+        let group = self
+            .groups
+            .next_stage
+            .as_mut()
+            .ok_or_else(|| stage_error(self.rank))?;
+        let bytes: Vec<u8> = self
+            .model
+            .hidden(rows)
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
         let issue = Issue {
             kind: CollectiveKind::Send,
             peer: Some(group.members()[1]),
             message_bytes: bytes.len() as u64,
         };
-        self.tracer.collective(self.tracer.ops.send_activations, at, group, issue, |g| {
-            mesh.send(g, 1, &bytes)
-        })?;
+        self.tracer
+            .collective(self.tracer.ops.send_activations, at, group, issue, |g| {
+                mesh.send(g, 1, &bytes)
+            })?;
         Ok(())
     }
 
     fn receive_tokens(&mut self, mesh: &mut Mesh, at: At) -> Result<Vec<u32>, ServeError> {
-        let group = self.groups.token_return.as_mut().ok_or_else(|| stage_error(self.rank))?;
+        let group = self
+            .groups
+            .token_return
+            .as_mut()
+            .ok_or_else(|| stage_error(self.rank))?;
         let mut bytes = Vec::new();
         let issue = Issue {
             kind: CollectiveKind::Recv,
             peer: Some(group.members()[1]),
             message_bytes: 0,
         };
-        self.tracer.collective(self.tracer.ops.recv_tokens, at, group, issue, |g| {
-            mesh.recv(g, 1, &mut bytes)
-        })?;
+        let data = &mut bytes;
+        self.tracer
+            .collective_sized(self.tracer.ops.recv_tokens, at, group, issue, |g| {
+                let outcome = mesh.recv(g, 1, data)?;
+                Ok((outcome, data.len() as u64))
+            })?;
         Ok(bytes
             .chunks_exact(4)
             .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))

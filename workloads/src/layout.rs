@@ -210,12 +210,11 @@ impl Layout {
             ],
         };
         let last = self.rank_of(c.replica, self.pp - 1, 0);
-        let token_return = (self.pp > 1 && (rank == replica_base || rank == last)).then(|| {
-            GroupSpec {
+        let token_return =
+            (self.pp > 1 && (rank == replica_base || rank == last)).then(|| GroupSpec {
                 id: 3 * world + c.replica as u32,
                 members: vec![replica_base, last],
-            }
-        });
+            });
         RankGroups {
             tp,
             replica,
@@ -288,7 +287,10 @@ mod tests {
     fn ep_alone_means_data_parallel_attention() {
         let layout = Layout::parse("ep=4").unwrap();
         assert_eq!((layout.dp, layout.ep, layout.world()), (4, 4, 4));
-        assert_eq!(Layout::parse("dp=2,ep=2").unwrap(), Layout::parse("ep=2").unwrap());
+        assert_eq!(
+            Layout::parse("dp=2,ep=2").unwrap(),
+            Layout::parse("ep=2").unwrap()
+        );
         assert_eq!(layout.to_string(), "ep=4");
     }
 

@@ -21,8 +21,8 @@ use crate::error::WorkloadError;
 use crate::trace::{At, Issue, Tracer};
 use crate::weights::{Ffn, LayerWeights, Mlp, MoeWeights, ShardWeights};
 use pinch_kernels::{
-    Cost, KvPool, add_in_place, embedding_w, matmul_w, paged_attention, rms_norm, rope,
-    scale_add, silu_mul, top_k_gating,
+    Cost, KvPool, add_in_place, embedding_w, matmul_w, paged_attention, rms_norm, rope, scale_add,
+    silu_mul, top_k_gating,
 };
 use pinch_traces::CollectiveKind;
 
@@ -246,7 +246,11 @@ impl StageModel {
     ) -> Result<(), WorkloadError> {
         let rows = batch.rows();
         let x = sized(&mut self.bufs.x, rows * self.dims.hidden);
-        let table = self.weights.embedding.as_ref().ok_or_else(|| not_here("embedding"))?;
+        let table = self
+            .weights
+            .embedding
+            .as_ref()
+            .ok_or_else(|| not_here("embedding"))?;
         let first = self.weights.vocab_range.start;
         t.compute(t.ops.embedding, at, || {
             embedding_w(table, first, &batch.tokens, x)
@@ -376,13 +380,29 @@ impl StageModel {
                     return Ok(());
                 }
                 let proj = sized(&mut b.proj, rows * d.hidden);
-                dense_mlp(t, at, mlp, &b.normed, rows, &mut b.gate, &mut b.up, &mut b.act, proj);
+                dense_mlp(
+                    t,
+                    at,
+                    mlp,
+                    &b.normed,
+                    rows,
+                    &mut b.gate,
+                    &mut b.up,
+                    &mut b.act,
+                    proj,
+                );
                 all_reduce(t, c, t.ops.all_reduce_mlp, at, proj)?;
             }
             Ffn::Moe(moe) => {
                 sized(&mut b.proj, rows * d.hidden);
                 moe_block(t, c, at, &self.config, self.moe, moe, b, rows)?;
-                all_reduce(t, c, t.ops.all_reduce_mlp, at, &mut b.proj[..rows * d.hidden])?;
+                all_reduce(
+                    t,
+                    c,
+                    t.ops.all_reduce_mlp,
+                    at,
+                    &mut b.proj[..rows * d.hidden],
+                )?;
             }
         }
         if rows > 0 {
@@ -427,7 +447,9 @@ impl StageModel {
         t.compute(t.ops.lm_head, at, || matmul_w(normed, n, head, logits));
         let first = self.weights.vocab_range.start;
         let mut best = vec![0.0f32; 2 * n];
-        t.compute(t.ops.sample, at, || local_argmax(logits, vocab_local, first, &mut best));
+        t.compute(t.ops.sample, at, || {
+            local_argmax(logits, vocab_local, first, &mut best)
+        });
         if c.tp.size() == 1 {
             return Ok(best.chunks_exact(2).map(|p| p[1] as u32).collect());
         }
@@ -495,11 +517,19 @@ fn dense_mlp(
         matmul_w(input, rows, &mlp.w_gate, gate) + matmul_w(input, rows, &mlp.w_up, up)
     });
     t.compute(t.ops.silu_mul, at, || silu_mul(gate, up, act));
-    t.compute(t.ops.matmul_down, at, || matmul_w(act, rows, &mlp.w_down, out));
+    t.compute(t.ops.matmul_down, at, || {
+        matmul_w(act, rows, &mlp.w_down, out)
+    });
 }
 
 /// The same MLP, untraced, for the expert loop (traced as a whole).
-fn expert_mlp(mlp: &Mlp, input: &[f32], rows: usize, scratch: &mut [Vec<f32>; 3], out: &mut [f32]) -> Cost {
+fn expert_mlp(
+    mlp: &Mlp,
+    input: &[f32],
+    rows: usize,
+    scratch: &mut [Vec<f32>; 3],
+    out: &mut [f32],
+) -> Cost {
     let width = mlp.w_gate.cols();
     let [gate, up, act] = scratch;
     let (gate, up, act) = (
@@ -526,24 +556,52 @@ fn moe_block(
     b: &mut Buffers,
     rows: usize,
 ) -> Result<(), WorkloadError> {
-    let moe = config.moe.as_ref().ok_or_else(|| not_here("expert configuration"))?;
+    let moe = config
+        .moe
+        .as_ref()
+        .ok_or_else(|| not_here("expert configuration"))?;
     let (hidden, experts, k) = (config.hidden, moe.experts, moe.top_k);
     let m = &mut b.moe;
     if rows > 0 {
-        route(t, at, w, options, moe.renormalize, &b.normed[..rows * hidden], rows, experts, k, m);
+        route(
+            t,
+            at,
+            w,
+            options,
+            moe.renormalize,
+            &b.normed[..rows * hidden],
+            rows,
+            experts,
+            k,
+            m,
+        );
     } else {
         m.ids.clear();
         m.gates.clear();
         m.kept.clear();
     }
     sized(&mut m.slot_out, rows * k * hidden);
-    let mut scratch = [std::mem::take(&mut b.gate), std::mem::take(&mut b.up), std::mem::take(&mut b.act)];
+    let mut scratch = [
+        std::mem::take(&mut b.gate),
+        std::mem::take(&mut b.up),
+        std::mem::take(&mut b.act),
+    ];
     let outcome = match c.experts.as_deref_mut() {
         None => {
             local_experts(t, at, w, &b.normed, hidden, k, m, &mut scratch);
             Ok(())
         }
-        Some(group) => exchange_experts(t, &mut *c.mesh, group, at, w, &b.normed, (hidden, experts, k), m, &mut scratch),
+        Some(group) => exchange_experts(
+            t,
+            &mut *c.mesh,
+            group,
+            at,
+            w,
+            &b.normed,
+            (hidden, experts, k),
+            m,
+            &mut scratch,
+        ),
     };
     [b.gate, b.up, b.act] = scratch;
     outcome?;
@@ -552,7 +610,11 @@ fn moe_block(
     t.compute(t.ops.moe_combine, at, || combine(m, hidden, k, proj));
     if let (Some(shared), true) = (&w.shared, rows > 0) {
         let out = sized(&mut b.mlp_out, rows * hidden);
-        let mut scratch = [std::mem::take(&mut b.gate), std::mem::take(&mut b.up), std::mem::take(&mut b.act)];
+        let mut scratch = [
+            std::mem::take(&mut b.gate),
+            std::mem::take(&mut b.up),
+            std::mem::take(&mut b.act),
+        ];
         t.compute(t.ops.moe_shared, at, || {
             expert_mlp(shared, &b.normed[..rows * hidden], rows, &mut scratch, out)
                 + add_in_place(&mut b.proj[..rows * hidden], out)
@@ -670,7 +732,8 @@ fn exchange_experts(
                 continue;
             }
             let token = s / k;
-            m.send.extend_from_slice(&normed[token * hidden..(token + 1) * hidden]);
+            m.send
+                .extend_from_slice(&normed[token * hidden..(token + 1) * hidden]);
             m.send.push(e as f32);
             m.order.push(s);
             m.send_counts[dest] += width;
@@ -681,14 +744,23 @@ fn exchange_experts(
         peer: None,
         message_bytes: (m.send.len() * 4) as u64,
     };
-    let (send, counts, recv, recv_counts) = (&m.send, &m.send_counts, &mut m.recv, &mut m.recv_counts);
+    let (send, counts, recv, recv_counts) =
+        (&m.send, &m.send_counts, &mut m.recv, &mut m.recv_counts);
     t.collective(t.ops.moe_dispatch, at, group, issue, |g| {
         mesh.all_to_all_v(g, send, counts, recv, recv_counts)
     })?;
     let received = m.recv.len() / width;
     let mut outputs = vec![0.0f32; received * hidden];
     t.compute(t.ops.moe_experts, at, || {
-        run_received(w, &m.recv, hidden, &mut outputs, &mut m.gathered, &mut m.gathered_out, scratch)
+        run_received(
+            w,
+            &m.recv,
+            hidden,
+            &mut outputs,
+            &mut m.gathered,
+            &mut m.gathered_out,
+            scratch,
+        )
     });
     let back_counts: Vec<usize> = m.recv_counts.iter().map(|c| c / width * hidden).collect();
     let issue = Issue {
@@ -699,7 +771,13 @@ fn exchange_experts(
     let mut returned = Vec::new();
     let mut returned_counts = Vec::new();
     t.collective(t.ops.moe_return, at, group, issue, |g| {
-        mesh.all_to_all_v(g, &outputs, &back_counts, &mut returned, &mut returned_counts)
+        mesh.all_to_all_v(
+            g,
+            &outputs,
+            &back_counts,
+            &mut returned,
+            &mut returned_counts,
+        )
     })?;
     for (i, &s) in m.order.iter().enumerate() {
         m.slot_out[s * hidden..(s + 1) * hidden]
@@ -734,12 +812,14 @@ fn run_received(
         }
         let input = sized(gathered, rows.len() * hidden);
         for (i, &r) in rows.iter().enumerate() {
-            input[i * hidden..(i + 1) * hidden].copy_from_slice(&recv[r * width..r * width + hidden]);
+            input[i * hidden..(i + 1) * hidden]
+                .copy_from_slice(&recv[r * width..r * width + hidden]);
         }
         let out = sized(gathered_out, rows.len() * hidden);
         cost += expert_mlp(mlp, input, rows.len(), scratch, out);
         for (i, &r) in rows.iter().enumerate() {
-            outputs[r * hidden..(r + 1) * hidden].copy_from_slice(&out[i * hidden..(i + 1) * hidden]);
+            outputs[r * hidden..(r + 1) * hidden]
+                .copy_from_slice(&out[i * hidden..(i + 1) * hidden]);
         }
     }
     cost
@@ -762,7 +842,10 @@ fn combine(m: &MoeBuffers, hidden: usize, k: usize, proj: &mut [f32]) -> Cost {
 /// Per row of `logits` (`[rows, vocab_local]`): `[max logit, its global token id]`, ties going
 /// to the lower id.
 fn local_argmax(logits: &[f32], vocab_local: usize, first: usize, best: &mut [f32]) -> Cost {
-    for (row, out) in logits.chunks_exact(vocab_local).zip(best.chunks_exact_mut(2)) {
+    for (row, out) in logits
+        .chunks_exact(vocab_local)
+        .zip(best.chunks_exact_mut(2))
+    {
         let mut arg = 0;
         for (i, &l) in row.iter().enumerate() {
             if l > row[arg] {

@@ -231,6 +231,20 @@ impl<'r> Tracer<'r> {
         issue: Issue,
         run: impl FnOnce(&mut Group) -> Result<Outcome, CommError>,
     ) -> Result<Outcome, CommError> {
+        let bytes = issue.message_bytes;
+        self.collective_sized(op, at, group, issue, |g| run(g).map(|o| (o, bytes)))
+    }
+
+    /// `collective` for operations whose size only the operation learns (a broadcast's or a
+    /// receive's payload): `run` returns the message bytes with the outcome.
+    pub fn collective_sized(
+        &self,
+        op: OpId,
+        at: At,
+        group: &mut Group,
+        issue: Issue,
+        run: impl FnOnce(&mut Group) -> Result<(Outcome, u64), CommError>,
+    ) -> Result<Outcome, CommError> {
         let attrs = CollectiveAttrs {
             kind: issue.kind,
             group: group.id(),
@@ -244,9 +258,13 @@ impl<'r> Tracer<'r> {
         let start_ns = self.recorder.now_ns();
         let outcome = run(group);
         if !solo {
-            let collective = CollectiveAttrs {
-                wait_ns: outcome.as_ref().ok().map(|o| o.wait_ns),
-                ..attrs
+            let collective = match &outcome {
+                Ok((o, bytes)) => CollectiveAttrs {
+                    wait_ns: Some(o.wait_ns),
+                    message_bytes: *bytes,
+                    ..attrs
+                },
+                Err(_) => attrs,
             };
             let attrs = SpanAttrs {
                 collective: Some(collective),
@@ -255,7 +273,7 @@ impl<'r> Tracer<'r> {
             self.recorder
                 .finish(LANE, Category::Communication, op, start_ns, attrs);
         }
-        outcome
+        outcome.map(|(o, _)| o)
     }
 
     /// Sleeps for `duration` as a wait span (idle ranks between requests).
@@ -327,7 +345,11 @@ mod tests {
             Cost::default()
         });
         let spans = drain(&recorder);
-        assert!(spans[0].duration_ns >= 15_000_000, "{}", spans[0].duration_ns);
+        assert!(
+            spans[0].duration_ns >= 15_000_000,
+            "{}",
+            spans[0].duration_ns
+        );
     }
 
     #[test]
@@ -340,9 +362,13 @@ mod tests {
             peer: None,
             message_bytes: 8,
         };
-        let outcome = tracer.collective(tracer.ops.all_reduce_attn, At::step(0), &mut group, issue, |_| {
-            Ok(Outcome::default())
-        });
+        let outcome = tracer.collective(
+            tracer.ops.all_reduce_attn,
+            At::step(0),
+            &mut group,
+            issue,
+            |_| Ok(Outcome::default()),
+        );
         assert!(outcome.is_ok());
         assert!(drain(&recorder).is_empty());
     }

@@ -3,13 +3,13 @@
 //! expert parallelism (all-to-all), or are sliced by tensor parallelism (all-reduce).
 
 use pinch_collector::Recorder;
+use pinch_kernels::Storage;
 use pinch_traces::Rank;
 use pinch_workloads::comm::{AllReduceAlgo, Group, Mesh, MeshOptions};
 use pinch_workloads::model::{Batch, Comms, MoeOptions, SeqInput, StageModel};
 use pinch_workloads::trace::{At, Tracer};
 use pinch_workloads::weights::{ShardSpec, synthetic_shard};
 use pinch_workloads::{ModelConfig, preset};
-use pinch_kernels::Storage;
 
 const PROMPTS: [&[u32]; 2] = [&[5, 17, 99, 3, 250, 7], &[1, 2, 3, 4, 11, 12, 13, 14, 15]];
 
@@ -37,7 +37,9 @@ fn logits(
     let mut stage = StageModel::new(model, weights, 8, 4, MoeOptions::default());
     let recorder = Recorder::new(Rank(0), 1 << 16);
     let tracer = Tracer::new(&recorder);
-    let tables: Vec<Vec<u32>> = (0..prompts.len() as u32).map(|i| vec![3 * i, 3 * i + 1, 3 * i + 2]).collect();
+    let tables: Vec<Vec<u32>> = (0..prompts.len() as u32)
+        .map(|i| vec![3 * i, 3 * i + 1, 3 * i + 2])
+        .collect();
     let seqs = prompts
         .iter()
         .zip(&tables)
@@ -65,14 +67,27 @@ fn logits(
 fn assert_close(a: &[f32], b: &[f32], what: &str) {
     assert_eq!(a.len(), b.len(), "{what}");
     let scale = a.iter().fold(0.0f32, |m, x| m.max(x.abs()));
-    let worst = a.iter().zip(b).fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
-    assert!(worst <= 1e-4 * scale, "{what}: differs by {worst} at scale {scale}");
+    let worst = a
+        .iter()
+        .zip(b)
+        .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+    assert!(
+        worst <= 1e-4 * scale,
+        "{what}: differs by {worst} at scale {scale}"
+    );
 }
 
 fn single_rank(model: &ModelConfig) -> Vec<f32> {
     let mut mesh = Mesh::solo();
     let mut tp = Group::new(0, vec![0], 0).unwrap();
-    logits(model, &spec(model, (0, 1), (0, 1)), &mut mesh, &mut tp, None, &PROMPTS)
+    logits(
+        model,
+        &spec(model, (0, 1), (0, 1)),
+        &mut mesh,
+        &mut tp,
+        None,
+        &PROMPTS,
+    )
 }
 
 fn two_ranks(run: impl Fn(usize, Mesh) -> Vec<f32> + Sync) -> Vec<Vec<f32>> {
@@ -99,7 +114,14 @@ fn expert_parallel_logits_match_one_rank() {
             let mut solo = Group::new(10 + rank as u32, vec![rank], rank).unwrap();
             let mut experts = Group::new(20, vec![0, 1], rank).unwrap();
             let spec = spec(&model, (0, 1), (rank, 2));
-            logits(&model, &spec, &mut mesh, &mut solo, Some(&mut experts), &PROMPTS[rank..=rank])
+            logits(
+                &model,
+                &spec,
+                &mut mesh,
+                &mut solo,
+                Some(&mut experts),
+                &PROMPTS[rank..=rank],
+            )
         });
         assert_close(&per_rank.concat(), &reference, name);
     }

@@ -9,10 +9,10 @@ use pinch_traces::{Rank, RequestRecord, Span};
 use pinch_workloads::comm::{Mesh, MeshOptions};
 use pinch_workloads::engine::{AllReduceChoice, Faults, RankIo, ServeConfig, serve_rank};
 use pinch_workloads::layout::Layout;
+use pinch_workloads::preset;
 use pinch_workloads::serving::{
     Arrivals, LengthDist, RequestWorkload, RoutePolicy, RouterClient, RouterServer, generate,
 };
-use pinch_workloads::preset;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -76,7 +76,8 @@ fn serve(config: &ServeConfig) -> (Vec<RequestRecord>, Vec<Vec<Span>>) {
                     let recorder = Recorder::new(Rank(rank as u32), 1 << 20);
                     let c = config.layout.coords(rank);
                     let leads = config.layout.ep > 1 || (c.stage == 0 && c.tp_rank == 0);
-                    let router = leads.then(|| RouterClient::connect(addr, c.replica, TIMEOUT).unwrap());
+                    let router =
+                        leads.then(|| RouterClient::connect(addr, c.replica, TIMEOUT).unwrap());
                     let mut on_step = |_| {};
                     let mut on_request = |r| records.lock().unwrap().push(r);
                     let io = RankIo {
@@ -111,7 +112,12 @@ fn every_dense_layout_generates_the_same_tokens() {
     assert_eq!(reference.len(), 6);
     let expected = generate(&config("tiny", "tp=1").requests);
     for (record, spec) in reference.iter().zip(&expected) {
-        assert_eq!(record.tokens.len(), spec.output_len, "request {}", record.id);
+        assert_eq!(
+            record.tokens.len(),
+            spec.output_len,
+            "request {}",
+            record.id
+        );
         assert_eq!(record.token_times_ns.len(), spec.output_len);
     }
     for layout in ["tp=2", "dp=2", "pp=2", "tp=2,pp=2", "dp=2,tp=2"] {
@@ -137,8 +143,14 @@ fn chunked_prefill_and_preemption_do_not_change_the_tokens() {
 #[test]
 fn pipeline_stages_record_micro_batches_and_sends() {
     let (_, spans) = serve(&config("tiny", "pp=2"));
-    let micro: Vec<u32> = spans[1].iter().filter_map(|s| s.attrs.micro_batch).collect();
-    assert!(micro.contains(&0) && micro.contains(&1), "two micro-batches");
+    let micro: Vec<u32> = spans[1]
+        .iter()
+        .filter_map(|s| s.attrs.micro_batch)
+        .collect();
+    assert!(
+        micro.contains(&0) && micro.contains(&1),
+        "two micro-batches"
+    );
     let waits: Vec<_> = spans[0]
         .iter()
         .filter_map(|s| s.attrs.collective)
@@ -158,9 +170,10 @@ fn moe_serves_with_expert_and_tensor_parallelism() {
         let expected: Vec<usize> = reference.iter().map(|r| r.tokens.len()).collect();
         assert_eq!(lengths, expected, "layout {layout}");
         if layout == "ep=2" {
-            let all_to_all = spans[0].iter().filter_map(|s| s.attrs.collective).any(|c| {
-                c.kind == pinch_traces::CollectiveKind::AllToAll
-            });
+            let all_to_all = spans[0]
+                .iter()
+                .filter_map(|s| s.attrs.collective)
+                .any(|c| c.kind == pinch_traces::CollectiveKind::AllToAll);
             assert!(all_to_all, "experts exchange tokens by all-to-all");
         }
     }
