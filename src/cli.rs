@@ -19,7 +19,7 @@ pub enum Command {
     /// Serve a stream of requests with a reference model on local nodes, record every rank, and
     /// report the serving metrics and the bottlenecks. With no options: 2 nodes on this machine,
     /// TP=2 across them, the tiny model, 32 requests kept 8 in flight.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Report again on a recorded run, from its node logs.
     Analyze(AnalyzeArgs),
     /// List the model presets with their shapes, parameter counts and weight sizes.

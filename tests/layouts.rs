@@ -1,6 +1,9 @@
 //! End-to-end: every parallel strategy serves the same request stream, reports serving metrics
 //! and per-rank breakdowns, and (for the dense layouts) generates the same tokens.
 
+// Test helpers panic with the value in view, as the tests themselves do.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::{report_json, run};

@@ -13,7 +13,7 @@ use crate::cli::{BenchCommand, Cli, Command};
 
 pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Run(args) => run::run(args),
+        Command::Run(args) => run::run(*args),
         Command::Analyze(args) => analyze::analyze(args),
         Command::Presets(args) => presets::presets(args),
         Command::Bench(BenchCommand::Collectives(args)) => bench::bench(bench::BenchArgs {

@@ -2,6 +2,9 @@
 //! (relative to the largest logit) whether the experts sit on one rank, are split over two by
 //! expert parallelism (all-to-all), or are sliced by tensor parallelism (all-reduce).
 
+// Test helpers panic with the value in view, as the tests themselves do.
+#![allow(clippy::unwrap_used)]
+
 use pinch_collector::Recorder;
 use pinch_kernels::Storage;
 use pinch_traces::Rank;

@@ -3,6 +3,9 @@
 //! same tokens, and scheduling choices (chunked prefill, a KV cache small enough to preempt) do
 //! not change what is generated.
 
+// Test helpers panic with the value in view, as the tests themselves do.
+#![allow(clippy::unwrap_used)]
+
 use pinch_collector::Recorder;
 use pinch_kernels::Storage;
 use pinch_traces::{Rank, RequestRecord, Span};
