@@ -120,7 +120,7 @@ impl TestNet {
     /// The address of host `host`. Panics when `host` is out of range, like indexing does.
     pub fn addr(&self, host: usize) -> Ipv4Addr {
         assert!(host < self.hosts, "host {host} of {}", self.hosts);
-        Ipv4Addr::new(10, 213, self.names.subnet_octet(), host_octet(host))
+        self.addr_unchecked(host)
     }
 
     /// The name of host `host`'s namespace, for `ip netns exec` and the like.
