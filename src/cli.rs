@@ -21,6 +21,9 @@ pub enum Command {
     Run(RunArgs),
     /// Report again on a recorded run, from its node logs.
     Analyze(AnalyzeArgs),
+    /// Measure the communication layer: `pinch bench collectives` sweeps every collective over
+    /// message sizes.
+    Bench(crate::cmd::bench::BenchArgs),
     /// (internal) The per-node agent: starts the node's ranks and writes its node log.
     #[command(hide = true)]
     Agent(AgentArgs),

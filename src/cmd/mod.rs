@@ -2,6 +2,7 @@
 
 mod agent;
 mod analyze;
+pub mod bench;
 mod rank;
 mod run;
 mod workload;
@@ -14,5 +15,6 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Analyze(args) => analyze::analyze(args),
         Command::Agent(args) => agent::agent(args),
         Command::Rank(args) => rank::rank(args),
+        Command::Bench(args) => bench::bench(args),
     }
 }

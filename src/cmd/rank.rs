@@ -71,7 +71,9 @@ fn connect(args: &RankArgs, recorder: &Recorder) -> anyhow::Result<Ring> {
     let my_addr = listener.local_addr()?;
     let rank = args.rank as usize;
     let world = args.world as usize;
-    let addrs = rendezvous(args.rendezvous, rank, world, my_addr, RENDEZVOUS_TIMEOUT)?;
+    // The ring ignores nodes; every rank registers as node 0 until it moves to the mesh.
+    let peers = rendezvous(args.rendezvous, rank, world, 0, my_addr, RENDEZVOUS_TIMEOUT)?;
+    let addrs: Vec<_> = peers.iter().map(|p| p.addr).collect();
     let ring = Ring::connect(rank, world, listener, &addrs, RENDEZVOUS_TIMEOUT)?;
     recorder.finish(Lane(0), Category::Wait, op, start_ns, SpanAttrs::default());
     Ok(ring)

@@ -1,15 +1,64 @@
-//! Communication between the ranks of a tensor-parallel group, over TCP on loopback.
+//! Communication between the ranks of a world: a mesh of links, process groups, and the
+//! collectives and point-to-point operations over them.
 //!
-//! Ranks first meet at a rendezvous (`rendezvous.rs`) that tells each the listening address of
-//! every other; then each connects a ring (`ring.rs`) to its neighbours and all-reduces over it.
-//! A peer that disappears turns into `CommError::PeerClosed` naming it, and a peer that hangs into
-//! `CommError::Timeout`, so one crashed rank makes the others fail fast and say why.
+//! Ranks first meet at a rendezvous (`rendezvous.rs`) that tells each every rank's node and
+//! listening address. `Mesh::connect` then links every pair of ranks (`mesh.rs`): over shared
+//! memory when both run on one node (`shm.rs`), else over TCP (`link.rs`). A `Group` is an ordered
+//! subset of the world on which the operations run (`collectives.rs`, `p2p.rs`).
+//!
+//! Every frame opens with a header (`frame.rs`: group, operation, part, step, sequence number,
+//! sizes) that the receiver checks, so ranks that issue different operations get
+//! `CommError::OpMismatch` instead of mixed data. A peer that disappears turns into
+//! `CommError::PeerClosed` naming it, a peer that hangs into `CommError::Timeout`; after either
+//! the mesh is broken (its links hold half an operation) and every later operation fails with
+//! `CommError::Broken`. Sends go through one writer thread per link, so ranks exchanging more
+//! than any buffer holds never deadlock; receives run in the caller's thread.
+//!
+//! # Wait versus transfer
+//!
+//! `Outcome::total_ns` runs from entering an operation until this rank's results are in place
+//! and everything it sent has been written to the transport. `Outcome::wait_ns` is the part
+//! spent until every peer the operation depends on had *arrived*, i.e. entered the same
+//! operation. Each rank, on entering, sends every peer it depends on a first frame at once (its
+//! data where the algorithm sends that peer data first, else a header-only arrival), and
+//! `wait_ns` ends when the last of those first frames from its peers has been read. It thus
+//! includes one link latency even when nobody is late. Per operation:
+//! - all-reduce (ring and one-shot), all-gather, reduce-scatter, all-to-all: until every other
+//!   member arrived (the result depends on all of them; the ring sends header-only arrivals to
+//!   the members other than its next, which overlap with the ring's first step).
+//! - broadcast: on the root, until every other member arrived; elsewhere, until the root did.
+//! - send: 0 for an eager message (under `EAGER_MAX_BYTES`, it never waits); for a larger one,
+//!   until the receiver's clear-to-send came back (the receiver entered `recv`).
+//! - recv: until the sender's first frame (its data, or its ready-to-send) came.
+//!
+//! # Ordering
+//!
+//! Every member of a group issues the same sequence of collectives on it. Frames between two
+//! ranks share one ordered stream whatever their group, so operations of different groups that
+//! involve the same pair of ranks must be issued in the same order on both; anything else is
+//! reported as `OpMismatch`.
 
+mod collectives;
+mod frame;
+mod group;
+mod link;
+mod mesh;
+mod p2p;
 mod rendezvous;
 mod ring;
+mod shm;
 mod wire;
 
-pub use rendezvous::{RendezvousServer, rendezvous};
+#[cfg(test)]
+mod tests;
+
+pub mod bench;
+
+pub use collectives::ONE_SHOT_MAX_BYTES;
+pub use group::{AllReduceAlgo, Group, Outcome};
+pub use mesh::{LinkShaping, Mesh, MeshOptions};
+pub use p2p::EAGER_MAX_BYTES;
+pub use rendezvous::{PeerInfo, RendezvousServer, rendezvous};
 pub use ring::{DEFAULT_IO_TIMEOUT, Ring};
 
 use std::io;
@@ -73,7 +122,7 @@ pub enum CommError {
         got_elems: usize,
     },
 
-    #[error("the ring is unusable after an earlier error")]
+    #[error("the links are unusable after an earlier error")]
     Broken,
 
     #[error("the rendezvous refused this rank: {reason}")]
@@ -87,4 +136,68 @@ pub enum CommError {
 
     #[error("the rendezvous sent an address that does not parse: '{text}'")]
     BadAddress { text: String },
+
+    #[error(
+        "rank {peer} sent {got} where this rank expected {expected} (the ranks issue different operations)"
+    )]
+    OpMismatch {
+        peer: usize,
+        expected: String,
+        got: String,
+    },
+
+    #[error("shared memory with rank {peer} at '{path}' failed: {source}")]
+    Shm {
+        peer: usize,
+        path: String,
+        source: io::Error,
+    },
+
+    #[error("link shaping between ranks '{a}' and '{b}' {problem}")]
+    BadShaping {
+        a: usize,
+        b: usize,
+        problem: &'static str,
+    },
+
+    #[error("rank '{rank}' is not a member of group {group} ({members})")]
+    NotAMember {
+        group: u32,
+        rank: usize,
+        members: String,
+    },
+
+    #[error("rank '{rank}' is listed twice in group {group}")]
+    DuplicateMember { group: u32, rank: usize },
+
+    #[error("group {group} names rank '{member}', outside a world of {world}")]
+    MemberOutOfRange {
+        group: u32,
+        member: usize,
+        world: usize,
+    },
+
+    #[error("group {group} was built for rank '{group_rank}' but this mesh is rank {rank}")]
+    GroupNotForThisRank {
+        group: u32,
+        group_rank: usize,
+        rank: usize,
+    },
+
+    #[error("{what} holds '{got}' elements where {expected} were expected")]
+    BufferSize {
+        what: &'static str,
+        got: usize,
+        expected: usize,
+    },
+
+    #[error("{what} '{index}' is out of range for a group of {size}")]
+    MemberIndex {
+        what: &'static str,
+        index: usize,
+        size: usize,
+    },
+
+    #[error("member '{index}' is this rank itself: send and recv need another member")]
+    SelfMessage { index: usize },
 }

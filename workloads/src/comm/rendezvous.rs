@@ -1,7 +1,7 @@
-//! The rendezvous: how the ranks of a group learn each other's listening addresses.
+//! The rendezvous: how the ranks of a world learn each other's node and listening address.
 //!
-//! Each rank registers `(rank, world, listen address)`; once all `world` ranks have registered,
-//! the server answers every one of them with the full address list, in rank order. A rank that
+//! Each rank registers `(rank, world, node, listen address)`; once all `world` ranks have
+//! registered, the server answers every one of them with every rank's `PeerInfo`, in rank order. A rank that
 //! does not fit (out of range, wrong world size, registered twice) fails the whole rendezvous,
 //! and every rank that registered is told why. Connections that do not speak the protocol are
 //! dropped and otherwise ignored.
@@ -25,8 +25,17 @@ pub struct RendezvousServer {
     addr: SocketAddr,
 }
 
+/// Where a rank runs and listens, as the rendezvous hands it to every other rank.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerInfo {
+    pub rank: usize,
+    /// Ranks with equal node ids run on one machine (and may share memory).
+    pub node: u32,
+    pub addr: SocketAddr,
+}
+
 /// A registered rank, waiting for the answer.
-type Registration = (TcpStream, SocketAddr);
+type Registration = (TcpStream, PeerInfo);
 
 impl RendezvousServer {
     /// Listens on `addr` (`"127.0.0.1:0"` picks a free port; see `addr()`).
@@ -45,9 +54,9 @@ impl RendezvousServer {
         self.addr
     }
 
-    /// Waits for `world` ranks to register, answers each with every rank's address and returns
-    /// those addresses; fails if they do not all register within `timeout`.
-    pub fn serve(self, world: usize, timeout: Duration) -> Result<Vec<SocketAddr>, CommError> {
+    /// Waits for `world` ranks to register, answers each with every rank's `PeerInfo` and
+    /// returns them; fails if they do not all register within `timeout`.
+    pub fn serve(self, world: usize, timeout: Duration) -> Result<Vec<PeerInfo>, CommError> {
         if world == 0 {
             return Err(CommError::ZeroWorld);
         }
@@ -59,9 +68,10 @@ impl RendezvousServer {
             let missing = world - registered;
             let waiting_for = || format!("{missing} of {world} ranks to register");
             let mut stream = accept_until(&self.listener, started, deadline, &waiting_for)?;
-            let Some((rank, theirs, addr)) = read_registration(&mut stream, deadline) else {
+            let Some((theirs, peer)) = read_registration(&mut stream, deadline) else {
                 continue;
             };
+            let rank = peer.rank;
             if let Err(refusal) = check(rank, theirs, &slots) {
                 reject(
                     slots.iter_mut().flatten().map(|(s, _)| s),
@@ -70,22 +80,21 @@ impl RendezvousServer {
                 );
                 return Err(refusal);
             }
-            slots[rank] = Some((stream, addr));
+            slots[rank] = Some((stream, peer));
             registered += 1;
         }
         Ok(answer(slots.into_iter().flatten().collect()))
     }
 }
 
-/// A rank's registration, or `None` for a connection that is not a pinch rank.
-fn read_registration(
-    stream: &mut TcpStream,
-    deadline: Instant,
-) -> Option<(usize, usize, SocketAddr)> {
+/// A rank's registration (its world size and itself), or `None` for a connection that is not
+/// a pinch rank.
+fn read_registration(stream: &mut TcpStream, deadline: Instant) -> Option<(usize, PeerInfo)> {
     stream.set_read_timeout(Some(remaining(deadline))).ok()?;
     let (rank, world) = read_hello(stream).ok()??;
+    let node = read_u32(stream).ok()?;
     let addr = read_str(stream).ok()?.parse().ok()?;
-    Some((rank, world, addr))
+    Some((world, PeerInfo { rank, node, addr }))
 }
 
 /// Whether rank `rank` of a `theirs`-rank world may take its slot.
@@ -118,31 +127,33 @@ fn reject<'a>(
     }
 }
 
-/// Sends every rank the address list; a rank that died meanwhile finds out at ring connect.
-fn answer(registered: Vec<Registration>) -> Vec<SocketAddr> {
-    let addrs: Vec<SocketAddr> = registered.iter().map(|(_, addr)| *addr).collect();
+/// Sends every rank the peer list; a rank that died meanwhile finds out at connect.
+fn answer(registered: Vec<Registration>) -> Vec<PeerInfo> {
+    let peers: Vec<PeerInfo> = registered.iter().map(|(_, peer)| *peer).collect();
     for (mut stream, _) in registered {
-        let _ = write_addrs(&mut stream, &addrs);
+        let _ = write_peers(&mut stream, &peers);
     }
-    addrs
+    peers
 }
 
-fn write_addrs(stream: &mut TcpStream, addrs: &[SocketAddr]) -> io::Result<()> {
-    write_u32s(stream, &[REPLY_OK, addrs.len() as u32])?;
-    addrs
-        .iter()
-        .try_for_each(|addr| write_str(stream, &addr.to_string()))
+fn write_peers(stream: &mut TcpStream, peers: &[PeerInfo]) -> io::Result<()> {
+    write_u32s(stream, &[REPLY_OK, peers.len() as u32])?;
+    peers.iter().try_for_each(|peer| {
+        write_u32s(stream, &[peer.node])?;
+        write_str(stream, &peer.addr.to_string())
+    })
 }
 
-/// Registers rank `rank` of `world`, listening at `my_listen_addr`, and returns every rank's
-/// listening address in rank order once all have registered.
+/// Registers rank `rank` of `world`, running on node `node` and listening at `my_addr`, and
+/// returns every rank's `PeerInfo`, indexed by rank, once all have registered.
 pub fn rendezvous(
     server: SocketAddr,
     rank: usize,
     world: usize,
-    my_listen_addr: SocketAddr,
+    node: u32,
+    my_addr: SocketAddr,
     timeout: Duration,
-) -> Result<Vec<SocketAddr>, CommError> {
+) -> Result<Vec<PeerInfo>, CommError> {
     if world == 0 {
         return Err(CommError::ZeroWorld);
     }
@@ -153,7 +164,8 @@ pub fn rendezvous(
     let deadline = started + timeout;
     let mut stream = connect_until(server, deadline)?;
     write_hello(&mut stream, rank, world)
-        .and_then(|()| write_str(&mut stream, &my_listen_addr.to_string()))
+        .and_then(|()| write_u32s(&mut stream, &[node]))
+        .and_then(|()| write_str(&mut stream, &my_addr.to_string()))
         .map_err(|source| CommError::RendezvousIo { source })?;
     stream
         .set_read_timeout(Some(remaining(deadline)))
@@ -184,7 +196,7 @@ impl From<io::Error> for AnswerError {
     }
 }
 
-fn read_answer(stream: &mut TcpStream, world: usize) -> Result<Vec<SocketAddr>, AnswerError> {
+fn read_answer(stream: &mut TcpStream, world: usize) -> Result<Vec<PeerInfo>, AnswerError> {
     if read_u32(stream)? == REPLY_REJECTED {
         let reason = read_str(stream)?;
         return Err(AnswerError::Comm(CommError::Rejected { reason }));
@@ -194,10 +206,13 @@ fn read_answer(stream: &mut TcpStream, world: usize) -> Result<Vec<SocketAddr>, 
         return Err(AnswerError::Comm(CommError::AddressCount { got, world }));
     }
     (0..world)
-        .map(|_| {
+        .map(|rank| {
+            let node = read_u32(stream)?;
             let text = read_str(stream)?;
-            text.parse()
-                .map_err(|_| AnswerError::Comm(CommError::BadAddress { text }))
+            let addr = text
+                .parse()
+                .map_err(|_| AnswerError::Comm(CommError::BadAddress { text }))?;
+            Ok(PeerInfo { rank, node, addr })
         })
         .collect()
 }
@@ -212,16 +227,27 @@ mod tests {
         SocketAddr::from(([127, 0, 0, 1], 40_000 + rank as u16))
     }
 
+    fn fake_peer(rank: usize) -> PeerInfo {
+        PeerInfo {
+            rank,
+            node: 10 + rank as u32 / 2,
+            addr: fake_listen_addr(rank),
+        }
+    }
+
     #[test]
-    fn every_rank_gets_every_address_in_rank_order() {
+    fn every_rank_gets_every_peer_in_rank_order() {
         let server = RendezvousServer::bind("127.0.0.1:0").unwrap();
         let at = server.addr();
         let serving = std::thread::spawn(move || server.serve(3, TIMEOUT));
         let ranks: Vec<_> = [2, 0, 1]
             .into_iter()
-            .map(|r| std::thread::spawn(move || rendezvous(at, r, 3, fake_listen_addr(r), TIMEOUT)))
+            .map(|r| {
+                let me = fake_peer(r);
+                std::thread::spawn(move || rendezvous(at, r, 3, me.node, me.addr, TIMEOUT))
+            })
             .collect();
-        let expected: Vec<SocketAddr> = (0..3).map(fake_listen_addr).collect();
+        let expected: Vec<PeerInfo> = (0..3).map(fake_peer).collect();
         for rank in ranks {
             assert_eq!(rank.join().unwrap().unwrap(), expected);
         }
@@ -233,9 +259,10 @@ mod tests {
         let server = RendezvousServer::bind("127.0.0.1:0").unwrap();
         let at = server.addr();
         let serving = std::thread::spawn(move || server.serve(2, TIMEOUT));
-        let first = std::thread::spawn(move || rendezvous(at, 0, 2, fake_listen_addr(0), TIMEOUT));
+        let first =
+            std::thread::spawn(move || rendezvous(at, 0, 2, 0, fake_listen_addr(0), TIMEOUT));
         std::thread::sleep(Duration::from_millis(50));
-        let wrong = rendezvous(at, 1, 3, fake_listen_addr(1), TIMEOUT).unwrap_err();
+        let wrong = rendezvous(at, 1, 3, 0, fake_listen_addr(1), TIMEOUT).unwrap_err();
         let served = serving.join().unwrap().unwrap_err().to_string();
         assert_eq!(
             served,
@@ -254,8 +281,8 @@ mod tests {
         let mut stray = TcpStream::connect(at).unwrap();
         write_u32s(&mut stray, &[7, 7, 7]).unwrap();
         drop(stray);
-        let addrs = rendezvous(at, 0, 1, fake_listen_addr(0), TIMEOUT).unwrap();
-        assert_eq!(addrs, vec![fake_listen_addr(0)]);
+        let peers = rendezvous(at, 0, 1, 10, fake_listen_addr(0), TIMEOUT).unwrap();
+        assert_eq!(peers, vec![fake_peer(0)]);
         assert!(serving.join().unwrap().is_ok());
     }
 
@@ -272,10 +299,12 @@ mod tests {
     #[test]
     fn bad_ranks_are_refused_before_connecting() {
         let at = fake_listen_addr(9);
-        let err = rendezvous(at, 2, 2, at, TIMEOUT).unwrap_err().to_string();
+        let err = rendezvous(at, 2, 2, 0, at, TIMEOUT)
+            .unwrap_err()
+            .to_string();
         assert_eq!(err, "rank '2' is out of range for a world of 2");
         assert!(matches!(
-            rendezvous(at, 0, 0, at, TIMEOUT),
+            rendezvous(at, 0, 0, 0, at, TIMEOUT),
             Err(CommError::ZeroWorld)
         ));
     }
