@@ -57,20 +57,25 @@ fn header(report: &Report) -> String {
             .map(|v| v.to_string())
             .unwrap_or_else(|| "?".into())
     };
+    let layout = run
+        .parameters
+        .get("layout")
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_else(|| format!("tp={}", param("tp")));
     let title = format!(
-        "pinch run {}: {}, model '{}', {} nodes, TP={}",
+        "pinch run {}: {}, model '{}', {} nodes, {layout}",
         run.id,
         run.workload,
         run.model,
         param("nodes"),
-        param("tp"),
     );
     let wall = run.wall_ns.map_or("unknown".into(), fmt_ns);
     let shape = match &report.serving {
         Some(s) => format!(
-            "{} requests served by {} replicas; wall time {wall}",
+            "{} requests served by {} replica{}; wall time {wall}",
             s.requests,
-            s.per_replica.len()
+            s.per_replica.len(),
+            if s.per_replica.len() == 1 { "" } else { "s" }
         ),
         None => format!(
             "{} rounds of {} prompts, each {} prompt + {} decoded tokens; wall time {wall}",

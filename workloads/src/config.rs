@@ -26,6 +26,7 @@ pub enum Family {
     Qwen2,
     Mixtral,
     Qwen2Moe,
+    #[serde(rename = "deepseek")]
     DeepSeek,
 }
 
@@ -38,7 +39,7 @@ impl Family {
             Family::Qwen2 => "qwen2",
             Family::Mixtral => "mixtral",
             Family::Qwen2Moe => "qwen2_moe",
-            Family::DeepSeek => "deep_seek",
+            Family::DeepSeek => "deepseek",
         }
     }
 }
