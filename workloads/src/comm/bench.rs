@@ -273,7 +273,8 @@ fn row(op: BenchOp, bytes: u64, size: usize, everyone: &[f32], iters: usize) -> 
         .map(|i| members.iter().map(|m| f64::from(m[i])).fold(0.0, f64::max))
         .collect();
     slowest.sort_by(f64::total_cmp);
-    let time_us = slowest.get(iters / 2).copied().unwrap_or(0.0);
+    // To the nanosecond: the f32 the times travelled in carries no finer digits.
+    let time_us = (slowest.get(iters / 2).copied().unwrap_or(0.0) * 1e3).round() / 1e3;
     let total: f64 = members
         .iter()
         .flat_map(|m| &m[..iters])

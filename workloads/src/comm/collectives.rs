@@ -6,7 +6,7 @@
 //! the same inputs give bit-identical results, and all-reduce members end with identical bits.
 
 use super::frame::{Expect, Header, OpKind, Part};
-use super::link::Link;
+use super::link::{DIRECT_MAX_BYTES, Link};
 use super::mesh::{Mesh, Net, Scratch};
 use super::{AllReduceAlgo, CommError, Group, Outcome};
 use std::time::Instant;
@@ -84,21 +84,47 @@ impl Net {
 
     /// Sends `header` and `payload` to `peer`.
     pub fn post(&mut self, peer: usize, header: &Header, payload: &[u8]) -> Result<(), CommError> {
-        let frame = self.pool.frame(header, payload);
-        link_of(&mut self.links, peer)?.post(&frame, &mut self.pool)
+        self.post_each(std::iter::once(peer), header, payload)
     }
 
-    /// Sends one frame to every rank of `peers`, sharing its buffer.
+    /// Sends one frame to every rank of `peers`. A small frame goes directly where a link
+    /// allows it, else through the writer threads, which share one copy. A large frame's header
+    /// goes ahead on its own, so that peers see this rank arrive before its payload has been
+    /// copied for the writers.
     pub fn post_each(
         &mut self,
-        peers: impl Iterator<Item = usize>,
+        peers: impl Iterator<Item = usize> + Clone,
         header: &Header,
         payload: &[u8],
     ) -> Result<(), CommError> {
-        let frame = self.pool.frame(header, payload);
-        peers
-            .into_iter()
-            .try_for_each(|p| link_of(&mut self.links, p)?.post(&frame, &mut self.pool))
+        let encoded = header.encode();
+        if encoded.len() + payload.len() <= DIRECT_MAX_BYTES {
+            return self.post_whole(peers, &encoded, payload);
+        }
+        self.post_whole(peers.clone(), &encoded, &[])?;
+        let body = self.pool.bytes([payload, &[]]);
+        for peer in peers {
+            link_of(&mut self.links, peer)?.post(&body, &mut self.pool)?;
+        }
+        Ok(())
+    }
+
+    /// Sends `encoded` then `payload` to every rank of `peers`, directly where possible.
+    fn post_whole(
+        &mut self,
+        peers: impl Iterator<Item = usize>,
+        encoded: &[u8],
+        payload: &[u8],
+    ) -> Result<(), CommError> {
+        let mut shared = None;
+        for peer in peers {
+            let link = link_of(&mut self.links, peer)?;
+            if !link.try_direct(encoded, payload, &mut self.pool)? {
+                let frame = shared.get_or_insert_with(|| self.pool.bytes([encoded, payload]));
+                link.post(frame, &mut self.pool)?;
+            }
+        }
+        Ok(())
     }
 
     /// The next header from `peer`, which must be what `expect` describes.
@@ -150,7 +176,7 @@ fn link_of(links: &mut [Option<Link>], peer: usize) -> Result<&mut Link, CommErr
 }
 
 /// The other members of `g`, in group order.
-fn others(g: &Group) -> impl Iterator<Item = usize> + '_ {
+fn others(g: &Group) -> impl Iterator<Item = usize> + Clone + '_ {
     let me = g.my_rank();
     g.members().iter().copied().filter(move |&p| p != me)
 }

@@ -3,6 +3,10 @@
 //! Receiving happens in the caller's thread (`read_exact`). Sending goes through a persistent
 //! writer thread per link: a caller hands it a finished frame and goes on, so two ranks that send
 //! each other more than any buffer holds never wait on each other's sends (each keeps reading).
+//! One shortcut keeps small messages fast: when an unshaped link's writer is idle, the caller
+//! writes a frame of up to `DIRECT_MAX_BYTES` itself, without blocking (a non-blocking socket
+//! write, or what fits in the shared-memory ring), and hands only the rest to the writer. Order
+//! is kept because the writer has nothing queued before it.
 //! Frames are `Arc`s so one buffer can go to several peers at once (a broadcast, a one-shot
 //! all-reduce); every frame handed over comes back through the `done` channel with its result
 //! and returns to the `Pool`, so steady-state operation allocates nothing.
@@ -18,12 +22,12 @@ use super::CommError;
 use super::frame::{HEADER_BYTES, Header};
 use super::shm::{Consumer, Producer, Region};
 use super::wire::{is_closed, is_timeout, timeout};
-use std::io::{self, ErrorKind, Read, Write};
+use std::io::{self, ErrorKind, IoSlice, Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::sync::Arc;
 use std::sync::mpsc::{
     Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError, sync_channel,
 };
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -36,6 +40,9 @@ const QUEUE_FRAMES: usize = 64;
 const SHM_PUBLISH_BYTES: usize = 256 << 10;
 /// Pieces a rate-capped link paces, and the burst its token bucket allows.
 const PACE_BYTES: usize = 64 << 10;
+/// Largest frame the caller writes itself (see the module doc); larger ones are copied once into
+/// a frame that every peer's writer shares.
+pub const DIRECT_MAX_BYTES: usize = 1 << 20;
 /// Busy-wait rounds, then yielding rounds, before a waiting side starts to sleep.
 const SPIN_ROUNDS: u32 = 64;
 const YIELD_ROUNDS: u32 = 256;
@@ -72,6 +79,10 @@ pub struct Link {
     source: Source,
     writer: Writer,
     delay: Duration,
+    /// Whether the link has any shaping: then every frame goes through the writer thread.
+    shaped: bool,
+    /// The shared-memory ring this side writes, shared with the writer thread.
+    producer: Option<Arc<Mutex<Producer>>>,
     io_timeout: Duration,
 }
 
@@ -101,6 +112,8 @@ impl Link {
             source: Source::Tcp(stream),
             writer,
             delay: shape.delay,
+            shaped: shape != Shape::default(),
+            producer: None,
             io_timeout,
         })
     }
@@ -117,8 +130,9 @@ impl Link {
         // Only ever peeked at from now on: a peek must not block.
         watch.set_nonblocking(true).map_err(io)?;
         let (producer, consumer) = region.split();
+        let producer = Arc::new(Mutex::new(producer));
         let sink = Sink::Shm {
-            ring: producer,
+            ring: Arc::clone(&producer),
             watch: watch.try_clone().map_err(io)?,
             io_timeout,
         };
@@ -132,12 +146,45 @@ impl Link {
             },
             writer,
             delay: shape.delay,
+            shaped: shape != Shape::default(),
+            producer: Some(producer),
             io_timeout,
         })
     }
 
     pub fn transport(&self) -> Transport {
         self.transport
+    }
+
+    /// Sends `header` then `payload` from the caller's thread if the link allows it (see the
+    /// module doc); `false` when the frame must go through `post` instead.
+    pub fn try_direct(
+        &mut self,
+        header: &[u8],
+        payload: &[u8],
+        pool: &mut Pool,
+    ) -> Result<bool, CommError> {
+        if self.shaped || header.len() + payload.len() > DIRECT_MAX_BYTES {
+            return Ok(false);
+        }
+        self.reclaim(pool)?;
+        if self.writer.in_flight > 0 {
+            return Ok(false);
+        }
+        let written = match &self.producer {
+            Some(producer) => write_shm_now(producer, header, payload),
+            None => write_tcp_now(self.stream(), header, payload),
+        }
+        .map_err(|e| link_error(self.peer, e, Duration::ZERO))?;
+        if written < header.len() + payload.len() {
+            let (h, p) = (
+                written.min(header.len()),
+                written.saturating_sub(header.len()),
+            );
+            let rest = pool.bytes([&header[h..], &payload[p..]]);
+            self.post(&rest, pool)?;
+        }
+        Ok(true)
     }
 
     /// Hands `frame` to the writer thread; it goes out after the link's shaping delay. Blocks
@@ -259,6 +306,43 @@ pub fn link_error(peer: usize, e: io::Error, waited: Duration) -> CommError {
     } else {
         CommError::Io { peer, source: e }
     }
+}
+
+/// Writes what fits of `header` then `payload` into a shared-memory ring; returns how much.
+fn write_shm_now(producer: &Mutex<Producer>, header: &[u8], payload: &[u8]) -> io::Result<usize> {
+    let mut ring = producer.lock().unwrap_or_else(PoisonError::into_inner);
+    let written = ring.try_write(header, usize::MAX);
+    if written < header.len() {
+        return Ok(written);
+    }
+    Ok(written + ring.try_write(payload, usize::MAX))
+}
+
+/// Writes what the socket takes at once of `header` then `payload`; returns how much.
+fn write_tcp_now(stream: &TcpStream, header: &[u8], payload: &[u8]) -> io::Result<usize> {
+    // The writer thread shares this socket's flags, but it is idle while we hold the link.
+    stream.set_nonblocking(true)?;
+    let written = write_until_full(stream, header, payload);
+    stream.set_nonblocking(false)?;
+    written
+}
+
+fn write_until_full(mut stream: &TcpStream, header: &[u8], payload: &[u8]) -> io::Result<usize> {
+    let mut written = 0;
+    while written < header.len() + payload.len() {
+        let (h, p) = (
+            written.min(header.len()),
+            written.saturating_sub(header.len()),
+        );
+        match stream.write_vectored(&[IoSlice::new(&header[h..]), IoSlice::new(&payload[p..])]) {
+            Ok(0) => return Err(ErrorKind::WriteZero.into()),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(written)
 }
 
 /// Fills `buf` from a shared-memory ring, waiting (spin, yield, nap) while it is empty.
@@ -417,7 +501,7 @@ fn sleep_until(when: Instant) {
 enum Sink {
     Tcp(TcpStream),
     Shm {
-        ring: Producer,
+        ring: Arc<Mutex<Producer>>,
         watch: TcpStream,
         io_timeout: Duration,
     },
@@ -431,7 +515,10 @@ impl Sink {
                 ring,
                 watch,
                 io_timeout,
-            } => write_shm(ring, watch, bytes, *io_timeout),
+            } => {
+                let mut ring = ring.lock().unwrap_or_else(PoisonError::into_inner);
+                write_shm(&mut ring, watch, bytes, *io_timeout)
+            }
         }
     }
 }
@@ -502,19 +589,18 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// A frame holding `header` then `payload`, in the smallest spare buffer that fits.
-    pub fn frame(&mut self, header: &Header, payload: &[u8]) -> Arc<Vec<u8>> {
-        let len = HEADER_BYTES + payload.len();
-        let mut frame = self.take(len);
+    /// The two `parts` one after the other, in the smallest spare buffer that fits.
+    pub fn bytes(&mut self, parts: [&[u8]; 2]) -> Arc<Vec<u8>> {
+        let mut frame = self.take(parts[0].len() + parts[1].len());
         match Arc::get_mut(&mut frame) {
             Some(bytes) => {
                 bytes.clear();
-                bytes.extend_from_slice(&header.encode());
-                bytes.extend_from_slice(payload);
+                bytes.extend_from_slice(parts[0]);
+                bytes.extend_from_slice(parts[1]);
                 frame
             }
             // Spare buffers are never shared; this only guards the invariant.
-            None => Arc::new([&header.encode()[..], payload].concat()),
+            None => Arc::new(parts.concat()),
         }
     }
 
