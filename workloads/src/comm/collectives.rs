@@ -5,15 +5,17 @@
 //! Sums are always formed in one fixed order (the ring's for `Ring`, group order otherwise), so
 //! the same inputs give bit-identical results, and all-reduce members end with identical bits.
 
-use super::frame::{Expect, Header, OpKind, Part};
+use super::frame::{Expect, HEADER_BYTES, Header, OpKind, Part};
 use super::link::{DIRECT_MAX_BYTES, Link};
 use super::mesh::{Mesh, Net, Scratch};
 use super::{AllReduceAlgo, CommError, Group, Outcome};
 use std::time::Instant;
 
-/// `AllReduceAlgo::Auto` uses one-shot up to this many bytes and the ring above: one-shot
-/// sends `n−1` times the buffer but in one step, the ring `2·(n−1)/n` times in `2·(n−1)` steps,
-/// so one-shot wins while per-step latency dominates (measured with `pinch bench collectives`).
+/// `AllReduceAlgo::Auto` uses one-shot while the buffer times the other members, the bytes
+/// one-shot sends per rank, is at most this, and the ring above. One-shot moves `n−1` times the
+/// buffer in one step, the ring `2·(n−1)/n` times in `2·(n−1)` steps, so one-shot wins while
+/// per-step latency dominates. Measured with `pinch bench collectives --algo` on the 2-core
+/// development machine: the two cross near 64 KiB for 2 ranks and 16 KiB for 4 ranks.
 pub const ONE_SHOT_MAX_BYTES: usize = 64 << 10;
 
 #[cfg(not(target_endian = "little"))]
@@ -104,6 +106,24 @@ impl Net {
         self.post_whole(peers.clone(), &encoded, &[])?;
         let body = self.pool.bytes([payload, &[]]);
         for peer in peers {
+            link_of(&mut self.links, peer)?.post(&body, &mut self.pool)?;
+        }
+        Ok(())
+    }
+
+    /// Sends each `(peer, header, payload)` frame, every large frame's header ahead of any
+    /// payload copy, as `post_each` does.
+    pub fn post_scatter<'a>(
+        &mut self,
+        frames: impl Iterator<Item = (usize, Header, &'a [u8])> + Clone,
+    ) -> Result<(), CommError> {
+        let large = |payload: &[u8]| HEADER_BYTES + payload.len() > DIRECT_MAX_BYTES;
+        for (peer, header, payload) in frames.clone() {
+            let now = if large(payload) { &[] } else { payload };
+            self.post_whole(std::iter::once(peer), &header.encode(), now)?;
+        }
+        for (peer, _, payload) in frames.filter(|(_, _, payload)| large(payload)) {
+            let body = self.pool.bytes([payload, &[]]);
             link_of(&mut self.links, peer)?.post(&body, &mut self.pool)?;
         }
         Ok(())
@@ -250,7 +270,9 @@ impl Mesh {
         let kind = match algo {
             AllReduceAlgo::Ring => OpKind::AllReduceRing,
             AllReduceAlgo::OneShot => OpKind::AllReduceOneShot,
-            AllReduceAlgo::Auto if bytes <= ONE_SHOT_MAX_BYTES => OpKind::AllReduceOneShot,
+            AllReduceAlgo::Auto if bytes * (g.size() - 1) <= ONE_SHOT_MAX_BYTES => {
+                OpKind::AllReduceOneShot
+            }
             AllReduceAlgo::Auto => OpKind::AllReduceRing,
         };
         let seq = g.next_collective();
@@ -384,8 +406,8 @@ impl Mesh {
         let seq = g.next_collective();
         let op = Op::new(g, OpKind::AllGather, seq, Some(bytes));
         let k = send.len();
-        recv[g.index() * k..(g.index() + 1) * k].copy_from_slice(send);
         if g.size() == 1 {
+            recv.copy_from_slice(send);
             return Ok(op.outcome(0));
         }
         self.guarded(|m| {
@@ -393,8 +415,11 @@ impl Mesh {
                 .post_each(others(g), &op.header(Part::Data, 0, bytes), f32_bytes(send))?;
             let wait_ns = m.arrivals(&op, g, Part::Data, Some(bytes))?;
             for (j, &member) in g.members().iter().enumerate() {
-                if j != g.index() {
-                    m.net.read_f32(member, &mut recv[j * k..(j + 1) * k])?;
+                let into = &mut recv[j * k..(j + 1) * k];
+                if j == g.index() {
+                    into.copy_from_slice(send);
+                } else {
+                    m.net.read_f32(member, into)?;
                 }
             }
             m.net.finish(others(g))?;
@@ -420,12 +445,10 @@ impl Mesh {
             return Ok(op.outcome(0));
         }
         self.guarded(|m| {
-            for (j, &member) in g.members().iter().enumerate() {
-                if j != me {
-                    let header = op.header(Part::Data, 0, 4 * k);
-                    m.net.post(member, &header, f32_bytes(chunk(j)))?;
-                }
-            }
+            let frames = g.members().iter().enumerate().filter(|(j, _)| *j != me);
+            let header = op.header(Part::Data, 0, 4 * k);
+            m.net
+                .post_scatter(frames.map(|(j, &member)| (member, header, f32_bytes(chunk(j)))))?;
             let wait_ns = m.arrivals(&op, g, Part::Data, Some(4 * k))?;
             for (j, &member) in g.members().iter().enumerate() {
                 match (j, j == me) {
@@ -469,12 +492,14 @@ impl Mesh {
             return Ok(op.outcome(0));
         }
         self.guarded(|m| {
-            for (j, &member) in g.members().iter().enumerate() {
-                if j != me {
-                    let header = op.header(Part::Data, 0, 4 * send_counts[j]);
-                    m.net.post(member, &header, f32_bytes(to(j)))?;
-                }
-            }
+            let frames = g.members().iter().enumerate().filter(|(j, _)| *j != me);
+            m.net.post_scatter(frames.map(|(j, &member)| {
+                (
+                    member,
+                    op.header(Part::Data, 0, 4 * send_counts[j]),
+                    f32_bytes(to(j)),
+                )
+            }))?;
             let wait_ns = m.all_to_all_arrivals(&op, g, recv_counts)?;
             recv.resize(recv_counts.iter().sum(), 0.0);
             let mut at = 0;

@@ -75,6 +75,27 @@ fn all_reduce_gives_exact_sums_on_every_layout_and_algorithm() {
 }
 
 #[test]
+fn auto_picks_one_shot_while_bytes_times_peers_stay_under_the_threshold() {
+    // Members naming the algorithm Auto would pick agree with those on Auto; any other
+    // pairing would be an OpMismatch.
+    let small = ONE_SHOT_MAX_BYTES / 4 / 3;
+    let large = ONE_SHOT_MAX_BYTES / 4 / 2;
+    on_every_rank(&[0, 0, 1, 1], &MeshOptions::default(), |mut mesh| {
+        let mut g = everyone(&mesh);
+        let named = mesh.rank() >= 2;
+        for (elements, picked) in [
+            (small, AllReduceAlgo::OneShot),
+            (large, AllReduceAlgo::Ring),
+        ] {
+            let algo = if named { picked } else { AllReduceAlgo::Auto };
+            let mut data = vec![1.0f32; elements];
+            mesh.all_reduce_sum(&mut g, &mut data, algo).unwrap();
+            assert!(data.iter().all(|&x| x == 4.0));
+        }
+    });
+}
+
+#[test]
 fn all_reduce_members_end_with_identical_bits() {
     for algo in [AllReduceAlgo::Ring, AllReduceAlgo::OneShot] {
         let results = on_every_rank(&[0, 1, 0], &MeshOptions::default(), |mut mesh| {
