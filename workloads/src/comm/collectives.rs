@@ -149,20 +149,20 @@ impl Net {
 
     /// The next header from `peer`, which must be what `expect` describes.
     pub fn expect(&mut self, peer: usize, expect: &Expect) -> Result<Header, CommError> {
-        let got = self.link(peer)?.read_header()?;
+        let got = self.link(peer)?.next_header(expect.group)?;
         match got {
             Some(h) if expect.matches(&h) => Ok(h),
             _ => Err(expect.mismatch(peer, got.as_ref())),
         }
     }
 
-    /// The next header from `peer`, unchecked (`None` when it is not a header).
-    pub fn header(&mut self, peer: usize) -> Result<Option<Header>, CommError> {
-        self.link(peer)?.read_header()
+    /// The next header of `group` from `peer`, unchecked (`None` when it is not a header).
+    pub fn header(&mut self, peer: usize, group: u32) -> Result<Option<Header>, CommError> {
+        self.link(peer)?.next_header(group)
     }
 
     pub fn read(&mut self, peer: usize, dst: &mut [u8]) -> Result<(), CommError> {
-        self.link(peer)?.read_exact(dst)
+        self.link(peer)?.read_payload(dst)
     }
 
     pub fn read_f32(&mut self, peer: usize, dst: &mut [f32]) -> Result<(), CommError> {

@@ -1,15 +1,18 @@
 //! One rank's link to one peer: a byte stream in each direction over TCP or shared memory.
 //!
-//! Receiving happens in the caller's thread (`read_exact`). Sending goes through a persistent
-//! writer thread per link: a caller hands it a finished frame and goes on, so two ranks that send
-//! each other more than any buffer holds never wait on each other's sends (each keeps reading).
-//! One shortcut keeps small messages fast: when an unshaped link's writer is idle, the caller
-//! writes a frame of up to `DIRECT_MAX_BYTES` itself, without blocking (a non-blocking socket
-//! write, or what fits in the shared-memory ring), and hands only the rest to the writer. Order
-//! is kept because the writer has nothing queued before it.
-//! Frames are `Arc`s so one buffer can go to several peers at once (a broadcast, a one-shot
-//! all-reduce); every frame handed over comes back through the `done` channel with its result
-//! and returns to the `Pool`, so steady-state operation allocates nothing.
+//! Receiving happens in the caller's thread (`next_header`, `read_payload`). Frames of a group
+//! other than the one an operation waits for are set aside until that group asks for them, so
+//! operations of different groups between the same two ranks need not be issued in one order.
+//!
+//! Sending goes through a persistent writer thread per link: a caller hands it a finished frame
+//! and goes on, so two ranks that send each other more than any buffer holds never wait on each
+//! other's sends (each keeps reading). Frames are `Arc`s so one buffer can go to several peers at
+//! once (a broadcast, a one-shot all-reduce); every frame handed over comes back through the
+//! `done` channel with its result and returns to the `Pool`, so steady-state operation allocates
+//! nothing. One shortcut keeps small messages fast: when an unshaped link's writer is idle, the
+//! caller writes a frame of up to `DIRECT_MAX_BYTES` itself, without blocking (a non-blocking
+//! socket write, or what fits in the shared-memory ring), and hands only the rest to the writer.
+//! Order is kept because the writer has nothing queued before it.
 //!
 //! The writer thread also applies link shaping: a frame is not written before `delay` has passed
 //! since it was handed over (latency, not serialised: queued frames are delayed together), and a
@@ -77,6 +80,10 @@ pub struct Link {
     peer: usize,
     transport: Transport,
     source: Source,
+    /// Frames of other groups read while waiting for one group's, oldest first.
+    stash: Vec<(Header, Vec<u8>)>,
+    /// The payload (and how much of it was read) of the frame whose header came from `stash`.
+    stashed: Option<(Vec<u8>, usize)>,
     writer: Writer,
     delay: Duration,
     /// Whether the link has any shaping: then every frame goes through the writer thread.
@@ -110,6 +117,8 @@ impl Link {
             peer,
             transport: Transport::Tcp,
             source: Source::Tcp(stream),
+            stash: Vec::new(),
+            stashed: None,
             writer,
             delay: shape.delay,
             shaped: shape != Shape::default(),
@@ -144,6 +153,8 @@ impl Link {
                 ring: consumer,
                 watch,
             },
+            stash: Vec::new(),
+            stashed: None,
             writer,
             delay: shape.delay,
             shaped: shape != Shape::default(),
@@ -228,8 +239,48 @@ impl Link {
         written.map_err(|e| link_error(self.peer, e, self.io_timeout))
     }
 
+    /// The next frame header of `group`; frames of other groups met on the way are set aside
+    /// (with their payloads) for their own operations. `None` when the bytes are not a header.
+    pub fn next_header(&mut self, group: u32) -> Result<Option<Header>, CommError> {
+        self.stashed = None;
+        if let Some(i) = self.stash.iter().position(|(h, _)| h.group == group) {
+            let (header, payload) = self.stash.remove(i);
+            self.stashed = Some((payload, 0));
+            return Ok(Some(header));
+        }
+        loop {
+            let mut bytes = [0u8; HEADER_BYTES];
+            self.read_wire(&mut bytes)?;
+            match Header::decode(&bytes) {
+                Some(header) if header.group != group => self.set_aside(header)?,
+                other => return Ok(other),
+            }
+        }
+    }
+
+    /// Reads a frame of another group off the wire and keeps it until its group asks.
+    fn set_aside(&mut self, header: Header) -> Result<(), CommError> {
+        let mut payload = vec![0u8; header.frame_bytes as usize];
+        self.read_wire(&mut payload)?;
+        self.stash.push((header, payload));
+        Ok(())
+    }
+
+    /// Reads the next `buf.len()` bytes of the payload of the frame whose header
+    /// `next_header` returned last.
+    pub fn read_payload(&mut self, buf: &mut [u8]) -> Result<(), CommError> {
+        let Some((payload, at)) = &mut self.stashed else {
+            return self.read_wire(buf);
+        };
+        // A read past a frame's payload means the caller lost count: the link is unusable.
+        let bytes = payload.get(*at..*at + buf.len()).ok_or(CommError::Broken)?;
+        buf.copy_from_slice(bytes);
+        *at += buf.len();
+        Ok(())
+    }
+
     /// Reads exactly `buf.len()` bytes from the peer.
-    pub fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), CommError> {
+    fn read_wire(&mut self, buf: &mut [u8]) -> Result<(), CommError> {
         let (peer, io_timeout) = (self.peer, self.io_timeout);
         match &mut self.source {
             Source::Tcp(stream) => stream
@@ -239,13 +290,6 @@ impl Link {
                 read_shm(ring, watch, buf, io_timeout).map_err(|e| link_error(peer, e, io_timeout))
             }
         }
-    }
-
-    /// Reads the next frame header; `None` when the bytes are not a header.
-    pub fn read_header(&mut self) -> Result<Option<Header>, CommError> {
-        let mut bytes = [0u8; HEADER_BYTES];
-        self.read_exact(&mut bytes)?;
-        Ok(Header::decode(&bytes))
     }
 
     /// Waits until every frame handed over so far is written, returning buffers to `pool`.

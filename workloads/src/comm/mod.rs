@@ -33,10 +33,12 @@
 //!
 //! # Ordering
 //!
-//! Every member of a group issues the same sequence of collectives on it. Frames between two
-//! ranks share one ordered stream whatever their group, so operations of different groups that
-//! involve the same pair of ranks must be issued in the same order on both; anything else is
-//! reported as `OpMismatch`.
+//! Every member of a group issues the same sequence of operations on it. Groups are
+//! independent: frames between two ranks share one ordered stream, but a receiver sets aside
+//! frames of other groups until their own operation asks (`link.rs`), so an eager send on one
+//! group and a barrier on another may be issued in either order. Two *blocking* operations of
+//! different groups issued in opposite orders by two ranks still wait on each other, as with
+//! any communication library, until `MeshOptions::io_timeout` ends it as a timeout.
 
 mod collectives;
 mod frame;

@@ -303,6 +303,34 @@ fn groups_are_ordered_subsets_that_run_side_by_side() {
 }
 
 #[test]
+fn groups_sharing_a_pair_of_ranks_are_independent() {
+    for nodes in [[0, 0], [0, 1]] {
+        on_every_rank(&nodes, &MeshOptions::default(), |mut mesh| {
+            let rank = mesh.rank();
+            let mut pipeline = Group::new(1, vec![0, 1], rank).unwrap();
+            let mut world = Group::new(2, vec![0, 1], rank).unwrap();
+            let mut data = vec![1.0f32 + rank as f32; 3];
+            // Rank 0 sends on one group, then reduces on the other; rank 1 the other way round.
+            if rank == 0 {
+                mesh.send(&mut pipeline, 1, &[7, 8, 9]).unwrap();
+                mesh.send(&mut pipeline, 1, &[]).unwrap();
+                mesh.all_reduce_sum(&mut world, &mut data, AllReduceAlgo::Ring)
+                    .unwrap();
+            } else {
+                mesh.all_reduce_sum(&mut world, &mut data, AllReduceAlgo::Ring)
+                    .unwrap();
+                let mut got = Vec::new();
+                mesh.recv(&mut pipeline, 0, &mut got).unwrap();
+                assert_eq!(got, vec![7, 8, 9]);
+                mesh.recv(&mut pipeline, 0, &mut got).unwrap();
+                assert!(got.is_empty());
+            }
+            assert_eq!(data, vec![3.0; 3], "{nodes:?} rank {rank}");
+        });
+    }
+}
+
+#[test]
 fn a_group_of_one_is_a_local_no_op_that_still_counts() {
     let mut mesh = Mesh::solo();
     let mut g = everyone(&mesh);
