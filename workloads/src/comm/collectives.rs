@@ -270,7 +270,7 @@ impl Mesh {
         let kind = match algo {
             AllReduceAlgo::Ring => OpKind::AllReduceRing,
             AllReduceAlgo::OneShot => OpKind::AllReduceOneShot,
-            AllReduceAlgo::Auto if bytes * (g.size() - 1) <= ONE_SHOT_MAX_BYTES => {
+            AllReduceAlgo::Auto if bytes.saturating_mul(g.size() - 1) <= ONE_SHOT_MAX_BYTES => {
                 OpKind::AllReduceOneShot
             }
             AllReduceAlgo::Auto => OpKind::AllReduceRing,
