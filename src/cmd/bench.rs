@@ -228,7 +228,7 @@ fn in_threads(plan: &Plan, ranks: usize) -> anyhow::Result<()> {
         Mesh::loopback(&vec![0; ranks], &plan.options).context("cannot connect the ranks")?;
     let rank0 = meshes.remove(0);
     let everyone: Vec<usize> = (0..ranks).collect();
-    let mut report = Report::new(plan, ranks, "threads");
+    let mut report = Report::new(plan, ranks, "threads", true);
     let rows = std::thread::scope(|scope| {
         let others: Vec<_> = meshes
             .into_iter()
@@ -291,20 +291,15 @@ fn as_process(plan: &Plan, me: &ProcessRank) -> anyhow::Result<()> {
             .map_err(|_| anyhow::anyhow!("the rendezvous thread panicked"))??;
     }
     let mut g = Group::new(0, (0..me.world).collect(), me.rank)?;
-    let mut report = Report::new(plan, me.world, "processes");
-    let rows = run_sweep(&mut mesh, &mut g, &plan.sweep, |row| {
-        if me.rank == 0 {
-            report.row(row);
-        }
-    })?;
-    if me.rank == 0 {
-        report.finish(&rows)?;
-    }
-    Ok(())
+    let mut report = Report::new(plan, me.world, "processes", me.rank == 0);
+    let rows = run_sweep(&mut mesh, &mut g, &plan.sweep, |row| report.row(row))?;
+    report.finish(&rows)
 }
 
 /// Prints the rows: table lines as they come, or one JSON array at the end.
 struct Report {
+    /// Whether this process prints at all (only rank 0 does).
+    print: bool,
     json: bool,
     out: std::io::Stdout,
     /// The first write error; later rows are dropped.
@@ -312,8 +307,9 @@ struct Report {
 }
 
 impl Report {
-    fn new(plan: &Plan, ranks: usize, as_what: &str) -> Report {
+    fn new(plan: &Plan, ranks: usize, as_what: &str, print: bool) -> Report {
         let mut report = Report {
+            print,
             json: plan.json,
             out: std::io::stdout(),
             failed: None,
@@ -350,7 +346,7 @@ impl Report {
     }
 
     fn line(&mut self, text: &str) {
-        if self.failed.is_none() {
+        if self.print && self.failed.is_none() {
             let written = writeln!(self.out, "{text}").and_then(|()| self.out.flush());
             self.failed = written.err();
         }

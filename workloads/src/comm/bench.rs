@@ -19,12 +19,14 @@ use super::{AllReduceAlgo, CommError, Group, Mesh, Outcome};
 use pinch_traces::CollectiveKind;
 use serde::Serialize;
 
-/// Timed iterations move about this many bytes per size, within `MIN/MAX_TIMED_ITERS`.
-const TIMED_BYTES: u64 = 64 << 20;
+/// Timed iterations move about this many bytes per size, within `MIN/MAX_TIMED_ITERS`: the
+/// default sweep (6 ops, 8 B to 256 MiB, 2 ranks) takes about half a minute on 2 cores.
+const TIMED_BYTES: u64 = 512 << 20;
 const MIN_TIMED_ITERS: u64 = 3;
-const MAX_TIMED_ITERS: u64 = 20;
-/// Sizes from here on get a single warmup iteration instead of three.
+const MAX_TIMED_ITERS: u64 = 100;
+/// Sizes from here on get a single warmup iteration instead of `WARMUP_ITERS`.
 const BIG_BYTES: u64 = 16 << 20;
+const WARMUP_ITERS: u64 = 5;
 
 /// One line of the sweep's report.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
@@ -122,7 +124,7 @@ impl Sweep {
 
 /// Warmup and timed iterations for a size.
 fn iterations(bytes: u64) -> (u64, u64) {
-    let warmup = if bytes >= BIG_BYTES { 1 } else { 3 };
+    let warmup = if bytes >= BIG_BYTES { 1 } else { WARMUP_ITERS };
     let timed = (TIMED_BYTES / bytes.max(1)).clamp(MIN_TIMED_ITERS, MAX_TIMED_ITERS);
     (warmup, timed)
 }
@@ -273,7 +275,8 @@ fn row(op: BenchOp, bytes: u64, size: usize, everyone: &[f32], iters: usize) -> 
         .map(|i| members.iter().map(|m| f64::from(m[i])).fold(0.0, f64::max))
         .collect();
     slowest.sort_by(f64::total_cmp);
-    let time_us = slowest.get(iters / 2).copied().unwrap_or(0.0);
+    // To the nanosecond: the f32 the times travelled in carries no finer digits.
+    let time_us = (slowest.get(iters / 2).copied().unwrap_or(0.0) * 1e3).round() / 1e3;
     let total: f64 = members
         .iter()
         .flat_map(|m| &m[..iters])

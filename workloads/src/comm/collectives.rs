@@ -5,15 +5,17 @@
 //! Sums are always formed in one fixed order (the ring's for `Ring`, group order otherwise), so
 //! the same inputs give bit-identical results, and all-reduce members end with identical bits.
 
-use super::frame::{Expect, Header, OpKind, Part};
-use super::link::Link;
+use super::frame::{Expect, HEADER_BYTES, Header, OpKind, Part};
+use super::link::{DIRECT_MAX_BYTES, Link};
 use super::mesh::{Mesh, Net, Scratch};
 use super::{AllReduceAlgo, CommError, Group, Outcome};
 use std::time::Instant;
 
-/// `AllReduceAlgo::Auto` uses one-shot up to this many bytes and the ring above: one-shot
-/// sends `n−1` times the buffer but in one step, the ring `2·(n−1)/n` times in `2·(n−1)` steps,
-/// so one-shot wins while per-step latency dominates (measured with `pinch bench collectives`).
+/// `AllReduceAlgo::Auto` uses one-shot while the buffer times the other members, the bytes
+/// one-shot sends per rank, is at most this, and the ring above. One-shot moves `n−1` times the
+/// buffer in one step, the ring `2·(n−1)/n` times in `2·(n−1)` steps, so one-shot wins while
+/// per-step latency dominates. Measured with `pinch bench collectives --algo` on the 2-core
+/// development machine: the two cross near 64 KiB for 2 ranks and 16 KiB for 4 ranks.
 pub const ONE_SHOT_MAX_BYTES: usize = 64 << 10;
 
 #[cfg(not(target_endian = "little"))]
@@ -84,39 +86,83 @@ impl Net {
 
     /// Sends `header` and `payload` to `peer`.
     pub fn post(&mut self, peer: usize, header: &Header, payload: &[u8]) -> Result<(), CommError> {
-        let frame = self.pool.frame(header, payload);
-        link_of(&mut self.links, peer)?.post(&frame, &mut self.pool)
+        self.post_each(std::iter::once(peer), header, payload)
     }
 
-    /// Sends one frame to every rank of `peers`, sharing its buffer.
+    /// Sends one frame to every rank of `peers`. A small frame goes directly where a link
+    /// allows it, else through the writer threads, which share one copy. A large frame's header
+    /// goes ahead on its own, so that peers see this rank arrive before its payload has been
+    /// copied for the writers.
     pub fn post_each(
         &mut self,
-        peers: impl Iterator<Item = usize>,
+        peers: impl Iterator<Item = usize> + Clone,
         header: &Header,
         payload: &[u8],
     ) -> Result<(), CommError> {
-        let frame = self.pool.frame(header, payload);
-        peers
-            .into_iter()
-            .try_for_each(|p| link_of(&mut self.links, p)?.post(&frame, &mut self.pool))
+        let encoded = header.encode();
+        if encoded.len() + payload.len() <= DIRECT_MAX_BYTES {
+            return self.post_whole(peers, &encoded, payload);
+        }
+        self.post_whole(peers.clone(), &encoded, &[])?;
+        let body = self.pool.bytes([payload, &[]]);
+        for peer in peers {
+            link_of(&mut self.links, peer)?.post(&body, &mut self.pool)?;
+        }
+        Ok(())
+    }
+
+    /// Sends each `(peer, header, payload)` frame, every large frame's header ahead of any
+    /// payload copy, as `post_each` does.
+    pub fn post_scatter<'a>(
+        &mut self,
+        frames: impl Iterator<Item = (usize, Header, &'a [u8])> + Clone,
+    ) -> Result<(), CommError> {
+        let large = |payload: &[u8]| HEADER_BYTES + payload.len() > DIRECT_MAX_BYTES;
+        for (peer, header, payload) in frames.clone() {
+            let now = if large(payload) { &[] } else { payload };
+            self.post_whole(std::iter::once(peer), &header.encode(), now)?;
+        }
+        for (peer, _, payload) in frames.filter(|(_, _, payload)| large(payload)) {
+            let body = self.pool.bytes([payload, &[]]);
+            link_of(&mut self.links, peer)?.post(&body, &mut self.pool)?;
+        }
+        Ok(())
+    }
+
+    /// Sends `encoded` then `payload` to every rank of `peers`, directly where possible.
+    fn post_whole(
+        &mut self,
+        peers: impl Iterator<Item = usize>,
+        encoded: &[u8],
+        payload: &[u8],
+    ) -> Result<(), CommError> {
+        let mut shared = None;
+        for peer in peers {
+            let link = link_of(&mut self.links, peer)?;
+            if !link.try_direct(encoded, payload, &mut self.pool)? {
+                let frame = shared.get_or_insert_with(|| self.pool.bytes([encoded, payload]));
+                link.post(frame, &mut self.pool)?;
+            }
+        }
+        Ok(())
     }
 
     /// The next header from `peer`, which must be what `expect` describes.
     pub fn expect(&mut self, peer: usize, expect: &Expect) -> Result<Header, CommError> {
-        let got = self.link(peer)?.read_header()?;
+        let got = self.link(peer)?.next_header(expect.group)?;
         match got {
             Some(h) if expect.matches(&h) => Ok(h),
             _ => Err(expect.mismatch(peer, got.as_ref())),
         }
     }
 
-    /// The next header from `peer`, unchecked (`None` when it is not a header).
-    pub fn header(&mut self, peer: usize) -> Result<Option<Header>, CommError> {
-        self.link(peer)?.read_header()
+    /// The next header of `group` from `peer`, unchecked (`None` when it is not a header).
+    pub fn header(&mut self, peer: usize, group: u32) -> Result<Option<Header>, CommError> {
+        self.link(peer)?.next_header(group)
     }
 
     pub fn read(&mut self, peer: usize, dst: &mut [u8]) -> Result<(), CommError> {
-        self.link(peer)?.read_exact(dst)
+        self.link(peer)?.read_payload(dst)
     }
 
     pub fn read_f32(&mut self, peer: usize, dst: &mut [f32]) -> Result<(), CommError> {
@@ -150,7 +196,7 @@ fn link_of(links: &mut [Option<Link>], peer: usize) -> Result<&mut Link, CommErr
 }
 
 /// The other members of `g`, in group order.
-fn others(g: &Group) -> impl Iterator<Item = usize> + '_ {
+fn others(g: &Group) -> impl Iterator<Item = usize> + Clone + '_ {
     let me = g.my_rank();
     g.members().iter().copied().filter(move |&p| p != me)
 }
@@ -224,7 +270,9 @@ impl Mesh {
         let kind = match algo {
             AllReduceAlgo::Ring => OpKind::AllReduceRing,
             AllReduceAlgo::OneShot => OpKind::AllReduceOneShot,
-            AllReduceAlgo::Auto if bytes <= ONE_SHOT_MAX_BYTES => OpKind::AllReduceOneShot,
+            AllReduceAlgo::Auto if bytes.saturating_mul(g.size() - 1) <= ONE_SHOT_MAX_BYTES => {
+                OpKind::AllReduceOneShot
+            }
             AllReduceAlgo::Auto => OpKind::AllReduceRing,
         };
         let seq = g.next_collective();
@@ -358,8 +406,8 @@ impl Mesh {
         let seq = g.next_collective();
         let op = Op::new(g, OpKind::AllGather, seq, Some(bytes));
         let k = send.len();
-        recv[g.index() * k..(g.index() + 1) * k].copy_from_slice(send);
         if g.size() == 1 {
+            recv.copy_from_slice(send);
             return Ok(op.outcome(0));
         }
         self.guarded(|m| {
@@ -367,8 +415,11 @@ impl Mesh {
                 .post_each(others(g), &op.header(Part::Data, 0, bytes), f32_bytes(send))?;
             let wait_ns = m.arrivals(&op, g, Part::Data, Some(bytes))?;
             for (j, &member) in g.members().iter().enumerate() {
-                if j != g.index() {
-                    m.net.read_f32(member, &mut recv[j * k..(j + 1) * k])?;
+                let into = &mut recv[j * k..(j + 1) * k];
+                if j == g.index() {
+                    into.copy_from_slice(send);
+                } else {
+                    m.net.read_f32(member, into)?;
                 }
             }
             m.net.finish(others(g))?;
@@ -394,12 +445,10 @@ impl Mesh {
             return Ok(op.outcome(0));
         }
         self.guarded(|m| {
-            for (j, &member) in g.members().iter().enumerate() {
-                if j != me {
-                    let header = op.header(Part::Data, 0, 4 * k);
-                    m.net.post(member, &header, f32_bytes(chunk(j)))?;
-                }
-            }
+            let frames = g.members().iter().enumerate().filter(|(j, _)| *j != me);
+            let header = op.header(Part::Data, 0, 4 * k);
+            m.net
+                .post_scatter(frames.map(|(j, &member)| (member, header, f32_bytes(chunk(j)))))?;
             let wait_ns = m.arrivals(&op, g, Part::Data, Some(4 * k))?;
             for (j, &member) in g.members().iter().enumerate() {
                 match (j, j == me) {
@@ -443,12 +492,14 @@ impl Mesh {
             return Ok(op.outcome(0));
         }
         self.guarded(|m| {
-            for (j, &member) in g.members().iter().enumerate() {
-                if j != me {
-                    let header = op.header(Part::Data, 0, 4 * send_counts[j]);
-                    m.net.post(member, &header, f32_bytes(to(j)))?;
-                }
-            }
+            let frames = g.members().iter().enumerate().filter(|(j, _)| *j != me);
+            m.net.post_scatter(frames.map(|(j, &member)| {
+                (
+                    member,
+                    op.header(Part::Data, 0, 4 * send_counts[j]),
+                    f32_bytes(to(j)),
+                )
+            }))?;
             let wait_ns = m.all_to_all_arrivals(&op, g, recv_counts)?;
             recv.resize(recv_counts.iter().sum(), 0.0);
             let mut at = 0;

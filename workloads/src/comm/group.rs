@@ -110,7 +110,7 @@ pub struct Outcome {
 /// How an all-reduce moves its data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AllReduceAlgo {
-    /// `OneShot` up to `ONE_SHOT_MAX_BYTES`, `Ring` above.
+    /// `OneShot` while buffer bytes × (members − 1) ≤ `ONE_SHOT_MAX_BYTES`, `Ring` above.
     Auto,
     /// Reduce-scatter then all-gather around the group: bandwidth-optimal, `2·(n−1)` steps.
     Ring,

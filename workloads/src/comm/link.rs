@@ -1,11 +1,18 @@
 //! One rank's link to one peer: a byte stream in each direction over TCP or shared memory.
 //!
-//! Receiving happens in the caller's thread (`read_exact`). Sending goes through a persistent
-//! writer thread per link: a caller hands it a finished frame and goes on, so two ranks that send
-//! each other more than any buffer holds never wait on each other's sends (each keeps reading).
-//! Frames are `Arc`s so one buffer can go to several peers at once (a broadcast, a one-shot
-//! all-reduce); every frame handed over comes back through the `done` channel with its result
-//! and returns to the `Pool`, so steady-state operation allocates nothing.
+//! Receiving happens in the caller's thread (`next_header`, `read_payload`). Frames of a group
+//! other than the one an operation waits for are set aside until that group asks for them, so
+//! operations of different groups between the same two ranks need not be issued in one order.
+//!
+//! Sending goes through a persistent writer thread per link: a caller hands it a finished frame
+//! and goes on, so two ranks that send each other more than any buffer holds never wait on each
+//! other's sends (each keeps reading). Frames are `Arc`s so one buffer can go to several peers at
+//! once (a broadcast, a one-shot all-reduce); every frame handed over comes back through the
+//! `done` channel with its result and returns to the `Pool`, so steady-state operation allocates
+//! nothing. One shortcut keeps small messages fast: when an unshaped link's writer is idle, the
+//! caller writes a frame of up to `DIRECT_MAX_BYTES` itself, without blocking (a non-blocking
+//! socket write, or what fits in the shared-memory ring), and hands only the rest to the writer.
+//! Order is kept because the writer has nothing queued before it.
 //!
 //! The writer thread also applies link shaping: a frame is not written before `delay` has passed
 //! since it was handed over (latency, not serialised: queued frames are delayed together), and a
@@ -18,12 +25,12 @@ use super::CommError;
 use super::frame::{HEADER_BYTES, Header};
 use super::shm::{Consumer, Producer, Region};
 use super::wire::{is_closed, is_timeout, timeout};
-use std::io::{self, ErrorKind, Read, Write};
+use std::io::{self, ErrorKind, IoSlice, Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::sync::Arc;
 use std::sync::mpsc::{
     Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError, sync_channel,
 };
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -36,6 +43,9 @@ const QUEUE_FRAMES: usize = 64;
 const SHM_PUBLISH_BYTES: usize = 256 << 10;
 /// Pieces a rate-capped link paces, and the burst its token bucket allows.
 const PACE_BYTES: usize = 64 << 10;
+/// Largest frame the caller writes itself (see the module doc); larger ones are copied once into
+/// a frame that every peer's writer shares.
+pub const DIRECT_MAX_BYTES: usize = 1 << 20;
 /// Busy-wait rounds, then yielding rounds, before a waiting side starts to sleep.
 const SPIN_ROUNDS: u32 = 64;
 const YIELD_ROUNDS: u32 = 256;
@@ -70,8 +80,16 @@ pub struct Link {
     peer: usize,
     transport: Transport,
     source: Source,
+    /// Frames of other groups read while waiting for one group's, oldest first.
+    stash: Vec<(Header, Vec<u8>)>,
+    /// The payload (and how much of it was read) of the frame whose header came from `stash`.
+    stashed: Option<(Vec<u8>, usize)>,
     writer: Writer,
     delay: Duration,
+    /// Whether the link has any shaping: then every frame goes through the writer thread.
+    shaped: bool,
+    /// The shared-memory ring this side writes, shared with the writer thread.
+    producer: Option<Arc<Mutex<Producer>>>,
     io_timeout: Duration,
 }
 
@@ -99,8 +117,12 @@ impl Link {
             peer,
             transport: Transport::Tcp,
             source: Source::Tcp(stream),
+            stash: Vec::new(),
+            stashed: None,
             writer,
             delay: shape.delay,
+            shaped: shape != Shape::default(),
+            producer: None,
             io_timeout,
         })
     }
@@ -117,8 +139,9 @@ impl Link {
         // Only ever peeked at from now on: a peek must not block.
         watch.set_nonblocking(true).map_err(io)?;
         let (producer, consumer) = region.split();
+        let producer = Arc::new(Mutex::new(producer));
         let sink = Sink::Shm {
-            ring: producer,
+            ring: Arc::clone(&producer),
             watch: watch.try_clone().map_err(io)?,
             io_timeout,
         };
@@ -130,14 +153,49 @@ impl Link {
                 ring: consumer,
                 watch,
             },
+            stash: Vec::new(),
+            stashed: None,
             writer,
             delay: shape.delay,
+            shaped: shape != Shape::default(),
+            producer: Some(producer),
             io_timeout,
         })
     }
 
     pub fn transport(&self) -> Transport {
         self.transport
+    }
+
+    /// Sends `header` then `payload` from the caller's thread if the link allows it (see the
+    /// module doc); `false` when the frame must go through `post` instead.
+    pub fn try_direct(
+        &mut self,
+        header: &[u8],
+        payload: &[u8],
+        pool: &mut Pool,
+    ) -> Result<bool, CommError> {
+        if self.shaped || header.len() + payload.len() > DIRECT_MAX_BYTES {
+            return Ok(false);
+        }
+        self.reclaim(pool)?;
+        if self.writer.in_flight > 0 {
+            return Ok(false);
+        }
+        let written = match &self.producer {
+            Some(producer) => write_shm_now(producer, header, payload),
+            None => write_tcp_now(self.stream(), header, payload),
+        }
+        .map_err(|e| link_error(self.peer, e, Duration::ZERO))?;
+        if written < header.len() + payload.len() {
+            let (h, p) = (
+                written.min(header.len()),
+                written.saturating_sub(header.len()),
+            );
+            let rest = pool.bytes([&header[h..], &payload[p..]]);
+            self.post(&rest, pool)?;
+        }
+        Ok(true)
     }
 
     /// Hands `frame` to the writer thread; it goes out after the link's shaping delay. Blocks
@@ -181,8 +239,48 @@ impl Link {
         written.map_err(|e| link_error(self.peer, e, self.io_timeout))
     }
 
+    /// The next frame header of `group`; frames of other groups met on the way are set aside
+    /// (with their payloads) for their own operations. `None` when the bytes are not a header.
+    pub fn next_header(&mut self, group: u32) -> Result<Option<Header>, CommError> {
+        self.stashed = None;
+        if let Some(i) = self.stash.iter().position(|(h, _)| h.group == group) {
+            let (header, payload) = self.stash.remove(i);
+            self.stashed = Some((payload, 0));
+            return Ok(Some(header));
+        }
+        loop {
+            let mut bytes = [0u8; HEADER_BYTES];
+            self.read_wire(&mut bytes)?;
+            match Header::decode(&bytes) {
+                Some(header) if header.group != group => self.set_aside(header)?,
+                other => return Ok(other),
+            }
+        }
+    }
+
+    /// Reads a frame of another group off the wire and keeps it until its group asks.
+    fn set_aside(&mut self, header: Header) -> Result<(), CommError> {
+        let mut payload = vec![0u8; header.frame_bytes as usize];
+        self.read_wire(&mut payload)?;
+        self.stash.push((header, payload));
+        Ok(())
+    }
+
+    /// Reads the next `buf.len()` bytes of the payload of the frame whose header
+    /// `next_header` returned last.
+    pub fn read_payload(&mut self, buf: &mut [u8]) -> Result<(), CommError> {
+        let Some((payload, at)) = &mut self.stashed else {
+            return self.read_wire(buf);
+        };
+        // A read past a frame's payload means the caller lost count: the link is unusable.
+        let bytes = payload.get(*at..*at + buf.len()).ok_or(CommError::Broken)?;
+        buf.copy_from_slice(bytes);
+        *at += buf.len();
+        Ok(())
+    }
+
     /// Reads exactly `buf.len()` bytes from the peer.
-    pub fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), CommError> {
+    fn read_wire(&mut self, buf: &mut [u8]) -> Result<(), CommError> {
         let (peer, io_timeout) = (self.peer, self.io_timeout);
         match &mut self.source {
             Source::Tcp(stream) => stream
@@ -192,13 +290,6 @@ impl Link {
                 read_shm(ring, watch, buf, io_timeout).map_err(|e| link_error(peer, e, io_timeout))
             }
         }
-    }
-
-    /// Reads the next frame header; `None` when the bytes are not a header.
-    pub fn read_header(&mut self) -> Result<Option<Header>, CommError> {
-        let mut bytes = [0u8; HEADER_BYTES];
-        self.read_exact(&mut bytes)?;
-        Ok(Header::decode(&bytes))
     }
 
     /// Waits until every frame handed over so far is written, returning buffers to `pool`.
@@ -259,6 +350,43 @@ pub fn link_error(peer: usize, e: io::Error, waited: Duration) -> CommError {
     } else {
         CommError::Io { peer, source: e }
     }
+}
+
+/// Writes what fits of `header` then `payload` into a shared-memory ring; returns how much.
+fn write_shm_now(producer: &Mutex<Producer>, header: &[u8], payload: &[u8]) -> io::Result<usize> {
+    let mut ring = producer.lock().unwrap_or_else(PoisonError::into_inner);
+    let written = ring.try_write(header, usize::MAX);
+    if written < header.len() {
+        return Ok(written);
+    }
+    Ok(written + ring.try_write(payload, usize::MAX))
+}
+
+/// Writes what the socket takes at once of `header` then `payload`; returns how much.
+fn write_tcp_now(stream: &TcpStream, header: &[u8], payload: &[u8]) -> io::Result<usize> {
+    // The writer thread shares this socket's flags, but it is idle while we hold the link.
+    stream.set_nonblocking(true)?;
+    let written = write_until_full(stream, header, payload);
+    stream.set_nonblocking(false)?;
+    written
+}
+
+fn write_until_full(mut stream: &TcpStream, header: &[u8], payload: &[u8]) -> io::Result<usize> {
+    let mut written = 0;
+    while written < header.len() + payload.len() {
+        let (h, p) = (
+            written.min(header.len()),
+            written.saturating_sub(header.len()),
+        );
+        match stream.write_vectored(&[IoSlice::new(&header[h..]), IoSlice::new(&payload[p..])]) {
+            Ok(0) => return Err(ErrorKind::WriteZero.into()),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(written)
 }
 
 /// Fills `buf` from a shared-memory ring, waiting (spin, yield, nap) while it is empty.
@@ -417,7 +545,7 @@ fn sleep_until(when: Instant) {
 enum Sink {
     Tcp(TcpStream),
     Shm {
-        ring: Producer,
+        ring: Arc<Mutex<Producer>>,
         watch: TcpStream,
         io_timeout: Duration,
     },
@@ -431,7 +559,10 @@ impl Sink {
                 ring,
                 watch,
                 io_timeout,
-            } => write_shm(ring, watch, bytes, *io_timeout),
+            } => {
+                let mut ring = ring.lock().unwrap_or_else(PoisonError::into_inner);
+                write_shm(&mut ring, watch, bytes, *io_timeout)
+            }
         }
     }
 }
@@ -502,19 +633,18 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// A frame holding `header` then `payload`, in the smallest spare buffer that fits.
-    pub fn frame(&mut self, header: &Header, payload: &[u8]) -> Arc<Vec<u8>> {
-        let len = HEADER_BYTES + payload.len();
-        let mut frame = self.take(len);
+    /// The two `parts` one after the other, in the smallest spare buffer that fits.
+    pub fn bytes(&mut self, parts: [&[u8]; 2]) -> Arc<Vec<u8>> {
+        let mut frame = self.take(parts[0].len() + parts[1].len());
         match Arc::get_mut(&mut frame) {
             Some(bytes) => {
                 bytes.clear();
-                bytes.extend_from_slice(&header.encode());
-                bytes.extend_from_slice(payload);
+                bytes.extend_from_slice(parts[0]);
+                bytes.extend_from_slice(parts[1]);
                 frame
             }
             // Spare buffers are never shared; this only guards the invariant.
-            None => Arc::new([&header.encode()[..], payload].concat()),
+            None => Arc::new(parts.concat()),
         }
     }
 

@@ -4,7 +4,9 @@
 //! Ranks first meet at a rendezvous (`rendezvous.rs`) that tells each every rank's node and
 //! listening address. `Mesh::connect` then links every pair of ranks (`mesh.rs`): over shared
 //! memory when both run on one node (`shm.rs`), else over TCP (`link.rs`). A `Group` is an ordered
-//! subset of the world on which the operations run (`collectives.rs`, `p2p.rs`).
+//! subset of the world on which the operations run (`collectives.rs`, `p2p.rs`); `bench.rs`
+//! measures them. `ring.rs` holds the older two-neighbour `Ring`, kept until the workloads move
+//! to the mesh.
 //!
 //! Every frame opens with a header (`frame.rs`: group, operation, part, step, sequence number,
 //! sizes) that the receiver checks, so ranks that issue different operations get
@@ -21,22 +23,27 @@
 //! spent until every peer the operation depends on had *arrived*, i.e. entered the same
 //! operation. Each rank, on entering, sends every peer it depends on a first frame at once (its
 //! data where the algorithm sends that peer data first, else a header-only arrival), and
-//! `wait_ns` ends when the last of those first frames from its peers has been read. It thus
-//! includes one link latency even when nobody is late. Per operation:
+//! `wait_ns` ends when the last of those first frames' headers has been read. A header is sent
+//! before its payload is even copied, so a large payload does not count as waiting; but
+//! `wait_ns` does include one link latency even when nobody is late (for the smallest messages
+//! that latency is most of the operation). Per operation:
 //! - all-reduce (ring and one-shot), all-gather, reduce-scatter, all-to-all: until every other
 //!   member arrived (the result depends on all of them; the ring sends header-only arrivals to
 //!   the members other than its next, which overlap with the ring's first step).
 //! - broadcast: on the root, until every other member arrived; elsewhere, until the root did.
-//! - send: 0 for an eager message (under `EAGER_MAX_BYTES`, it never waits); for a larger one,
-//!   until the receiver's clear-to-send came back (the receiver entered `recv`).
+//! - send: 0 for an eager message (under `EAGER_MAX_BYTES`: it never waits, and its `total_ns`
+//!   is only the hand-off); for a larger one, until the receiver's clear-to-send came back
+//!   (the receiver entered `recv`).
 //! - recv: until the sender's first frame (its data, or its ready-to-send) came.
 //!
 //! # Ordering
 //!
-//! Every member of a group issues the same sequence of collectives on it. Frames between two
-//! ranks share one ordered stream whatever their group, so operations of different groups that
-//! involve the same pair of ranks must be issued in the same order on both; anything else is
-//! reported as `OpMismatch`.
+//! Every member of a group issues the same sequence of operations on it. Groups are
+//! independent: frames between two ranks share one ordered stream, but a receiver sets aside
+//! frames of other groups until their own operation asks (`link.rs`), so an eager send on one
+//! group and a barrier on another may be issued in either order. Two *blocking* operations of
+//! different groups issued in opposite orders by two ranks still wait on each other, as with
+//! any communication library, until `MeshOptions::io_timeout` ends it as a timeout.
 
 mod collectives;
 mod frame;

@@ -56,7 +56,7 @@ impl Mesh {
         let mut op = Op::new(g, OpKind::SendRecv, seq, None);
         let peer = g.members()[from];
         self.guarded(|m| {
-            let got = m.net.header(peer)?;
+            let got = m.net.header(peer, op.group)?;
             let eager = op.expect(Part::Data, 0, None);
             let announced = op.expect(Part::ReadyToSend, 0, Some(0));
             let header = match got {

@@ -43,7 +43,7 @@ impl Region {
             .prefix(prefix)
             .tempfile_in(shm_dir())?;
         file.as_file().set_len(FILE_BYTES as u64)?;
-        let map = MmapOptions::new().len(FILE_BYTES).map_raw(file.as_file())?;
+        let map = map_populated(file.as_file())?;
         Ok(Region {
             map: Arc::new(map),
             path: file.path().to_path_buf(),
@@ -60,7 +60,7 @@ impl Region {
             let message = format!("it holds {len} bytes, not {FILE_BYTES}");
             return Err(io::Error::new(io::ErrorKind::InvalidData, message));
         }
-        let map = MmapOptions::new().len(FILE_BYTES).map_raw(&file)?;
+        let map = map_populated(&file)?;
         Ok(Region {
             map: Arc::new(map),
             file: None,
@@ -94,6 +94,12 @@ impl Region {
         };
         (producer, consumer)
     }
+}
+
+/// Maps a region file with its pages faulted in up front: otherwise every first lap around a
+/// ring pays a page fault per 4 KiB on both sides, which halves small-message bandwidth.
+fn map_populated(file: &std::fs::File) -> io::Result<MmapRaw> {
+    MmapOptions::new().len(FILE_BYTES).populate().map_raw(file)
 }
 
 /// Where shared-memory files go: /dev/shm (RAM-backed) where it exists.
