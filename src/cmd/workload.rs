@@ -7,6 +7,7 @@ use pinch_kernels::Storage;
 use pinch_workloads::engine::{AllReduceChoice, Faults, LinkFault, ServeConfig};
 use pinch_workloads::layout::Layout;
 use pinch_workloads::serving::{Arrivals, LengthDist, RequestWorkload, RoutePolicy};
+use pinch_workloads::weights::check_checkpoint;
 use pinch_workloads::{ModelConfig, from_hf_config, preset};
 
 /// Bytes of memory a run may plan to use for weights, as a share of this machine's memory.
@@ -15,6 +16,9 @@ const MEMORY_SHARE: f64 = 0.75;
 /// The serving run the flags describe on `nodes` nodes, or a one-line error naming the bad value.
 pub fn serve_config(args: &WorkloadArgs, nodes: usize) -> anyhow::Result<ServeConfig> {
     let model = model(args)?;
+    if let Some(dir) = &args.weights {
+        check_checkpoint(dir, &model).map_err(bad_input)?;
+    }
     let layout = match &args.parallel {
         Some(text) => Layout::parse(text).map_err(bad_input)?,
         None => Layout::tensor(nodes),

@@ -12,6 +12,6 @@ pub mod shard;
 mod source;
 mod synthetic;
 
-pub use checkpoint::load_shard;
+pub use checkpoint::{check_checkpoint, load_shard};
 pub use shard::{Ffn, LayerWeights, Mlp, MoeWeights, ShardSpec, ShardWeights};
 pub use synthetic::synthetic_shard;

@@ -32,6 +32,57 @@ pub fn load_shard(
     assemble(config, spec, &checkpoint)
 }
 
+/// Checks, without reading any weight, that the checkpoint in `dir` has every tensor `config`
+/// needs, each of the expected shape and a dtype pinch reads: what a run checks before any rank
+/// starts, so a broken checkpoint is one line of bad input and not a failed run.
+pub fn check_checkpoint(dir: &Path, config: &ModelConfig) -> Result<(), WorkloadError> {
+    let maps = map_files(dir)?;
+    let checkpoint = Checkpoint::index(dir, config, &maps)?;
+    checkpoint.refuse_latent_attention()?;
+    for tensor in all_tensors(config) {
+        let (height, width) = tensor.dims(config);
+        let shape = match tensor {
+            Tensor::Embedding => vec![height, width],
+            Tensor::FinalNorm | Tensor::AttnNorm(_) | Tensor::MlpNorm(_) => vec![width],
+            _ => vec![width, height],
+        };
+        checkpoint.view(&hf_name(config.family, tensor), &shape)?;
+    }
+    Ok(())
+}
+
+/// Every full tensor of `config`'s model, in checkpoint order.
+fn all_tensors(config: &ModelConfig) -> Vec<Tensor> {
+    let mut tensors = vec![Tensor::Embedding, Tensor::FinalNorm];
+    if !config.tie_embeddings {
+        tensors.push(Tensor::LmHead);
+    }
+    let projs = [Proj::Gate, Proj::Up, Proj::Down];
+    for l in 0..config.layers {
+        tensors.extend([
+            Tensor::AttnNorm(l),
+            Tensor::Wq(l),
+            Tensor::Wk(l),
+            Tensor::Wv(l),
+            Tensor::Wo(l),
+            Tensor::MlpNorm(l),
+        ]);
+        match config.moe.as_ref().filter(|_| config.is_moe_layer(l)) {
+            None => tensors.extend(projs.map(|p| Tensor::Mlp(l, p))),
+            Some(moe) => {
+                tensors.push(Tensor::Router(l));
+                for e in 0..moe.experts {
+                    tensors.extend(projs.map(|p| Tensor::Expert(l, e, p)));
+                }
+                if moe.shared_ffn > 0 {
+                    tensors.extend(projs.map(|p| Tensor::Shared(l, p)));
+                }
+            }
+        }
+    }
+    tensors
+}
+
 /// Every `*.safetensors` file in `dir`, in name order, memory-mapped.
 fn map_files(dir: &Path) -> Result<Vec<(PathBuf, Mmap)>, WorkloadError> {
     let io = |path: &Path| {

@@ -9,38 +9,6 @@ use half::{bf16, f16};
 use pinch_kernels::Storage;
 use safetensors::tensor::TensorView;
 
-/// Every tensor a checkpoint of `config` holds.
-fn all_tensors(config: &ModelConfig) -> Vec<Tensor> {
-    let mut tensors = vec![Tensor::Embedding, Tensor::FinalNorm];
-    if !config.tie_embeddings {
-        tensors.push(Tensor::LmHead);
-    }
-    let projs = [Proj::Gate, Proj::Up, Proj::Down];
-    for l in 0..config.layers {
-        tensors.extend([
-            Tensor::AttnNorm(l),
-            Tensor::Wq(l),
-            Tensor::Wk(l),
-            Tensor::Wv(l),
-            Tensor::Wo(l),
-            Tensor::MlpNorm(l),
-        ]);
-        match config.moe.as_ref().filter(|_| config.is_moe_layer(l)) {
-            None => tensors.extend(projs.map(|p| Tensor::Mlp(l, p))),
-            Some(moe) => {
-                tensors.push(Tensor::Router(l));
-                for e in 0..moe.experts {
-                    tensors.extend(projs.map(|p| Tensor::Expert(l, e, p)));
-                }
-                if moe.shared_ffn > 0 {
-                    tensors.extend(projs.map(|p| Tensor::Shared(l, p)));
-                }
-            }
-        }
-    }
-    tensors
-}
-
 /// The tensor as a checkpoint stores it: `[out, in]` for a linear layer.
 fn stored(config: &ModelConfig, seed: u64, tensor: Tensor) -> (Vec<usize>, Vec<f32>) {
     let source = Synthetic { config, seed };
@@ -337,6 +305,26 @@ fn a_missing_tensor_is_named_with_its_shape() {
              from the checkpoint in '{}'",
             dir.path().display()
         )
+    );
+}
+
+#[test]
+fn a_checkpoint_is_checked_without_loading_it() {
+    let config = mixtral_model();
+    let dir = tempfile::tempdir().unwrap();
+    let writer = f32_writer(&config);
+    let mut tensors = writer.tensors();
+    writer.write_tensors(dir.path(), &tensors);
+    check_checkpoint(dir.path(), &config).unwrap();
+    let other = tempfile::tempdir().unwrap();
+    tensors.retain(|t| t.0 != "model.layers.1.block_sparse_moe.experts.3.w2.weight");
+    writer.write_tensors(other.path(), &tensors);
+    let err = check_checkpoint(other.path(), &config)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("'model.layers.1.block_sparse_moe.experts.3.w2.weight'"),
+        "{err}"
     );
 }
 
