@@ -34,12 +34,12 @@ pub fn serve_config(args: &WorkloadArgs, nodes: usize) -> anyhow::Result<ServeCo
     let longest = requests.prompt_len.max() + requests.output_len.max();
     if longest > model.max_seq {
         return Err(bad_input(format!(
-            "the longest request ({} prompt + {} output tokens) exceeds model '{}''s maximum \
-             sequence length {}",
+            "the longest request ({} prompt + {} output tokens) exceeds the maximum sequence \
+             length {} of model '{}'",
             requests.prompt_len.max(),
             requests.output_len.max(),
-            model.name,
-            model.max_seq
+            model.max_seq,
+            model.name
         )));
     }
     positive("block size", args.block_size)?;
