@@ -1,10 +1,13 @@
 //! CPU compute kernels of a Llama-style decoder, each reporting what it cost.
 //!
 //! pinch profiles distributed LLM inference; the workloads it runs are built from these ops
-//! (embedding, RMS norm, RoPE, matmul, grouped-query attention over a KV cache, the SiLU-gated
-//! MLP, softmax, greedy sampling). Every op returns a [`Cost`], flops and bytes from its
-//! documented cost model, so a measured time can be turned into achieved FLOP/s and bandwidth.
-//! Tensors are row-major `f32` slices; shape mismatches are programming errors and panic.
+//! (embedding, RMS norm, RoPE, matmul, grouped-query attention over a contiguous or a paged KV
+//! cache, the SiLU-gated MLP, mixture-of-experts gating, softmax, greedy sampling). Every op
+//! returns a [`Cost`], flops and bytes from its documented cost model, so a measured time can be
+//! turned into achieved FLOP/s and bandwidth, and [`stream_triad`] measures the bandwidth the
+//! machine offers to compare against. Activations are row-major `f32` slices; weights are a
+//! [`Matrix`] stored as f32 or bf16 and always computed on in f32. Shape mismatches are
+//! programming errors and panic.
 //!
 //! # Why `gemm`
 //!

@@ -290,7 +290,7 @@ fn columns_of<T: Copy>(data: &[T], width: usize, cols: &Range<usize>) -> Vec<T> 
 /// f32 weights go to `gemm` in one call. bf16 weights are read at 2 bytes each, once:
 /// - for one row (`m = 1`, decode), each weight is converted in registers and
 ///   fused into the accumulation (a bf16 GEMV);
-/// - otherwise one panel (at most [`PANEL_ELEMENTS`]) at a time is converted into a reused
+/// - otherwise one panel (at most 128 KiB as f32) at a time is converted into a reused
 ///   per-thread f32 scratch buffer and its product accumulated into the matching strip of `out`
 ///   by `gemm`, so the arithmetic runs on `gemm`'s kernels.
 ///
