@@ -161,6 +161,9 @@ fn ops_table(report: &Report) -> String {
     format!("Top ops per rank\n{t}")
 }
 
+/// Collective groups printed (report.json has them all).
+const COLLECTIVE_ROWS: usize = 8;
+
 fn collectives_table(report: &Report) -> String {
     let mut t = table(&[
         "collective",
@@ -174,13 +177,9 @@ fn collectives_table(report: &Report) -> String {
         "arrival skew",
         "waiting",
     ]);
-    for c in &report.collectives {
+    for c in report.collectives.iter().take(COLLECTIVE_ROWS) {
         let size = if c.sizes_vary {
-            format!(
-                "~{} (≤{})",
-                fmt_bytes(c.message_bytes),
-                fmt_bytes(c.size_class_bytes)
-            )
+            format!("≤{}", fmt_bytes(c.size_class_bytes))
         } else {
             fmt_bytes(c.message_bytes)
         };
@@ -200,9 +199,13 @@ fn collectives_table(report: &Report) -> String {
             right(c.wait_pct.map_or("-".into(), |w| format!("{w:.0}%"))),
         ]);
     }
+    let more = match report.collectives.len().saturating_sub(COLLECTIVE_ROWS) {
+        0 => String::new(),
+        n => format!("\n  {n} more, shorter in total, in report.json"),
+    };
     format!(
-        "Collectives (bus bandwidth with nccl-tests' factors; waiting: share of their time spent \
-         waiting for the last peer)\n{t}"
+        "Collectives, longest in total first (bus bandwidth with nccl-tests' factors; waiting: \
+         share of their time spent waiting for the last peer)\n{t}{more}"
     )
 }
 
