@@ -225,7 +225,7 @@ fn serving_text(s: &ServingReport) -> String {
         per_s(s.total_token_throughput_per_s),
     );
     let goodput = s.goodput.as_ref().map_or(
-        "  goodput: no SLO given (workload parameter 'slo')".into(),
+        "  goodput: no SLO given (e.g. pinch run --slo ttft=200ms,tpot=50ms)".into(),
         |g| {
             format!(
                 "  goodput ({}): {} of {} requests met it ({}), {} req/s",
