@@ -37,18 +37,6 @@ pub enum WorkloadError {
     },
 
     #[error(
-        "prompt length {prompt_len} plus {decode_tokens} decode tokens is '{total}' tokens, \
-         more than the {max_seq} that preset '{preset}' allows"
-    )]
-    SequenceTooLong {
-        prompt_len: usize,
-        decode_tokens: usize,
-        total: usize,
-        max_seq: usize,
-        preset: String,
-    },
-
-    #[error(
         "expert-parallel degree '{ep}' needs a mixture-of-experts model but '{model}' is dense"
     )]
     EpNeedsMoe { ep: usize, model: String },
@@ -136,17 +124,6 @@ pub enum WorkloadError {
         end: usize,
         layers: usize,
         model: String,
-    },
-
-    #[error(
-        "the ring connects rank {ring_rank} of {ring_world} but this run is rank '{rank}' \
-         of tensor-parallel degree {tp}"
-    )]
-    RingMismatch {
-        ring_rank: usize,
-        ring_world: usize,
-        rank: usize,
-        tp: usize,
     },
 
     #[error("kv-cache append failed at layer {layer}: {source}")]

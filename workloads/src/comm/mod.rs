@@ -5,8 +5,7 @@
 //! listening address. `Mesh::connect` then links every pair of ranks (`mesh.rs`): over shared
 //! memory when both run on one node (`shm.rs`), else over TCP (`link.rs`). A `Group` is an ordered
 //! subset of the world on which the operations run (`collectives.rs`, `p2p.rs`); `bench.rs`
-//! measures them. `ring.rs` holds the older two-neighbour `Ring`, kept until the workloads move
-//! to the mesh.
+//! measures them.
 //!
 //! Every frame opens with a header (`frame.rs`: group, operation, part, step, sequence number,
 //! sizes) that the receiver checks, so ranks that issue different operations get
@@ -52,7 +51,6 @@ mod link;
 mod mesh;
 mod p2p;
 mod rendezvous;
-mod ring;
 mod shm;
 mod wire;
 
@@ -66,7 +64,9 @@ pub use group::{AllReduceAlgo, Group, Outcome};
 pub use mesh::{LinkShaping, Mesh, MeshOptions};
 pub use p2p::EAGER_MAX_BYTES;
 pub use rendezvous::{PeerInfo, RendezvousServer, rendezvous};
-pub use ring::{DEFAULT_IO_TIMEOUT, Ring};
+
+/// How long a rank waits on a peer inside a collective before calling it hung.
+pub const DEFAULT_IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 use std::io;
 use std::net::SocketAddr;
@@ -116,18 +116,6 @@ pub enum CommError {
 
     #[error("rank '{rank}' registered twice at the rendezvous")]
     DuplicateRank { rank: usize },
-
-    #[error(
-        "rank {peer} sent collective #{got_seq} of {got_elems} elements where #{seq} of \
-         {elems} elements was expected (the ranks issue different collectives)"
-    )]
-    Mismatch {
-        peer: usize,
-        seq: u64,
-        elems: usize,
-        got_seq: u64,
-        got_elems: usize,
-    },
 
     #[error("the links are unusable after an earlier error")]
     Broken,
