@@ -356,6 +356,13 @@ impl Engine<'_, '_> {
         })
     }
 
+    /// The scheduler's next step, timed as host work.
+    fn plan(&self, intake: &mut Intake) -> Option<StepPlan> {
+        let at = self.at();
+        self.tracer
+            .host(self.tracer.ops.schedule, at, || intake.scheduler.plan())
+    }
+
     /// The leader's loop: take requests, plan, broadcast, run, commit.
     fn lead(
         &mut self,
@@ -371,11 +378,7 @@ impl Engine<'_, '_> {
                 self.broadcast(mesh, Some(&Control::Stop))?;
                 return Ok(intake.finished);
             }
-            let at = self.at();
-            let Some(plan) = self
-                .tracer
-                .host(self.tracer.ops.schedule, at, || intake.scheduler.plan())
-            else {
+            let Some(plan) = self.plan(&mut intake) else {
                 continue;
             };
             self.broadcast(mesh, Some(&Control::Step(plan.clone())))?;
@@ -411,10 +414,7 @@ impl Engine<'_, '_> {
         let mut intake = self.intake(router)?;
         loop {
             intake.take(&self.tracer, self.step, EP_IDLE_WAIT)?;
-            let at = self.at();
-            let plan = self
-                .tracer
-                .host(self.tracer.ops.schedule, at, || intake.scheduler.plan());
+            let plan = self.plan(&mut intake);
             let (working, active) = self.agree(mesh, plan.is_some(), !intake.is_done())?;
             if !active {
                 return Ok(intake.finished);

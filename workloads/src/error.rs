@@ -126,6 +126,9 @@ pub enum WorkloadError {
         model: String,
     },
 
+    #[error("this rank's pipeline stage does not hold the {what} the step needs")]
+    StageLacks { what: &'static str },
+
     #[error("kv-cache append failed at layer {layer}: {source}")]
     KvCache { layer: usize, source: KernelError },
 

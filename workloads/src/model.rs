@@ -467,11 +467,8 @@ impl StageModel {
     }
 }
 
-fn not_here(what: &str) -> WorkloadError {
-    WorkloadError::MalformedModel {
-        name: what.to_string(),
-        problem: format!("this pipeline stage does not hold the {what}"),
-    }
+fn not_here(what: &'static str) -> WorkloadError {
+    WorkloadError::StageLacks { what }
 }
 
 /// All-reduces `data` over the tensor-parallel group as a traced collective.
