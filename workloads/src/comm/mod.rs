@@ -53,6 +53,7 @@ mod mesh;
 mod p2p;
 mod rendezvous;
 mod ring;
+mod ring_pipeline;
 mod shm;
 mod wire;
 
