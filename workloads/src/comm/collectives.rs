@@ -1,6 +1,7 @@
 //! The collectives over a `Mesh` and a `Group`: all-reduce (ring and one-shot), all-gather,
-//! reduce-scatter, all-to-all(v) and broadcast; see the `comm` module doc for the protocol and
-//! for what `Outcome::wait_ns` means for each.
+//! reduce-scatter, all-to-all(v) and broadcast (the ring all-reduce's steps are in
+//! `ring_pipeline.rs`); see the `comm` module doc for the protocol and for what
+//! `Outcome::wait_ns` means for each.
 //!
 //! Sums are always formed in one fixed order (the ring's for `Ring`, group order otherwise), so
 //! the same inputs give bit-identical results, and all-reduce members end with identical bits.
@@ -111,8 +112,8 @@ impl Net {
         Ok(())
     }
 
-    /// Sends `header` and `payload` to `peer` as one frame, without sending a large frame's
-    /// header ahead: for the frames of an operation after its first.
+    /// Sends `header` and `payload` to `peer` as one frame, whatever its size (a large one's
+    /// header does not go ahead, as with `post`).
     pub fn post_frame(
         &mut self,
         peer: usize,
