@@ -1,6 +1,7 @@
 //! The collectives over a `Mesh` and a `Group`: all-reduce (ring and one-shot), all-gather,
-//! reduce-scatter, all-to-all(v) and broadcast; see the `comm` module doc for the protocol and
-//! for what `Outcome::wait_ns` means for each.
+//! reduce-scatter, all-to-all(v) and broadcast (the ring all-reduce's steps are in
+//! `ring_pipeline.rs`); see the `comm` module doc for the protocol and for what
+//! `Outcome::wait_ns` means for each.
 //!
 //! Sums are always formed in one fixed order (the ring's for `Ring`, group order otherwise), so
 //! the same inputs give bit-identical results, and all-reduce members end with identical bits.
@@ -111,6 +112,17 @@ impl Net {
         Ok(())
     }
 
+    /// Sends `header` and `payload` to `peer` as one frame, whatever its size (a large one's
+    /// header does not go ahead, as with `post`).
+    pub fn post_frame(
+        &mut self,
+        peer: usize,
+        header: &Header,
+        payload: &[u8],
+    ) -> Result<(), CommError> {
+        self.post_whole(std::iter::once(peer), &header.encode(), payload)
+    }
+
     /// Sends each `(peer, header, payload)` frame, every large frame's header ahead of any
     /// payload copy, as `post_each` does.
     pub fn post_scatter<'a>(
@@ -179,6 +191,16 @@ impl Net {
         Ok(())
     }
 
+    /// Frames to `peer` not yet written (the buffers of written ones are taken back).
+    pub fn unwritten(&mut self, peer: usize) -> Result<usize, CommError> {
+        link_of(&mut self.links, peer)?.unwritten(&mut self.pool)
+    }
+
+    /// Waits until at most `frames` frames to `peer` are not yet written.
+    pub fn wait_unwritten(&mut self, peer: usize, frames: usize) -> Result<(), CommError> {
+        link_of(&mut self.links, peer)?.wait_unwritten(frames, &mut self.pool)
+    }
+
     /// Takes back the buffers of frames to `peer` already written.
     pub fn reclaim(&mut self, peer: usize) -> Result<(), CommError> {
         if let Some(Some(link)) = self.links.get_mut(peer) {
@@ -196,7 +218,7 @@ fn link_of(links: &mut [Option<Link>], peer: usize) -> Result<&mut Link, CommErr
 }
 
 /// The other members of `g`, in group order.
-fn others(g: &Group) -> impl Iterator<Item = usize> + Clone + '_ {
+pub(super) fn others(g: &Group) -> impl Iterator<Item = usize> + Clone + '_ {
     let me = g.my_rank();
     g.members().iter().copied().filter(move |&p| p != me)
 }
@@ -290,47 +312,8 @@ impl Mesh {
         })
     }
 
-    /// Ring all-reduce: reduce-scatter then all-gather around the group. Returns `wait_ns`.
-    fn ring_all_reduce(&mut self, op: &Op, g: &Group, data: &mut [f32]) -> Result<u64, CommError> {
-        let (n, i, members) = (g.size(), g.index(), g.members());
-        let (next, prev) = (members[(i + 1) % n], members[(i + n - 1) % n]);
-        let (len, chunk) = (data.len(), data.len().div_ceil(n));
-        let bounds = |c: usize| (c * chunk).min(len)..((c + 1) * chunk).min(len);
-        // Step t sends chunk i−t to next and receives chunk i−t−1 from prev (mod n): n−1
-        // reduce-scatter steps, after which member i holds the sum of chunk i+1, then n−1
-        // all-gather steps that pass the sums on.
-        let send = |t: usize| (i + 2 * n - t) % n;
-        let recv = |t: usize| (i + 3 * n - t - 1) % n;
-        // Next learns of our arrival from our first chunk; everyone else gets a header.
-        let arrive = op.header(Part::Arrive, 0, 0);
-        self.net
-            .post_each(others(g).filter(|&p| p != next), &arrive, &[])?;
-        let mut wait_ns = 0;
-        for t in 0..2 * (n - 1) {
-            let (out, into) = (bounds(send(t)), bounds(recv(t)));
-            let header = op.header(Part::Data, t as u32, 4 * out.len());
-            self.net.post(next, &header, f32_bytes(&data[out]))?;
-            let chunk = op.expect(Part::Data, t as u32, Some(4 * into.len()));
-            if t == 0 {
-                for p in others(g) {
-                    let first = if p == prev {
-                        chunk
-                    } else {
-                        op.expect(Part::Arrive, 0, Some(0))
-                    };
-                    self.net.expect(p, &first)?;
-                }
-                wait_ns = op.elapsed_ns();
-            } else {
-                self.net.expect(prev, &chunk)?;
-            }
-            self.take_chunk(prev, &mut data[into], t < n - 1)?;
-        }
-        Ok(wait_ns)
-    }
-
     /// Reads the payload of a frame from `peer` into `target`, adding it on when `reduce`.
-    fn take_chunk(
+    pub(super) fn take_chunk(
         &mut self,
         peer: usize,
         target: &mut [f32],

@@ -106,7 +106,8 @@ pub struct Header {
     pub group: u32,
     pub kind: OpKind,
     pub part: Part,
-    /// The step of a multi-step algorithm, or the root of a broadcast; 0 otherwise.
+    /// The step of a multi-step algorithm (for the ring all-reduce, the frame's number among
+    /// the operation's pieces on that link), or the root of a broadcast; 0 otherwise.
     pub step: u32,
     /// The group's collective number, or the pair's message number for send/recv.
     pub seq: u64,

@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 /// wrong rather than on an abrupt close.
 const DROP_GRACE: Duration = Duration::from_secs(1);
 /// Frames a link queues for its writer thread before `post` blocks.
-const QUEUE_FRAMES: usize = 64;
+pub const QUEUE_FRAMES: usize = 64;
 /// The most a shared-memory writer publishes at once, so the reader can start early.
 const SHM_PUBLISH_BYTES: usize = 256 << 10;
 /// Pieces a rate-capped link paces, and the burst its token bucket allows.
@@ -302,6 +302,21 @@ impl Link {
             }
         }
         first_error
+    }
+
+    /// Frames handed to the writer thread whose buffers have not come back, after taking back
+    /// those already written.
+    pub fn unwritten(&mut self, pool: &mut Pool) -> Result<usize, CommError> {
+        self.reclaim(pool)?;
+        Ok(self.writer.in_flight)
+    }
+
+    /// Waits until at most `frames` handed over are still unwritten.
+    pub fn wait_unwritten(&mut self, frames: usize, pool: &mut Pool) -> Result<(), CommError> {
+        while self.writer.in_flight > frames {
+            self.take_one_back(pool)?;
+        }
+        Ok(())
     }
 
     /// Takes back the buffers of frames already written, without waiting.
@@ -660,6 +675,15 @@ impl Pool {
         }
     }
 
+    /// Makes sure at least `count` spare buffers hold `bytes` each, so that an operation that
+    /// never has more than `count` frames of up to `bytes` unwritten takes no new buffers.
+    pub fn reserve(&mut self, count: usize, bytes: usize) {
+        let fit = self.spare.iter().filter(|f| f.capacity() >= bytes).count();
+        for _ in fit..count {
+            self.spare.push(Arc::new(Vec::with_capacity(bytes)));
+        }
+    }
+
     /// Keeps `frame` once no other link still holds it.
     fn give_back(&mut self, mut frame: Arc<Vec<u8>>) {
         if Arc::get_mut(&mut frame).is_some() {
@@ -691,6 +715,18 @@ mod tests {
             "else the largest, to grow"
         );
         assert!(pool.spare.is_empty());
+    }
+
+    #[test]
+    fn a_reserve_tops_the_pool_up_to_enough_buffers_that_fit() {
+        let mut pool = Pool::default();
+        pool.give_back(Arc::new(Vec::with_capacity(10)));
+        pool.give_back(Arc::new(Vec::with_capacity(4000)));
+        pool.reserve(3, 1000);
+        let fit = |pool: &Pool| pool.spare.iter().filter(|f| f.capacity() >= 1000).count();
+        assert_eq!((pool.spare.len(), fit(&pool)), (4, 3));
+        pool.reserve(2, 1000);
+        assert_eq!(pool.spare.len(), 4, "enough already");
     }
 
     #[test]

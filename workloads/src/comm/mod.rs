@@ -4,8 +4,9 @@
 //! Ranks first meet at a rendezvous (`rendezvous.rs`) that tells each every rank's node and
 //! listening address. `Mesh::connect` then links every pair of ranks (`mesh.rs`): over shared
 //! memory when both run on one node (`shm.rs`), else over TCP (`link.rs`). A `Group` is an ordered
-//! subset of the world on which the operations run (`collectives.rs`, `p2p.rs`); `bench.rs`
-//! measures them.
+//! subset of the world on which the operations run (`collectives.rs`, `p2p.rs`; the ring
+//! all-reduce, which sends each step's chunk in pipelined pieces, in `ring_pipeline.rs`);
+//! `bench.rs` measures them.
 //!
 //! Every frame opens with a header (`frame.rs`: group, operation, part, step, sequence number,
 //! sizes) that the receiver checks, so ranks that issue different operations get
@@ -51,6 +52,7 @@ mod link;
 mod mesh;
 mod p2p;
 mod rendezvous;
+mod ring_pipeline;
 mod shm;
 mod wire;
 

@@ -97,11 +97,13 @@ fn auto_picks_one_shot_while_bytes_times_peers_stay_under_the_threshold() {
 
 #[test]
 fn all_reduce_members_end_with_identical_bits() {
+    const ELEMENTS: usize = 1_000_007;
     for algo in [AllReduceAlgo::Ring, AllReduceAlgo::OneShot] {
         let results = on_every_rank(&[0, 1, 0], &MeshOptions::default(), |mut mesh| {
             let mut g = everyone(&mesh);
             let rank = mesh.rank();
-            let mut data: Vec<f32> = (0..10_007).map(|i| inexact(rank, i)).collect();
+            // Long enough for the ring to send each step in several pieces.
+            let mut data: Vec<f32> = (0..ELEMENTS).map(|i| inexact(rank, i)).collect();
             mesh.all_reduce_sum(&mut g, &mut data, algo).unwrap();
             data.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
         });
@@ -109,7 +111,7 @@ fn all_reduce_members_end_with_identical_bits() {
         assert_eq!(results[0], results[2], "{algo:?}");
         if algo == AllReduceAlgo::OneShot {
             let in_group_order = |i| ((inexact(0, i) + inexact(1, i)) + inexact(2, i)).to_bits();
-            let expected: Vec<u32> = (0..10_007).map(in_group_order).collect();
+            let expected: Vec<u32> = (0..ELEMENTS).map(in_group_order).collect();
             assert_eq!(results[0], expected, "one-shot sums in group order");
         }
     }
@@ -505,6 +507,37 @@ fn a_rate_cap_holds_a_link_near_its_rate_on_both_transports() {
 }
 
 #[test]
+fn a_pipelined_ring_over_one_slow_link_still_gives_exact_sums() {
+    // Several pieces per step, and one member's sends held back by a rate cap while the
+    // others run ahead: the send window must neither deadlock nor reorder.
+    let options = MeshOptions {
+        shaping: vec![LinkShaping {
+            a: 1,
+            b: 2,
+            delay: Duration::from_millis(2),
+            rate_bytes_per_s: Some(100 << 20),
+        }],
+        ..MeshOptions::default()
+    };
+    let n = (3 << 20) + 5;
+    on_every_rank(&[0, 1, 1, 0], &options, |mut mesh| {
+        let mut g = everyone(&mesh);
+        let rank = mesh.rank();
+        for _ in 0..2 {
+            let mut data: Vec<f32> = (0..n).map(|i| exact(rank, i)).collect();
+            mesh.all_reduce_sum(&mut g, &mut data, AllReduceAlgo::Ring)
+                .unwrap();
+            let expected = |i| (0..4).map(|r| exact(r, i)).sum::<f32>();
+            assert_eq!(
+                (0..n).find(|&i| data[i] != expected(i)),
+                None,
+                "rank {rank}"
+            );
+        }
+    });
+}
+
+#[test]
 fn a_delay_adds_latency_to_each_message_on_both_transports() {
     let delay = Duration::from_millis(40);
     for nodes in [[0, 0, 0], [0, 1, 2]] {
@@ -629,6 +662,8 @@ fn the_hot_path_stops_allocating_once_buffers_have_grown() {
     let counts = on_every_rank(&[0, 0, 1], &MeshOptions::default(), |mut mesh| {
         let mut g = everyone(&mesh);
         let mut data = vec![1.0f32; 50_000];
+        // Several pieces per ring step.
+        let mut large = vec![1.0f32; 3 << 20];
         let send = vec![1.0f32; 3000];
         let mut recv = vec![0.0f32; 9000];
         let (mut a2a, mut counts) = (Vec::new(), Vec::new());
@@ -637,6 +672,8 @@ fn the_hot_path_stops_allocating_once_buffers_have_grown() {
             for algo in [AllReduceAlgo::Ring, AllReduceAlgo::OneShot] {
                 mesh.all_reduce_sum(&mut g, &mut data, algo).unwrap();
             }
+            mesh.all_reduce_sum(&mut g, &mut large, AllReduceAlgo::Ring)
+                .unwrap();
             mesh.all_gather(&mut g, &send, &mut recv).unwrap();
             mesh.reduce_scatter_sum(&mut g, &recv, &mut data[..3000])
                 .unwrap();
