@@ -32,7 +32,7 @@ use half::bf16;
 /// load and a store of `out`, which keeps a Zen 4 core too busy to overlap the misses (about 16
 /// GB/s of bf16 against 22 for f32 `gemm`, measured on the `small` preset's shapes). Folding
 /// neighbouring rows together makes many short interleaved runs, `n · 2` bytes apart, that the
-/// prefetchers lose (9–13 GB/s for `n` = 256 and 1024); software prefetches of the next rows
+/// prefetchers lose (9–13 GB/s for `n` = 256 and 1024); prefetching the next 8 rows in software
 /// helped only part of the way. Rows `k / 8` apart make 8 long runs, one per band, and streamed
 /// at 23–25 GB/s on the same shapes, faster than f32; 4 bands were 1–2 GB/s slower on a
 /// decoder layer and its LM head, 16 slower still.
