@@ -1,6 +1,7 @@
 //! Matmul throughput on the shapes of a decoder layer: `matmul_w` with f32 weights against a raw
 //! `gemm::gemm` call with identical arguments (what the wrapper costs), `matmul_w` with bf16
-//! weights (what halving the weight bytes buys), and the STREAM triad (what memory allows).
+//! weights (what halving the weight bytes buys), a stack of decoder layers too large for any
+//! cache (decode's weights streaming from memory), and the STREAM triad (what memory allows).
 //!
 //! Run with `cargo bench -p pinch-kernels --bench matmul`. Counters: items are flops, bytes are
 //! the weight bytes streamed per call.
@@ -66,8 +67,8 @@ const SMALL_LAYER: [(usize, usize); 7] = [
     (3584, 1024),
 ];
 
-/// Layers in the decode-stack benchmarks: 4 × 17.3 M weights, 138 MB as bf16, over four times
-/// the 32 MiB L3, so every step streams its weights from memory as decode does.
+/// Layers in the decode-stack benchmarks: 4 × 13.6 M weights, 109 MB as bf16, over three times
+/// the 32 MiB L3, so every pass streams its weights from memory as decode does.
 const STACK_LAYERS: usize = 4;
 
 /// Deterministic values in [-1, 1): benchmarks need no randomness, only non-trivial data.
@@ -112,8 +113,9 @@ fn matmul_w_bf16_large(b: Bencher, s: Shape) {
     bench_matmul_w(b, s, Storage::Bf16);
 }
 
-/// Decode through a stack of layers, one row: every matmul of each layer in order, the
-/// activations kept at the widest width. Bytes are every weight once, as decode streams them.
+/// Decode of `m` rows through a stack of layers: every matmul of each layer in order (the
+/// activations are not chained: only the weights' traffic matters here). Bytes are every weight
+/// once, as decode streams them.
 fn bench_stack(b: Bencher, m: usize, storage: Storage) {
     let layers: Vec<Matrix> = (0..STACK_LAYERS)
         .flat_map(|l| SMALL_LAYER.iter().map(move |&(k, n)| (l, k, n)))
