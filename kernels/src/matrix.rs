@@ -358,8 +358,8 @@ const GEMV_MAX_COLS: usize = 4096;
 /// Most rows of `a` that take the fused bf16 kernel ([`Simd::rows`]) rather than panel
 /// conversion and `gemm`. The fused kernel converts each weight once per 6 rows and writes no
 /// f32 copy; `gemm` on converted panels wins once there are enough rows for its cache blocking
-/// to matter. Measured on Zen 4 (1024 × 1024 and 1024 × 3072): fused 2–3× faster at m = 8–16,
-/// 1.6–2.3× at 24–48, level at 64, 10–15 % slower at 128 and 40 % slower at 512.
+/// to matter. Measured on Zen 4 (1024 × 1024, 1024 × 3072 and 2816 × 1024): fused 2–3× faster
+/// at m = 8, 1.3–2.2× at 16–48, 1.0–1.3× at 64, 7 % slower at 128 and 27–50 % at 512.
 const FUSED_MAX_ROWS: usize = 64;
 
 /// Output columns per thread are a multiple of this: one 64-byte cache line of `out`, so
