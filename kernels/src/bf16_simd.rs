@@ -22,6 +22,9 @@
 //! register tiles were faster on matrices in cache (m = 8: 93 against 75 GFLOP/s) but slower
 //! on weights from memory (a decoder-layer stack at m = 8: 23 against 14 ms).
 
+// Off x86-64 no level exists, so the generic kernels below are never instantiated.
+#![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+
 use half::bf16;
 
 /// Rows of `w` one [`Simd::gemv`] pass folds into `out`, one from each of this many bands of
@@ -92,13 +95,7 @@ impl Simd {
     pub(crate) fn gemv(self, a: &[f32], w: &[bf16], n: usize, first_col: usize, out: &mut [f32]) {
         let job = Gemv { a, w, n, first_col };
         job.check(out.len());
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: the token proves the CPU has the features the function is compiled for.
-        unsafe {
-            x86::gemv_avx2(self.0, &job, out)
-        };
-        #[cfg(not(target_arch = "x86_64"))]
-        match self.0 {}
+        dispatch_gemv(self.0, &job, out);
     }
 
     /// Columns `first_col .. first_col + width` of `a[m, k] · w[k, n]` into `out`, one slice of
@@ -117,14 +114,30 @@ impl Simd {
         out: &mut [&mut [f32]],
     ) {
         let job = Rows::new(a, w, n, first_col, out);
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: the token proves the CPU has the features the function is compiled for.
-        unsafe {
-            x86::rows_avx2(self.0, &job, out)
-        };
-        #[cfg(not(target_arch = "x86_64"))]
-        match self.0 {}
+        dispatch_rows(self.0, &job, out);
     }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn dispatch_gemv(token: Token, job: &Gemv<'_>, out: &mut [f32]) {
+    // SAFETY: the token proves the CPU has the features the function is compiled for.
+    unsafe { x86::gemv_avx2(token, job, out) }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn dispatch_rows(token: Token, job: &Rows<'_>, out: &mut [&mut [f32]]) {
+    // SAFETY: as above.
+    unsafe { x86::rows_avx2(token, job, out) }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn dispatch_gemv(token: Token, _job: &Gemv<'_>, _out: &mut [f32]) {
+    match token {}
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn dispatch_rows(token: Token, _job: &Rows<'_>, _out: &mut [&mut [f32]]) {
+    match token {}
 }
 
 /// One SIMD instruction set, as the generic kernels use it. Implemented by tokens that exist
