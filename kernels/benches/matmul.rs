@@ -1,6 +1,7 @@
 //! Matmul throughput on the shapes of a decoder layer: `matmul_w` with f32 weights against a raw
 //! `gemm::gemm` call with identical arguments (what the wrapper costs), `matmul_w` with bf16
-//! weights (what halving the weight bytes buys), and the STREAM triad (what memory allows).
+//! weights (what halving the weight bytes buys), a stack of decoder layers too large for any
+//! cache (decode's weights streaming from memory), and the STREAM triad (what memory allows).
 //!
 //! Run with `cargo bench -p pinch-kernels --bench matmul`. Counters: items are flops, bytes are
 //! the weight bytes streamed per call.
@@ -54,6 +55,22 @@ const LARGE: [Shape; 1] = [Shape {
     n: 8192,
 }];
 
+/// One decoder layer of the `small` preset (hidden 1024, 16 query and 4 KV heads of 64, MLP
+/// 3584) as `[in, out]` weight shapes: q, k, v, o, gate, up, down.
+const SMALL_LAYER: [(usize, usize); 7] = [
+    (1024, 1024),
+    (1024, 256),
+    (1024, 256),
+    (1024, 1024),
+    (1024, 3584),
+    (1024, 3584),
+    (3584, 1024),
+];
+
+/// Layers in the decode-stack benchmarks: 4 × 13.6 M weights, 109 MB as bf16, over three times
+/// the 32 MiB L3, so every pass streams its weights from memory as decode does.
+const STACK_LAYERS: usize = 4;
+
 /// Deterministic values in [-1, 1): benchmarks need no randomness, only non-trivial data.
 fn values(len: usize, salt: usize) -> Vec<f32> {
     (0..len)
@@ -94,6 +111,35 @@ fn matmul_w_f32_large(b: Bencher, s: Shape) {
 #[divan::bench(args = LARGE, sample_count = 20)]
 fn matmul_w_bf16_large(b: Bencher, s: Shape) {
     bench_matmul_w(b, s, Storage::Bf16);
+}
+
+/// Decode of `m` rows through a stack of layers: every matmul of each layer in order (the
+/// activations are not chained: only the weights' traffic matters here). Bytes are every weight
+/// once, as decode streams them.
+fn bench_stack(b: Bencher, m: usize, storage: Storage) {
+    let layers: Vec<Matrix> = (0..STACK_LAYERS)
+        .flat_map(|l| SMALL_LAYER.iter().map(move |&(k, n)| (l, k, n)))
+        .map(|(l, k, n)| Matrix::from_f32(k, n, values(k * n, l + n), storage))
+        .collect();
+    let weight_bytes: u64 = layers.iter().map(Matrix::bytes).sum();
+    let a = values(m * 3584, 1);
+    let mut out = vec![0.0f32; m * 3584];
+    b.counter(BytesCount::new(weight_bytes)).bench_local(|| {
+        for w in &layers {
+            let (k, n) = (w.rows(), w.cols());
+            matmul_w(black_box(&a[..m * k]), m, w, black_box(&mut out[..m * n]));
+        }
+    });
+}
+
+#[divan::bench(args = [1, 8], sample_count = 20)]
+fn decode_stack_f32(b: Bencher, m: usize) {
+    bench_stack(b, m, Storage::F32);
+}
+
+#[divan::bench(args = [1, 8], sample_count = 20)]
+fn decode_stack_bf16(b: Bencher, m: usize) {
+    bench_stack(b, m, Storage::Bf16);
 }
 
 #[divan::bench(args = SHAPES)]

@@ -24,6 +24,7 @@
 //! are the reference it will be checked against.
 
 mod attention;
+mod bf16_simd;
 mod cost;
 mod elementwise;
 mod embedding;

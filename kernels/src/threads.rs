@@ -42,9 +42,15 @@ mod tests {
         set_threads(3);
         assert_eq!(threads(), 3);
         assert!(matches!(parallelism(), gemm::Parallelism::Rayon(3)));
-        // Every path of both matmuls, threaded: the single-row bf16 path splits its columns
-        // (1100 over 3 threads: 368 + 368 + 364), the others go through gemm.
-        for (m, storage) in [(1, Storage::Bf16), (9, Storage::Bf16), (9, Storage::F32)] {
+        // Every path of both matmuls, threaded: the fused bf16 paths (1 and 9 rows) split
+        // their columns (1100 over 3 threads: 368 + 368 + 364), the others go through gemm.
+        let paths = [
+            (1, Storage::Bf16),
+            (9, Storage::Bf16),
+            (70, Storage::Bf16),
+            (9, Storage::F32),
+        ];
+        for (m, storage) in paths {
             check_matmul_w(m, 300, 1100, storage);
         }
         check_matmul_w(1, 5, 2, Storage::Bf16);
