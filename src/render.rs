@@ -88,7 +88,8 @@ fn header(report: &Report) -> String {
     format!("{title}\n{shape}")
 }
 
-fn table(headers: &[&str]) -> Table {
+/// A table in the style of every table pinch prints.
+pub fn table(headers: &[&str]) -> Table {
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED);
     t.set_header(headers.iter().map(Cell::new));

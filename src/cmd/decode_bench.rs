@@ -3,7 +3,6 @@
 
 use crate::exit::bad_input;
 use clap::Args;
-use comfy_table::Table;
 use pinch_kernels::Storage;
 use pinch_workloads::decode_bench::{DecodeBench, measure_decode};
 use pinch_workloads::preset;
@@ -59,8 +58,7 @@ pub fn decode(args: DecodeArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&m)?);
         return Ok(());
     }
-    let mut table = Table::new();
-    table.set_header(vec![
+    let mut table = crate::render::table(&[
         "model",
         "dtype",
         "batch",
@@ -82,6 +80,9 @@ pub fn decode(args: DecodeArgs) -> anyhow::Result<()> {
         format!("{:.2} GB/s", m.triad_gb_per_s),
         format!("{:.0}%", 100.0 * m.fraction_of_triad),
     ]);
-    println!("{table}");
+    println!(
+        "decode streams every weight once per step (plus the KV cache read); triad: STREAM on \
+         the same thread\n{table}"
+    );
     Ok(())
 }
