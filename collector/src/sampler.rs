@@ -40,6 +40,12 @@ pub enum SamplerError {
     },
     #[error("cannot read '/proc/{pid}/stat': {source}")]
     Process { pid: u32, source: procfs::ProcError },
+    /// Any other source's failure, in its own words.
+    #[error("{source_name}: {message}")]
+    Source {
+        source_name: &'static str,
+        message: String,
+    },
 }
 
 /// Interns counters and devices of one node and collects records for the node log.
