@@ -305,6 +305,27 @@ fn nodes_table(report: &Report) -> String {
     format!("Nodes\n{t}\nCounter sources\n{}", sources.join("\n"))
 }
 
+/// A source's line, "  node 0 procfs: read (13 counters)" or "  node 0 nvml: not read: ...",
+/// then its notes, one per line.
+fn source_line(node: u32, s: &pinch_analyzer::CounterSourceReport) -> String {
+    let head = match (&s.reason, s.read, s.failed_at_ns) {
+        (Some(reason), true, Some(_)) => format!(
+            "  node {node} {}: read ({} counters) until it failed: {reason}",
+            s.source,
+            s.counters.len()
+        ),
+        (_, true, _) => format!(
+            "  node {node} {}: read ({} counters)",
+            s.source,
+            s.counters.len()
+        ),
+        (Some(reason), false, _) => format!("  node {node} {}: not read: {reason}", s.source),
+        (None, false, _) => format!("  node {node} {}: not read", s.source),
+    };
+    let notes = s.notes.iter().map(|n| format!("\n      {n}"));
+    std::iter::once(head).chain(notes).collect()
+}
+
 /// One line per source: "  node 0 procfs: read (13 counters)", "  node 0 nvml: not read: ...".
 fn sources_of(report: &Report, node: u32) -> String {
     let lines: Vec<String> = report
@@ -312,15 +333,7 @@ fn sources_of(report: &Report, node: u32) -> String {
         .counter_sources
         .iter()
         .filter(|s| s.node == node)
-        .map(|s| match (&s.reason, s.read) {
-            (_, true) => format!(
-                "  node {node} {}: read ({} counters)",
-                s.source,
-                s.counters.len()
-            ),
-            (Some(reason), false) => format!("  node {node} {}: not read: {reason}", s.source),
-            (None, false) => format!("  node {node} {}: not read", s.source),
-        })
+        .map(|s| source_line(node, s))
         .collect();
     if lines.is_empty() {
         format!("  node {node}: none recorded (its log ends early)")

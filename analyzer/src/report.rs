@@ -62,8 +62,12 @@ pub struct CounterSourceReport {
     pub read: bool,
     /// The counters read (empty when not read).
     pub counters: Vec<String>,
-    /// Why it was not read; `None` when it was.
+    /// Why it was not read, or why it stopped; `None` when it was read to the end.
     pub reason: Option<String>,
+    /// What the source could not read although it ran (e.g. hardware perf events refused).
+    pub notes: Vec<String>,
+    /// When a source that was read failed and stopped (the node's monotonic clock, ns).
+    pub failed_at_ns: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -148,17 +152,34 @@ fn counter_sources(run: &RunData) -> Vec<CounterSourceReport> {
 }
 
 fn source_report(status: &CounterSourceStatus) -> CounterSourceReport {
-    let (read, counters, reason) = match &status.state {
-        SourceState::Read { counters } => (true, counters.clone(), None),
-        SourceState::NotRead { reason } => (false, Vec::new(), Some(reason.clone())),
-    };
-    CounterSourceReport {
+    let mut report = CounterSourceReport {
         node: status.node.0,
         source: status.source.clone(),
-        read,
-        counters,
-        reason,
+        read: false,
+        counters: Vec::new(),
+        reason: None,
+        notes: Vec::new(),
+        failed_at_ns: None,
+    };
+    match &status.state {
+        SourceState::Read { counters, notes } => {
+            report.read = true;
+            report.counters = counters.clone();
+            report.notes = notes.clone();
+        }
+        SourceState::NotRead { reason } => report.reason = Some(reason.clone()),
+        SourceState::Failed {
+            counters,
+            reason,
+            at_ns,
+        } => {
+            report.read = true;
+            report.counters = counters.clone();
+            report.reason = Some(reason.clone());
+            report.failed_at_ns = Some(*at_ns);
+        }
     }
+    report
 }
 
 /// The output of the lowest rank that wrote one (every rank of a tensor-parallel group

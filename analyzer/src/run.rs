@@ -126,7 +126,14 @@ impl NodeData {
             Record::Counter(def) => {
                 self.counters.insert(def.id, def);
             }
-            Record::Source(status) => self.sources.push(status),
+            // A later status of a source (it failed mid-run) replaces the earlier one, keeping
+            // the notes the source had when it opened.
+            Record::Source(status) => {
+                match self.sources.iter_mut().find(|s| s.source == status.source) {
+                    Some(earlier) => *earlier = status,
+                    None => self.sources.push(status),
+                }
+            }
             Record::Spans(spans) => self.spans.extend(spans),
             Record::Samples(samples) => self.samples.extend(samples),
             Record::Dropped { rank, spans } => {

@@ -10,8 +10,8 @@
 //! connection drops) and are then killed.
 
 use crate::error::CollectorError;
-use crate::procfs_sampler::{PROC_COUNTERS, ProcSampler};
-use crate::sampler::{SampleRate, SampleSink, Sampler, SamplerError};
+use crate::sampler::{SampleRate, SampleSink};
+use crate::sources::{OpenedSource, open_sources};
 use crate::stderr_tail::StderrTail;
 use pinch_traces::nodelog::Frame;
 use pinch_traces::{
@@ -125,70 +125,26 @@ fn run_agent_with_grace(
         agent_pid: std::process::id(),
         anchor: ClockAnchor::now(),
     })?;
-    let procfs = ProcSampler::probe();
-    for status in source_statuses(config.node, &procfs) {
-        log.append(&Record::Source(status))?;
-    }
     log.flush()?;
     let (inbox_tx, inbox) = mpsc::channel();
-    let mut agent = Supervisor::new(log, inbox, failure_grace, on_event);
+    let mut agent = Supervisor::new(config.node, log, inbox, failure_grace, on_event);
     agent.start_ranks(&config.ranks, config.rank_command.as_ref(), &inbox_tx)?;
-    let sampler = match procfs {
-        Ok(()) => Some(SamplerThread::start(
-            config.node,
-            agent.pids(),
-            config.sample_rate,
-            inbox_tx,
-        )?),
-        Err(_) => None,
-    };
+    let (sources, statuses) = open_sources(config.node, &agent.pids());
+    for status in statuses {
+        agent.log.append(&Record::Source(status))?;
+    }
+    let samplers = sources
+        .into_iter()
+        .map(|source| {
+            SamplerThread::start(source, config.node, config.sample_rate, inbox_tx.clone())
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    drop(inbox_tx);
     agent.supervise()?;
-    if let Some(sampler) = sampler {
+    for sampler in samplers {
         sampler.stop()?;
     }
     agent.finish()
-}
-
-/// The counter sources of this node, read or not and why.
-fn source_statuses(node: NodeId, procfs: &Result<(), SamplerError>) -> Vec<CounterSourceStatus> {
-    let procfs_state = match procfs {
-        Ok(()) => SourceState::Read {
-            counters: PROC_COUNTERS.iter().map(|c| c.name.to_string()).collect(),
-        },
-        Err(e) => SourceState::NotRead {
-            reason: e.to_string(),
-        },
-    };
-    let status = |source: &str, state| CounterSourceStatus {
-        node,
-        source: source.to_string(),
-        state,
-    };
-    vec![
-        status("procfs", procfs_state),
-        status(
-            "nvml",
-            SourceState::NotRead {
-                reason: nvml_reason(),
-            },
-        ),
-        status(
-            "perf",
-            SourceState::NotRead {
-                reason: "hardware and software perf counters are not collected by this pinch yet"
-                    .to_string(),
-            },
-        ),
-    ]
-}
-
-fn nvml_reason() -> String {
-    if Path::new("/proc/driver/nvidia").exists() {
-        "GPU sampling is not built into this pinch yet (NVML support comes with the collectors work)"
-            .to_string()
-    } else {
-        "no NVIDIA driver on this host (/proc/driver/nvidia is absent)".to_string()
-    }
 }
 
 /// The node log file, its path for errors, and a handle to sync it at the end.
@@ -264,7 +220,13 @@ enum Inbound {
         problem: Option<String>,
     },
     Samples(Vec<Record>),
-    SamplerFailed(String),
+    /// A source's sampler failed at `at_ns` and stopped; the others go on.
+    SamplerFailed {
+        source: &'static str,
+        counters: Vec<String>,
+        reason: String,
+        at_ns: u64,
+    },
 }
 
 /// Where a rank's stream stands.
@@ -408,6 +370,7 @@ fn describe_status(status: &ExitStatus) -> String {
 
 /// The writer loop and everything it owns.
 struct Supervisor<'a> {
+    node: NodeId,
     log: LogFile,
     inbox: Receiver<Inbound>,
     slots: Vec<RankSlot>,
@@ -420,12 +383,14 @@ struct Supervisor<'a> {
 
 impl<'a> Supervisor<'a> {
     fn new(
+        node: NodeId,
         log: LogFile,
         inbox: Receiver<Inbound>,
         failure_grace: Duration,
         on_event: &'a mut dyn FnMut(AgentEvent),
     ) -> Supervisor<'a> {
         Supervisor {
+            node,
             log,
             inbox,
             slots: Vec::new(),
@@ -530,9 +495,22 @@ impl<'a> Supervisor<'a> {
                 Ok(())
             }
             Inbound::Samples(records) => records.iter().try_for_each(|r| self.log.append(r)),
-            Inbound::SamplerFailed(message) => {
-                self.warn(format!("procfs sampling failed: {message}"));
-                Ok(())
+            Inbound::SamplerFailed {
+                source,
+                counters,
+                reason,
+                at_ns,
+            } => {
+                self.warn(format!("{source} sampling failed and stopped: {reason}"));
+                self.log.append(&Record::Source(CounterSourceStatus {
+                    node: self.node,
+                    source: source.to_string(),
+                    state: SourceState::Failed {
+                        counters,
+                        reason,
+                        at_ns,
+                    },
+                }))
             }
         }
     }
@@ -748,25 +726,29 @@ fn forward_stream(rank: Rank, stdout: ChildStdout, inbox: &Sender<Inbound>) -> R
 
 /// The thread that samples /proc at the configured rate.
 struct SamplerThread {
+    name: String,
     stop: Sender<()>,
     handle: JoinHandle<()>,
 }
 
 impl SamplerThread {
+    /// Samples `source` on a thread of its own, so a slow or failing source holds back no other.
     fn start(
+        source: OpenedSource,
         node: NodeId,
-        pids: Vec<(Rank, u32)>,
         rate: SampleRate,
         inbox: Sender<Inbound>,
     ) -> Result<SamplerThread, CollectorError> {
         let (stop, stop_rx) = mpsc::channel();
-        let sampler = ProcSampler::new(&pids);
-        let name = "pinch-sampler".to_string();
+        let name = format!("pinch-{}", source.name);
         let handle = thread::Builder::new()
             .name(name.clone())
-            .spawn(move || run_sampler(sampler, node, rate.period(), &inbox, &stop_rx))
-            .map_err(|source| CollectorError::Thread { name, source })?;
-        Ok(SamplerThread { stop, handle })
+            .spawn(move || run_sampler(source, node, rate.period(), &inbox, &stop_rx))
+            .map_err(|source| CollectorError::Thread {
+                name: name.clone(),
+                source,
+            })?;
+        Ok(SamplerThread { name, stop, handle })
     }
 
     fn stop(self) -> Result<(), CollectorError> {
@@ -774,31 +756,35 @@ impl SamplerThread {
         let _ = self.stop.send(());
         self.handle
             .join()
-            .map_err(|_| CollectorError::ThreadPanicked {
-                name: "pinch-sampler".to_string(),
-            })
+            .map_err(|_| CollectorError::ThreadPanicked { name: self.name })
     }
 }
 
-/// Samples every `period` (first at once) until told to stop; reports only its first error.
+/// Samples every `period` (first at once) until told to stop. A failed reading stops this
+/// source alone: the failure and its time are reported, and the other sources go on.
 fn run_sampler(
-    mut sampler: ProcSampler,
+    mut source: OpenedSource,
     node: NodeId,
     period: Duration,
     inbox: &Sender<Inbound>,
     stop: &Receiver<()>,
 ) {
     let mut sink = SampleSink::new(node);
-    let mut failed = false;
     let mut next = Instant::now();
     loop {
-        let sampled = sampler.sample(monotonic_now_ns(), &mut sink);
-        if let (Err(e), false) = (sampled, failed) {
-            failed = true;
-            let _ = inbox.send(Inbound::SamplerFailed(e.to_string()));
-        }
+        let at_ns = monotonic_now_ns();
+        let sampled = source.sampler.sample(at_ns, &mut sink);
         let records = sink.take_records();
         if !records.is_empty() && inbox.send(Inbound::Samples(records)).is_err() {
+            return;
+        }
+        if let Err(e) = sampled {
+            let _ = inbox.send(Inbound::SamplerFailed {
+                source: source.name,
+                counters: std::mem::take(&mut source.counters),
+                reason: e.to_string(),
+                at_ns,
+            });
             return;
         }
         // After a stall, carry on from now rather than sampling in a burst to catch up.

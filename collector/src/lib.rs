@@ -7,6 +7,7 @@ pub mod error;
 pub mod procfs_sampler;
 pub mod recorder;
 pub mod sampler;
+pub mod sources;
 pub mod stderr_tail;
 pub mod stream;
 

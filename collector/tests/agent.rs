@@ -170,7 +170,7 @@ fn clean_two_rank_node() {
         })
         .collect();
     assert!(
-        matches!(sources["procfs"], SourceState::Read { counters } if counters.iter().any(|c| c == "cpu.utilization"))
+        matches!(sources["procfs"], SourceState::Read { counters, .. } if counters.iter().any(|c| c == "cpu.utilization"))
     );
     assert!(matches!(sources["nvml"], SourceState::NotRead { .. }));
     assert!(matches!(sources["perf"], SourceState::NotRead { .. }));

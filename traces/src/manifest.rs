@@ -72,8 +72,22 @@ pub struct CounterSourceStatus {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SourceState {
-    Read { counters: Vec<String> },
-    NotRead { reason: String },
+    /// Read, with what it reads and what it could not (e.g. hardware perf events refused), one
+    /// sentence each.
+    Read {
+        counters: Vec<String>,
+        notes: Vec<String>,
+    },
+    NotRead {
+        reason: String,
+    },
+    /// Read until it failed mid-run at `at_ns` (the node's monotonic clock); the other sources
+    /// and the workload went on.
+    Failed {
+        counters: Vec<String>,
+        reason: String,
+        at_ns: u64,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]

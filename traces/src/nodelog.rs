@@ -17,7 +17,7 @@ use std::io::{self, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
 /// The node log format this build writes and reads.
-pub const NODE_LOG_VERSION: u32 = 2;
+pub const NODE_LOG_VERSION: u32 = 3;
 const MAGIC: &[u8; 8] = b"PINCHLOG";
 const HEADER_BYTES: usize = 16;
 const FRAME_HEADER_BYTES: usize = 8;

@@ -1,0 +1,65 @@
+//! The node's counter sources: which of them can be read on this host, a sampler for each that
+//! can, and the manifest's line for each (what it reads, what it could not and why).
+//!
+//! Every source is tried; one that cannot be read here (no GPU driver, no InfiniBand device) is
+//! a `NotRead` status with its reason and changes nothing else.
+
+use crate::procfs_sampler::{PROC_COUNTERS, ProcSampler};
+use crate::sampler::Sampler;
+use pinch_traces::{CounterSourceStatus, NodeId, Rank, SourceState};
+
+/// A source that opened, ready to be sampled on its own thread.
+pub struct OpenedSource {
+    pub name: &'static str,
+    pub sampler: Box<dyn Sampler + Send>,
+    /// The counters it reads, for the status written if it fails mid-run.
+    pub counters: Vec<String>,
+}
+
+impl std::fmt::Debug for OpenedSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenedSource")
+            .field("name", &self.name)
+            .field("counters", &self.counters)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What opening one source gave: a sampler with its counters and notes, or why not.
+type Opened = Result<(Box<dyn Sampler + Send>, Vec<String>, Vec<String>), String>;
+
+/// Tries every source for the node and its rank processes (rank, pid): the samplers to run,
+/// and one status per source for the node log.
+pub fn open_sources(
+    node: NodeId,
+    ranks: &[(Rank, u32)],
+) -> (Vec<OpenedSource>, Vec<CounterSourceStatus>) {
+    let attempts: [(&'static str, Opened); 1] = [("procfs", open_procfs(ranks))];
+    let mut opened = Vec::new();
+    let mut statuses = Vec::new();
+    for (name, attempt) in attempts {
+        let state = match attempt {
+            Ok((sampler, counters, notes)) => {
+                opened.push(OpenedSource {
+                    name,
+                    sampler,
+                    counters: counters.clone(),
+                });
+                SourceState::Read { counters, notes }
+            }
+            Err(reason) => SourceState::NotRead { reason },
+        };
+        statuses.push(CounterSourceStatus {
+            node,
+            source: name.to_string(),
+            state,
+        });
+    }
+    (opened, statuses)
+}
+
+fn open_procfs(ranks: &[(Rank, u32)]) -> Opened {
+    ProcSampler::probe().map_err(|e| e.to_string())?;
+    let counters = PROC_COUNTERS.iter().map(|c| c.name.to_string()).collect();
+    Ok((Box::new(ProcSampler::new(ranks)), counters, Vec::new()))
+}
