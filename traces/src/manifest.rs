@@ -76,6 +76,7 @@ pub enum SourceState {
     /// sentence each.
     Read {
         counters: Vec<String>,
+        #[serde(default)]
         notes: Vec<String>,
     },
     NotRead {
