@@ -1,7 +1,8 @@
 //! A Prometheus endpoint for the agent: the latest reading of every counter of the node, served as
 //! OpenMetrics text on `GET /metrics` so a Prometheus server or `curl` can watch a run live.
 //!
-//! The node log stays the record of a run; this endpoint only shows its last values. It is not a
+//! The node log stays the record of a run; this endpoint only shows its last values (a series keeps
+//! its last value until the server stops, even after its rank ended). It is not a
 //! sampler: the agent hands it the readings its samplers already took (`observe_records`, or
 //! `observe` for one value). Exposition is done by the `prometheus-client` crate; the HTTP side is
 //! a minimal server on one std thread (request line only, `Connection: close`), because a scrape
@@ -244,7 +245,7 @@ impl State {
             family: GaugeFamily::default(),
             scale,
         };
-        let help = format!("Latest reading of pinch counter '{counter}' ({unit})");
+        let help = help_text(counter, unit, suffix.as_deref());
         match suffix {
             Some(suffix) => self.registry.register_with_unit(
                 base,
@@ -286,6 +287,20 @@ fn exposition(counter: &str, unit: Unit) -> (String, Option<String>, f64) {
             (base, Some(suffix), scale)
         }
         None => (name, None, scale),
+    }
+}
+
+/// Says which pinch counter a family shows, and in which unit pinch reads it when the value
+/// shown is converted (percent to ratio, nanoseconds to seconds).
+fn help_text(counter: &str, unit: Unit, suffix: Option<&str>) -> String {
+    let converted = matches!(unit, Unit::Percent | Unit::Nanoseconds);
+    match (suffix, converted) {
+        (Some(suffix), true) => {
+            format!(
+                "Latest reading of pinch counter '{counter}', read in {unit} and shown in {suffix}"
+            )
+        }
+        _ => format!("Latest reading of pinch counter '{counter}' ({unit})"),
     }
 }
 
@@ -496,7 +511,8 @@ mod tests {
             "{head}"
         );
         for line in [
-            "# HELP pinch_cpu_utilization_ratio Latest reading of pinch counter 'cpu.utilization' (%).",
+            "# HELP pinch_cpu_utilization_ratio Latest reading of pinch counter 'cpu.utilization', read in % and shown in ratio.",
+            "# HELP pinch_process_rss_bytes Latest reading of pinch counter 'process.rss' (B).",
             "# TYPE pinch_cpu_utilization_ratio gauge",
             "# UNIT pinch_cpu_utilization_ratio ratio",
             "pinch_cpu_utilization_ratio{node=\"3\",device=\"cpu0\"} 0.5",
