@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod error;
 pub mod procfs_sampler;
+pub mod prometheus;
 pub mod recorder;
 pub mod sampler;
 pub mod sources;
@@ -14,6 +15,7 @@ pub mod stream;
 pub use agent::{AgentConfig, AgentEvent, AgentSummary, FAILURE_GRACE, run_agent};
 pub use error::CollectorError;
 pub use procfs_sampler::ProcSampler;
+pub use prometheus::{MetricsError, MetricsServer};
 pub use recorder::Recorder;
 pub use sampler::{CounterSpec, SampleRate, SampleRateError, SampleSink, Sampler, SamplerError};
 pub use stream::RankStream;
