@@ -10,6 +10,7 @@
 //! connection drops) and are then killed.
 
 use crate::error::CollectorError;
+use crate::prometheus::MetricsServer;
 use crate::sampler::{SampleRate, SampleSink};
 use crate::sources::{OpenedSource, open_sources};
 use crate::stderr_tail::StderrTail;
@@ -48,6 +49,9 @@ pub struct AgentConfig {
     pub sample_rate: SampleRate,
     /// The command that starts one rank; the agent pipes its stdout and nulls its stdin.
     pub rank_command: Box<dyn Fn(Rank) -> Command + Send>,
+    /// Where to serve the latest counter values in Prometheus' text format (loopback only);
+    /// `None`: no endpoint.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl fmt::Debug for AgentConfig {
@@ -58,6 +62,7 @@ impl fmt::Debug for AgentConfig {
             .field("ranks", &self.ranks)
             .field("log_path", &self.log_path)
             .field("sample_rate", &self.sample_rate)
+            .field("metrics_addr", &self.metrics_addr)
             .finish_non_exhaustive()
     }
 }
@@ -126,8 +131,13 @@ fn run_agent_with_grace(
         anchor: ClockAnchor::now(),
     })?;
     log.flush()?;
+    let metrics = config
+        .metrics_addr
+        .map(|addr| MetricsServer::start(addr, config.node))
+        .transpose()?;
     let (inbox_tx, inbox) = mpsc::channel();
     let mut agent = Supervisor::new(config.node, log, inbox, failure_grace, on_event);
+    agent.metrics = metrics;
     agent.start_ranks(&config.ranks, config.rank_command.as_ref(), &inbox_tx)?;
     let (sources, statuses) = open_sources(config.node, &agent.pids());
     for status in statuses {
@@ -372,6 +382,8 @@ fn describe_status(status: &ExitStatus) -> String {
 struct Supervisor<'a> {
     node: NodeId,
     log: LogFile,
+    /// The Prometheus endpoint, fed every batch of samples.
+    metrics: Option<MetricsServer>,
     inbox: Receiver<Inbound>,
     slots: Vec<RankSlot>,
     failure_grace: Duration,
@@ -392,6 +404,7 @@ impl<'a> Supervisor<'a> {
         Supervisor {
             node,
             log,
+            metrics: None,
             inbox,
             slots: Vec::new(),
             failure_grace,
@@ -494,7 +507,12 @@ impl<'a> Supervisor<'a> {
                 }
                 Ok(())
             }
-            Inbound::Samples(records) => records.iter().try_for_each(|r| self.log.append(r)),
+            Inbound::Samples(records) => {
+                if let Some(metrics) = &self.metrics {
+                    metrics.observe_records(&records);
+                }
+                records.iter().try_for_each(|r| self.log.append(r))
+            }
             Inbound::SamplerFailed {
                 source,
                 counters,
@@ -809,6 +827,7 @@ mod tests {
             log_path: dir.join("node-2.pnl"),
             sample_rate: SampleRate::new(50).unwrap(),
             rank_command: Box::new(command),
+            metrics_addr: None,
         }
     }
 

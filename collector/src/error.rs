@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CollectorError {
+    #[error(transparent)]
+    Metrics(#[from] crate::prometheus::MetricsError),
     #[error("cannot create node log '{path}': {source}")]
     CreateLog { path: PathBuf, source: io::Error },
     #[error("cannot write node log '{path}': {source}")]
