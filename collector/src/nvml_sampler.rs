@@ -372,37 +372,35 @@ impl NvmlSampler {
         }
     }
 
-    /// GPM reads for a GPU that supports it (Hopper+), including its active NVLink links.
+    /// GPM reads for a GPU that supports it (Hopper+), including its active NVLink links. A GPM
+    /// sample is taken once here, because a GPU may claim GPM and still refuse it (in a VM).
     fn probe_gpm(&mut self, name: &str, device: &Device<'static>) -> Option<Gpm> {
         let links = self.active_links(name, device);
-        let supported = device.gpm_support();
-        if !matches!(supported, Ok(true)) {
-            let why = match supported {
-                Err(e) => e.to_string(),
-                Ok(_) => "this GPU has no GPM (Hopper or newer is needed)".to_string(),
-            };
-            let gpm_counters = [
-                GPU_SM_ACTIVITY,
-                GPU_SM_OCCUPANCY,
-                GPU_TENSOR_ACTIVITY,
-                GPU_DRAM_BANDWIDTH_UTILIZATION,
-            ];
+        let refused = match device.gpm_support() {
+            Ok(true) => device.gpm_sample().err().map(|e| e.to_string()),
+            Ok(false) => Some("this GPU has no GPM: Hopper or newer is needed".to_string()),
+            Err(e) => Some(e.to_string()),
+        };
+        let Some(why) = refused else {
+            return Some(Gpm {
+                reads: gpm_reads(name, &links),
+                previous: None,
+            });
+        };
+        let activity = [
+            GPU_SM_ACTIVITY,
+            GPU_SM_OCCUPANCY,
+            GPU_TENSOR_ACTIVITY,
+            GPU_DRAM_BANDWIDTH_UTILIZATION,
+        ];
+        self.note(format!("{name}: {} not read ({why})", names(&activity)));
+        if !links.is_empty() {
             self.note(format!(
-                "{name}: {} are not read ({why})",
-                names(&gpm_counters)
+                "{name}: per-link NVLink traffic not read: it needs GPM, and nvml-wrapper's \
+                 field values cannot address a link"
             ));
-            if !links.is_empty() {
-                self.note(format!(
-                    "{name}: per-link NVLink traffic is not read: it needs GPM, and \
-                     nvml-wrapper's field values cannot address a link"
-                ));
-            }
-            return None;
         }
-        Some(Gpm {
-            reads: gpm_reads(name, &links),
-            previous: None,
-        })
+        None
     }
 
     /// The NVLink links that are up; notes why there are none.
@@ -546,9 +544,7 @@ impl Sampler for NvmlSampler {
         let mut late_notes = Vec::new();
         for gpu in &mut self.gpus {
             sample_probes(gpu, now_ns, out)?;
-            if let Some(note) = sample_gpm(self.nvml, gpu, now_ns, out) {
-                late_notes.push(note);
-            }
+            late_notes.extend(sample_gpm(self.nvml, gpu, now_ns, out));
             sample_xid(gpu, now_ns, out);
             if gpu.lists_processes {
                 add_rank_memory(&gpu.device, &self.ranks, &mut rank_memory);
@@ -586,45 +582,65 @@ fn sample_probes(gpu: &Gpu, now_ns: u64, out: &mut SampleSink) -> Result<(), Sam
     Ok(())
 }
 
-/// GPM metrics since the kept sample, once it is at least `GPM_MIN_GAP_NS` old. Returns a note
-/// when a metric's unit is unknown.
+/// Whether a GPM sample is due: none is kept yet, or the kept one is old enough to measure from.
+pub fn gpm_due(kept_ns: Option<u64>, now_ns: u64) -> bool {
+    kept_ns.is_none_or(|kept| now_ns.saturating_sub(kept) >= GPM_MIN_GAP_NS)
+}
+
+/// GPM metrics since the kept sample, once it is at least `GPM_MIN_GAP_NS` old. A metric the GPU
+/// refuses, or in a unit this does not know, is dropped for good; the notes say which.
 fn sample_gpm(
     nvml: &'static Nvml,
     gpu: &mut Gpu,
     now_ns: u64,
     out: &mut SampleSink,
-) -> Option<String> {
-    let gpm = gpu.gpm.as_mut()?;
-    if let Some((taken_ns, _)) = &gpm.previous
-        && now_ns.saturating_sub(*taken_ns) < GPM_MIN_GAP_NS
-    {
-        return None;
+) -> Vec<String> {
+    let Some(gpm) = gpu.gpm.as_mut() else {
+        return Vec::new();
+    };
+    if !gpm_due(gpm.previous.as_ref().map(|(kept_ns, _)| *kept_ns), now_ns) {
+        return Vec::new();
     }
-    let current = gpu.device.gpm_sample().ok()?;
-    let previous = gpm.previous.replace((now_ns, current));
-    let (_, before) = previous?;
-    let (_, after) = gpm.previous.as_ref()?;
+    let Ok(current) = gpu.device.gpm_sample() else {
+        return Vec::new();
+    };
+    let Some((_, before)) = gpm.previous.replace((now_ns, current)) else {
+        return Vec::new();
+    };
+    let Some((_, after)) = gpm.previous.as_ref() else {
+        return Vec::new();
+    };
     let ids: Vec<GpmMetricId> = gpm.reads.iter().map(|r| r.metric).collect();
-    let results = gpm_metrics_get(nvml, &before, after, &ids).ok()?;
-    let mut note = None;
-    for (read, result) in gpm.reads.iter().zip(results) {
-        let Ok(result) = result else { continue };
-        let value = if read.counter.unit == Unit::BytesPerSecond {
-            let unit = result.metric_info.unit;
-            let Some(bytes) = bytes_per_second(result.value, &unit) else {
-                note = Some(format!(
-                    "{}: GPM unit '{unit}' is unknown; {} left out",
-                    gpu.name, read.counter.name
-                ));
-                continue;
-            };
-            bytes
-        } else {
-            result.value
-        };
-        out.push(read.counter, &read.device, now_ns, value);
+    let Ok(results) = gpm_metrics_get(nvml, &before, after, &ids) else {
+        return Vec::new();
+    };
+    let mut notes = Vec::new();
+    let mut kept = Vec::with_capacity(gpm.reads.len());
+    for (read, result) in std::mem::take(&mut gpm.reads).into_iter().zip(results) {
+        let value = result
+            .map_err(|e| e.to_string())
+            .and_then(|r| gpm_value(read.counter, r.value, &r.metric_info.unit));
+        match value {
+            Ok(value) => {
+                out.push(read.counter, &read.device, now_ns, value);
+                kept.push(read);
+            }
+            Err(why) => notes.push(format!(
+                "{}: {} not read (GPM: {why})",
+                read.device, read.counter.name
+            )),
+        }
     }
-    note
+    gpm.reads = kept;
+    notes
+}
+
+/// A GPM metric's value in the counter's unit: rates become bytes per second.
+fn gpm_value(counter: CounterSpec, value: f64, unit: &str) -> Result<f64, String> {
+    if counter.unit != Unit::BytesPerSecond {
+        return Ok(value);
+    }
+    bytes_per_second(value, unit).ok_or_else(|| format!("unit '{unit}' is unknown"))
 }
 
 /// Counts the XID events that arrived since the last sample, without waiting.
@@ -677,6 +693,39 @@ mod tests {
         assert_eq!(bytes_per_second(3.0, "B/s"), Some(3.0));
         assert_eq!(bytes_per_second(1.0, "GB/sec"), Some(1e9));
         assert_eq!(bytes_per_second(1.0, "%"), None);
+    }
+
+    #[test]
+    fn gpm_waits_100_ms_between_samples() {
+        assert!(gpm_due(None, 5));
+        assert!(!gpm_due(Some(1_000_000_000), 1_099_999_999));
+        assert!(gpm_due(Some(1_000_000_000), 1_100_000_000));
+        // A clock that stepped back is not an interval.
+        assert!(!gpm_due(Some(2_000_000_000), 1_000_000_000));
+    }
+
+    #[test]
+    fn gpm_reads_put_each_active_link_on_its_own_device() {
+        let reads = gpm_reads("gpu2", &[0, 17]);
+        let on = |device: &str| reads.iter().filter(|r| r.device == device).count();
+        assert_eq!(on("gpu2"), 6);
+        let link17: Vec<_> = reads
+            .iter()
+            .filter(|r| r.device == "gpu2.nvlink17")
+            .collect();
+        assert_eq!(link17.len(), 2);
+        assert_eq!(link17[0].metric, GpmMetricId::NvlinkL17RxPerSec);
+        assert_eq!(link17[0].counter, GPU_NVLINK_RX);
+        assert_eq!(link17[1].metric, GpmMetricId::NvlinkL17TxPerSec);
+        assert_eq!(on("gpu2.nvlink0"), 2);
+    }
+
+    #[test]
+    fn gpm_rates_become_bytes_and_unknown_units_are_refused() {
+        assert_eq!(gpm_value(GPU_SM_ACTIVITY, 42.0, "%"), Ok(42.0));
+        assert_eq!(gpm_value(GPU_PCIE_TX, 1.0, "MiB/sec"), Ok(1_048_576.0));
+        let refused = gpm_value(GPU_NVLINK_RX, 1.0, "furlongs").unwrap_err();
+        assert_eq!(refused, "unit 'furlongs' is unknown");
     }
 
     #[test]
