@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod error;
+pub mod nvml_sampler;
 pub mod procfs_sampler;
 pub mod prometheus;
 pub mod recorder;
@@ -14,6 +15,7 @@ pub mod stream;
 
 pub use agent::{AgentConfig, AgentEvent, AgentSummary, FAILURE_GRACE, run_agent};
 pub use error::CollectorError;
+pub use nvml_sampler::NvmlSampler;
 pub use procfs_sampler::ProcSampler;
 pub use prometheus::{MetricsError, MetricsServer};
 pub use recorder::Recorder;

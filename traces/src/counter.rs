@@ -14,6 +14,12 @@ pub enum Unit {
     PerSecond,
     Nanoseconds,
     Count,
+    /// A frequency (a GPU's SM or memory clock).
+    Hertz,
+    /// Electrical power (a GPU's draw).
+    Watts,
+    /// A temperature (a GPU's die).
+    Celsius,
 }
 
 impl Unit {
@@ -25,6 +31,9 @@ impl Unit {
             Unit::PerSecond => "1/s",
             Unit::Nanoseconds => "ns",
             Unit::Count => "count",
+            Unit::Hertz => "Hz",
+            Unit::Watts => "W",
+            Unit::Celsius => "°C",
         }
     }
 }
