@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod error;
+pub mod ib_sampler;
 pub mod nvml_sampler;
 pub mod procfs_sampler;
 pub mod prometheus;
@@ -15,6 +16,7 @@ pub mod stream;
 
 pub use agent::{AgentConfig, AgentEvent, AgentSummary, FAILURE_GRACE, run_agent};
 pub use error::CollectorError;
+pub use ib_sampler::IbSampler;
 pub use nvml_sampler::NvmlSampler;
 pub use procfs_sampler::ProcSampler;
 pub use prometheus::{MetricsError, MetricsServer};

@@ -1,5 +1,9 @@
-//! The procfs sampler: per-core CPU time shares, host memory, the rank processes' memory and CPU,
-//! and network interface rates, read from /proc through the `procfs` crate.
+//! The procfs sampler: per-core CPU time shares (user, system, iowait, steal), host memory
+//! (available, page cache), the rank processes' memory and CPU, and network interface rates
+//! (bytes, packets, drops, errors), read from /proc through the `procfs` crate.
+//!
+//! Cores are named by their /proc/stat label ("cpu3"), not their position: /proc/stat lists only
+//! online cores, so with a core offline the position and the core number differ.
 //!
 //! Rates come from the difference of two readings, so the first reading of anything only primes
 //! it: a rate is absent until there is an interval to measure, never a fake 0. The math is kept
@@ -9,7 +13,8 @@
 use crate::sampler::{CounterSpec, SampleSink, Sampler, SamplerError};
 use pinch_traces::{Rank, Unit};
 use procfs::process::Process;
-use procfs::{Current, CurrentSI, KernelStats, Meminfo, ProcError};
+use procfs::{Current, FromBufReadSI, KernelStats, Meminfo, ProcError};
+use std::collections::HashMap;
 
 const fn spec(name: &'static str, unit: Unit) -> CounterSpec {
     CounterSpec { name, unit }
@@ -21,6 +26,8 @@ pub const CPU_SYSTEM: CounterSpec = spec("cpu.system", Unit::Percent);
 pub const CPU_IOWAIT: CounterSpec = spec("cpu.iowait", Unit::Percent);
 pub const CPU_STEAL: CounterSpec = spec("cpu.steal", Unit::Percent);
 pub const MEM_AVAILABLE: CounterSpec = spec("mem.available", Unit::Bytes);
+/// The page cache ("Cached" in /proc/meminfo).
+pub const MEM_PAGE_CACHE: CounterSpec = spec("mem.page_cache", Unit::Bytes);
 pub const PROCESS_RSS: CounterSpec = spec("process.rss", Unit::Bytes);
 pub const PROCESS_CPU_TIME: CounterSpec = spec("process.cpu_time", Unit::Nanoseconds);
 pub const PROCESS_CPU_UTILIZATION: CounterSpec = spec("process.cpu_utilization", Unit::Percent);
@@ -28,6 +35,22 @@ pub const NET_RX_BYTES: CounterSpec = spec("net.rx_bytes", Unit::BytesPerSecond)
 pub const NET_TX_BYTES: CounterSpec = spec("net.tx_bytes", Unit::BytesPerSecond);
 pub const NET_RX_PACKETS: CounterSpec = spec("net.rx_packets", Unit::PerSecond);
 pub const NET_TX_PACKETS: CounterSpec = spec("net.tx_packets", Unit::PerSecond);
+pub const NET_RX_DROPS: CounterSpec = spec("net.rx_drops", Unit::PerSecond);
+pub const NET_TX_DROPS: CounterSpec = spec("net.tx_drops", Unit::PerSecond);
+pub const NET_RX_ERRORS: CounterSpec = spec("net.rx_errors", Unit::PerSecond);
+pub const NET_TX_ERRORS: CounterSpec = spec("net.tx_errors", Unit::PerSecond);
+
+/// The interface counters, in `NetCounts` order.
+const NET_COUNTERS: [CounterSpec; 8] = [
+    NET_RX_BYTES,
+    NET_TX_BYTES,
+    NET_RX_PACKETS,
+    NET_TX_PACKETS,
+    NET_RX_DROPS,
+    NET_TX_DROPS,
+    NET_RX_ERRORS,
+    NET_TX_ERRORS,
+];
 
 /// Every counter `ProcSampler` emits.
 pub const PROC_COUNTERS: &[CounterSpec] = &[
@@ -37,6 +60,7 @@ pub const PROC_COUNTERS: &[CounterSpec] = &[
     CPU_IOWAIT,
     CPU_STEAL,
     MEM_AVAILABLE,
+    MEM_PAGE_CACHE,
     PROCESS_RSS,
     PROCESS_CPU_TIME,
     PROCESS_CPU_UTILIZATION,
@@ -44,6 +68,10 @@ pub const PROC_COUNTERS: &[CounterSpec] = &[
     NET_TX_BYTES,
     NET_RX_PACKETS,
     NET_TX_PACKETS,
+    NET_RX_DROPS,
+    NET_TX_DROPS,
+    NET_RX_ERRORS,
+    NET_TX_ERRORS,
 ];
 
 /// Rates counted in clock ticks (10 ms each on most kernels) are measured over at least this
@@ -172,13 +200,23 @@ fn advance<T, R>(
     result
 }
 
-/// Cumulative counts of one network interface.
+/// Cumulative counts of one network interface, in `NET_COUNTERS` order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct NetCounts {
-    rx_bytes: u64,
-    tx_bytes: u64,
-    rx_packets: u64,
-    tx_packets: u64,
+struct NetCounts([u64; 8]);
+
+impl From<&procfs::net::DeviceStatus> for NetCounts {
+    fn from(dev: &procfs::net::DeviceStatus) -> NetCounts {
+        NetCounts([
+            dev.recv_bytes,
+            dev.sent_bytes,
+            dev.recv_packets,
+            dev.sent_packets,
+            dev.recv_drop,
+            dev.sent_drop,
+            dev.recv_errs,
+            dev.sent_errs,
+        ])
+    }
 }
 
 #[derive(Debug)]
@@ -194,8 +232,8 @@ pub struct ProcSampler {
     ranks: Vec<RankProcess>,
     ticks_per_second: u64,
     page_size_bytes: u64,
-    cores: Vec<Option<Baseline<CpuTicks>>>,
-    core_names: Vec<String>,
+    /// Keyed by the core's /proc/stat label.
+    cores: HashMap<String, Option<Baseline<CpuTicks>>>,
     interfaces: Vec<(String, Option<Baseline<NetCounts>>)>,
 }
 
@@ -214,36 +252,27 @@ impl ProcSampler {
             ranks,
             ticks_per_second: procfs::ticks_per_second(),
             page_size_bytes: procfs::page_size(),
-            cores: Vec::new(),
-            core_names: Vec::new(),
+            cores: HashMap::new(),
             interfaces: Vec::new(),
         }
     }
 
     /// Whether this host's /proc can be read: the host-wide files, once.
     pub fn probe() -> Result<(), SamplerError> {
-        KernelStats::current().map_err(proc_error("/proc/stat"))?;
+        read_cores()?;
         Meminfo::current().map_err(proc_error("/proc/meminfo"))?;
         procfs::net::dev_status().map_err(proc_error("/proc/net/dev"))?;
         Ok(())
     }
 
     fn sample_cores(&mut self, now_ns: u64, out: &mut SampleSink) -> Result<(), SamplerError> {
-        let stats = KernelStats::current().map_err(proc_error("/proc/stat"))?;
-        let count = stats.cpu_time.len();
-        self.cores.resize(count, None);
-        while self.core_names.len() < count {
-            self.core_names
-                .push(format!("cpu{}", self.core_names.len()));
-        }
-        for (core, time) in stats.cpu_time.iter().enumerate() {
-            let ticks = CpuTicks::from(time);
-            let slot = &mut self.cores[core];
+        for (core, ticks) in read_cores()? {
+            let slot = self.cores.entry(core.clone()).or_default();
             let shares = advance(slot, now_ns, ticks, MIN_TICK_INTERVAL_NS, |b, a, _| {
                 core_shares(b, a)
             });
             if let Some(shares) = shares {
-                push_core(out, &self.core_names[core], now_ns, &shares);
+                push_core(out, &core, now_ns, &shares);
             }
         }
         Ok(())
@@ -251,8 +280,10 @@ impl ProcSampler {
 
     fn sample_memory(now_ns: u64, out: &mut SampleSink) -> Result<(), SamplerError> {
         let meminfo = Meminfo::current().map_err(proc_error("/proc/meminfo"))?;
-        if let Some(bytes) = meminfo.mem_available {
-            out.push(MEM_AVAILABLE, "host", now_ns, bytes as f64);
+        for (counter, bytes) in memory_readings(&meminfo) {
+            if let Some(bytes) = bytes {
+                out.push(counter, "host", now_ns, bytes as f64);
+            }
         }
         Ok(())
     }
@@ -296,12 +327,7 @@ impl ProcSampler {
             let Some(dev) = status.get(name) else {
                 continue;
             };
-            let counts = NetCounts {
-                rx_bytes: dev.recv_bytes,
-                tx_bytes: dev.sent_bytes,
-                rx_packets: dev.recv_packets,
-                tx_packets: dev.sent_packets,
-            };
+            let counts = NetCounts::from(dev);
             let slot = self.interface_slot(name);
             if let Some(rates) = advance(slot, now_ns, counts, 0, |b, a, dt| {
                 Some(net_rates(b, a, dt))
@@ -372,36 +398,52 @@ fn push_core(out: &mut SampleSink, core: &str, now_ns: u64, shares: &CoreShares)
     }
 }
 
-/// Per-second rates of one interface; each is absent if its counter went backwards.
-#[derive(Clone, Copy, Debug, PartialEq)]
-struct NetRates {
-    rx_bytes: Option<f64>,
-    tx_bytes: Option<f64>,
-    rx_packets: Option<f64>,
-    tx_packets: Option<f64>,
+/// Per-second rates of one interface, in `NET_COUNTERS` order; each is absent if its counter
+/// went backwards.
+fn net_rates(before: &NetCounts, after: &NetCounts, elapsed_ns: u64) -> [Option<f64>; 8] {
+    std::array::from_fn(|i| rate_per_second(before.0[i], after.0[i], elapsed_ns))
 }
 
-fn net_rates(before: &NetCounts, after: &NetCounts, elapsed_ns: u64) -> NetRates {
-    NetRates {
-        rx_bytes: rate_per_second(before.rx_bytes, after.rx_bytes, elapsed_ns),
-        tx_bytes: rate_per_second(before.tx_bytes, after.tx_bytes, elapsed_ns),
-        rx_packets: rate_per_second(before.rx_packets, after.rx_packets, elapsed_ns),
-        tx_packets: rate_per_second(before.tx_packets, after.tx_packets, elapsed_ns),
-    }
-}
-
-fn push_net(out: &mut SampleSink, interface: &str, now_ns: u64, rates: NetRates) {
-    let readings = [
-        (NET_RX_BYTES, rates.rx_bytes),
-        (NET_TX_BYTES, rates.tx_bytes),
-        (NET_RX_PACKETS, rates.rx_packets),
-        (NET_TX_PACKETS, rates.tx_packets),
-    ];
-    for (counter, value) in readings {
+fn push_net(out: &mut SampleSink, interface: &str, now_ns: u64, rates: [Option<f64>; 8]) {
+    for (counter, value) in NET_COUNTERS.into_iter().zip(rates) {
         if let Some(value) = value {
             out.push(counter, interface, now_ns, value);
         }
     }
+}
+
+/// The host memory readings, in bytes; `None` where the kernel does not report one.
+fn memory_readings(meminfo: &Meminfo) -> [(CounterSpec, Option<u64>); 2] {
+    [
+        (MEM_AVAILABLE, meminfo.mem_available),
+        (MEM_PAGE_CACHE, Some(meminfo.cached)),
+    ]
+}
+
+/// Every online core's ticks from /proc/stat, with its label.
+fn read_cores() -> Result<Vec<(String, CpuTicks)>, SamplerError> {
+    let text = std::fs::read_to_string("/proc/stat").map_err(|e| SamplerError::Source {
+        source_name: "procfs",
+        message: format!("cannot read '/proc/stat': {e}"),
+    })?;
+    labeled_cores(&text, procfs::current_system_info()).map_err(proc_error("/proc/stat"))
+}
+
+/// The per-core lines of a /proc/stat text as (label, ticks): "cpu3" stays "cpu3" whatever its
+/// position. The labels are taken from the same lines, in the same order, as `KernelStats` parses.
+pub fn labeled_cores(
+    text: &str,
+    system: &procfs::SystemInfo,
+) -> Result<Vec<(String, CpuTicks)>, ProcError> {
+    let stats = KernelStats::from_buf_read(text.as_bytes(), system)?;
+    let labels = text
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|label| label.starts_with("cpu") && *label != "cpu");
+    Ok(labels
+        .zip(&stats.cpu_time)
+        .map(|(label, time)| (label.to_string(), CpuTicks::from(time)))
+        .collect())
 }
 
 #[cfg(test)]
@@ -484,6 +526,115 @@ processes 2
             cpu1.steal == Some(10.0) && cpu1.iowait == Some(0.0),
             "{cpu1:?}"
         );
+    }
+
+    /// cpu1 is offline, so /proc/stat lists cpu0, cpu2 and cpu3 (an old kernel's four fields:
+    /// no iowait, no steal).
+    const OFFLINE_BEFORE: &str = "cpu  30 0 30 300
+cpu0 10 0 10 100
+cpu2 10 0 10 100
+cpu3 10 0 10 100
+ctxt 1
+btime 1
+processes 1
+";
+    const OFFLINE_AFTER: &str = "cpu  130 0 30 500
+cpu0 10 0 10 200
+cpu2 10 0 10 200
+cpu3 110 0 10 100
+ctxt 2
+btime 1
+processes 2
+";
+
+    #[test]
+    fn cores_are_named_by_their_label_when_one_is_offline() {
+        let before = labeled_cores(OFFLINE_BEFORE, &SYSTEM).unwrap();
+        let after = labeled_cores(OFFLINE_AFTER, &SYSTEM).unwrap();
+        let labels: Vec<&str> = after.iter().map(|(label, _)| label.as_str()).collect();
+        assert_eq!(labels, ["cpu0", "cpu2", "cpu3"]);
+        // The busy core is cpu3, the third line: not "cpu2".
+        let shares = core_shares(&before[2].1, &after[2].1).unwrap();
+        assert_eq!((after[2].0.as_str(), shares.utilization), ("cpu3", 100.0));
+    }
+
+    #[test]
+    fn iowait_and_steal_a_kernel_does_not_report_are_not_emitted() {
+        let before = labeled_cores(OFFLINE_BEFORE, &SYSTEM).unwrap();
+        let after = labeled_cores(OFFLINE_AFTER, &SYSTEM).unwrap();
+        let shares = core_shares(&before[0].1, &after[0].1).unwrap();
+        let mut sink = SampleSink::new(NodeId(0));
+        push_core(&mut sink, "cpu0", 1, &shares);
+        let readings = Names::default().readings(&sink.take_records());
+        let mut names: Vec<&str> = readings.keys().map(String::as_str).collect();
+        names.sort();
+        assert_eq!(names, ["cpu.system", "cpu.user", "cpu.utilization"]);
+        assert_eq!(readings["cpu.utilization"], [("cpu0".to_string(), 0.0)]);
+    }
+
+    #[test]
+    fn memory_available_and_page_cache_in_bytes() {
+        let meminfo = "MemTotal: 1000 kB\nMemFree: 100 kB\nMemAvailable: 600 kB\n\
+            Buffers: 10 kB\nCached: 400 kB\nSwapCached: 0 kB\nActive: 1 kB\nInactive: 1 kB\n\
+            SwapTotal: 0 kB\nSwapFree: 0 kB\nDirty: 0 kB\nWriteback: 0 kB\nMapped: 0 kB\n\
+            Slab: 0 kB\nCommitted_AS: 0 kB\nVmallocTotal: 0 kB\nVmallocUsed: 0 kB\n\
+            VmallocChunk: 0 kB\n";
+        let parsed = <Meminfo as procfs::FromBufRead>::from_buf_read(meminfo.as_bytes()).unwrap();
+        assert_eq!(
+            memory_readings(&parsed),
+            [
+                (MEM_AVAILABLE, Some(600 * 1024)),
+                (MEM_PAGE_CACHE, Some(400 * 1024))
+            ]
+        );
+        let old_kernel = meminfo.replace("MemAvailable: 600 kB\n", "");
+        let parsed =
+            <Meminfo as procfs::FromBufRead>::from_buf_read(old_kernel.as_bytes()).unwrap();
+        assert_eq!(memory_readings(&parsed)[0], (MEM_AVAILABLE, None));
+    }
+
+    /// /proc/net/dev of one interface; each column holds a distinct value so a swapped column
+    /// shows. The second snapshot is 2 s later.
+    const NET_BEFORE: &str = "Inter-|   Receive |  Transmit
+ face |bytes packets errs drop fifo frame compressed multicast|bytes packets errs drop fifo colls carrier compressed
+  eth0: 1000 100 10 20 0 0 0 0 5000 500 30 40 0 0 0 0
+";
+    const NET_AFTER: &str = "Inter-|   Receive |  Transmit
+ face |bytes packets errs drop fifo frame compressed multicast|bytes packets errs drop fifo colls carrier compressed
+  eth0: 3000 300 12 26 0 0 0 0 9000 900 38 50 0 0 0 0
+";
+
+    fn eth0(text: &str) -> NetCounts {
+        let parsed = <procfs::net::InterfaceDeviceStatus as procfs::FromBufRead>::from_buf_read(
+            text.as_bytes(),
+        )
+        .unwrap();
+        NetCounts::from(&parsed.0["eth0"])
+    }
+
+    #[test]
+    fn interface_bytes_packets_drops_and_errors_rates() {
+        let rates = net_rates(&eth0(NET_BEFORE), &eth0(NET_AFTER), 2_000_000_000);
+        let mut sink = SampleSink::new(NodeId(0));
+        push_net(&mut sink, "eth0", 1, rates);
+        let readings = Names::default().readings(&sink.take_records());
+        let rate = |name: &str| readings[name][..].first().map(|(_, v)| *v);
+        let expected = [
+            ("net.rx_bytes", 1000.0),
+            ("net.tx_bytes", 2000.0),
+            ("net.rx_packets", 100.0),
+            ("net.tx_packets", 200.0),
+            ("net.rx_errors", 1.0),
+            ("net.tx_errors", 4.0),
+            ("net.rx_drops", 3.0),
+            ("net.tx_drops", 5.0),
+        ];
+        for (name, value) in expected {
+            assert_eq!(rate(name), Some(value), "{name}");
+        }
+        // A reset interface: every counter went backwards, so no rate at all.
+        let reset = net_rates(&eth0(NET_AFTER), &eth0(NET_BEFORE), 2_000_000_000);
+        assert_eq!(reset, [None; 8]);
     }
 
     #[test]
@@ -594,9 +745,22 @@ processes 2
         let busy = second["process.cpu_utilization"][0].1;
         assert!(busy > 0.0 && busy <= 100.0 * cores.len() as f64, "{busy}");
         assert!(second.values().flatten().all(|(d, _)| d != "rank1"));
-        assert!(
-            second.contains_key("net.rx_bytes"),
-            "every host has at least lo"
-        );
+        for name in ["net.rx_bytes", "net.tx_drops", "net.rx_errors"] {
+            assert!(
+                second.contains_key(name),
+                "every host has at least lo: {name}"
+            );
+        }
+        let [(host, cache)] = &second["mem.page_cache"][..] else {
+            panic!("{second:?}")
+        };
+        assert!(host == "host" && *cache > 0.0, "{cache}");
+        let stat = std::fs::read_to_string("/proc/stat").unwrap();
+        let labels = labeled_cores(&stat, procfs::current_system_info()).unwrap();
+        let mut named: Vec<&str> = cores.iter().map(|(d, _)| d.as_str()).collect();
+        named.sort();
+        let mut listed: Vec<&str> = labels.iter().map(|(l, _)| l.as_str()).collect();
+        listed.sort();
+        assert_eq!(named, listed, "cores are named as /proc/stat labels them");
     }
 }
