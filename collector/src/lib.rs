@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod error;
+pub mod perf_sampler;
 pub mod procfs_sampler;
 pub mod recorder;
 pub mod sampler;
@@ -12,6 +13,7 @@ pub mod stream;
 
 pub use agent::{AgentConfig, AgentEvent, AgentSummary, FAILURE_GRACE, run_agent};
 pub use error::CollectorError;
+pub use perf_sampler::PerfSampler;
 pub use procfs_sampler::ProcSampler;
 pub use recorder::Recorder;
 pub use sampler::{CounterSpec, SampleRate, SampleRateError, SampleSink, Sampler, SamplerError};

@@ -14,6 +14,9 @@ pub enum Unit {
     PerSecond,
     Nanoseconds,
     Count,
+    /// A dimensionless quotient of two counts or times (instructions per cycle, CPU-seconds per
+    /// second).
+    Ratio,
 }
 
 impl Unit {
@@ -25,6 +28,7 @@ impl Unit {
             Unit::PerSecond => "1/s",
             Unit::Nanoseconds => "ns",
             Unit::Count => "count",
+            Unit::Ratio => "x",
         }
     }
 }
