@@ -27,8 +27,7 @@ const fn spec(name: &'static str, unit: Unit) -> CounterSpec {
 
 pub const PERF_CYCLES: CounterSpec = spec("perf.cycles_per_s", Unit::PerSecond);
 pub const PERF_INSTRUCTIONS: CounterSpec = spec("perf.instructions_per_s", Unit::PerSecond);
-pub const PERF_CACHE_REFERENCES: CounterSpec =
-    spec("perf.cache_references_per_s", Unit::PerSecond);
+pub const PERF_CACHE_REFERENCES: CounterSpec = spec("perf.cache_references_per_s", Unit::PerSecond);
 pub const PERF_CACHE_MISSES: CounterSpec = spec("perf.cache_misses_per_s", Unit::PerSecond);
 pub const PERF_BRANCH_MISSES: CounterSpec = spec("perf.branch_misses_per_s", Unit::PerSecond);
 pub const PERF_STALLED_FRONTEND: CounterSpec =
@@ -39,8 +38,7 @@ pub const PERF_STALLED_BACKEND: CounterSpec =
 pub const PERF_IPC: CounterSpec = spec("perf.ipc", Unit::Ratio);
 /// CPU-seconds the rank's threads ran per second: 2.0 is two busy cores.
 pub const PERF_TASK_CLOCK_RATIO: CounterSpec = spec("perf.task_clock_ratio", Unit::Ratio);
-pub const PERF_CONTEXT_SWITCHES: CounterSpec =
-    spec("perf.context_switches_per_s", Unit::PerSecond);
+pub const PERF_CONTEXT_SWITCHES: CounterSpec = spec("perf.context_switches_per_s", Unit::PerSecond);
 pub const PERF_CPU_MIGRATIONS: CounterSpec = spec("perf.cpu_migrations_per_s", Unit::PerSecond);
 pub const PERF_PAGE_FAULTS: CounterSpec = spec("perf.page_faults_per_s", Unit::PerSecond);
 
@@ -307,8 +305,7 @@ fn push_rates(
         let found = readings.iter().find(|(e, _)| e.counter == counter);
         found.and_then(|(_, count)| *count)
     };
-    if let (Some(instructions), Some(cycles)) =
-        (count_of(PERF_INSTRUCTIONS), count_of(PERF_CYCLES))
+    if let (Some(instructions), Some(cycles)) = (count_of(PERF_INSTRUCTIONS), count_of(PERF_CYCLES))
         && cycles > 0.0
     {
         out.push(PERF_IPC, device, now_ns, instructions / cycles);
@@ -418,7 +415,8 @@ fn probe_self() -> Result<(), String> {
 
 fn open_rank(rank: Rank, pid: u32, notes: &mut Vec<String>) -> Result<RankCounters, String> {
     let label = format!("rank {} (pid {pid})", rank.0);
-    let tids = thread_ids(pid).map_err(|e| format!("the threads of {label} cannot be listed: {e}"))?;
+    let tids =
+        thread_ids(pid).map_err(|e| format!("the threads of {label} cannot be listed: {e}"))?;
     let software = open_set(&SOFTWARE_EVENTS, &tids, &label, notes)
         .map_err(|reason| format!("software perf events refused for {label}: {reason}"))?;
     let mut sets = vec![software];
@@ -526,23 +524,26 @@ fn open_thread(
     count_kernel: bool,
 ) -> io::Result<(ThreadGroup, Vec<(&'static PerfEvent, io::Error)>)> {
     let mut leader = Group::builder();
-    configure(&mut leader, tid, count_kernel).build_group().map(|group| {
-        let mut thread = ThreadGroup {
-            tid,
-            group,
-            members: Vec::new(),
-            last: None,
-        };
-        let mut refused = Vec::new();
-        for &event in events {
-            let mut builder = builder_for(event.kind);
-            match configure(&mut builder, tid, count_kernel).build_with_group(&mut thread.group) {
-                Ok(counter) => thread.members.push(counter),
-                Err(e) => refused.push((event, e)),
+    configure(&mut leader, tid, count_kernel)
+        .build_group()
+        .map(|group| {
+            let mut thread = ThreadGroup {
+                tid,
+                group,
+                members: Vec::new(),
+                last: None,
+            };
+            let mut refused = Vec::new();
+            for &event in events {
+                let mut builder = builder_for(event.kind);
+                match configure(&mut builder, tid, count_kernel).build_with_group(&mut thread.group)
+                {
+                    Ok(counter) => thread.members.push(counter),
+                    Err(e) => refused.push((event, e)),
+                }
             }
-        }
-        (thread, refused)
-    })
+            (thread, refused)
+        })
 }
 
 fn builder_for(kind: EventKind) -> Builder<'static> {
@@ -701,7 +702,10 @@ mod tests {
         let mut sink = SampleSink::new(NodeId(0));
         push_rates(&mut sink, "rank0", 7, 500_000_000, &readings);
         let values = Names::default().readings(&sink.take_records());
-        assert_eq!(values["perf.cycles_per_s"], [("rank0".to_string(), 4_000.0)]);
+        assert_eq!(
+            values["perf.cycles_per_s"],
+            [("rank0".to_string(), 4_000.0)]
+        );
         assert_eq!(values["perf.instructions_per_s"][0].1, 6_000.0);
         assert_eq!(values["perf.ipc"][0].1, 1.5);
         assert_eq!(values["perf.task_clock_ratio"][0].1, 0.5);
@@ -767,27 +771,42 @@ mod tests {
         let counters = sampler.read_counters();
         let hardware_note = format!("hardware events refused for rank 0 (pid {}): ", child.id());
         if hardware_offered() {
-            assert!(counters.contains(&"perf.cycles_per_s".to_string()), "{counters:?}");
+            assert!(
+                counters.contains(&"perf.cycles_per_s".to_string()),
+                "{counters:?}"
+            );
         } else {
             assert!(
-                notes.iter().any(|n| n.starts_with(&hardware_note) && n.contains("cycles")),
+                notes
+                    .iter()
+                    .any(|n| n.starts_with(&hardware_note) && n.contains("cycles")),
                 "{notes:?}"
             );
-            assert!(!counters.iter().any(|c| c.contains("cycles") || c.contains("ipc")));
+            assert!(
+                !counters
+                    .iter()
+                    .any(|c| c.contains("cycles") || c.contains("ipc"))
+            );
         }
         for name in ["perf.task_clock_ratio", "perf.page_faults_per_s"] {
             assert!(counters.contains(&name.to_string()), "{counters:?}");
         }
 
         let mut names = Names::default();
-        assert!(sample(&mut sampler, &mut names).is_empty(), "the first sample only primes");
+        assert!(
+            sample(&mut sampler, &mut names).is_empty(),
+            "the first sample only primes"
+        );
         std::thread::sleep(Duration::from_millis(300));
         let second = sample(&mut sampler, &mut names);
         let [(device, busy)] = &second["perf.task_clock_ratio"][..] else {
             panic!("{second:?}")
         };
         assert!(device == "rank0" && *busy > 0.05 && *busy < 1.5, "{busy}");
-        assert!(second.contains_key("perf.context_switches_per_s"), "{second:?}");
+        assert!(
+            second.contains_key("perf.context_switches_per_s"),
+            "{second:?}"
+        );
         assert_eq!(second.contains_key("perf.cycles_per_s"), hardware_offered());
         let emitted: Vec<&String> = second.keys().collect();
         assert!(emitted.iter().all(|c| counters.contains(c)), "{emitted:?}");
@@ -826,7 +845,10 @@ mod tests {
     fn ranks_that_cannot_be_opened_are_named() {
         let gone = u32::MAX - 7;
         let refused = PerfSampler::open(&[(Rank(1), gone)]).unwrap_err();
-        assert!(refused.contains(&format!("rank 1 (pid {gone})")), "{refused}");
+        assert!(
+            refused.contains(&format!("rank 1 (pid {gone})")),
+            "{refused}"
+        );
         let mut child = spinning_child();
         let sampler = PerfSampler::open(&[(Rank(0), child.id()), (Rank(1), gone)]).unwrap();
         child.kill().unwrap();
