@@ -6,6 +6,7 @@ pub mod agent;
 pub mod error;
 pub mod ib_sampler;
 pub mod nvml_sampler;
+pub mod perf_sampler;
 pub mod procfs_sampler;
 pub mod prometheus;
 pub mod recorder;
@@ -18,6 +19,7 @@ pub use agent::{AgentConfig, AgentEvent, AgentSummary, FAILURE_GRACE, run_agent}
 pub use error::CollectorError;
 pub use ib_sampler::IbSampler;
 pub use nvml_sampler::NvmlSampler;
+pub use perf_sampler::PerfSampler;
 pub use procfs_sampler::ProcSampler;
 pub use prometheus::{MetricsError, MetricsServer};
 pub use recorder::Recorder;

@@ -20,6 +20,9 @@ pub enum Unit {
     Watts,
     /// A temperature (a GPU's die).
     Celsius,
+    /// A dimensionless quotient of two counts or times (instructions per cycle, CPU-seconds per
+    /// second).
+    Ratio,
 }
 
 impl Unit {
@@ -34,6 +37,7 @@ impl Unit {
             Unit::Hertz => "Hz",
             Unit::Watts => "W",
             Unit::Celsius => "°C",
+            Unit::Ratio => "x",
         }
     }
 }
