@@ -149,6 +149,10 @@ pub struct RunArgs {
     /// Print report.json's content instead of tables.
     #[arg(long)]
     pub json: bool,
+    /// Serve each node's latest counters in Prometheus' text format, at /metrics: node n on
+    /// this address's port + n. Loopback only. Off by default.
+    #[arg(long)]
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -178,6 +182,9 @@ pub struct AgentArgs {
     /// The run's workload.json (a `ServeConfig`).
     #[arg(long)]
     pub plan: PathBuf,
+    /// Serve the node's counters for Prometheus here (loopback only).
+    #[arg(long)]
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 #[derive(Debug, Args)]

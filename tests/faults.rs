@@ -41,6 +41,7 @@ fn layout_that_does_not_fit_is_named() {
     fails_with_code_2(&["run", "--parallel=ep=2"], "'tiny'");
     fails_with_code_2(&["run", "--parallel=pp=99"], "'99'");
     fails_with_code_2(&["run", "--parallel=zz=2"], "'zz'");
+    fails_with_code_2(&["run", "--metrics-addr=0.0.0.0:9400"], "'0.0.0.0:9400'");
     fails_with_code_2(&["run", "--sample-hz=0"], "'0'");
 }
 

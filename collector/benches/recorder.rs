@@ -45,7 +45,13 @@ fn finish_with_room(bencher: Bencher) {
     let attrs = attrs();
     bencher.bench(|| {
         let start_ns = recorder.now_ns();
-        recorder.finish(Lane(0), Category::Compute, OpId(7), start_ns, divan::black_box(attrs))
+        recorder.finish(
+            Lane(0),
+            Category::Compute,
+            OpId(7),
+            start_ns,
+            divan::black_box(attrs),
+        )
     });
     stop.store(true, Ordering::Relaxed);
     let _ = drainer.join();
@@ -59,7 +65,13 @@ fn finish_when_full(bencher: Bencher) {
     let attrs = attrs();
     bencher.bench(|| {
         let start_ns = recorder.now_ns();
-        recorder.finish(Lane(0), Category::Compute, OpId(7), start_ns, divan::black_box(attrs))
+        recorder.finish(
+            Lane(0),
+            Category::Compute,
+            OpId(7),
+            start_ns,
+            divan::black_box(attrs),
+        )
     });
 }
 

@@ -145,8 +145,11 @@ fn run_agent_with_grace(
     }
     let samplers = sources
         .into_iter()
-        .map(|source| {
-            SamplerThread::start(source, config.node, config.sample_rate, inbox_tx.clone())
+        .enumerate()
+        .map(|(i, source)| {
+            // Each source's sink numbers its counters and devices in a range of its own.
+            let sink = SampleSink::with_id_base(config.node, (i as u32) << 20);
+            SamplerThread::start(source, sink, config.sample_rate, inbox_tx.clone())
         })
         .collect::<Result<Vec<_>, _>>()?;
     drop(inbox_tx);
@@ -753,7 +756,7 @@ impl SamplerThread {
     /// Samples `source` on a thread of its own, so a slow or failing source holds back no other.
     fn start(
         source: OpenedSource,
-        node: NodeId,
+        sink: SampleSink,
         rate: SampleRate,
         inbox: Sender<Inbound>,
     ) -> Result<SamplerThread, CollectorError> {
@@ -761,7 +764,7 @@ impl SamplerThread {
         let name = format!("pinch-{}", source.name);
         let handle = thread::Builder::new()
             .name(name.clone())
-            .spawn(move || run_sampler(source, node, rate.period(), &inbox, &stop_rx))
+            .spawn(move || run_sampler(source, sink, rate.period(), &inbox, &stop_rx))
             .map_err(|source| CollectorError::Thread {
                 name: name.clone(),
                 source,
@@ -782,12 +785,11 @@ impl SamplerThread {
 /// source alone: the failure and its time are reported, and the other sources go on.
 fn run_sampler(
     mut source: OpenedSource,
-    node: NodeId,
+    mut sink: SampleSink,
     period: Duration,
     inbox: &Sender<Inbound>,
     stop: &Receiver<()>,
 ) {
-    let mut sink = SampleSink::new(node);
     let mut next = Instant::now();
     loop {
         let at_ns = monotonic_now_ns();

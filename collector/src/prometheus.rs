@@ -24,6 +24,10 @@
 //! | bytes/s        | `_bytes_per_second` | as is                 |
 //! | 1/s            | `_per_second`       | as is                 |
 //! | nanoseconds    | `_seconds`          | divided by 1e9        |
+//! | Hz             | `_hertz`            | as is                 |
+//! | W              | `_watts`            | as is                 |
+//! | °C             | `_celsius`          | as is                 |
+//! | ratio          | `_ratio`            | as is                 |
 //! | count          | none                | as is                 |
 //!
 //! A suffix is not repeated when the name already ends with its first words: `net.rx_bytes` in
@@ -48,9 +52,7 @@
 //! | `gpu.temperature` | `pinch_gpu_temperature_celsius`    | `DCGM_FI_DEV_GPU_TEMP` (°C)          |
 //! | `gpu.sm_clock`    | `pinch_gpu_sm_clock_hertz`         | `DCGM_FI_DEV_SM_CLOCK` (MHz)         |
 //!
-//! dcgm-exporter's `gpu` label (the GPU index) is pinch's `device` label (`gpu0`). The watts,
-//! celsius and hertz suffixes apply once `pinch_traces::Unit` has those units; `exposition` below
-//! is the one place to add them.
+//! dcgm-exporter's `gpu` label (the GPU index) is pinch's `device` label (`gpu0`).
 
 use pinch_traces::{CounterDef, CounterId, DeviceId, NodeId, Record, Unit};
 use prometheus_client::encoding::text::encode;
@@ -279,8 +281,18 @@ fn exposition(counter: &str, unit: Unit) -> (String, Option<String>, f64) {
         Unit::PerSecond => (Some("per_second"), 1.0),
         Unit::Nanoseconds => (Some("seconds"), 1e-9),
         Unit::Count => (None, 1.0),
+        Unit::Hertz => (Some("hertz"), 1.0),
+        Unit::Watts => (Some("watts"), 1.0),
+        Unit::Celsius => (Some("celsius"), 1.0),
+        Unit::Ratio => (Some("ratio"), 1.0),
     };
-    let name = metric_name(counter);
+    let mut name = metric_name(counter);
+    // pinch names some rates `..._per_s`; the unit suffix says it already.
+    if suffix == Some("per_second") {
+        if let Some(stem) = name.strip_suffix("_per_s") {
+            name = stem.to_string();
+        }
+    }
     match suffix {
         Some(suffix) => {
             let (base, suffix) = split_shared_words(&name, suffix);

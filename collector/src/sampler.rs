@@ -52,6 +52,9 @@ pub enum SamplerError {
 #[derive(Debug)]
 pub struct SampleSink {
     node: NodeId,
+    /// The first counter and device id this sink hands out: sinks of one node sampling on
+    /// different threads get disjoint ranges, so their ids never collide in the node log.
+    id_base: u32,
     counters: HashMap<&'static str, CounterId>,
     devices: HashMap<String, DeviceId>,
     definitions: Vec<Record>,
@@ -60,8 +63,15 @@ pub struct SampleSink {
 
 impl SampleSink {
     pub fn new(node: NodeId) -> SampleSink {
+        SampleSink::with_id_base(node, 0)
+    }
+
+    /// A sink whose ids start at `id_base`; give each of a node's sinks its own range (e.g.
+    /// `source index << 20`).
+    pub fn with_id_base(node: NodeId, id_base: u32) -> SampleSink {
         SampleSink {
             node,
+            id_base,
             counters: HashMap::new(),
             devices: HashMap::new(),
             definitions: Vec::new(),
@@ -98,7 +108,7 @@ impl SampleSink {
         if let Some(id) = self.counters.get(counter.name) {
             return *id;
         }
-        let id = CounterId(self.counters.len() as u32);
+        let id = CounterId(self.id_base + self.counters.len() as u32);
         self.counters.insert(counter.name, id);
         self.definitions.push(Record::Counter(CounterDef {
             id,
@@ -112,7 +122,7 @@ impl SampleSink {
         if let Some(id) = self.devices.get(device) {
             return *id;
         }
-        let id = DeviceId(self.devices.len() as u32);
+        let id = DeviceId(self.id_base + self.devices.len() as u32);
         self.devices.insert(device.to_string(), id);
         self.definitions.push(Record::Device(DeviceDef {
             id,

@@ -4,6 +4,9 @@
 //! Every source is tried; one that cannot be read here (no GPU driver, no InfiniBand device) is
 //! a `NotRead` status with its reason and changes nothing else.
 
+use crate::ib_sampler::IbSampler;
+use crate::nvml_sampler::NvmlSampler;
+use crate::perf_sampler::PerfSampler;
 use crate::procfs_sampler::{PROC_COUNTERS, ProcSampler};
 use crate::sampler::Sampler;
 use pinch_traces::{CounterSourceStatus, NodeId, Rank, SourceState};
@@ -34,7 +37,33 @@ pub fn open_sources(
     node: NodeId,
     ranks: &[(Rank, u32)],
 ) -> (Vec<OpenedSource>, Vec<CounterSourceStatus>) {
-    let attempts: [(&'static str, Opened); 1] = [("procfs", open_procfs(ranks))];
+    let attempts: [(&'static str, Opened); 4] = [
+        ("procfs", open_procfs(ranks)),
+        (
+            "perf",
+            boxed(
+                PerfSampler::open(ranks),
+                PerfSampler::read_counters,
+                PerfSampler::notes,
+            ),
+        ),
+        (
+            "nvml",
+            boxed(
+                NvmlSampler::open(ranks),
+                NvmlSampler::read_counters,
+                NvmlSampler::notes,
+            ),
+        ),
+        (
+            "infiniband",
+            boxed(
+                IbSampler::open(ranks),
+                IbSampler::read_counters,
+                IbSampler::notes,
+            ),
+        ),
+    ];
     let mut opened = Vec::new();
     let mut statuses = Vec::new();
     for (name, attempt) in attempts {
@@ -56,6 +85,17 @@ pub fn open_sources(
         });
     }
     (opened, statuses)
+}
+
+/// A source that opened, boxed with what it reads and its notes.
+fn boxed<S: Sampler + Send + 'static>(
+    opened: Result<S, String>,
+    counters: fn(&S) -> Vec<String>,
+    notes: fn(&S) -> Vec<String>,
+) -> Opened {
+    let sampler = opened?;
+    let (counters, notes) = (counters(&sampler), notes(&sampler));
+    Ok((Box::new(sampler), counters, notes))
 }
 
 fn open_procfs(ranks: &[(Rank, u32)]) -> Opened {

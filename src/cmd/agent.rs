@@ -35,6 +35,7 @@ pub fn agent(args: AgentArgs) -> anyhow::Result<()> {
         log_path: args.log.clone(),
         sample_rate,
         rank_command: Box::new(rank_command),
+        metrics_addr: args.metrics_addr,
     };
     let mut stdout = std::io::stdout().lock();
     let mut on_event = |event: pinch_collector::AgentEvent| {

@@ -34,6 +34,7 @@ const PLAN_FILE: &str = "workload.json";
 /// A validated `pinch run`: everything checked before anything starts.
 struct Plan {
     config: ServeConfig,
+    metrics_addr: Option<std::net::SocketAddr>,
     nodes: Vec<NodeEntry>,
     sample_hz: u32,
     run_dir: PathBuf,
@@ -84,6 +85,9 @@ fn plan(args: &RunArgs) -> anyhow::Result<Plan> {
     if let Some(slo) = &args.workload.slo {
         pinch_analyzer::Slo::parse(slo).map_err(bad_input)?;
     }
+    if let Some(addr) = args.metrics_addr {
+        check_metrics_addr(addr, args.nodes)?;
+    }
     let run_dir = match &args.out {
         Some(dir) => dir.clone(),
         None => default_run_dir(),
@@ -97,10 +101,27 @@ fn plan(args: &RunArgs) -> anyhow::Result<Plan> {
     let nodes = place_ranks(args.nodes, world);
     Ok(Plan {
         config,
+        metrics_addr: args.metrics_addr,
         nodes,
         sample_hz: args.sample_hz,
         run_dir,
     })
+}
+
+/// The metrics endpoints must be on loopback, and every node's port must exist.
+fn check_metrics_addr(addr: std::net::SocketAddr, nodes: u32) -> anyhow::Result<()> {
+    if !addr.ip().is_loopback() {
+        return Err(bad_input(format!(
+            "metrics address '{addr}' is not loopback (the endpoint serves this host only)"
+        )));
+    }
+    if u32::from(addr.port()) + nodes > u32::from(u16::MAX) + 1 || addr.port() == 0 {
+        return Err(bad_input(format!(
+            "metrics address '{addr}' leaves no port for each of the {nodes} nodes (node n \
+             serves on port + n)"
+        )));
+    }
+    Ok(())
 }
 
 /// Ranks placed node-major: node 0 holds the first `world / nodes` ranks, and so on.
@@ -250,6 +271,10 @@ fn spawn_agent(
         .arg(format!("--router={router}"))
         .arg("--plan")
         .arg(plan.run_dir.join(PLAN_FILE))
+        .args(plan.metrics_addr.map(|mut addr| {
+            addr.set_port(addr.port() + node.node.0 as u16);
+            format!("--metrics-addr={addr}")
+        }))
         .stdout(Stdio::piped())
         .spawn()
         .with_context(|| format!("cannot start the agent of {}", node.node))?;
