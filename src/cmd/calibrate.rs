@@ -177,10 +177,11 @@ fn link_cells(link: &LinkCeiling, i: usize) -> [Cell; 2] {
 fn link_summary(link: &LinkCeiling) -> String {
     let largest = link.sweep.last().map_or(0, |r| r.bytes);
     format!(
-        "  {}: latency {:.2} µs (8 B), bandwidth {:.2} GB/s ({})",
+        "  {}: latency {:.2} µs (8 B), bandwidth {:.2} GB/s ({}), peak {:.2} GB/s",
         link.transport,
         link.latency_us,
         link.bandwidth_gbps,
-        crate::render::fmt_bytes(largest)
+        crate::render::fmt_bytes(largest),
+        link.peak_bandwidth_gbps,
     )
 }

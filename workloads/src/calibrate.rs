@@ -41,9 +41,11 @@ const HOST_KEY_HEX_DIGITS: usize = 16;
 const PINGPONG_BYTES: u64 = 64 << 20;
 const MIN_ROUND_TRIPS: u64 = 3;
 const MAX_ROUND_TRIPS: u64 = 100;
-/// Sizes from here on get one warm-up round trip instead of `WARMUP_ROUND_TRIPS`.
-const BIG_BYTES: u64 = 16 << 20;
-const WARMUP_ROUND_TRIPS: u64 = 3;
+/// Warm-up round trips move about this many bytes each way per size, within 1 and
+/// `MAX_WARMUP_ROUND_TRIPS`: the first few small messages over a fresh TCP link are several
+/// times slower than the rest.
+const WARMUP_BYTES: u64 = 16 << 20;
+const MAX_WARMUP_ROUND_TRIPS: u64 = 20;
 /// The smallest message of a link sweep; its half round trip is the link's latency.
 const LATENCY_BYTES: u64 = 8;
 /// A ping-pong peer silent this long is taken as hung.
@@ -218,6 +220,9 @@ pub struct LinkCeiling {
     pub latency_us: f64,
     /// Bandwidth at the largest size of the sweep.
     pub bandwidth_gbps: f64,
+    /// The highest bandwidth of any size (mid-sized messages can beat the largest, which
+    /// overflow the caches).
+    pub peak_bandwidth_gbps: f64,
     pub sweep: Vec<PingPongRow>,
 }
 
@@ -350,11 +355,7 @@ fn link_sizes(max_bytes: u64) -> Vec<u64> {
 
 /// Warm-up and timed round trips for a size; both ranks compute the same.
 fn round_trips(bytes: u64) -> (u64, u64) {
-    let warmup = if bytes >= BIG_BYTES {
-        1
-    } else {
-        WARMUP_ROUND_TRIPS
-    };
+    let warmup = (WARMUP_BYTES / bytes.max(1)).clamp(1, MAX_WARMUP_ROUND_TRIPS);
     let timed = (PINGPONG_BYTES / bytes.max(1)).clamp(MIN_ROUND_TRIPS, MAX_ROUND_TRIPS);
     (warmup, timed)
 }
@@ -392,10 +393,12 @@ fn measure_link(
     echoed.map_err(|_| panicked())?.map_err(link_error)?;
     let latency_us = sweep.first().map_or(f64::NAN, |r| r.half_round_trip_us);
     let bandwidth_gbps = sweep.last().map_or(f64::NAN, |r| r.bandwidth_gbps);
+    let peak_bandwidth_gbps = sweep.iter().map(|r| r.bandwidth_gbps).fold(0.0, f64::max);
     Ok(LinkCeiling {
         transport,
         latency_us,
         bandwidth_gbps,
+        peak_bandwidth_gbps,
         sweep,
     })
 }
@@ -598,7 +601,7 @@ mod tests {
     fn link_sweeps_double_and_round_trips_are_bounded() {
         assert_eq!(link_sizes(64), vec![8, 16, 32, 64]);
         assert_eq!(link_sizes(1), vec![8]);
-        assert_eq!(round_trips(8), (WARMUP_ROUND_TRIPS, MAX_ROUND_TRIPS));
+        assert_eq!(round_trips(8), (MAX_WARMUP_ROUND_TRIPS, MAX_ROUND_TRIPS));
         assert_eq!(round_trips(64 << 20), (1, MIN_ROUND_TRIPS));
         let r = row(100, &mut [4000.0, 2000.0, 3000.0]);
         assert_eq!(
