@@ -94,7 +94,7 @@ fn measure_and_store(
 fn render(c: &Calibration) -> String {
     let memory = c
         .memory_bytes
-        .map_or("memory unknown".into(), |b| crate::render::fmt_bytes(b));
+        .map_or("memory unknown".into(), crate::render::fmt_bytes);
     let host = format!(
         "host {}: {}, {} cores, {memory}, kernel {}{}",
         c.host_key,
@@ -167,7 +167,7 @@ fn links_table(c: &Calibration) -> String {
 fn link_cells(link: &LinkCeiling, i: usize) -> [Cell; 2] {
     match link.sweep.get(i) {
         Some(r) => [
-            right(format!("{:.2} µs", r.half_round_trip_us)),
+            right(fmt_us(r.half_round_trip_us)),
             right(format!("{:.3}", r.bandwidth_gbps)),
         ],
         None => [Cell::new(""), Cell::new("")],
@@ -177,11 +177,16 @@ fn link_cells(link: &LinkCeiling, i: usize) -> [Cell; 2] {
 fn link_summary(link: &LinkCeiling) -> String {
     let largest = link.sweep.last().map_or(0, |r| r.bytes);
     format!(
-        "  {}: latency {:.2} µs (8 B), bandwidth {:.2} GB/s ({}), peak {:.2} GB/s",
+        "  {}: latency {} (8 B), bandwidth {:.2} GB/s ({}), peak {:.2} GB/s",
         link.transport,
-        link.latency_us,
+        fmt_us(link.latency_us),
         link.bandwidth_gbps,
         crate::render::fmt_bytes(largest),
         link.peak_bandwidth_gbps,
     )
+}
+
+/// Microseconds in the unit that reads best (ns, µs, ms).
+fn fmt_us(us: f64) -> String {
+    crate::render::fmt_ns((us * 1e3).round() as u64)
 }
