@@ -143,7 +143,7 @@ pub struct Plan {
 
 impl Plan {
     /// Ceilings worth keeping: 3 × 128 MiB STREAM arrays, a 512 × 2048 × 2048 GEMM, links up to
-    /// 64 MiB. About 15 s on 2 cores.
+    /// 64 MiB. About 5 s (release build) on 2 cores.
     pub fn full(threads: usize) -> Plan {
         Plan {
             quick: false,
