@@ -95,7 +95,7 @@ pub struct StreamResult {
 /// Runs `kernel` over three f32 arrays of `elements` each, split into `threads` contiguous
 /// chunks that as many scoped threads work on together; `repeats` timed passes (from before the
 /// threads start until the last one ends) after one untimed warm-up pass, which also faults in
-/// the pages of the zeroed destination array.
+/// the pages of the zero-filled array (calloc leaves them unmapped).
 ///
 /// Pick `elements` well beyond the last-level cache (STREAM asks for 4× it) or the result is
 /// cache bandwidth, not memory bandwidth.
