@@ -27,6 +27,9 @@ pub enum Command {
     /// Microbenchmarks: collectives (nccl-tests style) and decode memory bandwidth.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Measure this machine's ceilings for the roofline: memory bandwidth (STREAM), GEMM FLOP/s
+    /// and link latency and bandwidth (shm and TCP). Cached per host; --fresh measures again.
+    Calibrate(crate::cmd::calibrate::CalibrateArgs),
     /// (internal) The per-node agent: starts the node's ranks and writes its node log.
     #[command(hide = true)]
     Agent(AgentArgs),

@@ -51,7 +51,7 @@ pub use error::KernelError;
 pub use kv_cache::KvCache;
 pub use matmul::matmul;
 pub use matrix::{Matrix, MatrixData, Storage, embedding_w, matmul_w};
-pub use membw::{TriadResult, stream_triad, triad};
+pub use membw::{StreamKernel, StreamResult, TriadResult, stream, stream_triad, triad};
 pub use mlp::{MlpScratch, mlp};
 pub use moe::{scale_add, top_k_gating};
 pub use norm::rms_norm;

@@ -3,6 +3,7 @@
 mod agent;
 mod analyze;
 pub mod bench;
+pub mod calibrate;
 pub mod decode_bench;
 pub mod presets;
 mod rank;
@@ -20,6 +21,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
             what: bench::BenchCommand::Collectives(args),
         }),
         Command::Bench(BenchCommand::Decode(args)) => decode_bench::decode(args),
+        Command::Calibrate(args) => calibrate::calibrate(args),
         Command::Agent(args) => agent::agent(args),
         Command::Rank(args) => rank::rank(args),
     }

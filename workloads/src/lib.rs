@@ -8,6 +8,7 @@
 //! the collectives), `trace` (op names and spans), `model` (one stage's forward pass), `serving`
 //! (requests, scheduler, router), `engine` (a rank's serving loop), `decode_bench`.
 
+pub mod calibrate;
 pub mod comm;
 pub mod config;
 pub mod decode_bench;
