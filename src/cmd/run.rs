@@ -189,6 +189,9 @@ fn manifest(plan: &Plan, args: &RunArgs) -> anyhow::Result<RunManifest> {
     if let Some(slo) = &args.workload.slo {
         parameters.insert("slo".to_string(), serde_json::json!(slo));
     }
+    // The machine's measured ceilings, when `pinch calibrate` stored them for this host: the
+    // analyzer's roofline reads them from here. A run never measures them itself.
+    parameters.insert("calibration".to_string(), stored_calibration());
     let started = wall_now_ns();
     Ok(RunManifest {
         format_version: MANIFEST_VERSION,
@@ -207,6 +210,23 @@ fn manifest(plan: &Plan, args: &RunArgs) -> anyhow::Result<RunManifest> {
         versions: Versions::current(env!("CARGO_PKG_VERSION")),
         counter_sources: Vec::new(),
     })
+}
+
+/// This host's stored calibration as JSON, or `null` (with the reason on stderr when a stored
+/// one cannot be read).
+fn stored_calibration() -> serde_json::Value {
+    use pinch_workloads::calibrate::{Host, cache_root, load};
+    let Some(root) = cache_root() else {
+        return serde_json::Value::Null;
+    };
+    match load(&root, &Host::detect().key()) {
+        Ok(Some(calibration)) => serde_json::to_value(calibration).unwrap_or_default(),
+        Ok(None) => serde_json::Value::Null,
+        Err(e) => {
+            eprintln!("pinch: the stored calibration is not used: {e}");
+            serde_json::Value::Null
+        }
+    }
 }
 
 /// Starts the rendezvous and the agents, follows their progress, and returns what failed.
