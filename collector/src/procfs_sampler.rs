@@ -745,7 +745,10 @@ processes 2
         let busy = second["process.cpu_utilization"][0].1;
         // The test binary runs other tests on its other threads, and /proc counts CPU time in
         // 10 ms ticks over this 50 ms interval: allow one core's worth of quantization.
-        assert!(busy > 0.0 && busy <= 100.0 * (cores.len() + 1) as f64, "{busy}");
+        assert!(
+            busy > 0.0 && busy <= 100.0 * (cores.len() + 1) as f64,
+            "{busy}"
+        );
         assert!(second.values().flatten().all(|(d, _)| d != "rank1"));
         for name in ["net.rx_bytes", "net.tx_drops", "net.rx_errors"] {
             assert!(
