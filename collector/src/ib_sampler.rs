@@ -15,42 +15,43 @@ use std::path::{Path, PathBuf};
 /// Where the kernel lists RDMA devices.
 pub const DEFAULT_IB_ROOT: &str = "/sys/class/infiniband";
 
-const fn spec(name: &'static str, unit: Unit) -> CounterSpec {
-    CounterSpec { name, unit }
-}
-
-pub const IB_TX_BYTES: CounterSpec = spec("ib.tx_bytes", Unit::BytesPerSecond);
-pub const IB_RX_BYTES: CounterSpec = spec("ib.rx_bytes", Unit::BytesPerSecond);
-pub const IB_TX_PACKETS: CounterSpec = spec("ib.tx_packets", Unit::PerSecond);
-pub const IB_RX_PACKETS: CounterSpec = spec("ib.rx_packets", Unit::PerSecond);
+pub const IB_TX_BYTES: CounterSpec = CounterSpec::new("ib.tx_bytes", Unit::BytesPerSecond);
+pub const IB_RX_BYTES: CounterSpec = CounterSpec::new("ib.rx_bytes", Unit::BytesPerSecond);
+pub const IB_TX_PACKETS: CounterSpec = CounterSpec::new("ib.tx_packets", Unit::PerSecond);
+pub const IB_RX_PACKETS: CounterSpec = CounterSpec::new("ib.rx_packets", Unit::PerSecond);
 /// Ticks per second in which the port had data to send but no credit to send it.
-pub const IB_XMIT_WAIT: CounterSpec = spec("ib.xmit_wait", Unit::PerSecond);
-pub const IB_SYMBOL_ERRORS: CounterSpec = spec("ib.symbol_errors", Unit::PerSecond);
-pub const IB_RX_ERRORS: CounterSpec = spec("ib.rx_errors", Unit::PerSecond);
+pub const IB_XMIT_WAIT: CounterSpec = CounterSpec::new("ib.xmit_wait", Unit::PerSecond);
+pub const IB_SYMBOL_ERRORS: CounterSpec = CounterSpec::new("ib.symbol_errors", Unit::PerSecond);
+pub const IB_RX_ERRORS: CounterSpec = CounterSpec::new("ib.rx_errors", Unit::PerSecond);
 pub const IB_RX_REMOTE_PHYSICAL_ERRORS: CounterSpec =
-    spec("ib.rx_remote_physical_errors", Unit::PerSecond);
+    CounterSpec::new("ib.rx_remote_physical_errors", Unit::PerSecond);
 pub const IB_RX_SWITCH_RELAY_ERRORS: CounterSpec =
-    spec("ib.rx_switch_relay_errors", Unit::PerSecond);
-pub const IB_RX_CONSTRAINT_ERRORS: CounterSpec = spec("ib.rx_constraint_errors", Unit::PerSecond);
-pub const IB_TX_DISCARDS: CounterSpec = spec("ib.tx_discards", Unit::PerSecond);
-pub const IB_TX_CONSTRAINT_ERRORS: CounterSpec = spec("ib.tx_constraint_errors", Unit::PerSecond);
-pub const IB_LINK_DOWNED: CounterSpec = spec("ib.link_downed", Unit::PerSecond);
-pub const IB_LINK_ERROR_RECOVERY: CounterSpec = spec("ib.link_error_recovery", Unit::PerSecond);
+    CounterSpec::new("ib.rx_switch_relay_errors", Unit::PerSecond);
+pub const IB_RX_CONSTRAINT_ERRORS: CounterSpec =
+    CounterSpec::new("ib.rx_constraint_errors", Unit::PerSecond);
+pub const IB_TX_DISCARDS: CounterSpec = CounterSpec::new("ib.tx_discards", Unit::PerSecond);
+pub const IB_TX_CONSTRAINT_ERRORS: CounterSpec =
+    CounterSpec::new("ib.tx_constraint_errors", Unit::PerSecond);
+pub const IB_LINK_DOWNED: CounterSpec = CounterSpec::new("ib.link_downed", Unit::PerSecond);
+pub const IB_LINK_ERROR_RECOVERY: CounterSpec =
+    CounterSpec::new("ib.link_error_recovery", Unit::PerSecond);
 pub const IB_LOCAL_LINK_INTEGRITY_ERRORS: CounterSpec =
-    spec("ib.local_link_integrity_errors", Unit::PerSecond);
+    CounterSpec::new("ib.local_link_integrity_errors", Unit::PerSecond);
 pub const IB_BUFFER_OVERRUN_ERRORS: CounterSpec =
-    spec("ib.excessive_buffer_overrun_errors", Unit::PerSecond);
-pub const IB_VL15_DROPPED: CounterSpec = spec("ib.vl15_dropped", Unit::PerSecond);
+    CounterSpec::new("ib.excessive_buffer_overrun_errors", Unit::PerSecond);
+pub const IB_VL15_DROPPED: CounterSpec = CounterSpec::new("ib.vl15_dropped", Unit::PerSecond);
 /// RoCE congestion notifications this port reacted to (it slowed its sending).
-pub const IB_CNP_HANDLED: CounterSpec = spec("ib.cnp_handled", Unit::PerSecond);
+pub const IB_CNP_HANDLED: CounterSpec = CounterSpec::new("ib.cnp_handled", Unit::PerSecond);
 /// RoCE congestion notifications this port sent to its peers.
-pub const IB_CNP_SENT: CounterSpec = spec("ib.cnp_sent", Unit::PerSecond);
-pub const IB_ECN_MARKED: CounterSpec = spec("ib.ecn_marked_packets", Unit::PerSecond);
+pub const IB_CNP_SENT: CounterSpec = CounterSpec::new("ib.cnp_sent", Unit::PerSecond);
+pub const IB_ECN_MARKED: CounterSpec = CounterSpec::new("ib.ecn_marked_packets", Unit::PerSecond);
 /// Packets dropped because no receive buffer was posted.
-pub const IB_OUT_OF_BUFFER: CounterSpec = spec("ib.out_of_buffer", Unit::PerSecond);
-pub const IB_OUT_OF_SEQUENCE: CounterSpec = spec("ib.out_of_sequence", Unit::PerSecond);
-pub const IB_PACKET_SEQ_ERRORS: CounterSpec = spec("ib.packet_seq_errors", Unit::PerSecond);
-pub const IB_LOCAL_ACK_TIMEOUTS: CounterSpec = spec("ib.local_ack_timeouts", Unit::PerSecond);
+pub const IB_OUT_OF_BUFFER: CounterSpec = CounterSpec::new("ib.out_of_buffer", Unit::PerSecond);
+pub const IB_OUT_OF_SEQUENCE: CounterSpec = CounterSpec::new("ib.out_of_sequence", Unit::PerSecond);
+pub const IB_PACKET_SEQ_ERRORS: CounterSpec =
+    CounterSpec::new("ib.packet_seq_errors", Unit::PerSecond);
+pub const IB_LOCAL_ACK_TIMEOUTS: CounterSpec =
+    CounterSpec::new("ib.local_ack_timeouts", Unit::PerSecond);
 
 /// One counter file of a port and how its value becomes a reading.
 #[derive(Debug)]
@@ -337,8 +338,8 @@ fn sorted_entries(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pinch_traces::{CounterId, DeviceId, NodeId, Record};
-    use std::collections::HashMap;
+    use crate::sampler::testkit::Names;
+    use pinch_traces::NodeId;
     use std::fs;
 
     /// Writes `value` into `<root>/<dev>/ports/<port>/<dir>/<file>`, unless a test made that
@@ -364,34 +365,6 @@ mod tests {
             write(root, dev, port, "counters", "symbol_error", 7);
         }
         write(root, "mlx5_1", "1", "hw_counters", "np_cnp_sent", base);
-    }
-
-    /// The names defined so far in a sink's records.
-    #[derive(Default)]
-    struct Names {
-        counters: HashMap<CounterId, String>,
-        devices: HashMap<DeviceId, String>,
-    }
-
-    impl Names {
-        /// (counter, device) -> value of the readings in `records`.
-        fn readings(&mut self, records: &[Record]) -> HashMap<(String, String), f64> {
-            let mut out = HashMap::new();
-            for record in records {
-                match record {
-                    Record::Counter(def) => drop(self.counters.insert(def.id, def.name.clone())),
-                    Record::Device(def) => drop(self.devices.insert(def.id, def.name.clone())),
-                    Record::Samples(samples) => {
-                        for s in samples {
-                            let counter = self.counters[&s.counter].clone();
-                            out.insert((counter, self.devices[&s.device].clone()), s.value);
-                        }
-                    }
-                    other => panic!("unexpected {other:?}"),
-                }
-            }
-            out
-        }
     }
 
     fn key(counter: &str, device: &str) -> (String, String) {
@@ -446,13 +419,13 @@ mod tests {
         let mut sink = SampleSink::new(NodeId(0));
         let mut names = Names::default();
         sampler.sample(1_000_000_000, &mut sink).unwrap();
-        let first = names.readings(&sink.take_records());
+        let first = names.by_key(&sink.take_records());
         assert!(first.is_empty(), "the first reading only primes: {first:?}");
 
         // Half a second later every counter advanced by 1000 × its factor.
         fake_tree(dir.path(), 2_000);
         sampler.sample(1_500_000_000, &mut sink).unwrap();
-        let second = names.readings(&sink.take_records());
+        let second = names.by_key(&sink.take_records());
         for device in ["ib:mlx5_0/1", "ib:mlx5_0/2", "ib:mlx5_1/1"] {
             // 250 000 words of 4 bytes in 0.5 s.
             assert_eq!(second[&key("ib.tx_bytes", device)], 2_000_000.0);
@@ -470,7 +443,7 @@ mod tests {
         fs::create_dir(&rcv).unwrap();
         fake_tree(dir.path(), 3_000);
         sampler.sample(2_000_000_000, &mut sink).unwrap();
-        let third = names.readings(&sink.take_records());
+        let third = names.by_key(&sink.take_records());
         assert!(!third.contains_key(&key("ib.rx_bytes", "ib:mlx5_0/2")));
         assert_eq!(third[&key("ib.tx_bytes", "ib:mlx5_0/2")], 2_000_000.0);
         assert_eq!(third[&key("ib.rx_bytes", "ib:mlx5_0/1")], 4_000_000.0);
@@ -480,11 +453,11 @@ mod tests {
         fs::remove_dir(&rcv).unwrap();
         fake_tree(dir.path(), 4_000);
         sampler.sample(2_500_000_000, &mut sink).unwrap();
-        let fourth = names.readings(&sink.take_records());
+        let fourth = names.by_key(&sink.take_records());
         assert!(!fourth.contains_key(&key("ib.rx_bytes", "ib:mlx5_0/2")));
         fake_tree(dir.path(), 5_000);
         sampler.sample(3_000_000_000, &mut sink).unwrap();
-        let fifth = names.readings(&sink.take_records());
+        let fifth = names.by_key(&sink.take_records());
         assert_eq!(fifth[&key("ib.rx_bytes", "ib:mlx5_0/2")], 4_000_000.0);
     }
 

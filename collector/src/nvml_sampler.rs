@@ -27,41 +27,39 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::OnceLock;
 
-const fn spec(name: &'static str, unit: Unit) -> CounterSpec {
-    CounterSpec { name, unit }
-}
-
-pub const GPU_UTILIZATION: CounterSpec = spec("gpu.utilization", Unit::Percent);
-pub const GPU_MEMORY_UTILIZATION: CounterSpec = spec("gpu.memory_utilization", Unit::Percent);
-pub const GPU_MEMORY_USED: CounterSpec = spec("gpu.memory_used", Unit::Bytes);
-pub const GPU_MEMORY_TOTAL: CounterSpec = spec("gpu.memory_total", Unit::Bytes);
-pub const GPU_SM_CLOCK: CounterSpec = spec("gpu.sm_clock", Unit::Hertz);
-pub const GPU_MEMORY_CLOCK: CounterSpec = spec("gpu.memory_clock", Unit::Hertz);
-pub const GPU_POWER: CounterSpec = spec("gpu.power", Unit::Watts);
-pub const GPU_TEMPERATURE: CounterSpec = spec("gpu.temperature", Unit::Celsius);
+pub const GPU_UTILIZATION: CounterSpec = CounterSpec::new("gpu.utilization", Unit::Percent);
+pub const GPU_MEMORY_UTILIZATION: CounterSpec =
+    CounterSpec::new("gpu.memory_utilization", Unit::Percent);
+pub const GPU_MEMORY_USED: CounterSpec = CounterSpec::new("gpu.memory_used", Unit::Bytes);
+pub const GPU_MEMORY_TOTAL: CounterSpec = CounterSpec::new("gpu.memory_total", Unit::Bytes);
+pub const GPU_SM_CLOCK: CounterSpec = CounterSpec::new("gpu.sm_clock", Unit::Hertz);
+pub const GPU_MEMORY_CLOCK: CounterSpec = CounterSpec::new("gpu.memory_clock", Unit::Hertz);
+pub const GPU_POWER: CounterSpec = CounterSpec::new("gpu.power", Unit::Watts);
+pub const GPU_TEMPERATURE: CounterSpec = CounterSpec::new("gpu.temperature", Unit::Celsius);
 /// NVML's throttle-reason bitmask (`nvmlClocksThrottleReasons`), as a number.
-pub const GPU_THROTTLE_REASONS: CounterSpec = spec("gpu.throttle_reasons", Unit::Count);
+pub const GPU_THROTTLE_REASONS: CounterSpec = CounterSpec::new("gpu.throttle_reasons", Unit::Count);
 /// How many throttle reasons are active (GPU idle counts as one).
 pub const GPU_THROTTLE_REASONS_ACTIVE: CounterSpec =
-    spec("gpu.throttle_reasons_active", Unit::Count);
-pub const GPU_PCIE_TX: CounterSpec = spec("gpu.pcie_tx", Unit::BytesPerSecond);
-pub const GPU_PCIE_RX: CounterSpec = spec("gpu.pcie_rx", Unit::BytesPerSecond);
+    CounterSpec::new("gpu.throttle_reasons_active", Unit::Count);
+pub const GPU_PCIE_TX: CounterSpec = CounterSpec::new("gpu.pcie_tx", Unit::BytesPerSecond);
+pub const GPU_PCIE_RX: CounterSpec = CounterSpec::new("gpu.pcie_rx", Unit::BytesPerSecond);
 /// Volatile (since the driver loaded) corrected ECC errors.
-pub const GPU_ECC_CORRECTED: CounterSpec = spec("gpu.ecc_corrected", Unit::Count);
+pub const GPU_ECC_CORRECTED: CounterSpec = CounterSpec::new("gpu.ecc_corrected", Unit::Count);
 /// Volatile (since the driver loaded) uncorrected ECC errors.
-pub const GPU_ECC_UNCORRECTED: CounterSpec = spec("gpu.ecc_uncorrected", Unit::Count);
+pub const GPU_ECC_UNCORRECTED: CounterSpec = CounterSpec::new("gpu.ecc_uncorrected", Unit::Count);
 /// Critical XID events seen since the sampler opened.
-pub const GPU_XID_EVENTS: CounterSpec = spec("gpu.xid_events", Unit::Count);
-pub const GPU_SM_ACTIVITY: CounterSpec = spec("gpu.sm_activity", Unit::Percent);
-pub const GPU_SM_OCCUPANCY: CounterSpec = spec("gpu.sm_occupancy", Unit::Percent);
-pub const GPU_TENSOR_ACTIVITY: CounterSpec = spec("gpu.tensor_activity", Unit::Percent);
+pub const GPU_XID_EVENTS: CounterSpec = CounterSpec::new("gpu.xid_events", Unit::Count);
+pub const GPU_SM_ACTIVITY: CounterSpec = CounterSpec::new("gpu.sm_activity", Unit::Percent);
+pub const GPU_SM_OCCUPANCY: CounterSpec = CounterSpec::new("gpu.sm_occupancy", Unit::Percent);
+pub const GPU_TENSOR_ACTIVITY: CounterSpec = CounterSpec::new("gpu.tensor_activity", Unit::Percent);
 pub const GPU_DRAM_BANDWIDTH_UTILIZATION: CounterSpec =
-    spec("gpu.dram_bandwidth_utilization", Unit::Percent);
+    CounterSpec::new("gpu.dram_bandwidth_utilization", Unit::Percent);
 /// One NVLink link's traffic, on device "gpu{index}.nvlink{link}".
-pub const GPU_NVLINK_TX: CounterSpec = spec("gpu.nvlink_tx", Unit::BytesPerSecond);
-pub const GPU_NVLINK_RX: CounterSpec = spec("gpu.nvlink_rx", Unit::BytesPerSecond);
+pub const GPU_NVLINK_TX: CounterSpec = CounterSpec::new("gpu.nvlink_tx", Unit::BytesPerSecond);
+pub const GPU_NVLINK_RX: CounterSpec = CounterSpec::new("gpu.nvlink_rx", Unit::BytesPerSecond);
 /// The GPU memory a rank process holds, summed over GPUs, on device "rank{N}".
-pub const GPU_PROCESS_MEMORY_USED: CounterSpec = spec("gpu.process_memory_used", Unit::Bytes);
+pub const GPU_PROCESS_MEMORY_USED: CounterSpec =
+    CounterSpec::new("gpu.process_memory_used", Unit::Bytes);
 
 /// Every counter `NvmlSampler` may emit.
 pub const NVML_COUNTERS: &[CounterSpec] = &[

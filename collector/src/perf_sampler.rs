@@ -21,26 +21,30 @@ use procfs::process::Process;
 use std::fmt;
 use std::io;
 
-const fn spec(name: &'static str, unit: Unit) -> CounterSpec {
-    CounterSpec { name, unit }
-}
-
-pub const PERF_CYCLES: CounterSpec = spec("perf.cycles_per_s", Unit::PerSecond);
-pub const PERF_INSTRUCTIONS: CounterSpec = spec("perf.instructions_per_s", Unit::PerSecond);
-pub const PERF_CACHE_REFERENCES: CounterSpec = spec("perf.cache_references_per_s", Unit::PerSecond);
-pub const PERF_CACHE_MISSES: CounterSpec = spec("perf.cache_misses_per_s", Unit::PerSecond);
-pub const PERF_BRANCH_MISSES: CounterSpec = spec("perf.branch_misses_per_s", Unit::PerSecond);
+pub const PERF_CYCLES: CounterSpec = CounterSpec::new("perf.cycles_per_s", Unit::PerSecond);
+pub const PERF_INSTRUCTIONS: CounterSpec =
+    CounterSpec::new("perf.instructions_per_s", Unit::PerSecond);
+pub const PERF_CACHE_REFERENCES: CounterSpec =
+    CounterSpec::new("perf.cache_references_per_s", Unit::PerSecond);
+pub const PERF_CACHE_MISSES: CounterSpec =
+    CounterSpec::new("perf.cache_misses_per_s", Unit::PerSecond);
+pub const PERF_BRANCH_MISSES: CounterSpec =
+    CounterSpec::new("perf.branch_misses_per_s", Unit::PerSecond);
 pub const PERF_STALLED_FRONTEND: CounterSpec =
-    spec("perf.stalled_cycles_frontend_per_s", Unit::PerSecond);
+    CounterSpec::new("perf.stalled_cycles_frontend_per_s", Unit::PerSecond);
 pub const PERF_STALLED_BACKEND: CounterSpec =
-    spec("perf.stalled_cycles_backend_per_s", Unit::PerSecond);
+    CounterSpec::new("perf.stalled_cycles_backend_per_s", Unit::PerSecond);
 /// Instructions per cycle, when both are counted.
-pub const PERF_IPC: CounterSpec = spec("perf.ipc", Unit::Ratio);
+pub const PERF_IPC: CounterSpec = CounterSpec::new("perf.ipc", Unit::Ratio);
 /// CPU-seconds the rank's threads ran per second: 2.0 is two busy cores.
-pub const PERF_TASK_CLOCK_RATIO: CounterSpec = spec("perf.task_clock_ratio", Unit::Ratio);
-pub const PERF_CONTEXT_SWITCHES: CounterSpec = spec("perf.context_switches_per_s", Unit::PerSecond);
-pub const PERF_CPU_MIGRATIONS: CounterSpec = spec("perf.cpu_migrations_per_s", Unit::PerSecond);
-pub const PERF_PAGE_FAULTS: CounterSpec = spec("perf.page_faults_per_s", Unit::PerSecond);
+pub const PERF_TASK_CLOCK_RATIO: CounterSpec =
+    CounterSpec::new("perf.task_clock_ratio", Unit::Ratio);
+pub const PERF_CONTEXT_SWITCHES: CounterSpec =
+    CounterSpec::new("perf.context_switches_per_s", Unit::PerSecond);
+pub const PERF_CPU_MIGRATIONS: CounterSpec =
+    CounterSpec::new("perf.cpu_migrations_per_s", Unit::PerSecond);
+pub const PERF_PAGE_FAULTS: CounterSpec =
+    CounterSpec::new("perf.page_faults_per_s", Unit::PerSecond);
 
 /// Every counter `PerfSampler` may emit.
 pub const PERF_COUNTERS: &[CounterSpec] = &[
@@ -631,7 +635,8 @@ fn process_lives(pid: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pinch_traces::{CounterId, DeviceId, NodeId, Record, monotonic_now_ns};
+    use crate::sampler::testkit::Names;
+    use pinch_traces::{NodeId, monotonic_now_ns};
     use std::collections::HashMap;
     use std::process::{Child, Command};
     use std::time::Duration;
@@ -718,34 +723,6 @@ mod tests {
         push_rates(&mut sink, "rank0", 7, 500_000_000, &readings[1..]);
         let values = Names::default().readings(&sink.take_records());
         assert!(!values.contains_key("perf.ipc"), "{values:?}");
-    }
-
-    /// Reads a sink's records back by name, keeping the definitions seen so far.
-    #[derive(Default)]
-    struct Names {
-        counters: HashMap<CounterId, String>,
-        devices: HashMap<DeviceId, String>,
-    }
-
-    impl Names {
-        /// (device, value) readings per counter name.
-        fn readings(&mut self, records: &[Record]) -> HashMap<String, Vec<(String, f64)>> {
-            let mut out: HashMap<String, Vec<(String, f64)>> = HashMap::new();
-            for record in records {
-                match record {
-                    Record::Counter(def) => drop(self.counters.insert(def.id, def.name.clone())),
-                    Record::Device(def) => drop(self.devices.insert(def.id, def.name.clone())),
-                    Record::Samples(samples) => {
-                        for s in samples {
-                            let entry = out.entry(self.counters[&s.counter].clone()).or_default();
-                            entry.push((self.devices[&s.device].clone(), s.value));
-                        }
-                    }
-                    other => panic!("unexpected {other:?}"),
-                }
-            }
-            out
-        }
     }
 
     /// Whether this host lets this process count cycles: the hardware branch of the test.

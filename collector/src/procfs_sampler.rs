@@ -16,29 +16,26 @@ use procfs::process::Process;
 use procfs::{Current, FromBufReadSI, KernelStats, Meminfo, ProcError};
 use std::collections::HashMap;
 
-const fn spec(name: &'static str, unit: Unit) -> CounterSpec {
-    CounterSpec { name, unit }
-}
-
-pub const CPU_UTILIZATION: CounterSpec = spec("cpu.utilization", Unit::Percent);
-pub const CPU_USER: CounterSpec = spec("cpu.user", Unit::Percent);
-pub const CPU_SYSTEM: CounterSpec = spec("cpu.system", Unit::Percent);
-pub const CPU_IOWAIT: CounterSpec = spec("cpu.iowait", Unit::Percent);
-pub const CPU_STEAL: CounterSpec = spec("cpu.steal", Unit::Percent);
-pub const MEM_AVAILABLE: CounterSpec = spec("mem.available", Unit::Bytes);
+pub const CPU_UTILIZATION: CounterSpec = CounterSpec::new("cpu.utilization", Unit::Percent);
+pub const CPU_USER: CounterSpec = CounterSpec::new("cpu.user", Unit::Percent);
+pub const CPU_SYSTEM: CounterSpec = CounterSpec::new("cpu.system", Unit::Percent);
+pub const CPU_IOWAIT: CounterSpec = CounterSpec::new("cpu.iowait", Unit::Percent);
+pub const CPU_STEAL: CounterSpec = CounterSpec::new("cpu.steal", Unit::Percent);
+pub const MEM_AVAILABLE: CounterSpec = CounterSpec::new("mem.available", Unit::Bytes);
 /// The page cache ("Cached" in /proc/meminfo).
-pub const MEM_PAGE_CACHE: CounterSpec = spec("mem.page_cache", Unit::Bytes);
-pub const PROCESS_RSS: CounterSpec = spec("process.rss", Unit::Bytes);
-pub const PROCESS_CPU_TIME: CounterSpec = spec("process.cpu_time", Unit::Nanoseconds);
-pub const PROCESS_CPU_UTILIZATION: CounterSpec = spec("process.cpu_utilization", Unit::Percent);
-pub const NET_RX_BYTES: CounterSpec = spec("net.rx_bytes", Unit::BytesPerSecond);
-pub const NET_TX_BYTES: CounterSpec = spec("net.tx_bytes", Unit::BytesPerSecond);
-pub const NET_RX_PACKETS: CounterSpec = spec("net.rx_packets", Unit::PerSecond);
-pub const NET_TX_PACKETS: CounterSpec = spec("net.tx_packets", Unit::PerSecond);
-pub const NET_RX_DROPS: CounterSpec = spec("net.rx_drops", Unit::PerSecond);
-pub const NET_TX_DROPS: CounterSpec = spec("net.tx_drops", Unit::PerSecond);
-pub const NET_RX_ERRORS: CounterSpec = spec("net.rx_errors", Unit::PerSecond);
-pub const NET_TX_ERRORS: CounterSpec = spec("net.tx_errors", Unit::PerSecond);
+pub const MEM_PAGE_CACHE: CounterSpec = CounterSpec::new("mem.page_cache", Unit::Bytes);
+pub const PROCESS_RSS: CounterSpec = CounterSpec::new("process.rss", Unit::Bytes);
+pub const PROCESS_CPU_TIME: CounterSpec = CounterSpec::new("process.cpu_time", Unit::Nanoseconds);
+pub const PROCESS_CPU_UTILIZATION: CounterSpec =
+    CounterSpec::new("process.cpu_utilization", Unit::Percent);
+pub const NET_RX_BYTES: CounterSpec = CounterSpec::new("net.rx_bytes", Unit::BytesPerSecond);
+pub const NET_TX_BYTES: CounterSpec = CounterSpec::new("net.tx_bytes", Unit::BytesPerSecond);
+pub const NET_RX_PACKETS: CounterSpec = CounterSpec::new("net.rx_packets", Unit::PerSecond);
+pub const NET_TX_PACKETS: CounterSpec = CounterSpec::new("net.tx_packets", Unit::PerSecond);
+pub const NET_RX_DROPS: CounterSpec = CounterSpec::new("net.rx_drops", Unit::PerSecond);
+pub const NET_TX_DROPS: CounterSpec = CounterSpec::new("net.tx_drops", Unit::PerSecond);
+pub const NET_RX_ERRORS: CounterSpec = CounterSpec::new("net.rx_errors", Unit::PerSecond);
+pub const NET_TX_ERRORS: CounterSpec = CounterSpec::new("net.tx_errors", Unit::PerSecond);
 
 /// The interface counters, in `NetCounts` order.
 const NET_COUNTERS: [CounterSpec; 8] = [
@@ -449,9 +446,9 @@ pub fn labeled_cores(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pinch_traces::{CounterId, DeviceId, NodeId, Record, monotonic_now_ns};
+    use crate::sampler::testkit::Names;
+    use pinch_traces::{NodeId, monotonic_now_ns};
     use procfs::{ExplicitSystemInfo, FromBufReadSI};
-    use std::collections::HashMap;
 
     const SYSTEM: ExplicitSystemInfo = ExplicitSystemInfo {
         boot_time_secs: 0,
@@ -662,34 +659,6 @@ processes 2
         assert_eq!(advance(&mut slot, 120, 12, 50, diff), None);
         assert_eq!(advance(&mut slot, 160, 15, 50, diff), Some((5, 60)));
         assert_eq!(advance(&mut slot, 220, 21, 50, diff), Some((6, 60)));
-    }
-
-    /// Reads a sink's records back by name, keeping the definitions seen so far.
-    #[derive(Default)]
-    struct Names {
-        counters: HashMap<CounterId, String>,
-        devices: HashMap<DeviceId, String>,
-    }
-
-    impl Names {
-        /// (device, value) readings per counter name.
-        fn readings(&mut self, records: &[Record]) -> HashMap<String, Vec<(String, f64)>> {
-            let mut out: HashMap<String, Vec<(String, f64)>> = HashMap::new();
-            for record in records {
-                match record {
-                    Record::Counter(def) => drop(self.counters.insert(def.id, def.name.clone())),
-                    Record::Device(def) => drop(self.devices.insert(def.id, def.name.clone())),
-                    Record::Samples(samples) => {
-                        for s in samples {
-                            let entry = out.entry(self.counters[&s.counter].clone()).or_default();
-                            entry.push((self.devices[&s.device].clone(), s.value));
-                        }
-                    }
-                    other => panic!("unexpected {other:?}"),
-                }
-            }
-            out
-        }
     }
 
     /// Keeps this thread on a core for `ns`, so this process uses CPU between two samples.

@@ -31,6 +31,12 @@ pub struct CounterSpec {
     pub unit: Unit,
 }
 
+impl CounterSpec {
+    pub const fn new(name: &'static str, unit: Unit) -> CounterSpec {
+        CounterSpec { name, unit }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SamplerError {
     #[error("cannot read '{path}': {source}")]
@@ -256,5 +262,54 @@ mod tests {
         assert!(matches!(&second[1], Record::Device(d) if d.name == "host"));
         assert!(matches!(&second[2], Record::Samples(s) if s.len() == 2));
         assert!(sink.take_records().is_empty());
+    }
+}
+
+/// Reading a sink's records back by name, for the samplers' tests.
+#[cfg(test)]
+pub(crate) mod testkit {
+    use pinch_traces::{CounterId, DeviceId, Record};
+    use std::collections::HashMap;
+
+    /// The counter and device names defined so far in a sink's records.
+    #[derive(Default)]
+    pub(crate) struct Names {
+        counters: HashMap<CounterId, String>,
+        devices: HashMap<DeviceId, String>,
+    }
+
+    impl Names {
+        /// (device, value) readings per counter name.
+        pub(crate) fn readings(
+            &mut self,
+            records: &[Record],
+        ) -> HashMap<String, Vec<(String, f64)>> {
+            let mut out: HashMap<String, Vec<(String, f64)>> = HashMap::new();
+            for record in records {
+                match record {
+                    Record::Counter(def) => drop(self.counters.insert(def.id, def.name.clone())),
+                    Record::Device(def) => drop(self.devices.insert(def.id, def.name.clone())),
+                    Record::Samples(samples) => {
+                        for s in samples {
+                            let entry = out.entry(self.counters[&s.counter].clone()).or_default();
+                            entry.push((self.devices[&s.device].clone(), s.value));
+                        }
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            out
+        }
+
+        /// (counter, device) -> value of the readings in `records`.
+        pub(crate) fn by_key(&mut self, records: &[Record]) -> HashMap<(String, String), f64> {
+            let mut out = HashMap::new();
+            for (counter, readings) in self.readings(records) {
+                for (device, value) in readings {
+                    out.insert((counter.clone(), device), value);
+                }
+            }
+            out
+        }
     }
 }
