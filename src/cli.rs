@@ -156,6 +156,9 @@ pub struct RunArgs {
     /// this address's port + n. Loopback only. Off by default.
     #[arg(long)]
     pub metrics_addr: Option<SocketAddr>,
+    /// Read no counters (spans only): to measure what counter collection costs.
+    #[arg(long, conflicts_with = "metrics_addr")]
+    pub no_counters: bool,
 }
 
 #[derive(Debug, Args)]
@@ -188,6 +191,8 @@ pub struct AgentArgs {
     /// Serve the node's counters for Prometheus here (loopback only).
     #[arg(long)]
     pub metrics_addr: Option<SocketAddr>,
+    #[arg(long)]
+    pub no_counters: bool,
 }
 
 #[derive(Debug, Args)]

@@ -52,6 +52,8 @@ pub struct AgentConfig {
     /// Where to serve the latest counter values in Prometheus' text format (loopback only);
     /// `None`: no endpoint.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Whether to read counters at all (off only to measure what collection costs).
+    pub counters: bool,
 }
 
 impl fmt::Debug for AgentConfig {
@@ -139,7 +141,10 @@ fn run_agent_with_grace(
     let mut agent = Supervisor::new(config.node, log, inbox, failure_grace, on_event);
     agent.metrics = metrics;
     agent.start_ranks(&config.ranks, config.rank_command.as_ref(), &inbox_tx)?;
-    let (sources, statuses) = open_sources(config.node, &agent.pids());
+    let (sources, statuses) = match config.counters {
+        true => open_sources(config.node, &agent.pids()),
+        false => (Vec::new(), Vec::new()),
+    };
     for status in statuses {
         agent.log.append(&Record::Source(status))?;
     }
@@ -830,6 +835,7 @@ mod tests {
             sample_rate: SampleRate::new(50).unwrap(),
             rank_command: Box::new(command),
             metrics_addr: None,
+            counters: true,
         }
     }
 

@@ -28,6 +28,7 @@ fn run_node(ranks: &[Rank], failing: &[Rank]) -> (NodeLog, AgentSummary, Vec<Age
             command
         }),
         metrics_addr: None,
+        counters: true,
     };
     let mut events = Vec::new();
     let summary = run_agent(config, &mut |e| events.push(e)).expect("the agent runs");

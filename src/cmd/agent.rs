@@ -36,6 +36,7 @@ pub fn agent(args: AgentArgs) -> anyhow::Result<()> {
         sample_rate,
         rank_command: Box::new(rank_command),
         metrics_addr: args.metrics_addr,
+        counters: !args.no_counters,
     };
     let mut stdout = std::io::stdout().lock();
     let mut on_event = |event: pinch_collector::AgentEvent| {

@@ -35,6 +35,7 @@ const PLAN_FILE: &str = "workload.json";
 struct Plan {
     config: ServeConfig,
     metrics_addr: Option<std::net::SocketAddr>,
+    no_counters: bool,
     nodes: Vec<NodeEntry>,
     sample_hz: u32,
     run_dir: PathBuf,
@@ -102,6 +103,7 @@ fn plan(args: &RunArgs) -> anyhow::Result<Plan> {
     Ok(Plan {
         config,
         metrics_addr: args.metrics_addr,
+        no_counters: args.no_counters,
         nodes,
         sample_hz: args.sample_hz,
         run_dir,
@@ -179,6 +181,7 @@ fn manifest(plan: &Plan, args: &RunArgs) -> anyhow::Result<RunManifest> {
         ("micro_batches", serde_json::json!(c.micro_batches)),
         ("seed", serde_json::json!(c.seed)),
         ("sample_hz", serde_json::json!(plan.sample_hz)),
+        ("counters", serde_json::json!(!plan.no_counters)),
         ("model_params", serde_json::json!(c.model.param_count())),
         ("faults", serde_json::to_value(&c.faults)?),
         ("model", serde_json::to_value(&c.model)?),
@@ -291,6 +294,7 @@ fn spawn_agent(
         .arg(format!("--router={router}"))
         .arg("--plan")
         .arg(plan.run_dir.join(PLAN_FILE))
+        .args(plan.no_counters.then_some("--no-counters"))
         .args(plan.metrics_addr.map(|mut addr| {
             addr.set_port(addr.port() + node.node.0 as u16);
             format!("--metrics-addr={addr}")
