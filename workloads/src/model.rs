@@ -158,6 +158,22 @@ struct MoeBuffers {
     recv_counts: Vec<usize>,
     /// Per slot sent away, in send order: the slot index.
     order: Vec<usize>,
+    /// The rows to run through the experts this step: which expert, where each comes from.
+    routed: Vec<Routed>,
+    /// The experts' outputs for the rows received, then the same sent back and returned.
+    received_out: Vec<f32>,
+    back_counts: Vec<usize>,
+    returned: Vec<f32>,
+    returned_counts: Vec<usize>,
+}
+
+/// One row for an expert: its input starts at element `src` of the input buffer and its output
+/// goes to row `dst` of the output buffer.
+#[derive(Clone, Copy, Debug)]
+struct Routed {
+    expert: u32,
+    src: usize,
+    dst: usize,
 }
 
 /// Resizes `buf` to `len` elements (growing its allocation only past the largest step so far).
@@ -674,30 +690,17 @@ fn local_experts(
     m: &mut MoeBuffers,
     scratch: &mut [Vec<f32>; 3],
 ) {
+    m.routed.clear();
+    let kept = (0..m.ids.len()).filter(|&slot| m.kept[slot]);
+    m.routed.extend(kept.map(|slot| Routed {
+        expert: m.ids[slot],
+        src: slot / k * hidden,
+        dst: slot,
+    }));
+    let bufs = (&mut m.gathered, &mut m.gathered_out);
+    let (routed, out) = (&mut m.routed, &mut m.slot_out);
     t.compute(t.ops.moe_experts, at, || {
-        let mut cost = Cost::default();
-        for (e, mlp) in w.experts.iter().enumerate() {
-            let Some(mlp) = mlp else { continue };
-            let slots: Vec<usize> = (0..m.ids.len())
-                .filter(|&s| m.kept[s] && m.ids[s] as usize == e)
-                .collect();
-            if slots.is_empty() {
-                continue;
-            }
-            let gathered = sized(&mut m.gathered, slots.len() * hidden);
-            for (i, &s) in slots.iter().enumerate() {
-                let token = s / k;
-                gathered[i * hidden..(i + 1) * hidden]
-                    .copy_from_slice(&normed[token * hidden..(token + 1) * hidden]);
-            }
-            let out = sized(&mut m.gathered_out, slots.len() * hidden);
-            cost += expert_mlp(mlp, gathered, slots.len(), scratch, out);
-            for (i, &s) in slots.iter().enumerate() {
-                m.slot_out[s * hidden..(s + 1) * hidden]
-                    .copy_from_slice(&out[i * hidden..(i + 1) * hidden]);
-            }
-        }
-        cost
+        run_routed(w, normed, hidden, routed, out, bufs, scratch)
     });
 }
 
@@ -746,77 +749,67 @@ fn exchange_experts(
     t.collective(t.ops.moe_dispatch, at, group, issue, |g| {
         mesh.all_to_all_v(g, send, counts, recv, recv_counts)
     })?;
-    let received = m.recv.len() / width;
-    let mut outputs = vec![0.0f32; received * hidden];
+    // Each received row carries its expert id as its last element.
+    m.routed.clear();
+    let rows = m.recv.chunks_exact(width).enumerate();
+    m.routed.extend(rows.map(|(i, row)| Routed {
+        expert: row[hidden] as u32,
+        src: i * width,
+        dst: i,
+    }));
+    let outputs = sized(&mut m.received_out, m.routed.len() * hidden);
+    let bufs = (&mut m.gathered, &mut m.gathered_out);
+    let (routed, recv) = (&mut m.routed, &m.recv);
     t.compute(t.ops.moe_experts, at, || {
-        run_received(
-            w,
-            &m.recv,
-            hidden,
-            &mut outputs,
-            &mut m.gathered,
-            &mut m.gathered_out,
-            scratch,
-        )
+        run_routed(w, recv, hidden, routed, outputs, bufs, scratch)
     });
-    let back_counts: Vec<usize> = m.recv_counts.iter().map(|c| c / width * hidden).collect();
+    m.back_counts.clear();
+    m.back_counts
+        .extend(m.recv_counts.iter().map(|c| c / width * hidden));
     let issue = Issue {
         kind: CollectiveKind::AllToAll,
         peer: None,
-        message_bytes: (outputs.len() * 4) as u64,
+        message_bytes: (m.received_out.len() * 4) as u64,
     };
-    let mut returned = Vec::new();
-    let mut returned_counts = Vec::new();
+    let (outputs, counts) = (&m.received_out, &m.back_counts);
+    let (returned, returned_counts) = (&mut m.returned, &mut m.returned_counts);
     t.collective(t.ops.moe_return, at, group, issue, |g| {
-        mesh.all_to_all_v(
-            g,
-            &outputs,
-            &back_counts,
-            &mut returned,
-            &mut returned_counts,
-        )
+        mesh.all_to_all_v(g, outputs, counts, returned, returned_counts)
     })?;
     for (i, &s) in m.order.iter().enumerate() {
         m.slot_out[s * hidden..(s + 1) * hidden]
-            .copy_from_slice(&returned[i * hidden..(i + 1) * hidden]);
+            .copy_from_slice(&m.returned[i * hidden..(i + 1) * hidden]);
     }
     Ok(())
 }
 
-/// Runs the received rows (`[row, expert id]` each) through this rank's experts, expert by
-/// expert, writing each output at its row's place.
-fn run_received(
+/// Runs `routed` rows of `input` through this rank's experts, expert by expert (rows of one
+/// expert in their order), writing each output to its `dst` row of `out`. Rows for experts this
+/// rank does not hold are left alone.
+fn run_routed(
     w: &MoeWeights,
-    recv: &[f32],
+    input: &[f32],
     hidden: usize,
-    outputs: &mut [f32],
-    gathered: &mut Vec<f32>,
-    gathered_out: &mut Vec<f32>,
+    routed: &mut [Routed],
+    out: &mut [f32],
+    (gathered, gathered_out): (&mut Vec<f32>, &mut Vec<f32>),
     scratch: &mut [Vec<f32>; 3],
 ) -> Cost {
-    let width = hidden + 1;
+    routed.sort_by_key(|r| r.expert);
     let mut cost = Cost::default();
-    for (e, mlp) in w.experts.iter().enumerate() {
-        let Some(mlp) = mlp else { continue };
-        let rows: Vec<usize> = recv
-            .chunks_exact(width)
-            .enumerate()
-            .filter(|(_, row)| row[hidden] as usize == e)
-            .map(|(i, _)| i)
-            .collect();
-        if rows.is_empty() {
+    for rows in routed.chunk_by(|a, b| a.expert == b.expert) {
+        let Some(Some(mlp)) = w.experts.get(rows[0].expert as usize) else {
             continue;
+        };
+        let rows_in = sized(gathered, rows.len() * hidden);
+        for (i, r) in rows.iter().enumerate() {
+            rows_in[i * hidden..(i + 1) * hidden].copy_from_slice(&input[r.src..r.src + hidden]);
         }
-        let input = sized(gathered, rows.len() * hidden);
-        for (i, &r) in rows.iter().enumerate() {
-            input[i * hidden..(i + 1) * hidden]
-                .copy_from_slice(&recv[r * width..r * width + hidden]);
-        }
-        let out = sized(gathered_out, rows.len() * hidden);
-        cost += expert_mlp(mlp, input, rows.len(), scratch, out);
-        for (i, &r) in rows.iter().enumerate() {
-            outputs[r * hidden..(r + 1) * hidden]
-                .copy_from_slice(&out[i * hidden..(i + 1) * hidden]);
+        let rows_out = sized(gathered_out, rows.len() * hidden);
+        cost += expert_mlp(mlp, rows_in, rows.len(), scratch, rows_out);
+        for (i, r) in rows.iter().enumerate() {
+            out[r.dst * hidden..(r.dst + 1) * hidden]
+                .copy_from_slice(&rows_out[i * hidden..(i + 1) * hidden]);
         }
     }
     cost
