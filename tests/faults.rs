@@ -30,6 +30,7 @@ fn injected_crash_outside_the_run_is_named() {
     fails_with_code_2(&["run", "--link-delay=0-7=2ms"], "'7'");
     fails_with_code_2(&["run", "--link-rate=0-1=fast"], "'fast'");
     fails_with_code_2(&["run", "--pin-rank=0=x"], "'x'");
+    fails_with_code_2(&["run", "--pin-rank=0=4096"], "'4096'");
     fails_with_code_2(&["run", "--expert-skew=1.5"], "'tiny'");
 }
 

@@ -212,7 +212,9 @@ fn faults(args: &WorkloadArgs, layout: &Layout, model: &ModelConfig) -> anyhow::
     }
     if let Some(text) = &args.pin_rank {
         let (rank, cores) = split_eq(text, "pinned rank", "RANK=CORES")?;
-        faults.pin = Some((rank_in(rank, world, "pinned rank")?, cpu_list(cores)?));
+        let cores = cpu_list(cores)?;
+        check_cores_exist(&cores)?;
+        faults.pin = Some((rank_in(rank, world, "pinned rank")?, cores));
     }
     if let (Some(rank), Some(step)) = (args.crash_rank, args.crash_at_step) {
         let rank = rank_in(&rank.to_string(), world, "crash rank")?;
@@ -305,6 +307,22 @@ fn cpu_list(text: &str) -> anyhow::Result<Vec<usize>> {
         }
     }
     Ok(cores)
+}
+
+/// Pinning to a core this machine does not have would only fail once the rank starts.
+fn check_cores_exist(cores: &[usize]) -> anyhow::Result<()> {
+    // SAFETY: sysconf only reads a system constant.
+    let configured = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_CONF) };
+    let Ok(configured) = usize::try_from(configured) else {
+        return Ok(());
+    };
+    match cores.iter().find(|&&core| core >= configured) {
+        Some(core) => Err(bad_input(format!(
+            "core '{core}' does not exist on this machine (cores 0 to {})",
+            configured.saturating_sub(1)
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// `250us`, `2ms`, `1s` into microseconds.
