@@ -1,6 +1,7 @@
-//! The cost of capturing one span on a rank's hot path: reading the clock and queueing the span
-//! (`Recorder::finish`), with a drainer emptying the queue as a rank's stream does, and when the
-//! queue is full (the span is counted as dropped).
+//! The cost of capturing one span on a rank's hot path: stamping its start and finishing it
+//! (`Recorder::stamp`, `Recorder::finish`: a second stamp and a push into the ring), with a
+//! drainer emptying the ring as a rank's stream does, and when the ring is full (the span is
+//! counted as dropped). The clock reads alone are measured for scale.
 //!
 //! Run: `cargo bench -p pinch-collector --bench recorder`.
 
@@ -26,30 +27,30 @@ fn attrs() -> SpanAttrs {
     }
 }
 
-/// `finish` while a drainer thread moves spans out every millisecond, as `RankStream` does.
+/// One span while a drainer thread empties the ring every millisecond, as `RankStream` does.
 #[divan::bench]
 fn finish_with_room(bencher: Bencher) {
-    let recorder = Arc::new(Recorder::new(Rank(0), DEFAULT_CAPACITY));
+    let (recorder, mut drain) = Recorder::new(Rank(0), DEFAULT_CAPACITY);
     let stop = Arc::new(AtomicBool::new(false));
     let drainer = {
-        let (recorder, stop) = (recorder.clone(), stop.clone());
+        let stop = stop.clone();
         std::thread::spawn(move || {
             let mut out: Vec<Span> = Vec::with_capacity(DEFAULT_CAPACITY);
             while !stop.load(Ordering::Relaxed) {
                 out.clear();
-                recorder.drain_into(&mut out, usize::MAX);
+                drain.drain_into(&mut out, usize::MAX);
                 std::thread::sleep(Duration::from_millis(1));
             }
         })
     };
     let attrs = attrs();
-    bencher.bench(|| {
-        let start_ns = recorder.now_ns();
+    bencher.bench_local(|| {
+        let start = recorder.stamp();
         recorder.finish(
             Lane(0),
             Category::Compute,
             OpId(7),
-            start_ns,
+            start,
             divan::black_box(attrs),
         )
     });
@@ -57,27 +58,39 @@ fn finish_with_room(bencher: Bencher) {
     let _ = drainer.join();
 }
 
-/// `finish` when the queue is full: the span is counted as dropped, never blocks.
+/// One span when the ring is full: it is counted as dropped, never blocks.
 #[divan::bench]
 fn finish_when_full(bencher: Bencher) {
-    let recorder = Recorder::new(Rank(0), 1);
-    recorder.finish(Lane(0), Category::Compute, OpId(0), 0, SpanAttrs::default());
+    let (recorder, _drain) = Recorder::new(Rank(0), 1);
+    recorder.finish(
+        Lane(0),
+        Category::Compute,
+        OpId(0),
+        recorder.stamp(),
+        SpanAttrs::default(),
+    );
     let attrs = attrs();
-    bencher.bench(|| {
-        let start_ns = recorder.now_ns();
+    bencher.bench_local(|| {
+        let start = recorder.stamp();
         recorder.finish(
             Lane(0),
             Category::Compute,
             OpId(7),
-            start_ns,
+            start,
             divan::black_box(attrs),
         )
     });
 }
 
-/// The clock read alone, for scale.
+/// The span clock read alone (the TSC, as `quanta` reads it).
 #[divan::bench]
-fn clock_read(bencher: Bencher) {
-    let recorder = Recorder::new(Rank(0), 1);
-    bencher.bench(|| recorder.now_ns());
+fn stamp(bencher: Bencher) {
+    let (recorder, _drain) = Recorder::new(Rank(0), 1);
+    bencher.bench_local(|| recorder.stamp());
+}
+
+/// The monotonic clock read alone (`clock_gettime`), which spans were stamped with before.
+#[divan::bench]
+fn monotonic_read(bencher: Bencher) {
+    bencher.bench_local(pinch_traces::monotonic_now_ns);
 }

@@ -39,6 +39,9 @@ const STREAM_GRACE: Duration = Duration::from_secs(5);
 const POLL: Duration = Duration::from_millis(20);
 /// The most channel messages written between two flushes.
 const MAX_BATCH: usize = 256;
+/// A sampler thread hands its readings to the writer this often (or after every sample when
+/// it samples less often): readings reach the log and the metrics endpoint within this delay.
+const SEND_INTERVAL: Duration = Duration::from_millis(50);
 
 /// What one agent runs: its node, its ranks, and where its log goes.
 pub struct AgentConfig {
@@ -788,6 +791,9 @@ impl SamplerThread {
 
 /// Samples every `period` (first at once) until told to stop. A failed reading stops this
 /// source alone: the failure and its time are reported, and the other sources go on.
+///
+/// Readings are handed to the writer at most every `SEND_INTERVAL`, not after every sample: at
+/// 1 kHz a message per sample would wake the writer a thousand times a second.
 fn run_sampler(
     mut source: OpenedSource,
     mut sink: SampleSink,
@@ -796,12 +802,16 @@ fn run_sampler(
     stop: &Receiver<()>,
 ) {
     let mut next = Instant::now();
+    let mut last_sent = Instant::now();
     loop {
         let at_ns = monotonic_now_ns();
         let sampled = source.sampler.sample(at_ns, &mut sink);
-        let records = sink.take_records();
-        if !records.is_empty() && inbox.send(Inbound::Samples(records)).is_err() {
+        let send_due = last_sent.elapsed() >= SEND_INTERVAL;
+        if (send_due || sampled.is_err()) && !send_samples(&mut sink, inbox) {
             return;
+        }
+        if send_due {
+            last_sent = Instant::now();
         }
         if let Err(e) = sampled {
             let _ = inbox.send(Inbound::SamplerFailed {
@@ -816,9 +826,18 @@ fn run_sampler(
         next = (next + period).max(Instant::now());
         match stop.recv_timeout(next.saturating_duration_since(Instant::now())) {
             Err(RecvTimeoutError::Timeout) => {}
-            Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => {
+                send_samples(&mut sink, inbox);
+                return;
+            }
         }
     }
+}
+
+/// Hands what the sink holds to the writer; false when the writer has gone.
+fn send_samples(sink: &mut SampleSink, inbox: &Sender<Inbound>) -> bool {
+    let records = sink.take_records();
+    records.is_empty() || inbox.send(Inbound::Samples(records)).is_ok()
 }
 
 #[cfg(test)]

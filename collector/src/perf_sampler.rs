@@ -20,6 +20,7 @@ use procfs::ProcError;
 use procfs::process::Process;
 use std::fmt;
 use std::io;
+use std::os::fd::AsRawFd;
 
 pub const PERF_CYCLES: CounterSpec = CounterSpec::new("perf.cycles_per_s", Unit::PerSecond);
 pub const PERF_INSTRUCTIONS: CounterSpec =
@@ -268,7 +269,7 @@ impl RankCounters {
         if self.sets.is_empty() {
             return Ok(());
         }
-        if !process_lives(self.pid) {
+        if self.main_thread_hung_up() && !process_lives(self.pid) {
             self.sets.clear();
             return Ok(());
         }
@@ -291,6 +292,27 @@ impl RankCounters {
     fn counts(&self, counter: CounterSpec) -> bool {
         self.sets.iter().any(|set| set.counts(counter))
     }
+
+    /// Whether the counters of the rank's main thread report that it has ended. Asked of the
+    /// counters themselves on every sample, so a live rank costs no /proc read.
+    fn main_thread_hung_up(&self) -> bool {
+        let main = self.sets.iter().flat_map(|set| &set.threads);
+        main.filter(|thread| thread.tid == self.pid)
+            .any(|thread| hung_up(thread.group.as_counter()))
+    }
+}
+
+/// Whether perf reports POLLHUP on a counter: its task, and every thread that inherited it,
+/// has exited.
+fn hung_up(counter: &Counter) -> bool {
+    let mut poll = libc::pollfd {
+        fd: counter.as_raw_fd(),
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, owned by this frame, and a zero timeout.
+    let ready = unsafe { libc::poll(&mut poll, 1, 0) };
+    ready > 0 && poll.revents & libc::POLLHUP != 0
 }
 
 /// Pushes each event's rate per second, and instructions per cycle when both are known.

@@ -10,11 +10,14 @@
 //! apart from the I/O (`core_shares`, `rate_per_second`, `process_cpu_percent`) so it can be
 //! tested on hand-made snapshots.
 
+use crate::reread::RereadFile;
 use crate::sampler::{CounterSpec, SampleSink, Sampler, SamplerError};
 use pinch_traces::{Rank, Unit};
-use procfs::process::Process;
-use procfs::{Current, FromBufReadSI, KernelStats, Meminfo, ProcError};
+use procfs::net::InterfaceDeviceStatus;
+use procfs::process::Stat;
+use procfs::{FromBufRead, FromBufReadSI, FromRead, KernelStats, Meminfo, ProcError};
 use std::collections::HashMap;
+use std::io;
 
 pub const CPU_UTILIZATION: CounterSpec = CounterSpec::new("cpu.utilization", Unit::Percent);
 pub const CPU_USER: CounterSpec = CounterSpec::new("cpu.user", Unit::Percent);
@@ -220,50 +223,70 @@ impl From<&procfs::net::DeviceStatus> for NetCounts {
 struct RankProcess {
     pid: u32,
     device: String,
+    /// `/proc/<pid>/stat`, open while the process lives; `None` once it has exited.
+    stat: Option<RereadFile>,
     cpu: Option<Baseline<u64>>,
 }
 
 /// Samples /proc for one node: its cores, memory, network interfaces and rank processes.
+///
+/// Each file is opened once and read again on every sample ([`RereadFile`]). /proc/stat counts
+/// in clock ticks, so it is read only once `MIN_TICK_INTERVAL_NS` has passed since the last
+/// reading: at 1 kHz the other readings could only be skipped.
 #[derive(Debug)]
 pub struct ProcSampler {
     ranks: Vec<RankProcess>,
     ticks_per_second: u64,
     page_size_bytes: u64,
+    stat: RereadFile,
+    meminfo: RereadFile,
+    net_dev: RereadFile,
+    /// When /proc/stat was last read.
+    cores_read_ns: Option<u64>,
     /// Keyed by the core's /proc/stat label.
     cores: HashMap<String, Option<Baseline<CpuTicks>>>,
     interfaces: Vec<(String, Option<Baseline<NetCounts>>)>,
 }
 
 impl ProcSampler {
-    /// A sampler for this host and the given rank processes (rank, pid).
-    pub fn new(ranks: &[(Rank, u32)]) -> ProcSampler {
+    /// A sampler for this host and the given rank processes (rank, pid); fails when a host-wide
+    /// file cannot be opened or parsed. A rank that has already exited is left out.
+    pub fn open(ranks: &[(Rank, u32)]) -> Result<ProcSampler, SamplerError> {
         let ranks = ranks
             .iter()
             .map(|&(rank, pid)| RankProcess {
                 pid,
                 device: format!("rank{}", rank.0),
+                stat: RereadFile::open(format!("/proc/{pid}/stat")).ok(),
                 cpu: None,
             })
             .collect();
-        ProcSampler {
+        let mut sampler = ProcSampler {
             ranks,
             ticks_per_second: procfs::ticks_per_second(),
             page_size_bytes: procfs::page_size(),
+            stat: open_host_file("/proc/stat")?,
+            meminfo: open_host_file("/proc/meminfo")?,
+            net_dev: open_host_file("/proc/net/dev")?,
+            cores_read_ns: None,
             cores: HashMap::new(),
             interfaces: Vec::new(),
-        }
-    }
-
-    /// Whether this host's /proc can be read: the host-wide files, once.
-    pub fn probe() -> Result<(), SamplerError> {
-        read_cores()?;
-        Meminfo::current().map_err(proc_error("/proc/meminfo"))?;
-        procfs::net::dev_status().map_err(proc_error("/proc/net/dev"))?;
-        Ok(())
+        };
+        sampler.read_cores()?;
+        sampler.read_meminfo()?;
+        sampler.read_net_dev()?;
+        Ok(sampler)
     }
 
     fn sample_cores(&mut self, now_ns: u64, out: &mut SampleSink) -> Result<(), SamplerError> {
-        for (core, ticks) in read_cores()? {
+        let due = self
+            .cores_read_ns
+            .is_none_or(|t| now_ns.saturating_sub(t) >= MIN_TICK_INTERVAL_NS);
+        if !due {
+            return Ok(());
+        }
+        self.cores_read_ns = Some(now_ns);
+        for (core, ticks) in self.read_cores()? {
             let slot = self.cores.entry(core.clone()).or_default();
             let shares = advance(slot, now_ns, ticks, MIN_TICK_INTERVAL_NS, |b, a, _| {
                 core_shares(b, a)
@@ -275,8 +298,8 @@ impl ProcSampler {
         Ok(())
     }
 
-    fn sample_memory(now_ns: u64, out: &mut SampleSink) -> Result<(), SamplerError> {
-        let meminfo = Meminfo::current().map_err(proc_error("/proc/meminfo"))?;
+    fn sample_memory(&mut self, now_ns: u64, out: &mut SampleSink) -> Result<(), SamplerError> {
+        let meminfo = self.read_meminfo()?;
         for (counter, bytes) in memory_readings(&meminfo) {
             if let Some(bytes) = bytes {
                 out.push(counter, "host", now_ns, bytes as f64);
@@ -287,7 +310,7 @@ impl ProcSampler {
 
     fn sample_ranks(&mut self, now_ns: u64, out: &mut SampleSink) -> Result<(), SamplerError> {
         for rank in &mut self.ranks {
-            let Some(stat) = read_process_stat(rank.pid)? else {
+            let Some(stat) = read_process_stat(rank)? else {
                 continue;
             };
             let device = rank.device.as_str();
@@ -317,11 +340,11 @@ impl ProcSampler {
     }
 
     fn sample_network(&mut self, now_ns: u64, out: &mut SampleSink) -> Result<(), SamplerError> {
-        let status = procfs::net::dev_status().map_err(proc_error("/proc/net/dev"))?;
-        let mut names: Vec<&String> = status.keys().collect();
+        let status = self.read_net_dev()?;
+        let mut names: Vec<&String> = status.0.keys().collect();
         names.sort();
         for name in names {
-            let Some(dev) = status.get(name) else {
+            let Some(dev) = status.0.get(name) else {
                 continue;
             };
             let counts = NetCounts::from(dev);
@@ -345,6 +368,23 @@ impl ProcSampler {
         };
         &mut self.interfaces[index].1
     }
+
+    /// Every online core's ticks from /proc/stat, with its label.
+    fn read_cores(&mut self) -> Result<Vec<(String, CpuTicks)>, SamplerError> {
+        let text = self.stat.read_text().map_err(unreadable("/proc/stat"))?;
+        labeled_cores(text, procfs::current_system_info()).map_err(proc_error("/proc/stat"))
+    }
+
+    fn read_meminfo(&mut self) -> Result<Meminfo, SamplerError> {
+        let bytes = self.meminfo.read().map_err(unreadable("/proc/meminfo"))?;
+        <Meminfo as FromBufRead>::from_buf_read(bytes).map_err(proc_error("/proc/meminfo"))
+    }
+
+    fn read_net_dev(&mut self) -> Result<InterfaceDeviceStatus, SamplerError> {
+        let bytes = self.net_dev.read().map_err(unreadable("/proc/net/dev"))?;
+        <InterfaceDeviceStatus as FromBufRead>::from_buf_read(bytes)
+            .map_err(proc_error("/proc/net/dev"))
+    }
 }
 
 impl Sampler for ProcSampler {
@@ -360,7 +400,7 @@ impl Sampler for ProcSampler {
     fn sample(&mut self, now_ns: u64, out: &mut SampleSink) -> Result<(), SamplerError> {
         let results = [
             self.sample_cores(now_ns, out),
-            ProcSampler::sample_memory(now_ns, out),
+            self.sample_memory(now_ns, out),
             self.sample_ranks(now_ns, out),
             self.sample_network(now_ns, out),
         ];
@@ -372,13 +412,36 @@ fn proc_error(path: &'static str) -> impl FnOnce(ProcError) -> SamplerError {
     move |source| SamplerError::Proc { path, source }
 }
 
-/// The stat of a live process; `None` when it has exited (gone, or a zombie not yet reaped).
-fn read_process_stat(pid: u32) -> Result<Option<procfs::process::Stat>, SamplerError> {
-    let stat = Process::new(pid as i32).and_then(|process| process.stat());
-    match stat {
-        Ok(stat) if stat.state == 'Z' || stat.state == 'X' => Ok(None),
-        Ok(stat) => Ok(Some(stat)),
-        Err(ProcError::NotFound(_) | ProcError::Incomplete(_)) => Ok(None),
+fn open_host_file(path: &'static str) -> Result<RereadFile, SamplerError> {
+    RereadFile::open(path).map_err(unreadable(path))
+}
+
+fn unreadable(path: &'static str) -> impl FnOnce(io::Error) -> SamplerError {
+    move |e| SamplerError::Source {
+        source_name: "procfs",
+        message: format!("cannot read '{path}': {e}"),
+    }
+}
+
+/// The stat of a live rank process; `None` when it has exited (gone, or a zombie not yet
+/// reaped), after which its file is closed and it is read no more.
+fn read_process_stat(rank: &mut RankProcess) -> Result<Option<Stat>, SamplerError> {
+    let Some(file) = rank.stat.as_mut() else {
+        return Ok(None);
+    };
+    let pid = rank.pid;
+    let parsed = match file.read() {
+        Ok(bytes) => <Stat as FromRead>::from_read(bytes),
+        // A process that has been reaped answers ESRCH on its open file.
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Err(ProcError::NotFound(None)),
+        Err(e) => Err(ProcError::Io(e, Some(file.path().to_path_buf()))),
+    };
+    match parsed {
+        Ok(stat) if stat.state != 'Z' && stat.state != 'X' => Ok(Some(stat)),
+        Ok(_) | Err(ProcError::NotFound(_) | ProcError::Incomplete(_)) => {
+            rank.stat = None;
+            Ok(None)
+        }
         Err(source) => Err(SamplerError::Process { pid, source }),
     }
 }
@@ -415,15 +478,6 @@ fn memory_readings(meminfo: &Meminfo) -> [(CounterSpec, Option<u64>); 2] {
         (MEM_AVAILABLE, meminfo.mem_available),
         (MEM_PAGE_CACHE, Some(meminfo.cached)),
     ]
-}
-
-/// Every online core's ticks from /proc/stat, with its label.
-fn read_cores() -> Result<Vec<(String, CpuTicks)>, SamplerError> {
-    let text = std::fs::read_to_string("/proc/stat").map_err(|e| SamplerError::Source {
-        source_name: "procfs",
-        message: format!("cannot read '/proc/stat': {e}"),
-    })?;
-    labeled_cores(&text, procfs::current_system_info()).map_err(proc_error("/proc/stat"))
 }
 
 /// The per-core lines of a /proc/stat text as (label, ticks): "cpu3" stays "cpu3" whatever its
@@ -674,7 +728,7 @@ processes 2
     fn sampling_this_machine_twice_gives_sane_counters() {
         let me = (Rank(0), std::process::id());
         let gone = (Rank(1), u32::MAX - 7);
-        let mut sampler = ProcSampler::new(&[me, gone]);
+        let mut sampler = ProcSampler::open(&[me, gone]).unwrap();
         let mut sink = SampleSink::new(NodeId(0));
         sampler.sample(monotonic_now_ns(), &mut sink).unwrap();
         let mut names = Names::default();

@@ -99,7 +99,7 @@ fn boxed<S: Sampler + Send + 'static>(
 }
 
 fn open_procfs(ranks: &[(Rank, u32)]) -> Opened {
-    ProcSampler::probe().map_err(|e| e.to_string())?;
+    let sampler = ProcSampler::open(ranks).map_err(|e| e.to_string())?;
     let counters = PROC_COUNTERS.iter().map(|c| c.name.to_string()).collect();
-    Ok((Box::new(ProcSampler::new(ranks)), counters, Vec::new()))
+    Ok((Box::new(sampler), counters, Vec::new()))
 }

@@ -6,10 +6,9 @@
 //! write error and the recorder simply fills and counts drops.
 
 use crate::error::CollectorError;
-use crate::recorder::Recorder;
+use crate::recorder::SpanDrain;
 use pinch_traces::{NodeLogError, NodeLogWriter, Rank, Record, Span};
 use std::io::{BufWriter, Write};
-use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -33,18 +32,18 @@ pub struct RankStream {
 }
 
 impl RankStream {
-    /// Writes the stream header to `out`, then starts the flusher thread that drains `recorder`
+    /// Writes the stream header to `out`, then starts the flusher thread that empties `drain`
     /// every `period`.
     pub fn start<W: Write + Send + 'static>(
-        recorder: Arc<Recorder>,
+        drain: SpanDrain,
         out: W,
         period: Duration,
     ) -> Result<RankStream, CollectorError> {
-        let rank = recorder.rank();
+        let rank = drain.rank();
         let writer = NodeLogWriter::new(BufWriter::with_capacity(1 << 16, out))
             .map_err(|source| CollectorError::Stream { rank, source })?;
         let flusher = Flusher {
-            recorder,
+            drain,
             writer,
             batch: Vec::with_capacity(MAX_SPANS_PER_BATCH),
             names_sent: 0,
@@ -112,7 +111,7 @@ fn flusher_name(rank: Rank) -> String {
 
 /// The flusher thread's state: what it has already sent, so names and drop counts go once.
 struct Flusher<W: Write> {
-    recorder: Arc<Recorder>,
+    drain: SpanDrain,
     writer: NodeLogWriter<BufWriter<W>>,
     batch: Vec<Span>,
     names_sent: usize,
@@ -146,9 +145,9 @@ impl<W: Write> Flusher<W> {
     /// Writes new names and spans, the drop count if it changed, then the queued records; flushes.
     fn cycle(&mut self, queued: Vec<Record>) -> Result<(), CollectorError> {
         self.write_spans()?;
-        let dropped = self.recorder.dropped();
+        let dropped = self.drain.dropped();
         if Some(dropped) != self.dropped_sent {
-            let rank = self.recorder.rank();
+            let rank = self.drain.rank();
             self.append(&Record::Dropped {
                 rank,
                 spans: dropped,
@@ -164,11 +163,11 @@ impl<W: Write> Flusher<W> {
     /// Drains what was queued when the cycle began, in batches. Names are read after each
     /// batch is drained, so every name a span uses is written before that span.
     fn write_spans(&mut self) -> Result<(), CollectorError> {
-        let mut budget = self.recorder.pending();
+        let mut budget = self.drain.pending();
         while budget > 0 {
             self.batch.clear();
             let moved = self
-                .recorder
+                .drain
                 .drain_into(&mut self.batch, budget.min(MAX_SPANS_PER_BATCH));
             if moved == 0 {
                 break;
@@ -185,8 +184,8 @@ impl<W: Write> Flusher<W> {
     }
 
     fn write_new_names(&mut self) -> Result<(), CollectorError> {
-        let rank = self.recorder.rank();
-        for (op, name) in self.recorder.names_from(self.names_sent) {
+        let rank = self.drain.rank();
+        for (op, name) in self.drain.names_from(self.names_sent) {
             self.append(&Record::OpName { rank, op, name })?;
             self.names_sent += 1;
         }
@@ -199,7 +198,7 @@ impl<W: Write> Flusher<W> {
 
     fn error(&self, source: NodeLogError) -> CollectorError {
         CollectorError::Stream {
-            rank: self.recorder.rank(),
+            rank: self.drain.rank(),
             source,
         }
     }
@@ -241,12 +240,13 @@ fn collect_messages(inbox: &Receiver<Message>, wait: Duration) -> Inbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::recorder::Recorder;
     use pinch_traces::nodelog::Frame;
     use pinch_traces::{Category, FrameReader, Lane, OpId, SpanAttrs};
     use std::collections::HashMap;
     use std::io;
     use std::path::Path;
-    use std::sync::Mutex;
+    use std::sync::{Arc, Mutex};
 
     /// A `Write` into a shared buffer the test can read after the stream finishes.
     #[derive(Clone, Default)]
@@ -307,12 +307,18 @@ mod tests {
         }
     }
 
-    /// Records `count` spans on `lane` from a thread, interning a fresh name every 1000 spans.
-    fn record_lane(recorder: Arc<Recorder>, lane: u32, count: u32) -> thread::JoinHandle<()> {
+    /// Records `counts[lane]` spans on each lane from a thread of its own, interleaving the
+    /// lanes and interning a fresh name every 1000 spans of a lane.
+    fn record_lanes(recorder: Recorder, counts: [u32; 2]) -> thread::JoinHandle<()> {
         thread::spawn(move || {
-            for step in 0..count {
-                let op = recorder.intern(&format!("lane{lane}-op{}", step / 1000));
-                recorder.record(span(&recorder, lane, op, step));
+            for step in 0..counts[0].max(counts[1]) {
+                for (lane, count) in counts.into_iter().enumerate() {
+                    if step < count {
+                        let lane = lane as u32;
+                        let op = recorder.intern(&format!("lane{lane}-op{}", step / 1000));
+                        recorder.record(span(&recorder, lane, op, step));
+                    }
+                }
                 if step % 500 == 0 {
                     thread::sleep(Duration::from_millis(1));
                 }
@@ -322,22 +328,16 @@ mod tests {
 
     #[test]
     fn every_span_and_name_arrives_once_in_order_per_lane() {
-        let recorder = Arc::new(Recorder::new(Rank(2), 1 << 16));
+        let (recorder, drain) = Recorder::new(Rank(2), 1 << 16);
         let buf = SharedBuf::default();
-        let stream =
-            RankStream::start(recorder.clone(), buf.clone(), Duration::from_millis(1)).unwrap();
-        let lanes = [
-            record_lane(recorder.clone(), 0, 9000),
-            record_lane(recorder.clone(), 1, 5000),
-        ];
+        let stream = RankStream::start(drain, buf.clone(), Duration::from_millis(1)).unwrap();
+        let lanes = record_lanes(recorder, [9000, 5000]);
         stream.send(Record::Progress {
             rank: Rank(2),
             done: 1,
             total: 2,
         });
-        for lane in lanes {
-            lane.join().unwrap();
-        }
+        lanes.join().unwrap();
         stream.finish().unwrap();
 
         let records = parse(&buf.0.lock().unwrap());
@@ -379,13 +379,13 @@ mod tests {
 
     #[test]
     fn drops_are_reported_as_a_cumulative_count() {
-        let recorder = Arc::new(Recorder::new(Rank(1), 4));
+        let (recorder, drain) = Recorder::new(Rank(1), 4);
         let op = recorder.intern("op");
         for step in 0..10 {
             recorder.record(span(&recorder, 0, op, step));
         }
         let buf = SharedBuf::default();
-        let stream = RankStream::start(recorder, buf.clone(), Duration::from_secs(60)).unwrap();
+        let stream = RankStream::start(drain, buf.clone(), Duration::from_secs(60)).unwrap();
         stream.finish().unwrap();
 
         let records = parse(&buf.0.lock().unwrap());
@@ -403,11 +403,10 @@ mod tests {
 
     #[test]
     fn queued_records_follow_the_spans_recorded_before_them() {
-        let recorder = Arc::new(Recorder::new(Rank(0), 64));
+        let (recorder, drain) = Recorder::new(Rank(0), 64);
         let op = recorder.intern("op");
         let buf = SharedBuf::default();
-        let stream =
-            RankStream::start(recorder.clone(), buf.clone(), Duration::from_secs(60)).unwrap();
+        let stream = RankStream::start(drain, buf.clone(), Duration::from_secs(60)).unwrap();
         recorder.record(span(&recorder, 0, op, 0));
         stream.send(Record::Output {
             rank: Rank(0),
@@ -431,11 +430,10 @@ mod tests {
 
     #[test]
     fn flush_now_writes_what_was_recorded_before_it() {
-        let recorder = Arc::new(Recorder::new(Rank(0), 64));
+        let (recorder, drain) = Recorder::new(Rank(0), 64);
         let op = recorder.intern("op");
         let buf = SharedBuf::default();
-        let stream =
-            RankStream::start(recorder.clone(), buf.clone(), Duration::from_secs(60)).unwrap();
+        let stream = RankStream::start(drain, buf.clone(), Duration::from_secs(60)).unwrap();
         recorder.record(span(&recorder, 0, op, 0));
         stream.send(Record::Progress {
             rank: Rank(0),
@@ -458,14 +456,10 @@ mod tests {
 
     #[test]
     fn write_error_ends_the_flusher_and_the_recorder_keeps_counting() {
-        let recorder = Arc::new(Recorder::new(Rank(5), 2));
+        let (recorder, drain) = Recorder::new(Rank(5), 2);
         let op = recorder.intern("op");
-        let stream = RankStream::start(
-            recorder.clone(),
-            BrokenPipe { accepted: 0 },
-            Duration::from_millis(1),
-        )
-        .unwrap();
+        let stream =
+            RankStream::start(drain, BrokenPipe { accepted: 0 }, Duration::from_millis(1)).unwrap();
         for step in 0..5 {
             recorder.record(span(&recorder, 0, op, step));
         }

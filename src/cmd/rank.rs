@@ -12,7 +12,6 @@ use pinch_workloads::engine::{RankIo, ServeConfig, serve_rank};
 use pinch_workloads::serving::RouterClient;
 use std::net::TcpListener;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// How often the rank's spans are flushed to its agent.
@@ -25,8 +24,8 @@ pub fn rank(args: RankArgs) -> anyhow::Result<()> {
     let rank = Rank(args.rank);
     apply_host_faults(&config, args.rank as usize)?;
     pinch_kernels::set_threads(config.threads);
-    let recorder = Arc::new(Recorder::new(rank, DEFAULT_CAPACITY));
-    let stream = RankStream::start(recorder.clone(), std::io::stdout(), FLUSH_PERIOD)
+    let (recorder, drain) = Recorder::new(rank, DEFAULT_CAPACITY);
+    let stream = RankStream::start(drain, std::io::stdout(), FLUSH_PERIOD)
         .context("cannot start the span stream")?;
     let outcome = run_rank(&args, &config, &recorder, &stream);
     stream.finish().context("cannot flush the span stream")?;
@@ -96,7 +95,7 @@ fn run_rank(
 /// Meets the other ranks and connects the mesh; the time it takes is recorded as a wait span.
 fn connect(args: &RankArgs, config: &ServeConfig, recorder: &Recorder) -> anyhow::Result<Mesh> {
     let op = recorder.intern("rendezvous");
-    let start_ns = recorder.now_ns();
+    let start = recorder.stamp();
     let listener = TcpListener::bind("127.0.0.1:0").context("cannot listen on loopback")?;
     let my_addr = listener.local_addr()?;
     let rank = args.rank as usize;
@@ -125,7 +124,7 @@ fn connect(args: &RankArgs, config: &ServeConfig, recorder: &Recorder) -> anyhow
         ..MeshOptions::default()
     };
     let mesh = Mesh::connect(rank, &peers, listener, &options, RENDEZVOUS_TIMEOUT)?;
-    recorder.finish(Lane(0), Category::Wait, op, start_ns, SpanAttrs::default());
+    recorder.finish(Lane(0), Category::Wait, op, start, SpanAttrs::default());
     Ok(mesh)
 }
 

@@ -98,7 +98,7 @@ pub fn measure_decode(bench: &DecodeBench) -> Result<DecodeMeasurement, DecodeBe
         BLOCK_SIZE,
         MoeOptions::default(),
     );
-    let recorder = Recorder::new(Rank(0), 1 << 16);
+    let (recorder, mut spans_out) = Recorder::new(Rank(0), 1 << 16);
     let tracer = Tracer::new(&recorder);
     let mut mesh = Mesh::solo();
     let mut group = Group::new(0, vec![0], 0)?;
@@ -133,7 +133,7 @@ pub fn measure_decode(bench: &DecodeBench) -> Result<DecodeMeasurement, DecodeBe
             times_ns.push(started.elapsed().as_nanos() as u64);
         }
         let mut drained = Vec::new();
-        recorder.drain_into(&mut drained, usize::MAX);
+        spans_out.drain_into(&mut drained, usize::MAX);
     }
     times_ns.sort_unstable();
     let median_ns = times_ns[times_ns.len() / 2] as f64;

@@ -162,12 +162,12 @@ impl<'r> Tracer<'r> {
     /// Runs a kernel as a compute span carrying its cost.
     #[inline]
     pub fn compute(&self, op: OpId, at: At, kernel: impl FnOnce() -> Cost) {
-        let start_ns = self.recorder.now_ns();
+        let start = self.recorder.stamp();
         let started = Instant::now();
         let cost = kernel();
         self.stretch(started);
         self.recorder
-            .finish(LANE, Category::Compute, op, start_ns, at.attrs_with(cost));
+            .finish(LANE, Category::Compute, op, start, at.attrs_with(cost));
     }
 
     /// Spins until the work begun at `started` has taken `compute_factor` times its length.
@@ -188,33 +188,33 @@ impl<'r> Tracer<'r> {
         at: At,
         kernel: impl FnOnce() -> Result<Cost, E>,
     ) -> Result<(), E> {
-        let start_ns = self.recorder.now_ns();
+        let start = self.recorder.stamp();
         let outcome = kernel();
         let attrs = match &outcome {
             Ok(cost) => at.attrs_with(*cost),
             Err(_) => at.attrs(),
         };
         self.recorder
-            .finish(LANE, Category::Memory, op, start_ns, attrs);
+            .finish(LANE, Category::Memory, op, start, attrs);
         outcome.map(|_| ())
     }
 
     /// Runs host-side bookkeeping as a host span (no cost model).
     #[inline]
     pub fn host<T>(&self, op: OpId, at: At, work: impl FnOnce() -> T) -> T {
-        let start_ns = self.recorder.now_ns();
+        let start = self.recorder.stamp();
         let out = work();
         self.recorder
-            .finish(LANE, Category::Host, op, start_ns, at.attrs());
+            .finish(LANE, Category::Host, op, start, at.attrs());
         out
     }
 
     /// Time the rank spent with nothing to do (waiting for requests), as a wait span.
     pub fn wait<T>(&self, op: OpId, at: At, work: impl FnOnce() -> T) -> T {
-        let start_ns = self.recorder.now_ns();
+        let start = self.recorder.stamp();
         let out = work();
         self.recorder
-            .finish(LANE, Category::Wait, op, start_ns, at.attrs());
+            .finish(LANE, Category::Wait, op, start, at.attrs());
         out
     }
 
@@ -255,7 +255,7 @@ impl<'r> Tracer<'r> {
             wait_ns: None,
         };
         let solo = group.size() == 1;
-        let start_ns = self.recorder.now_ns();
+        let start = self.recorder.stamp();
         let outcome = run(group);
         if !solo {
             let collective = match &outcome {
@@ -271,7 +271,7 @@ impl<'r> Tracer<'r> {
                 ..at.attrs()
             };
             self.recorder
-                .finish(LANE, Category::Communication, op, start_ns, attrs);
+                .finish(LANE, Category::Communication, op, start, attrs);
         }
         outcome.map(|(o, _)| o)
     }
@@ -285,19 +285,20 @@ impl<'r> Tracer<'r> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pinch_collector::SpanDrain;
     use pinch_traces::{Rank, Span};
 
-    fn drain(recorder: &Recorder) -> Vec<Span> {
+    fn drain(drain: &mut SpanDrain) -> Vec<Span> {
         let mut spans = Vec::new();
-        recorder.drain_into(&mut spans, usize::MAX);
+        drain.drain_into(&mut spans, usize::MAX);
         spans
     }
 
     #[test]
     fn every_op_name_is_interned_to_a_distinct_id() {
-        let recorder = Recorder::new(Rank(0), 16);
+        let (recorder, spans) = Recorder::new(Rank(0), 16);
         let ops = Ops::intern(&recorder);
-        let names = recorder.names_from(0);
+        let names = spans.names_from(0);
         assert_eq!(names.len(), OP_NAMES.len());
         assert_eq!(names[ops.schedule.0 as usize].1, "schedule");
         assert_eq!(names[ops.all_reduce_mlp.0 as usize].1, "all_reduce.mlp");
@@ -305,7 +306,7 @@ mod tests {
 
     #[test]
     fn spans_carry_category_cost_step_layer_and_micro_batch() {
-        let recorder = Recorder::new(Rank(1), 16);
+        let (recorder, mut spans_out) = Recorder::new(Rank(1), 16);
         let tracer = Tracer::new(&recorder);
         let cost = Cost {
             flops: 10,
@@ -317,7 +318,7 @@ mod tests {
             tracer.memory(tracer.ops.kv_append, At::step(4), || Err("full"));
         assert_eq!(failed, Err("full"));
         assert_eq!(tracer.host(tracer.ops.schedule, At::step(5), || 7), 7);
-        let spans = drain(&recorder);
+        let spans = drain(&mut spans_out);
         let summary: Vec<_> = spans
             .iter()
             .map(|s| (s.category, s.op, s.attrs.flops, s.attrs.step, s.attrs.layer))
@@ -338,13 +339,13 @@ mod tests {
 
     #[test]
     fn a_slowed_rank_spends_the_factor_inside_its_compute_spans() {
-        let recorder = Recorder::new(Rank(0), 16);
+        let (recorder, mut spans_out) = Recorder::new(Rank(0), 16);
         let tracer = Tracer::new(&recorder).with_compute_factor(3.0);
         tracer.compute(tracer.ops.rope, At::step(0), || {
             std::thread::sleep(Duration::from_millis(5));
             Cost::default()
         });
-        let spans = drain(&recorder);
+        let spans = drain(&mut spans_out);
         assert!(
             spans[0].duration_ns >= 15_000_000,
             "{}",
@@ -354,7 +355,7 @@ mod tests {
 
     #[test]
     fn a_group_of_one_records_no_collective() {
-        let recorder = Recorder::new(Rank(0), 16);
+        let (recorder, mut spans_out) = Recorder::new(Rank(0), 16);
         let tracer = Tracer::new(&recorder);
         let mut group = Group::new(0, vec![0], 0).unwrap();
         let issue = Issue {
@@ -370,6 +371,6 @@ mod tests {
             |_| Ok(Outcome::default()),
         );
         assert!(outcome.is_ok());
-        assert!(drain(&recorder).is_empty());
+        assert!(drain(&mut spans_out).is_empty());
     }
 }

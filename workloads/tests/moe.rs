@@ -38,7 +38,7 @@ fn logits(
 ) -> Vec<f32> {
     let weights = synthetic_shard(model, 11, spec).unwrap();
     let mut stage = StageModel::new(model, weights, 8, 4, MoeOptions::default());
-    let recorder = Recorder::new(Rank(0), 1 << 16);
+    let (recorder, _spans) = Recorder::new(Rank(0), 1 << 16);
     let tracer = Tracer::new(&recorder);
     let tables: Vec<Vec<u32>> = (0..prompts.len() as u32)
         .map(|i| vec![3 * i, 3 * i + 1, 3 * i + 2])

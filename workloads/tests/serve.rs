@@ -76,7 +76,7 @@ fn serve(config: &ServeConfig) -> (Vec<RequestRecord>, Vec<Vec<Span>>) {
             .map(|(rank, mut mesh)| {
                 let records = &records;
                 scope.spawn(move || {
-                    let recorder = Recorder::new(Rank(rank as u32), 1 << 20);
+                    let (recorder, mut spans_out) = Recorder::new(Rank(rank as u32), 1 << 20);
                     let c = config.layout.coords(rank);
                     let leads = config.layout.ep > 1 || (c.stage == 0 && c.tp_rank == 0);
                     let router =
@@ -92,7 +92,7 @@ fn serve(config: &ServeConfig) -> (Vec<RequestRecord>, Vec<Vec<Span>>) {
                     };
                     serve_rank(config, rank, io).unwrap();
                     let mut spans = Vec::new();
-                    recorder.drain_into(&mut spans, usize::MAX);
+                    spans_out.drain_into(&mut spans, usize::MAX);
                     spans
                 })
             })

@@ -10,7 +10,6 @@ use pinch_collector::{RankStream, Recorder, recorder::DEFAULT_CAPACITY};
 use pinch_traces::{Category, Lane, Rank, Record, SpanAttrs};
 use std::error::Error;
 use std::io::Write;
-use std::sync::Arc;
 use std::time::Duration;
 
 struct Args {
@@ -43,12 +42,8 @@ fn parse_args() -> Result<Args, Box<dyn Error>> {
 
 fn main() -> Result<(), Box<dyn Error>> {
     let args = parse_args()?;
-    let recorder = Arc::new(Recorder::new(args.rank, DEFAULT_CAPACITY));
-    let stream = RankStream::start(
-        recorder.clone(),
-        std::io::stdout(),
-        Duration::from_millis(5),
-    )?;
+    let (recorder, drain) = Recorder::new(args.rank, DEFAULT_CAPACITY);
+    let stream = RankStream::start(drain, std::io::stdout(), Duration::from_millis(5))?;
     let matmul = recorder.intern("matmul");
     let all_reduce = recorder.intern("all_reduce");
     for step in 0..args.steps {
@@ -56,10 +51,10 @@ fn main() -> Result<(), Box<dyn Error>> {
             step: Some(step),
             ..SpanAttrs::default()
         };
-        let start = recorder.now_ns();
+        let start = recorder.stamp();
         std::thread::sleep(Duration::from_millis(1));
         recorder.finish(Lane(0), Category::Compute, matmul, start, attrs);
-        let start = recorder.now_ns();
+        let start = recorder.stamp();
         std::thread::sleep(Duration::from_millis(1));
         recorder.finish(Lane(1), Category::Communication, all_reduce, start, attrs);
         if (step + 1) % 10 == 0 {
