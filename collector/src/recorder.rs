@@ -342,7 +342,7 @@ mod tests {
             duration_ns: 99,
             attrs: SpanAttrs::default(),
         };
-        r.record(span.clone());
+        r.record(span);
         let mut out = Vec::new();
         drain.drain_into(&mut out, 8);
         assert_eq!(out, vec![span]);
