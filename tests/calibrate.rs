@@ -31,7 +31,14 @@ fn a_second_call_prints_the_cached_result_and_fresh_measures_again() {
         progress.contains("measuring link ping-pong (tcp)"),
         "{progress}"
     );
-    for needle in ["triad", "bf16", "shm half RTT", "tcp GB/s", "64.0 KiB", "GPUs"] {
+    for needle in [
+        "triad",
+        "bf16",
+        "shm half RTT",
+        "tcp GB/s",
+        "64.0 KiB",
+        "GPUs",
+    ] {
         assert!(first.contains(needle), "{needle} missing from\n{first}");
     }
     let files: Vec<_> = std::fs::read_dir(dir.path().join("calibration"))

@@ -203,7 +203,7 @@ fn device_info(device: usize) -> Result<GpuDevice, CudaError> {
 }
 
 fn context(device: usize) -> Result<Arc<CudaContext>, CudaError> {
-    CudaContext::new(device).map_err(driver_error(device, "cuDevicePrimaryCtxRetain"))
+    CudaContext::new(device).map_err(driver_error(device, "creating the primary context"))
 }
 
 /// The timed part of [`gemm_peak`], once the arguments and the libraries are known good.
@@ -315,7 +315,7 @@ fn upload(
 ) -> Result<CudaSlice<u8>, CudaError> {
     stream
         .clone_htod(host)
-        .map_err(driver_error(device, "cuMemcpyHtoD"))
+        .map_err(driver_error(device, "uploading a gemm input"))
 }
 
 /// Seconds the GPU spent on `work`, between two timing events recorded on `stream`.
@@ -386,8 +386,8 @@ fn elements(rows: usize, cols: usize) -> Result<usize, CudaError> {
     rows.checked_mul(cols)
         .filter(|e| e.checked_mul(4).is_some())
         .ok_or(CudaError::TooLarge {
-            what: "gemm matrix rows",
-            value: rows,
+            what: "gemm matrix of elements",
+            value: rows.saturating_mul(cols),
         })
 }
 

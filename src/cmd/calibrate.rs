@@ -280,11 +280,21 @@ mod tests {
     fn a_gpu_row_shows_what_was_measured_and_a_dash_with_a_reason_for_the_rest() {
         let text = gpu_section(&GpuCalibration::Measured(vec![t4_without_bf16()]));
         assert!(text.contains("8192×8192×8192 mean of 20 calls"), "{text}");
-        for needle in ["1: Tesla T4", "7.5", "242 GB/s", "41.2 TFLOP/s", "bf16 GEMM"] {
+        for needle in [
+            "1: Tesla T4",
+            "7.5",
+            "242 GB/s",
+            "41.2 TFLOP/s",
+            "bf16 GEMM",
+        ] {
             assert!(text.contains(needle), "{needle} missing from\n{text}");
         }
         let row = text.lines().find(|l| l.contains("Tesla T4")).unwrap();
-        assert_eq!(row.matches(" - ").count(), 3, "f32, tf32, bf16 missing: {row}");
+        assert_eq!(
+            row.matches(" - ").count(),
+            3,
+            "f32, tf32, bf16 missing: {row}"
+        );
         assert!(text.ends_with("GPU 1: bf16 gemm needs compute capability 8.0 or newer"));
     }
 
