@@ -31,7 +31,14 @@ fn a_second_call_prints_the_cached_result_and_fresh_measures_again() {
         progress.contains("measuring link ping-pong (tcp)"),
         "{progress}"
     );
-    for needle in ["triad", "bf16", "shm half RTT", "tcp GB/s", "64.0 KiB"] {
+    for needle in [
+        "triad",
+        "bf16",
+        "shm half RTT",
+        "tcp GB/s",
+        "64.0 KiB",
+        "GPUs",
+    ] {
         assert!(first.contains(needle), "{needle} missing from\n{first}");
     }
     let files: Vec<_> = std::fs::read_dir(dir.path().join("calibration"))
@@ -47,6 +54,12 @@ fn a_second_call_prints_the_cached_result_and_fresh_measures_again() {
     let cached: Value = serde_json::from_str(&json).expect("stdout is JSON");
     assert_eq!(cached["quick"], true);
     assert_eq!(cached["links"][1]["transport"], "tcp");
+    // GPU ceilings, or the reason there are none (no driver, no device, no cuda feature).
+    let gpus = &cached["gpus"];
+    assert!(
+        gpus["measured"].is_array() || gpus["not_measured"].is_string(),
+        "{gpus}"
+    );
 
     let (fresh, progress) = calibrate(dir.path(), &["--fresh", "--json"]);
     assert!(

@@ -20,15 +20,23 @@
 //! but slower on large shapes. Each rank is a single-threaded process by default, so `gemm` runs
 //! with `Parallelism::None` unless [`set_threads`] gives the process more threads (then rayon).
 //!
-//! A CUDA backend will come later behind a cargo feature; the CPU ops and their cost models here
-//! are the reference it will be checked against.
+//! # CUDA
+//!
+//! The `cuda` feature adds [`cuda`]: the GPU's ceilings (device-to-device copy bandwidth, cuBLAS
+//! GEMM FLOP/s per dtype) through cudarc, which loads libcuda and libcublas at run time, so a
+//! build with the feature still runs on machines without CUDA. What it reports ([`GpuDevice`],
+//! [`CopyRate`], [`GemmRate`]) is plain data compiled either way. CUDA versions of the ops will
+//! come behind the same feature; the CPU ops and their cost models here are their reference.
 
 mod attention;
 mod bf16_simd;
 mod cost;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 mod elementwise;
 mod embedding;
 mod error;
+mod gpu;
 mod kv_cache;
 mod matmul;
 mod matrix;
@@ -48,6 +56,7 @@ pub use cost::Cost;
 pub use elementwise::{add_in_place, silu_mul, softmax};
 pub use embedding::embedding;
 pub use error::KernelError;
+pub use gpu::{ComputeCapability, CopyRate, GemmRate, GpuDevice, GpuDtype};
 pub use kv_cache::KvCache;
 pub use matmul::matmul;
 pub use matrix::{Matrix, MatrixData, Storage, embedding_w, matmul_w};

@@ -1,10 +1,13 @@
 //! `pinch calibrate`: this machine's ceilings for the analyzer's roofline (memory bandwidth,
-//! GEMM FLOP/s, link latency and bandwidth), measured once and then printed from the per-host
-//! cache until `--fresh` asks for a new measurement.
+//! GEMM FLOP/s, link latency and bandwidth; per GPU, copy bandwidth and cuBLAS GEMM FLOP/s),
+//! measured once and then printed from the per-host cache until `--fresh` asks for a new
+//! measurement.
 
 use comfy_table::{Cell, CellAlignment};
+use pinch_kernels::GpuDtype;
 use pinch_workloads::calibrate::{
-    Calibration, Host, LinkCeiling, Plan, ThreadRates, cache_root, load, measure, store,
+    Calibration, GpuCalibration, GpuCeilings, Host, LinkCeiling, Plan, ThreadRates, cache_root,
+    load, measure, store,
 };
 use std::path::Path;
 
@@ -90,7 +93,7 @@ fn measure_and_store(
     Ok((c, note))
 }
 
-/// The host line and the three tables.
+/// The host line, the three CPU tables and the GPUs.
 fn render(c: &Calibration) -> String {
     let memory = c
         .memory_bytes
@@ -103,7 +106,8 @@ fn render(c: &Calibration) -> String {
         c.kernel_release.as_deref().unwrap_or("unknown"),
         if c.quick { " (quick run: rough)" } else { "" },
     );
-    [host, memory_table(c), gemm_table(c), links_table(c)].join("\n\n")
+    let gpus = gpu_section(&c.gpus);
+    [host, memory_table(c), gemm_table(c), links_table(c), gpus].join("\n\n")
 }
 
 fn right(text: String) -> Cell {
@@ -186,7 +190,118 @@ fn link_summary(link: &LinkCeiling) -> String {
     )
 }
 
+/// The GPU table, or the one line saying why there is none.
+fn gpu_section(gpus: &GpuCalibration) -> String {
+    match gpus {
+        GpuCalibration::NotMeasured(reason) => format!("GPUs: not measured: {reason}"),
+        GpuCalibration::Measured(gpus) => gpu_table(gpus),
+    }
+}
+
+/// One row per GPU; a ceiling not measured shows as "-" and its reason below the table.
+fn gpu_table(gpus: &[GpuCeilings]) -> String {
+    let gemm_headers: Vec<String> = GpuDtype::ALL.iter().map(|d| format!("{d} GEMM")).collect();
+    let mut headers = vec!["GPU", "compute", "memory", "d2d copy"];
+    headers.extend(gemm_headers.iter().map(String::as_str));
+    let mut t = crate::render::table(&headers);
+    let mut notes = String::new();
+    for gpu in gpus {
+        t.add_row(gpu_row(gpu));
+        for line in &gpu.not_measured {
+            notes += &format!("\n  GPU {}: {line}", gpu.device.ordinal);
+        }
+    }
+    let shape = gpus
+        .iter()
+        .flat_map(|g| &g.gemm)
+        .next()
+        .map_or(String::new(), |g| {
+            format!(", {}×{}×{} mean of {} calls", g.m, g.n, g.k, g.calls)
+        });
+    format!("GPUs (d2d copy: best, bytes read + written; GEMM: cuBLAS{shape})\n{t}{notes}")
+}
+
+fn gpu_row(gpu: &GpuCeilings) -> Vec<Cell> {
+    let d = &gpu.device;
+    let missing = || right("-".into());
+    let mut row = vec![
+        Cell::new(format!("{}: {}", d.ordinal, d.name)),
+        right(d.compute_capability.to_string()),
+        right(crate::render::fmt_bytes(d.memory_bytes)),
+        gpu.copy
+            .map_or_else(missing, |c| right(format!("{:.0} GB/s", c.best_gbps))),
+    ];
+    for dtype in GpuDtype::ALL {
+        let rate = gpu.gemm.iter().find(|g| g.dtype == dtype);
+        row.push(rate.map_or_else(missing, |g| right(format!("{:.1} TFLOP/s", g.tflops))));
+    }
+    row
+}
+
 /// Microseconds in the unit that reads best (ns, µs, ms).
 fn fmt_us(us: f64) -> String {
     crate::render::fmt_ns((us * 1e3).round() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pinch_kernels::{ComputeCapability, CopyRate, GemmRate, GpuDevice};
+
+    fn t4_without_bf16() -> GpuCeilings {
+        GpuCeilings {
+            device: GpuDevice {
+                ordinal: 1,
+                name: "Tesla T4".into(),
+                compute_capability: ComputeCapability { major: 7, minor: 5 },
+                memory_bytes: 16 << 30,
+                sm_count: Some(40),
+                max_clock_mhz: Some(1590),
+            },
+            copy: Some(CopyRate {
+                bytes: 1 << 30,
+                repeats: 20,
+                best_gbps: 241.6,
+                median_gbps: 240.0,
+            }),
+            gemm: vec![GemmRate {
+                dtype: GpuDtype::F16,
+                m: 8192,
+                n: 8192,
+                k: 8192,
+                calls: 20,
+                tflops: 41.23,
+            }],
+            not_measured: vec!["bf16 gemm needs compute capability 8.0 or newer".into()],
+        }
+    }
+
+    #[test]
+    fn a_gpu_row_shows_what_was_measured_and_a_dash_with_a_reason_for_the_rest() {
+        let text = gpu_section(&GpuCalibration::Measured(vec![t4_without_bf16()]));
+        assert!(text.contains("8192×8192×8192 mean of 20 calls"), "{text}");
+        for needle in [
+            "1: Tesla T4",
+            "7.5",
+            "242 GB/s",
+            "41.2 TFLOP/s",
+            "bf16 GEMM",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from\n{text}");
+        }
+        let row = text.lines().find(|l| l.contains("Tesla T4")).unwrap();
+        assert_eq!(
+            row.matches(" - ").count(),
+            3,
+            "f32, tf32, bf16 missing: {row}"
+        );
+        assert!(text.ends_with("GPU 1: bf16 gemm needs compute capability 8.0 or newer"));
+    }
+
+    #[test]
+    fn no_gpus_is_one_line_with_the_reason() {
+        let reason = "no CUDA driver: libcuda could not be loaded";
+        let text = gpu_section(&GpuCalibration::NotMeasured(reason.into()));
+        assert_eq!(text, format!("GPUs: not measured: {reason}"));
+    }
 }

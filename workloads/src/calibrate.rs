@@ -1,7 +1,7 @@
 //! `pinch calibrate`'s measurements: the ceilings of this machine that the analyzer's roofline
 //! compares achieved rates against, and the per-host cache that keeps them between runs.
 //!
-//! Three kinds of ceiling, each on one thread and on all the threads the process may use:
+//! Three kinds of CPU ceiling, each on one thread and on all the threads the process may use:
 //! - memory bandwidth: STREAM's copy, scale, add and triad over arrays far beyond the caches,
 //!   best of several passes ([`pinch_kernels::stream`]);
 //! - compute: GEMM FLOP/s of [`pinch_kernels::matmul_w`] per weight storage (f32, bf16), best of
@@ -9,16 +9,24 @@
 //! - links: a ping-pong between two ranks (as threads, over [`Mesh::loopback`]) across a sweep
 //!   of message sizes, once with both on one node (shared memory) and once on two (TCP).
 //!
+//! Then, per GPU, the two roofs of a GPU roofline: device-to-device copy bandwidth and cuBLAS
+//! GEMM FLOP/s per dtype ([`pinch_kernels::cuda`], with the `cuda` feature). When they cannot be
+//! measured (no feature, no driver, no device, a failing call) the calibration says why and
+//! keeps the CPU ceilings.
+//!
 //! A result is stored as JSON under `<cache>/calibration/<host_key>.json`, where the host key
-//! hashes what makes the numbers this machine's (CPU model, cores, memory, kernel release), so a
-//! cache shared between machines (a home directory on NFS) never hands one machine's ceilings to
-//! another.
+//! hashes what makes the numbers this machine's (CPU model, cores, memory, kernel release, and
+//! the GPUs when there are any), so a cache shared between machines (a home directory on NFS)
+//! never hands one machine's ceilings to another.
 
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use pinch_kernels::{Matrix, Storage, StreamKernel, matmul_w, set_threads, stream, threads};
+use pinch_kernels::{
+    CopyRate, GemmRate, GpuDevice, Matrix, Storage, StreamKernel, matmul_w, set_threads, stream,
+    threads,
+};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
@@ -26,7 +34,8 @@ use thiserror::Error;
 use crate::comm::{CommError, Group, Mesh, MeshOptions};
 
 /// Version of the stored calibration; a file of another version is measured again.
-pub const FORMAT_VERSION: u32 = 1;
+/// 2: GPU ceilings (`gpus`).
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Environment variable naming the cache root (instead of `$XDG_CACHE_HOME/pinch` or
 /// `~/.cache/pinch`); tests point it at a temporary directory.
@@ -83,6 +92,9 @@ pub struct Host {
     pub cores: usize,
     pub memory_bytes: Option<u64>,
     pub kernel_release: Option<String>,
+    /// The names of the GPUs the CUDA driver lists, in ordinal order; empty without GPUs, a
+    /// driver or the `cuda` feature.
+    pub gpus: Vec<String>,
 }
 
 impl Host {
@@ -102,20 +114,24 @@ impl Host {
             cores,
             memory_bytes,
             kernel_release,
+            gpus: gpu_names(),
         }
     }
 
     /// A short hex hash of every field: equal hosts get equal keys, a change in any field a
-    /// different one.
+    /// different one. A host without GPUs keeps the key it had before GPUs were part of it.
     pub fn key(&self) -> String {
         let or_unknown = |s: &Option<String>| s.clone().unwrap_or_else(|| "?".into());
-        let text = format!(
+        let mut text = format!(
             "cpu={}\ncores={}\nmemory={}\nkernel={}",
             or_unknown(&self.cpu_model),
             self.cores,
             self.memory_bytes.map_or("?".into(), |b| b.to_string()),
             or_unknown(&self.kernel_release),
         );
+        if !self.gpus.is_empty() {
+            text += &format!("\ngpus={}:{}", self.gpus.len(), self.gpus.join(";"));
+        }
         let digest = Sha256::digest(text.as_bytes());
         let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
         hex[..HOST_KEY_HEX_DIGITS].to_string()
@@ -139,11 +155,17 @@ pub struct Plan {
     pub link_max_bytes: u64,
     /// Threads of the "all threads" measurements.
     pub threads: usize,
+    /// The buffer of each GPU's device-to-device copy, and its timed copies.
+    pub gpu_copy_bytes: usize,
+    pub gpu_copy_repeats: usize,
+    /// The square GPU GEMM's `m = n = k`, and the calls of its timed batch.
+    pub gpu_gemm_size: usize,
+    pub gpu_gemm_repeats: usize,
 }
 
 impl Plan {
     /// Ceilings worth keeping: 3 × 128 MiB STREAM arrays, a 512 × 2048 × 2048 GEMM, links up to
-    /// 64 MiB. About 5 s (release build) on 2 cores.
+    /// 64 MiB. About 5 s (release build) on 2 cores. On a GPU: 1 GiB copies, 8192³ GEMMs.
     pub fn full(threads: usize) -> Plan {
         Plan {
             quick: false,
@@ -155,6 +177,10 @@ impl Plan {
             gemm_repeats: 3,
             link_max_bytes: 64 << 20,
             threads: threads.max(1),
+            gpu_copy_bytes: 1 << 30,
+            gpu_copy_repeats: 20,
+            gpu_gemm_size: 8192,
+            gpu_gemm_repeats: 20,
         }
     }
 
@@ -169,6 +195,10 @@ impl Plan {
             gemm_n: 128,
             gemm_repeats: 2,
             link_max_bytes: 64 << 10,
+            gpu_copy_bytes: 64 << 20,
+            gpu_copy_repeats: 5,
+            gpu_gemm_size: 1024,
+            gpu_gemm_repeats: 10,
             ..Plan::full(threads)
         }
     }
@@ -226,6 +256,27 @@ pub struct LinkCeiling {
     pub sweep: Vec<PingPongRow>,
 }
 
+/// The GPU ceilings of a calibration: per GPU, or why there are none. In JSON
+/// `{"measured": [..]}` or `{"not_measured": "no CUDA driver: .."}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GpuCalibration {
+    Measured(Vec<GpuCeilings>),
+    NotMeasured(String),
+}
+
+/// The ceilings of one GPU; what could not be measured is absent and `not_measured` says why.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GpuCeilings {
+    pub device: GpuDevice,
+    /// Device-to-device copy, counting read and write bytes.
+    pub copy: Option<CopyRate>,
+    /// cuBLAS GEMM per dtype, in [`pinch_kernels::GpuDtype::ALL`]'s order.
+    pub gemm: Vec<GemmRate>,
+    /// One line per ceiling not measured on this GPU, with the reason.
+    pub not_measured: Vec<String>,
+}
+
 /// Everything `pinch calibrate` measured on one host.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Calibration {
@@ -244,6 +295,7 @@ pub struct Calibration {
     pub memory: MemoryBandwidth,
     pub gemm: Vec<GemmPeak>,
     pub links: Vec<LinkCeiling>,
+    pub gpus: GpuCalibration,
 }
 
 impl Calibration {
@@ -254,8 +306,9 @@ impl Calibration {
     }
 }
 
-/// Measures every ceiling of `plan` on `host`; `progress` hears the name of each step as it
-/// starts. Leaves the matmul thread setting as it found it.
+/// Measures every ceiling of `plan` on `host`, the CPU's first, then the GPUs'; `progress` hears
+/// the name of each step as it starts. Leaves the matmul thread setting as it found it. GPU
+/// failures do not fail the calibration: they are recorded in [`Calibration::gpus`].
 pub fn measure(
     host: &Host,
     plan: &Plan,
@@ -273,6 +326,8 @@ pub fn measure(
         progress(&format!("link ping-pong ({what})"));
         links.push(measure_link(what, nodes, plan.link_max_bytes)?);
     }
+    progress("GPU ceilings (device-to-device copy, cuBLAS GEMM)");
+    let gpus = measure_gpus(plan);
     Ok(Calibration {
         format_version: FORMAT_VERSION,
         host_key: host.key(),
@@ -286,6 +341,7 @@ pub fn measure(
         memory,
         gemm,
         links,
+        gpus,
     })
 }
 
@@ -343,6 +399,89 @@ fn measure_gemm(plan: &Plan, dtype: Storage) -> GemmPeak {
         dtype,
         shape: [m, k, n],
         gflops: rates,
+    }
+}
+
+/// The names of this machine's GPUs, for the host key; none when they cannot be listed (the
+/// calibration itself records why).
+#[cfg(feature = "cuda")]
+fn gpu_names() -> Vec<String> {
+    pinch_kernels::cuda::probe()
+        .map(|devices| devices.into_iter().map(|d| d.name).collect())
+        .unwrap_or_default()
+}
+
+#[cfg(not(feature = "cuda"))]
+fn gpu_names() -> Vec<String> {
+    Vec::new()
+}
+
+/// Each GPU's ceilings, or why there are none.
+#[cfg(feature = "cuda")]
+fn measure_gpus(plan: &Plan) -> GpuCalibration {
+    match pinch_kernels::cuda::probe() {
+        Ok(devices) if devices.is_empty() => {
+            GpuCalibration::NotMeasured("no CUDA device: the driver lists none".into())
+        }
+        Ok(devices) => GpuCalibration::Measured(
+            devices
+                .into_iter()
+                .map(|device| measure_gpu(plan, device))
+                .collect(),
+        ),
+        Err(e) => GpuCalibration::NotMeasured(e.to_string()),
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn measure_gpus(_plan: &Plan) -> GpuCalibration {
+    GpuCalibration::NotMeasured("built without the cuda feature".into())
+}
+
+/// The copy and every dtype's GEMM on one GPU; each failure becomes a `not_measured` line
+/// (once: a missing cuBLAS fails every dtype the same way).
+#[cfg(feature = "cuda")]
+fn measure_gpu(plan: &Plan, device: GpuDevice) -> GpuCeilings {
+    use pinch_kernels::{GpuDtype, cuda};
+    let mut not_measured = Vec::new();
+    let mut note = |line: String| {
+        if !not_measured.contains(&line) {
+            not_measured.push(line);
+        }
+    };
+    let copy = cuda::copy_bandwidth(device.ordinal, plan.gpu_copy_bytes, plan.gpu_copy_repeats)
+        .map_err(|e| note(e.to_string()))
+        .ok()
+        .map(|r| CopyRate {
+            best_gbps: sig4(r.best_gbps),
+            median_gbps: sig4(r.median_gbps),
+            ..r
+        });
+    let size = plan.gpu_gemm_size;
+    let gemm = GpuDtype::ALL
+        .into_iter()
+        .filter_map(|dtype| {
+            cuda::gemm_peak(
+                device.ordinal,
+                dtype,
+                size,
+                size,
+                size,
+                plan.gpu_gemm_repeats,
+            )
+            .map_err(|e| note(e.to_string()))
+            .ok()
+        })
+        .map(|r| GemmRate {
+            tflops: sig4(r.tflops),
+            ..r
+        })
+        .collect();
+    GpuCeilings {
+        device,
+        copy,
+        gemm,
+        not_measured,
     }
 }
 
@@ -518,6 +657,18 @@ mod tests {
             cores: 2,
             memory_bytes: Some(24 << 30),
             kernel_release: Some("6.8.0-49-generic".into()),
+            gpus: Vec::new(),
+        }
+    }
+
+    fn h100() -> GpuDevice {
+        GpuDevice {
+            ordinal: 0,
+            name: "NVIDIA H100 80GB HBM3".into(),
+            compute_capability: pinch_kernels::ComputeCapability { major: 9, minor: 0 },
+            memory_bytes: 85_520_809_984,
+            sm_count: Some(132),
+            max_clock_mhz: Some(1980),
         }
     }
 
@@ -541,9 +692,91 @@ mod tests {
                 kernel_release: Some("6.9.0".into()),
                 ..host()
             },
+            Host {
+                gpus: vec![h100().name],
+                ..host()
+            },
+            Host {
+                gpus: vec![h100().name, h100().name],
+                ..host()
+            },
         ];
         for other in variants {
             assert_ne!(other.key(), key, "{other:?}");
+        }
+    }
+
+    #[test]
+    fn a_host_without_gpus_keeps_the_key_it_had_before_gpus_counted() {
+        // The key format 1 gave this host; a cache stays a cache on machines without GPUs.
+        assert_eq!(host().key(), "82929f82b8714969");
+        let one = Host {
+            gpus: vec![h100().name],
+            ..host()
+        };
+        let two = Host {
+            gpus: vec![h100().name, h100().name],
+            ..host()
+        };
+        assert_ne!(one.key(), two.key());
+    }
+
+    #[test]
+    fn gpu_ceilings_round_trip_through_json_in_either_form() {
+        let measured = GpuCalibration::Measured(vec![GpuCeilings {
+            device: h100(),
+            copy: Some(CopyRate {
+                bytes: 1 << 30,
+                repeats: 20,
+                best_gbps: 2987.0,
+                median_gbps: 2975.0,
+            }),
+            gemm: vec![GemmRate {
+                dtype: pinch_kernels::GpuDtype::Bf16,
+                m: 8192,
+                n: 8192,
+                k: 8192,
+                calls: 20,
+                tflops: 712.3,
+            }],
+            not_measured: vec!["cuBLAS f16 gemm failed on CUDA device 0: ..".into()],
+        }]);
+        let missing =
+            GpuCalibration::NotMeasured("no CUDA driver: libcuda could not be loaded".into());
+        for gpus in [measured, missing] {
+            let text = serde_json::to_string(&gpus).unwrap();
+            assert_eq!(serde_json::from_str::<GpuCalibration>(&text).unwrap(), gpus);
+        }
+        let text = serde_json::to_value(GpuCalibration::NotMeasured("why".into())).unwrap();
+        assert_eq!(text, serde_json::json!({"not_measured": "why"}));
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn without_the_cuda_feature_the_gpus_say_so() {
+        let reason = GpuCalibration::NotMeasured("built without the cuda feature".into());
+        assert_eq!(measure_gpus(&Plan::quick(1)), reason);
+        assert!(Host::detect().gpus.is_empty());
+    }
+
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn without_a_driver_the_gpus_give_the_reason() {
+        use pinch_kernels::cuda::{CudaError, probe};
+        match probe() {
+            Err(CudaError::NoDriver) => {
+                let reason = "no CUDA driver: libcuda could not be loaded";
+                assert_eq!(
+                    measure_gpus(&Plan::quick(1)),
+                    GpuCalibration::NotMeasured(reason.into())
+                );
+                assert!(Host::detect().gpus.is_empty());
+            }
+            Ok(devices) => {
+                let names: Vec<String> = devices.into_iter().map(|d| d.name).collect();
+                assert_eq!(Host::detect().gpus, names);
+            }
+            Err(e) => assert!(Host::detect().gpus.is_empty(), "{e}"),
         }
     }
 
@@ -561,7 +794,7 @@ mod tests {
         assert_eq!(load(dir.path(), &host().key()).unwrap(), None);
         let mut steps = Vec::new();
         let c = measure(&host(), &Plan::quick(2), |s| steps.push(s.to_string())).unwrap();
-        assert_eq!(steps.len(), 4, "{steps:?}");
+        assert_eq!(steps.len(), 5, "{steps:?}");
         assert!(c.quick && c.satisfies(&Plan::quick(2)) && !c.satisfies(&Plan::full(2)));
         assert!(chrono::DateTime::parse_from_rfc3339(&c.measured_at).is_ok());
         assert!(c.memory.triad_gbps.one_thread > 0.0 && c.memory.copy_gbps.all_threads > 0.0);
@@ -576,6 +809,17 @@ mod tests {
                 link.latency_us > 0.0 && link.bandwidth_gbps > 0.0,
                 "{link:?}"
             );
+        }
+        match &c.gpus {
+            GpuCalibration::NotMeasured(reason) => assert!(!reason.is_empty()),
+            GpuCalibration::Measured(gpus) => {
+                // Every ceiling of every GPU is either measured or explained.
+                for gpu in gpus {
+                    let dtypes = pinch_kernels::GpuDtype::ALL.len();
+                    let missing = usize::from(gpu.copy.is_none()) + dtypes - gpu.gemm.len();
+                    assert!(missing == 0 || !gpu.not_measured.is_empty(), "{gpu:?}");
+                }
+            }
         }
         let path = store(dir.path(), &c).unwrap();
         assert_eq!(path, cache_path(dir.path(), &host().key()));
