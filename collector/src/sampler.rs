@@ -101,6 +101,11 @@ impl SampleSink {
         });
     }
 
+    /// Readings held until the next `take_records`.
+    pub fn pending_samples(&self) -> usize {
+        self.samples.len()
+    }
+
     /// New definitions, then the readings as one `Record::Samples`; empties the sink.
     pub fn take_records(&mut self) -> Vec<Record> {
         let mut records = std::mem::take(&mut self.definitions);
