@@ -156,10 +156,10 @@ fn last_arrival_rank(arrivals: &BTreeMap<(u32, u64), BTreeMap<Rank, i64>>) -> Op
         let last = starts
             .iter()
             .max_by_key(|(rank, start)| (**start, -i64::from(rank.0)));
-        if let (Some(first), Some((rank, start))) = (first, last) {
-            if *start > first {
-                *lasts.entry(*rank).or_default() += 1;
-            }
+        if let (Some(first), Some((rank, start))) = (first, last)
+            && *start > first
+        {
+            *lasts.entry(*rank).or_default() += 1;
         }
     }
     let most = lasts.values().max()?;

@@ -288,10 +288,10 @@ fn exposition(counter: &str, unit: Unit) -> (String, Option<String>, f64) {
     };
     let mut name = metric_name(counter);
     // pinch names some rates `..._per_s`; the unit suffix says it already.
-    if suffix == Some("per_second") {
-        if let Some(stem) = name.strip_suffix("_per_s") {
-            name = stem.to_string();
-        }
+    if suffix == Some("per_second")
+        && let Some(stem) = name.strip_suffix("_per_s")
+    {
+        name = stem.to_string();
     }
     match suffix {
         Some(suffix) => {

@@ -112,7 +112,7 @@ fn check_shapes(
     let n_kv = cache.n_kv_heads();
     assert!(cache.head_dim() > 0, "attention: the cache's head_dim is 0");
     assert!(
-        n_kv > 0 && n_heads % n_kv == 0,
+        n_kv > 0 && n_heads.is_multiple_of(n_kv),
         "attention: {n_heads} query heads cannot share {n_kv} kv heads evenly"
     );
     assert!(

@@ -266,7 +266,7 @@ fn axpy_pairs<L: Lanes, const R: usize>(
     out: &mut [f32],
 ) {
     let width = out.len();
-    assert!(width % (2 * L::WIDTH) == 0 && rows.iter().all(|&r| r + width <= w.len()));
+    assert!(width.is_multiple_of(2 * L::WIDTH) && rows.iter().all(|&r| r + width <= w.len()));
     let scale = a.map(|x| l.splat(x));
     let rows = rows.map(|r| w[r..].as_ptr());
     let op = out.as_mut_ptr();

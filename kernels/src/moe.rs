@@ -50,7 +50,7 @@ fn check_gating_shapes(
     weights: &[f32],
 ) -> usize {
     assert!(
-        experts > 0 && logits.len() % experts == 0,
+        experts > 0 && logits.len().is_multiple_of(experts),
         "top_k_gating: {} logits do not split into rows of {experts} experts",
         logits.len()
     );

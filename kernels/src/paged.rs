@@ -260,7 +260,7 @@ fn check_attention_args(
         pool.layers
     );
     assert!(
-        pool.kv_heads > 0 && heads % pool.kv_heads == 0 && pool.head_dim > 0,
+        pool.kv_heads > 0 && heads.is_multiple_of(pool.kv_heads) && pool.head_dim > 0,
         "paged_attention: {heads} query heads cannot share {} kv heads of dim {} evenly",
         pool.kv_heads,
         pool.head_dim

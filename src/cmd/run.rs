@@ -305,10 +305,10 @@ fn spawn_agent(
     let stdout = child.stdout.take().context("agent stdout is not piped")?;
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(event) = AgentEvent::from_line(&line) {
-                if events.send(event).is_err() {
-                    break;
-                }
+            if let Some(event) = AgentEvent::from_line(&line)
+                && events.send(event).is_err()
+            {
+                break;
             }
         }
     });

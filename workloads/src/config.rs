@@ -261,13 +261,13 @@ impl ModelConfig {
         if let Some((what, _)) = sizes.iter().find(|(_, value)| *value == 0) {
             return Err(self.malformed(format!("its {what} is '0'")));
         }
-        if self.heads % self.kv_heads != 0 {
+        if !self.heads.is_multiple_of(self.kv_heads) {
             return Err(self.malformed(format!(
                 "its {} attention heads are not a multiple of its '{}' key-value heads",
                 self.heads, self.kv_heads
             )));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return Err(self.malformed(format!(
                 "its head dimension '{}' is odd but RoPE rotates pairs",
                 self.head_dim
@@ -326,7 +326,7 @@ impl ModelConfig {
                 preset: self.name.clone(),
             });
         }
-        if self.kv_heads % tp != 0 && tp % self.kv_heads != 0 {
+        if !self.kv_heads.is_multiple_of(tp) && !tp.is_multiple_of(self.kv_heads) {
             return Err(WorkloadError::TpDoesNotFitKvHeads {
                 tp,
                 kv_heads: self.kv_heads,

@@ -176,7 +176,7 @@ impl Layout {
 
     /// Checks the world can be spread evenly over `nodes` nodes.
     pub fn check_nodes(&self, nodes: usize) -> Result<(), LayoutError> {
-        if nodes == 0 || self.world() % nodes != 0 {
+        if nodes == 0 || !self.world().is_multiple_of(nodes) {
             return Err(LayoutError::Nodes {
                 world: self.world(),
                 layout: self.to_string(),

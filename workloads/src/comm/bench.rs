@@ -241,7 +241,7 @@ fn run_once(
 /// Member 2k sends to member 2k+1; an odd member out does nothing.
 fn send_recv(mesh: &mut Mesh, g: &mut Group, bytes: &mut Vec<u8>) -> Result<Outcome, CommError> {
     let me = g.index();
-    if me % 2 == 0 && me + 1 < g.size() {
+    if me.is_multiple_of(2) && me + 1 < g.size() {
         mesh.send(g, me + 1, bytes)
     } else if me % 2 == 1 {
         mesh.recv(g, me - 1, bytes)

@@ -469,7 +469,7 @@ impl Backoff {
         }
         if self.rounds < SPIN_ROUNDS + YIELD_ROUNDS {
             std::thread::yield_now();
-            return Ok(self.rounds % 32 == 0);
+            return Ok(self.rounds.is_multiple_of(32));
         }
         if self
             .io_timeout
