@@ -27,7 +27,7 @@ pub const DEFAULT_CAPACITY: usize = 1 << 16;
 pub struct Stamp(u64);
 
 /// What the ring carries: a span timed by raw stamps, or one already in nanoseconds.
-#[derive(Debug)]
+#[derive(Clone, Copy, Debug)]
 enum Entry {
     Stamped {
         lane: Lane,
@@ -76,7 +76,8 @@ pub struct SpanDrain {
 impl Recorder {
     /// A recorder for one rank holding at most `capacity` undrained spans, and its drain.
     pub fn new(rank: Rank, capacity: usize) -> (Recorder, SpanDrain) {
-        let (producer, consumer) = rtrb::RingBuffer::new(capacity.max(1));
+        let (mut producer, mut consumer) = rtrb::RingBuffer::new(capacity.max(1));
+        prefault(&mut producer, &mut consumer);
         let clock = quanta::Clock::new();
         let shared = Arc::new(Shared::default());
         let recorder = Recorder {
@@ -159,6 +160,22 @@ impl Recorder {
             self.shared.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
+}
+
+/// Writes every slot of a new ring once, so the pages behind it are mapped now and not by page
+/// faults on the hot path (one every couple of dozen spans during the first lap otherwise).
+fn prefault(producer: &mut rtrb::Producer<Entry>, consumer: &mut rtrb::Consumer<Entry>) {
+    let blank = Entry::Timed(Span {
+        rank: Rank(0),
+        lane: Lane(0),
+        category: Category::Host,
+        op: OpId(0),
+        start_ns: 0,
+        duration_ns: 0,
+        attrs: SpanAttrs::default(),
+    });
+    while producer.push(blank).is_ok() {}
+    while consumer.pop().is_ok() {}
 }
 
 /// A (TSC, monotonic ns) pair read together, to convert stamps near it.
