@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod error;
+pub mod exit_watch;
 pub mod ib_sampler;
 pub mod nvml_sampler;
 pub mod perf_sampler;

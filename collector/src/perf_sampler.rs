@@ -12,6 +12,7 @@
 //! enabled / running over each interval (`scaled_deltas`, kept apart from the I/O so it can be
 //! tested on hand-made readings). Rates need two readings: the first one only primes.
 
+use crate::exit_watch::ExitWatch;
 use crate::sampler::{CounterSpec, SampleSink, Sampler, SamplerError};
 use perf_event::events::{Hardware, Software};
 use perf_event::{Builder, Counter, Group};
@@ -20,7 +21,6 @@ use procfs::ProcError;
 use procfs::process::Process;
 use std::fmt;
 use std::io;
-use std::os::fd::AsRawFd;
 
 pub const PERF_CYCLES: CounterSpec = CounterSpec::new("perf.cycles_per_s", Unit::PerSecond);
 pub const PERF_INSTRUCTIONS: CounterSpec =
@@ -257,6 +257,7 @@ impl EventSet {
 /// A rank process's counters.
 struct RankCounters {
     pid: u32,
+    exit_watch: ExitWatch,
     device: String,
     sets: Vec<EventSet>,
     last_time_ns: Option<u64>,
@@ -269,7 +270,7 @@ impl RankCounters {
         if self.sets.is_empty() {
             return Ok(());
         }
-        if self.main_thread_hung_up() && !process_lives(self.pid) {
+        if self.exit_watch.has_exited() {
             self.sets.clear();
             return Ok(());
         }
@@ -292,27 +293,6 @@ impl RankCounters {
     fn counts(&self, counter: CounterSpec) -> bool {
         self.sets.iter().any(|set| set.counts(counter))
     }
-
-    /// Whether the counters of the rank's main thread report that it has ended. Asked of the
-    /// counters themselves on every sample, so a live rank costs no /proc read.
-    fn main_thread_hung_up(&self) -> bool {
-        let main = self.sets.iter().flat_map(|set| &set.threads);
-        main.filter(|thread| thread.tid == self.pid)
-            .any(|thread| hung_up(thread.group.as_counter()))
-    }
-}
-
-/// Whether perf reports POLLHUP on a counter: its task, and every thread that inherited it,
-/// has exited.
-fn hung_up(counter: &Counter) -> bool {
-    let mut poll = libc::pollfd {
-        fd: counter.as_raw_fd(),
-        events: 0,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd, owned by this frame, and a zero timeout.
-    let ready = unsafe { libc::poll(&mut poll, 1, 0) };
-    ready > 0 && poll.revents & libc::POLLHUP != 0
 }
 
 /// Pushes each event's rate per second, and instructions per cycle when both are known.
@@ -455,6 +435,7 @@ fn open_rank(rank: Rank, pid: u32, notes: &mut Vec<String>) -> Result<RankCounte
     }
     Ok(RankCounters {
         pid,
+        exit_watch: ExitWatch::new(pid),
         device: format!("rank{}", rank.0),
         sets,
         last_time_ns: None,
@@ -641,17 +622,6 @@ fn thread_ids(pid: u32) -> Result<Vec<u32>, ProcError> {
 
 fn thread_exists(pid: u32, tid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}/task/{tid}")).exists()
-}
-
-/// Whether the process still runs: not gone, not a zombie waiting to be reaped.
-fn process_lives(pid: u32) -> bool {
-    let stat = Process::new(pid as i32).and_then(|process| process.stat());
-    match stat {
-        Ok(stat) => stat.state != 'Z' && stat.state != 'X',
-        Err(ProcError::NotFound(_) | ProcError::Incomplete(_)) => false,
-        // Unreadable for another reason: keep counting, the perf reads will tell.
-        Err(_) => true,
-    }
 }
 
 #[cfg(test)]

@@ -10,11 +10,12 @@
 //! apart from the I/O (`core_shares`, `rate_per_second`, `process_cpu_percent`) so it can be
 //! tested on hand-made snapshots.
 
+use crate::exit_watch::ExitWatch;
 use crate::reread::RereadFile;
 use crate::sampler::{CounterSpec, SampleSink, Sampler, SamplerError};
 use pinch_traces::{Rank, Unit};
 use procfs::net::InterfaceDeviceStatus;
-use procfs::process::Stat;
+use procfs::process::{Stat, StatM};
 use procfs::{FromBufRead, FromBufReadSI, FromRead, KernelStats, Meminfo, ProcError};
 use std::collections::HashMap;
 use std::io;
@@ -223,9 +224,29 @@ impl From<&procfs::net::DeviceStatus> for NetCounts {
 struct RankProcess {
     pid: u32,
     device: String,
-    /// `/proc/<pid>/stat`, open while the process lives; `None` once it has exited.
-    stat: Option<RereadFile>,
+    exit_watch: ExitWatch,
+    /// `/proc/<pid>/statm` (memory, every sample) and `/proc/<pid>/stat` (CPU time, counted in
+    /// clock ticks, so read only every `MIN_TICK_INTERVAL_NS`); `None` once the process has
+    /// exited.
+    files: Option<RankFiles>,
+    /// When `stat` was last read.
+    stat_read_ns: Option<u64>,
     cpu: Option<Baseline<u64>>,
+}
+
+#[derive(Debug)]
+struct RankFiles {
+    statm: RereadFile,
+    stat: RereadFile,
+}
+
+impl RankFiles {
+    fn open(pid: u32) -> Option<RankFiles> {
+        Some(RankFiles {
+            statm: RereadFile::open(format!("/proc/{pid}/statm")).ok()?,
+            stat: RereadFile::open(format!("/proc/{pid}/stat")).ok()?,
+        })
+    }
 }
 
 /// Samples /proc for one node: its cores, memory, network interfaces and rank processes.
@@ -257,7 +278,9 @@ impl ProcSampler {
             .map(|&(rank, pid)| RankProcess {
                 pid,
                 device: format!("rank{}", rank.0),
-                stat: RereadFile::open(format!("/proc/{pid}/stat")).ok(),
+                exit_watch: ExitWatch::new(pid),
+                files: RankFiles::open(pid),
+                stat_read_ns: None,
                 cpu: None,
             })
             .collect();
@@ -309,8 +332,9 @@ impl ProcSampler {
     }
 
     fn sample_ranks(&mut self, now_ns: u64, out: &mut SampleSink) -> Result<(), SamplerError> {
+        let (page_size_bytes, ticks_per_second) = (self.page_size_bytes, self.ticks_per_second);
         for rank in &mut self.ranks {
-            let Some(stat) = read_process_stat(rank)? else {
+            let Some(reading) = read_rank(rank, now_ns)? else {
                 continue;
             };
             let device = rank.device.as_str();
@@ -318,19 +342,20 @@ impl ProcSampler {
                 PROCESS_RSS,
                 device,
                 now_ns,
-                (stat.rss * self.page_size_bytes) as f64,
+                (reading.rss_pages * page_size_bytes) as f64,
             );
-            let ticks = stat.utime + stat.stime;
-            if let Some(ns) = ticks_to_ns(ticks, self.ticks_per_second) {
+            let Some(ticks) = reading.cpu_ticks else {
+                continue;
+            };
+            if let Some(ns) = ticks_to_ns(ticks, ticks_per_second) {
                 out.push(PROCESS_CPU_TIME, device, now_ns, ns as f64);
             }
-            let tps = self.ticks_per_second;
             let percent = advance(
                 &mut rank.cpu,
                 now_ns,
                 ticks,
                 MIN_TICK_INTERVAL_NS,
-                |b, a, dt| process_cpu_percent(*b, *a, tps, dt),
+                |b, a, dt| process_cpu_percent(*b, *a, ticks_per_second, dt),
             );
             if let Some(percent) = percent {
                 out.push(PROCESS_CPU_UTILIZATION, device, now_ns, percent);
@@ -423,26 +448,58 @@ fn unreadable(path: &'static str) -> impl FnOnce(io::Error) -> SamplerError {
     }
 }
 
-/// The stat of a live rank process; `None` when it has exited (gone, or a zombie not yet
-/// reaped), after which its file is closed and it is read no more.
-fn read_process_stat(rank: &mut RankProcess) -> Result<Option<Stat>, SamplerError> {
-    let Some(file) = rank.stat.as_mut() else {
+/// One reading of a rank process: its resident pages, and its CPU ticks (user + system) when
+/// they were due.
+struct RankReading {
+    rss_pages: u64,
+    cpu_ticks: Option<u64>,
+}
+
+/// Reads a live rank process; `None` once it has exited (gone, or a zombie not yet reaped),
+/// after which its files are closed and it is read no more.
+fn read_rank(rank: &mut RankProcess, now_ns: u64) -> Result<Option<RankReading>, SamplerError> {
+    if rank.files.is_some() && rank.exit_watch.has_exited() {
+        rank.files = None;
+    }
+    let Some(files) = rank.files.as_mut() else {
         return Ok(None);
     };
     let pid = rank.pid;
-    let parsed = match file.read() {
-        Ok(bytes) => <Stat as FromRead>::from_read(bytes),
-        // A process that has been reaped answers ESRCH on its open file.
-        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Err(ProcError::NotFound(None)),
-        Err(e) => Err(ProcError::Io(e, Some(file.path().to_path_buf()))),
-    };
-    match parsed {
-        Ok(stat) if stat.state != 'Z' && stat.state != 'X' => Ok(Some(stat)),
-        Ok(_) | Err(ProcError::NotFound(_) | ProcError::Incomplete(_)) => {
-            rank.stat = None;
+    let statm = parse_rank_file::<StatM>(&mut files.statm);
+    let due = rank
+        .stat_read_ns
+        .is_none_or(|t| now_ns.saturating_sub(t) >= MIN_TICK_INTERVAL_NS);
+    let stat = due.then(|| parse_rank_file::<Stat>(&mut files.stat));
+    let reading = statm.and_then(|statm| {
+        let cpu_ticks = stat.transpose()?.map(|stat| stat.utime + stat.stime);
+        Ok(RankReading {
+            rss_pages: statm.resident,
+            cpu_ticks,
+        })
+    });
+    match reading {
+        Ok(reading) => {
+            if due {
+                rank.stat_read_ns = Some(now_ns);
+            }
+            Ok(Some(reading))
+        }
+        // The process exited between the check and the read.
+        Err(ProcError::NotFound(_) | ProcError::Incomplete(_)) => {
+            rank.files = None;
             Ok(None)
         }
         Err(source) => Err(SamplerError::Process { pid, source }),
+    }
+}
+
+/// Reads and parses one of a rank's /proc files; a process that has been reaped answers ESRCH
+/// on its open file, which is `NotFound` here.
+fn parse_rank_file<T: FromRead>(file: &mut RereadFile) -> Result<T, ProcError> {
+    match file.read() {
+        Ok(bytes) => T::from_read(bytes),
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Err(ProcError::NotFound(None)),
+        Err(e) => Err(ProcError::Io(e, Some(file.path().to_path_buf()))),
     }
 }
 
