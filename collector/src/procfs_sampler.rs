@@ -14,9 +14,8 @@ use crate::exit_watch::ExitWatch;
 use crate::reread::RereadFile;
 use crate::sampler::{CounterSpec, SampleSink, Sampler, SamplerError};
 use pinch_traces::{Rank, Unit};
-use procfs::net::InterfaceDeviceStatus;
 use procfs::process::{Stat, StatM};
-use procfs::{FromBufRead, FromBufReadSI, FromRead, KernelStats, Meminfo, ProcError};
+use procfs::{FromBufReadSI, FromRead, KernelStats, ProcError};
 use std::collections::HashMap;
 use std::io;
 
@@ -205,19 +204,38 @@ fn advance<T, R>(
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct NetCounts([u64; 8]);
 
-impl From<&procfs::net::DeviceStatus> for NetCounts {
-    fn from(dev: &procfs::net::DeviceStatus) -> NetCounts {
-        NetCounts([
-            dev.recv_bytes,
-            dev.sent_bytes,
-            dev.recv_packets,
-            dev.sent_packets,
-            dev.recv_drop,
-            dev.sent_drop,
-            dev.recv_errs,
-            dev.sent_errs,
-        ])
-    }
+/// The interfaces of a /proc/net/dev text with their counts, in the file's order; a line that
+/// does not parse is skipped. Parsed here rather than by `procfs`, whose map of owned names
+/// costs more than the kernel's own work at 1 kHz.
+fn net_dev_counts(text: &str) -> impl Iterator<Item = (&str, NetCounts)> {
+    text.lines().skip(2).filter_map(|line| {
+        let (name, columns) = line.split_once(':')?;
+        let mut values = [0u64; 16];
+        let mut columns = columns.split_ascii_whitespace();
+        for value in &mut values {
+            *value = columns.next()?.parse().ok()?;
+        }
+        // Receive: bytes packets errs drop ...; transmit from column 8: bytes packets errs drop.
+        let [
+            rx_bytes,
+            rx_packets,
+            rx_errs,
+            rx_drop,
+            _,
+            _,
+            _,
+            _,
+            tx_bytes,
+            tx_packets,
+            tx_errs,
+            tx_drop,
+            ..,
+        ] = values;
+        let counts = NetCounts([
+            rx_bytes, tx_bytes, rx_packets, tx_packets, rx_drop, tx_drop, rx_errs, tx_errs,
+        ]);
+        Some((name.trim(), counts))
+    })
 }
 
 #[derive(Debug)]
@@ -296,8 +314,14 @@ impl ProcSampler {
             interfaces: Vec::new(),
         };
         sampler.read_cores()?;
-        sampler.read_meminfo()?;
-        sampler.read_net_dev()?;
+        sampler
+            .meminfo
+            .read_text()
+            .map_err(unreadable("/proc/meminfo"))?;
+        sampler
+            .net_dev
+            .read_text()
+            .map_err(unreadable("/proc/net/dev"))?;
         Ok(sampler)
     }
 
@@ -322,8 +346,11 @@ impl ProcSampler {
     }
 
     fn sample_memory(&mut self, now_ns: u64, out: &mut SampleSink) -> Result<(), SamplerError> {
-        let meminfo = self.read_meminfo()?;
-        for (counter, bytes) in memory_readings(&meminfo) {
+        let text = self
+            .meminfo
+            .read_text()
+            .map_err(unreadable("/proc/meminfo"))?;
+        for (counter, bytes) in memory_readings(text) {
             if let Some(bytes) = bytes {
                 out.push(counter, "host", now_ns, bytes as f64);
             }
@@ -365,15 +392,12 @@ impl ProcSampler {
     }
 
     fn sample_network(&mut self, now_ns: u64, out: &mut SampleSink) -> Result<(), SamplerError> {
-        let status = self.read_net_dev()?;
-        let mut names: Vec<&String> = status.0.keys().collect();
-        names.sort();
-        for name in names {
-            let Some(dev) = status.0.get(name) else {
-                continue;
-            };
-            let counts = NetCounts::from(dev);
-            let slot = self.interface_slot(name);
+        let text = self
+            .net_dev
+            .read_text()
+            .map_err(unreadable("/proc/net/dev"))?;
+        for (name, counts) in net_dev_counts(text) {
+            let slot = interface_slot(&mut self.interfaces, name);
             if let Some(rates) = advance(slot, now_ns, counts, 0, |b, a, dt| {
                 Some(net_rates(b, a, dt))
             }) {
@@ -383,32 +407,10 @@ impl ProcSampler {
         Ok(())
     }
 
-    fn interface_slot(&mut self, name: &str) -> &mut Option<Baseline<NetCounts>> {
-        let index = match self.interfaces.iter().position(|(n, _)| n == name) {
-            Some(i) => i,
-            None => {
-                self.interfaces.push((name.to_string(), None));
-                self.interfaces.len() - 1
-            }
-        };
-        &mut self.interfaces[index].1
-    }
-
     /// Every online core's ticks from /proc/stat, with its label.
     fn read_cores(&mut self) -> Result<Vec<(String, CpuTicks)>, SamplerError> {
         let text = self.stat.read_text().map_err(unreadable("/proc/stat"))?;
         labeled_cores(text, procfs::current_system_info()).map_err(proc_error("/proc/stat"))
-    }
-
-    fn read_meminfo(&mut self) -> Result<Meminfo, SamplerError> {
-        let bytes = self.meminfo.read().map_err(unreadable("/proc/meminfo"))?;
-        <Meminfo as FromBufRead>::from_buf_read(bytes).map_err(proc_error("/proc/meminfo"))
-    }
-
-    fn read_net_dev(&mut self) -> Result<InterfaceDeviceStatus, SamplerError> {
-        let bytes = self.net_dev.read().map_err(unreadable("/proc/net/dev"))?;
-        <InterfaceDeviceStatus as FromBufRead>::from_buf_read(bytes)
-            .map_err(proc_error("/proc/net/dev"))
     }
 }
 
@@ -435,6 +437,21 @@ impl Sampler for ProcSampler {
 
 fn proc_error(path: &'static str) -> impl FnOnce(ProcError) -> SamplerError {
     move |source| SamplerError::Proc { path, source }
+}
+
+/// The baseline of an interface, made on first sight.
+fn interface_slot<'a>(
+    interfaces: &'a mut Vec<(String, Option<Baseline<NetCounts>>)>,
+    name: &str,
+) -> &'a mut Option<Baseline<NetCounts>> {
+    let index = match interfaces.iter().position(|(n, _)| n == name) {
+        Some(i) => i,
+        None => {
+            interfaces.push((name.to_string(), None));
+            interfaces.len() - 1
+        }
+    };
+    &mut interfaces[index].1
 }
 
 fn open_host_file(path: &'static str) -> Result<RereadFile, SamplerError> {
@@ -529,12 +546,28 @@ fn push_net(out: &mut SampleSink, interface: &str, now_ns: u64, rates: [Option<f
     }
 }
 
-/// The host memory readings, in bytes; `None` where the kernel does not report one.
-fn memory_readings(meminfo: &Meminfo) -> [(CounterSpec, Option<u64>); 2] {
+/// The host memory readings of a /proc/meminfo text, in bytes; `None` where the kernel does not
+/// report one.
+fn memory_readings(meminfo: &str) -> [(CounterSpec, Option<u64>); 2] {
     [
-        (MEM_AVAILABLE, meminfo.mem_available),
-        (MEM_PAGE_CACHE, Some(meminfo.cached)),
+        (MEM_AVAILABLE, meminfo_bytes(meminfo, "MemAvailable")),
+        (MEM_PAGE_CACHE, meminfo_bytes(meminfo, "Cached")),
     ]
+}
+
+/// One /proc/meminfo field ("Cached:     400 kB") in bytes. Read here rather than through
+/// `procfs`, which parses every field into a map on each call.
+fn meminfo_bytes(meminfo: &str, field: &str) -> Option<u64> {
+    meminfo.lines().find_map(|line| {
+        let rest = line.strip_prefix(field)?.strip_prefix(':')?;
+        let mut words = rest.split_ascii_whitespace();
+        let value: u64 = words.next()?.parse().ok()?;
+        match words.next() {
+            Some("kB") => value.checked_mul(1024),
+            None => Some(value),
+            Some(_) => None,
+        }
+    })
 }
 
 /// The per-core lines of a /proc/stat text as (label, ticks): "cpu3" stays "cpu3" whatever its
@@ -687,18 +720,20 @@ processes 2
             SwapTotal: 0 kB\nSwapFree: 0 kB\nDirty: 0 kB\nWriteback: 0 kB\nMapped: 0 kB\n\
             Slab: 0 kB\nCommitted_AS: 0 kB\nVmallocTotal: 0 kB\nVmallocUsed: 0 kB\n\
             VmallocChunk: 0 kB\n";
-        let parsed = <Meminfo as procfs::FromBufRead>::from_buf_read(meminfo.as_bytes()).unwrap();
         assert_eq!(
-            memory_readings(&parsed),
+            memory_readings(meminfo),
             [
                 (MEM_AVAILABLE, Some(600 * 1024)),
                 (MEM_PAGE_CACHE, Some(400 * 1024))
             ]
         );
         let old_kernel = meminfo.replace("MemAvailable: 600 kB\n", "");
-        let parsed =
-            <Meminfo as procfs::FromBufRead>::from_buf_read(old_kernel.as_bytes()).unwrap();
-        assert_eq!(memory_readings(&parsed)[0], (MEM_AVAILABLE, None));
+        assert_eq!(memory_readings(&old_kernel)[0], (MEM_AVAILABLE, None));
+        assert_eq!(meminfo_bytes("SwapCached: 7 kB\n", "Cached"), None);
+        assert_eq!(
+            meminfo_bytes("HugePages_Total: 3\n", "HugePages_Total"),
+            Some(3)
+        );
     }
 
     /// /proc/net/dev of one interface; each column holds a distinct value so a swapped column
@@ -713,11 +748,11 @@ processes 2
 ";
 
     fn eth0(text: &str) -> NetCounts {
-        let parsed = <procfs::net::InterfaceDeviceStatus as procfs::FromBufRead>::from_buf_read(
-            text.as_bytes(),
-        )
-        .unwrap();
-        NetCounts::from(&parsed.0["eth0"])
+        let mut interfaces = net_dev_counts(text);
+        let (name, counts) = interfaces.next().unwrap();
+        assert_eq!(name, "eth0");
+        assert!(interfaces.next().is_none());
+        counts
     }
 
     #[test]
