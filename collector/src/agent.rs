@@ -151,14 +151,9 @@ fn run_agent_with_grace(
     for status in statuses {
         agent.log.append(&Record::Source(status))?;
     }
-    let samplers = sources
+    let samplers = sampler_groups(config.node, sources)
         .into_iter()
-        .enumerate()
-        .map(|(i, source)| {
-            // Each source's sink numbers its counters and devices in a range of its own.
-            let sink = SampleSink::with_id_base(config.node, (i as u32) << 20);
-            SamplerThread::start(source, sink, config.sample_rate, inbox_tx.clone())
-        })
+        .map(|group| SamplerThread::start(group, config.sample_rate, inbox_tx.clone()))
         .collect::<Result<Vec<_>, _>>()?;
     drop(inbox_tx);
     agent.supervise()?;
@@ -753,7 +748,32 @@ fn forward_stream(rank: Rank, stdout: ChildStdout, inbox: &Sender<Inbound>) -> R
     }
 }
 
-/// The thread that samples /proc at the configured rate.
+/// A source and the sink that numbers its counters and devices.
+type SourceWithSink = (OpenedSource, SampleSink);
+
+/// Gives each source its sink, and groups them into threads: the sources whose reads never
+/// block (kernel files and syscalls) share one thread, so at 1 kHz the agent wakes once per
+/// sample rather than once per source; a source that may block (a driver call) gets a thread
+/// of its own, so it can hold back no other.
+fn sampler_groups(node: NodeId, sources: Vec<OpenedSource>) -> Vec<Vec<SourceWithSink>> {
+    let mut shared = Vec::new();
+    let mut groups = Vec::new();
+    for (i, source) in sources.into_iter().enumerate() {
+        // Each source's sink numbers its counters and devices in a range of its own.
+        let sink = SampleSink::with_id_base(node, (i as u32) << 20);
+        if source.never_blocks {
+            shared.push((source, sink));
+        } else {
+            groups.push(vec![(source, sink)]);
+        }
+    }
+    if !shared.is_empty() {
+        groups.insert(0, shared);
+    }
+    groups
+}
+
+/// A thread that samples one or more sources at the configured rate.
 struct SamplerThread {
     name: String,
     stop: Sender<()>,
@@ -761,18 +781,17 @@ struct SamplerThread {
 }
 
 impl SamplerThread {
-    /// Samples `source` on a thread of its own, so a slow or failing source holds back no other.
     fn start(
-        source: OpenedSource,
-        sink: SampleSink,
+        sources: Vec<SourceWithSink>,
         rate: SampleRate,
         inbox: Sender<Inbound>,
     ) -> Result<SamplerThread, CollectorError> {
         let (stop, stop_rx) = mpsc::channel();
-        let name = format!("pinch-{}", source.name);
+        let names: Vec<&str> = sources.iter().map(|(source, _)| source.name).collect();
+        let name = format!("pinch-{}", names.join("+"));
         let handle = thread::Builder::new()
             .name(name.clone())
-            .spawn(move || run_sampler(source, sink, rate.period(), &inbox, &stop_rx))
+            .spawn(move || run_samplers(sources, rate.period(), &inbox, &stop_rx))
             .map_err(|source| CollectorError::Thread {
                 name: name.clone(),
                 source,
@@ -789,45 +808,53 @@ impl SamplerThread {
     }
 }
 
-/// Samples every `period` (first at once) until told to stop. A failed reading stops this
-/// source alone: the failure and its time are reported, and the other sources go on.
+/// Samples every source every `period` (first at once) until told to stop. A failed reading
+/// stops that source alone: its failure and time are reported, and the others go on.
 ///
 /// Readings are handed to the writer at most every `SEND_INTERVAL`, not after every sample: at
 /// 1 kHz a message per sample would wake the writer a thousand times a second.
-fn run_sampler(
-    mut source: OpenedSource,
-    mut sink: SampleSink,
+fn run_samplers(
+    mut sources: Vec<SourceWithSink>,
     period: Duration,
     inbox: &Sender<Inbound>,
     stop: &Receiver<()>,
 ) {
     let mut next = Instant::now();
     let mut last_sent = Instant::now();
-    loop {
+    while !sources.is_empty() {
         let at_ns = monotonic_now_ns();
-        let sampled = source.sampler.sample(at_ns, &mut sink);
         let send_due = last_sent.elapsed() >= SEND_INTERVAL;
-        if (send_due || sampled.is_err()) && !send_samples(&mut sink, inbox) {
-            return;
-        }
-        if send_due {
-            last_sent = Instant::now();
-        }
-        if let Err(e) = sampled {
+        let mut writer_gone = false;
+        sources.retain_mut(|(source, sink)| {
+            let sampled = source.sampler.sample(at_ns, sink);
+            if (send_due || sampled.is_err()) && !send_samples(sink, inbox) {
+                writer_gone = true;
+            }
+            let Err(e) = sampled else {
+                return true;
+            };
             let _ = inbox.send(Inbound::SamplerFailed {
                 source: source.name,
                 counters: std::mem::take(&mut source.counters),
                 reason: e.to_string(),
                 at_ns,
             });
+            false
+        });
+        if writer_gone {
             return;
+        }
+        if send_due {
+            last_sent = Instant::now();
         }
         // After a stall, carry on from now rather than sampling in a burst to catch up.
         next = (next + period).max(Instant::now());
         match stop.recv_timeout(next.saturating_duration_since(Instant::now())) {
             Err(RecvTimeoutError::Timeout) => {}
             Ok(()) | Err(RecvTimeoutError::Disconnected) => {
-                send_samples(&mut sink, inbox);
+                for (_, sink) in &mut sources {
+                    send_samples(sink, inbox);
+                }
                 return;
             }
         }
@@ -843,7 +870,128 @@ fn send_samples(sink: &mut SampleSink, inbox: &Sender<Inbound>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pinch_traces::{NodeLog, read_node_log};
+    use crate::sampler::{CounterSpec, Sampler, SamplerError};
+    use pinch_traces::{NodeLog, Unit, read_node_log};
+
+    const TICKS: CounterSpec = CounterSpec::new("test.ticks", Unit::Count);
+
+    /// Counts its samples; fails on sample `fail_at` when set.
+    struct Ticker {
+        taken: u32,
+        fail_at: Option<u32>,
+    }
+
+    impl Sampler for Ticker {
+        fn source(&self) -> &'static str {
+            "ticker"
+        }
+
+        fn counters(&self) -> &'static [CounterSpec] {
+            std::slice::from_ref(&TICKS)
+        }
+
+        fn sample(&mut self, now_ns: u64, out: &mut SampleSink) -> Result<(), SamplerError> {
+            self.taken += 1;
+            if Some(self.taken) == self.fail_at {
+                return Err(SamplerError::Source {
+                    source_name: "ticker",
+                    message: "the device went away".into(),
+                });
+            }
+            out.push(TICKS, "dev", now_ns, f64::from(self.taken));
+            Ok(())
+        }
+    }
+
+    fn ticker(name: &'static str, fail_at: Option<u32>, id_base: u32) -> SourceWithSink {
+        let source = OpenedSource {
+            name,
+            sampler: Box::new(Ticker { taken: 0, fail_at }),
+            counters: vec!["test.ticks".into()],
+            never_blocks: true,
+        };
+        (source, SampleSink::with_id_base(NodeId(0), id_base))
+    }
+
+    #[test]
+    fn a_source_that_fails_mid_run_stops_alone_and_its_neighbour_goes_on() {
+        let (inbox_tx, inbox) = mpsc::channel();
+        let (stop_tx, stop) = mpsc::channel();
+        let group = vec![
+            ticker("healthy", None, 0),
+            ticker("flaky", Some(3), 1 << 20),
+        ];
+        let before_ns = monotonic_now_ns();
+        let thread =
+            thread::spawn(move || run_samplers(group, Duration::from_millis(2), &inbox_tx, &stop));
+        thread::sleep(Duration::from_millis(200));
+        stop_tx.send(()).unwrap();
+        thread.join().unwrap();
+
+        let (mut failures, mut samples_by_base) = (Vec::new(), [0usize; 2]);
+        for message in inbox.try_iter() {
+            match message {
+                Inbound::SamplerFailed {
+                    source,
+                    reason,
+                    at_ns,
+                    counters,
+                } => failures.push((source, reason, at_ns, counters)),
+                Inbound::Samples(records) => {
+                    for record in records {
+                        if let Record::Samples(samples) = record {
+                            for sample in samples {
+                                samples_by_base[(sample.counter.0 >> 20) as usize] += 1;
+                            }
+                        }
+                    }
+                }
+                _ => panic!("a sampler sends only samples and failures"),
+            }
+        }
+        let [(source, reason, at_ns, counters)] = &failures[..] else {
+            panic!("{failures:?}")
+        };
+        assert_eq!(
+            (*source, reason.as_str()),
+            ("flaky", "ticker: the device went away")
+        );
+        assert!(*at_ns >= before_ns && counters == &["test.ticks".to_string()]);
+        assert_eq!(
+            samples_by_base[1], 2,
+            "the flaky source's readings before it failed"
+        );
+        assert!(
+            samples_by_base[0] > 10,
+            "the healthy one went on: {samples_by_base:?}"
+        );
+    }
+
+    #[test]
+    fn sources_that_never_block_share_a_thread_and_the_others_get_their_own() {
+        let source = |name, never_blocks| OpenedSource {
+            name,
+            sampler: Box::new(Ticker {
+                taken: 0,
+                fail_at: None,
+            }),
+            counters: Vec::new(),
+            never_blocks,
+        };
+        let groups = sampler_groups(
+            NodeId(0),
+            vec![
+                source("procfs", true),
+                source("perf", true),
+                source("nvml", false),
+            ],
+        );
+        let names: Vec<Vec<&str>> = groups
+            .iter()
+            .map(|g| g.iter().map(|(s, _)| s.name).collect())
+            .collect();
+        assert_eq!(names, vec![vec!["procfs", "perf"], vec!["nvml"]]);
+    }
 
     fn config(dir: &Path, ranks: &[Rank], command: fn(Rank) -> Command) -> AgentConfig {
         AgentConfig {

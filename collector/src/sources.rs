@@ -17,6 +17,9 @@ pub struct OpenedSource {
     pub sampler: Box<dyn Sampler + Send>,
     /// The counters it reads, for the status written if it fails mid-run.
     pub counters: Vec<String>,
+    /// Its reads are kernel files and syscalls that return at once, never a driver call that
+    /// could hang: it may share a sampling thread.
+    pub never_blocks: bool,
 }
 
 impl std::fmt::Debug for OpenedSource {
@@ -27,6 +30,10 @@ impl std::fmt::Debug for OpenedSource {
             .finish_non_exhaustive()
     }
 }
+
+/// The sources that read only /proc and perf-event file descriptors. NVML calls into the GPU
+/// driver, and InfiniBand's sysfs counters into the NIC's driver; either can stall.
+const NEVER_BLOCKS: [&str; 2] = ["procfs", "perf"];
 
 /// What opening one source gave: a sampler with its counters and notes, or why not.
 type Opened = Result<(Box<dyn Sampler + Send>, Vec<String>, Vec<String>), String>;
@@ -73,6 +80,7 @@ pub fn open_sources(
                     name,
                     sampler,
                     counters: counters.clone(),
+                    never_blocks: NEVER_BLOCKS.contains(&name),
                 });
                 SourceState::Read { counters, notes }
             }
