@@ -143,9 +143,15 @@ pub struct RunArgs {
     pub nodes: u32,
     #[command(flatten)]
     pub workload: WorkloadArgs,
-    /// Counter sampling rate of each agent, in Hz (1 to 1000).
+    /// Counter sampling rate of each agent, in Hz (1 to 1000): the rate of every source that
+    /// `--counters` gives no rate of its own.
     #[arg(long, default_value_t = 10)]
     pub sample_hz: u32,
+    /// The counter sources to read and their rates, e.g. `procfs=1000,perf=100,nvml`
+    /// (sources: procfs, perf, nvml, infiniband; a source left out is not read), or `none`.
+    /// Default: every source at --sample-hz.
+    #[arg(long, conflicts_with = "no_counters")]
+    pub counters: Option<String>,
     /// Where to store the run (default: runs/<timestamp>). Must not already hold a run.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -156,7 +162,8 @@ pub struct RunArgs {
     /// this address's port + n. Loopback only. Off by default.
     #[arg(long)]
     pub metrics_addr: Option<SocketAddr>,
-    /// Read no counters (spans only): to measure what counter collection costs.
+    /// Read no counters (spans only): to measure what counter collection costs. The same as
+    /// `--counters none`.
     #[arg(long, conflicts_with = "metrics_addr")]
     pub no_counters: bool,
 }
@@ -179,8 +186,9 @@ pub struct AgentArgs {
     pub ranks: Vec<u32>,
     #[arg(long)]
     pub log: PathBuf,
+    /// The counter sources and their rates (`CounterPlan`'s spec), or `none`.
     #[arg(long)]
-    pub sample_hz: u32,
+    pub counters: String,
     #[arg(long)]
     pub rendezvous: SocketAddr,
     #[arg(long)]
@@ -191,8 +199,6 @@ pub struct AgentArgs {
     /// Serve the node's counters for Prometheus here (loopback only).
     #[arg(long)]
     pub metrics_addr: Option<SocketAddr>,
-    #[arg(long)]
-    pub no_counters: bool,
 }
 
 #[derive(Debug, Args)]

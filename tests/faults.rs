@@ -44,6 +44,13 @@ fn layout_that_does_not_fit_is_named() {
     fails_with_code_2(&["run", "--parallel=zz=2"], "'zz'");
     fails_with_code_2(&["run", "--metrics-addr=0.0.0.0:9400"], "'0.0.0.0:9400'");
     fails_with_code_2(&["run", "--sample-hz=0"], "'0'");
+    fails_with_code_2(&["run", "--counters=procfs,gpu=10"], "'gpu'");
+    fails_with_code_2(&["run", "--counters=perf=5000"], "'5000'");
+    fails_with_code_2(&["run", "--counters=perf,perf"], "'perf'");
+    fails_with_code_2(
+        &["run", "--counters=none", "--metrics-addr=127.0.0.1:9400"],
+        "'--counters none'",
+    );
 }
 
 #[test]

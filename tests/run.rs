@@ -90,3 +90,53 @@ fn tp1_tp2_and_tp4_generate_the_same_tokens() {
         "ranks placed node-major"
     );
 }
+
+/// Every source appears in the manifest for every node, read (with its counters) or not (with
+/// why); each source is sampled at its own rate.
+#[test]
+fn counter_sources_are_listed_with_their_reasons_and_rates() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    run(&out, &["--counters=procfs=200,perf=20,nvml"]).success();
+    let text = std::fs::read_to_string(out.join("manifest.json")).unwrap();
+    let manifest: Value = serde_json::from_str(&text).unwrap();
+    let sources = manifest["counter_sources"].as_array().unwrap();
+    let state = |node: u64, source: &str| -> Value {
+        let found = sources
+            .iter()
+            .find(|s| s["node"] == node && s["source"] == source)
+            .unwrap_or_else(|| panic!("node {node} lists {source}: {sources:?}"));
+        found["state"].clone()
+    };
+    for node in [0, 1] {
+        let procfs = &state(node, "procfs")["read"]["counters"];
+        assert!(
+            procfs
+                .as_array()
+                .unwrap()
+                .contains(&"cpu.utilization".into())
+        );
+        let perf = state(node, "perf");
+        let perf_counters = &perf["read"]["counters"];
+        assert!(
+            perf_counters
+                .as_array()
+                .unwrap()
+                .contains(&"perf.task_clock_ratio".into()),
+            "the software events are always offered: {perf}"
+        );
+        let nvml = state(node, "nvml");
+        assert!(
+            nvml.get("read").is_some() || nvml["not_read"]["reason"].as_str().unwrap().len() > 10,
+            "{nvml}"
+        );
+        assert_eq!(
+            state(node, "infiniband")["not_read"]["reason"],
+            "not asked for (--counters)"
+        );
+    }
+    assert_eq!(
+        manifest["workload"]["parameters"]["counters"], "procfs=200,perf=20,nvml=50",
+        "nvml takes --sample-hz"
+    );
+}

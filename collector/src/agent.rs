@@ -9,6 +9,7 @@
 //! others get `FAILURE_GRACE` to end on their own (they normally fail fast once their peer's
 //! connection drops) and are then killed.
 
+use crate::counter_plan::CounterPlan;
 use crate::error::CollectorError;
 use crate::prometheus::MetricsServer;
 use crate::sampler::{SampleRate, SampleSink};
@@ -49,14 +50,13 @@ pub struct AgentConfig {
     pub host: String,
     pub ranks: Vec<Rank>,
     pub log_path: PathBuf,
-    pub sample_rate: SampleRate,
     /// The command that starts one rank; the agent pipes its stdout and nulls its stdin.
     pub rank_command: Box<dyn Fn(Rank) -> Command + Send>,
     /// Where to serve the latest counter values in Prometheus' text format (loopback only);
     /// `None`: no endpoint.
     pub metrics_addr: Option<std::net::SocketAddr>,
-    /// Whether to read counters at all (off only to measure what collection costs).
-    pub counters: bool,
+    /// The counter sources to read and the rate of each; none to read spans only.
+    pub counters: CounterPlan,
 }
 
 impl fmt::Debug for AgentConfig {
@@ -66,7 +66,7 @@ impl fmt::Debug for AgentConfig {
             .field("host", &self.host)
             .field("ranks", &self.ranks)
             .field("log_path", &self.log_path)
-            .field("sample_rate", &self.sample_rate)
+            .field("counters", &self.counters)
             .field("metrics_addr", &self.metrics_addr)
             .finish_non_exhaustive()
     }
@@ -144,16 +144,16 @@ fn run_agent_with_grace(
     let mut agent = Supervisor::new(config.node, log, inbox, failure_grace, on_event);
     agent.metrics = metrics;
     agent.start_ranks(&config.ranks, config.rank_command.as_ref(), &inbox_tx)?;
-    let (sources, statuses) = match config.counters {
-        true => open_sources(config.node, &agent.pids()),
-        false => (Vec::new(), Vec::new()),
+    let (sources, statuses) = match config.counters.is_none() {
+        false => open_sources(config.node, &agent.pids(), &config.counters),
+        true => (Vec::new(), Vec::new()),
     };
     for status in statuses {
         agent.log.append(&Record::Source(status))?;
     }
     let samplers = sampler_groups(config.node, sources)
         .into_iter()
-        .map(|group| SamplerThread::start(group, config.sample_rate, inbox_tx.clone()))
+        .map(|group| SamplerThread::start(group, inbox_tx.clone()))
         .collect::<Result<Vec<_>, _>>()?;
     drop(inbox_tx);
     agent.supervise()?;
@@ -752,23 +752,22 @@ fn forward_stream(rank: Rank, stdout: ChildStdout, inbox: &Sender<Inbound>) -> R
 type SourceWithSink = (OpenedSource, SampleSink);
 
 /// Gives each source its sink, and groups them into threads: the sources whose reads never
-/// block (kernel files and syscalls) share one thread, so at 1 kHz the agent wakes once per
-/// sample rather than once per source; a source that may block (a driver call) gets a thread
-/// of its own, so it can hold back no other.
+/// block (kernel files and syscalls) and share a rate share one thread, so at 1 kHz the agent
+/// wakes once per sample rather than once per source; a source that may block (a driver call)
+/// gets a thread of its own, so it can hold back no other.
 fn sampler_groups(node: NodeId, sources: Vec<OpenedSource>) -> Vec<Vec<SourceWithSink>> {
-    let mut shared = Vec::new();
-    let mut groups = Vec::new();
+    let mut groups: Vec<Vec<SourceWithSink>> = Vec::new();
     for (i, source) in sources.into_iter().enumerate() {
         // Each source's sink numbers its counters and devices in a range of its own.
         let sink = SampleSink::with_id_base(node, (i as u32) << 20);
-        if source.never_blocks {
-            shared.push((source, sink));
-        } else {
-            groups.push(vec![(source, sink)]);
+        let joins = groups.iter_mut().find(|group| {
+            let (first, _) = &group[0];
+            source.never_blocks && first.never_blocks && first.rate == source.rate
+        });
+        match joins {
+            Some(group) => group.push((source, sink)),
+            None => groups.push(vec![(source, sink)]),
         }
-    }
-    if !shared.is_empty() {
-        groups.insert(0, shared);
     }
     groups
 }
@@ -781,17 +780,21 @@ struct SamplerThread {
 }
 
 impl SamplerThread {
+    /// Samples a group of sources of one rate (`sampler_groups`).
     fn start(
         sources: Vec<SourceWithSink>,
-        rate: SampleRate,
         inbox: Sender<Inbound>,
     ) -> Result<SamplerThread, CollectorError> {
+        let period = sources
+            .first()
+            .map_or(SampleRate::DEFAULT, |(source, _)| source.rate)
+            .period();
         let (stop, stop_rx) = mpsc::channel();
         let names: Vec<&str> = sources.iter().map(|(source, _)| source.name).collect();
         let name = format!("pinch-{}", names.join("+"));
         let handle = thread::Builder::new()
             .name(name.clone())
-            .spawn(move || run_samplers(sources, rate.period(), &inbox, &stop_rx))
+            .spawn(move || run_samplers(sources, period, &inbox, &stop_rx))
             .map_err(|source| CollectorError::Thread {
                 name: name.clone(),
                 source,
@@ -909,6 +912,7 @@ mod tests {
             sampler: Box::new(Ticker { taken: 0, fail_at }),
             counters: vec!["test.ticks".into()],
             never_blocks: true,
+            rate: SampleRate::new(500).unwrap(),
         };
         (source, SampleSink::with_id_base(NodeId(0), id_base))
     }
@@ -969,7 +973,7 @@ mod tests {
 
     #[test]
     fn sources_that_never_block_share_a_thread_and_the_others_get_their_own() {
-        let source = |name, never_blocks| OpenedSource {
+        let source = |name, never_blocks, hz| OpenedSource {
             name,
             sampler: Box::new(Ticker {
                 taken: 0,
@@ -977,20 +981,31 @@ mod tests {
             }),
             counters: Vec::new(),
             never_blocks,
+            rate: SampleRate::new(hz).unwrap(),
         };
         let groups = sampler_groups(
             NodeId(0),
             vec![
-                source("procfs", true),
-                source("perf", true),
-                source("nvml", false),
+                source("procfs", true, 100),
+                source("perf", true, 100),
+                source("nvml", false, 100),
+                source("infiniband", false, 100),
+                source("other", true, 10),
             ],
         );
         let names: Vec<Vec<&str>> = groups
             .iter()
             .map(|g| g.iter().map(|(s, _)| s.name).collect())
             .collect();
-        assert_eq!(names, vec![vec!["procfs", "perf"], vec!["nvml"]]);
+        assert_eq!(
+            names,
+            vec![
+                vec!["procfs", "perf"],
+                vec!["nvml"],
+                vec!["infiniband"],
+                vec!["other"]
+            ]
+        );
     }
 
     fn config(dir: &Path, ranks: &[Rank], command: fn(Rank) -> Command) -> AgentConfig {
@@ -999,10 +1014,9 @@ mod tests {
             host: "h".into(),
             ranks: ranks.to_vec(),
             log_path: dir.join("node-2.pnl"),
-            sample_rate: SampleRate::new(50).unwrap(),
             rank_command: Box::new(command),
             metrics_addr: None,
-            counters: true,
+            counters: CounterPlan::all(SampleRate::new(50).unwrap()),
         }
     }
 

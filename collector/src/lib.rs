@@ -3,6 +3,7 @@
 //! ranks and writes its node log.
 
 pub mod agent;
+pub mod counter_plan;
 pub mod error;
 pub mod exit_watch;
 pub mod ib_sampler;
@@ -18,6 +19,7 @@ pub mod stderr_tail;
 pub mod stream;
 
 pub use agent::{AgentConfig, AgentEvent, AgentSummary, FAILURE_GRACE, run_agent};
+pub use counter_plan::{CounterPlan, CounterPlanError};
 pub use error::CollectorError;
 pub use ib_sampler::IbSampler;
 pub use nvml_sampler::NvmlSampler;

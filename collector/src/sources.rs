@@ -4,11 +4,12 @@
 //! Every source is tried; one that cannot be read here (no GPU driver, no InfiniBand device) is
 //! a `NotRead` status with its reason and changes nothing else.
 
+use crate::counter_plan::{CounterPlan, SOURCE_NAMES};
 use crate::ib_sampler::IbSampler;
 use crate::nvml_sampler::NvmlSampler;
 use crate::perf_sampler::PerfSampler;
 use crate::procfs_sampler::{PROC_COUNTERS, ProcSampler};
-use crate::sampler::Sampler;
+use crate::sampler::{SampleRate, Sampler};
 use pinch_traces::{CounterSourceStatus, NodeId, Rank, SourceState};
 
 /// A source that opened, ready to be sampled on its own thread.
@@ -20,6 +21,7 @@ pub struct OpenedSource {
     /// Its reads are kernel files and syscalls that return at once, never a driver call that
     /// could hang: it may share a sampling thread.
     pub never_blocks: bool,
+    pub rate: SampleRate,
 }
 
 impl std::fmt::Debug for OpenedSource {
@@ -38,53 +40,34 @@ const NEVER_BLOCKS: [&str; 2] = ["procfs", "perf"];
 /// What opening one source gave: a sampler with its counters and notes, or why not.
 type Opened = Result<(Box<dyn Sampler + Send>, Vec<String>, Vec<String>), String>;
 
-/// Tries every source for the node and its rank processes (rank, pid): the samplers to run,
-/// and one status per source for the node log.
+/// Tries every source `plan` asks for, for the node and its rank processes (rank, pid): the
+/// samplers to run, and one status per source for the node log (a source not asked for is
+/// listed as not read, with that reason).
 pub fn open_sources(
     node: NodeId,
     ranks: &[(Rank, u32)],
+    plan: &CounterPlan,
 ) -> (Vec<OpenedSource>, Vec<CounterSourceStatus>) {
-    let attempts: [(&'static str, Opened); 4] = [
-        ("procfs", open_procfs(ranks)),
-        (
-            "perf",
-            boxed(
-                PerfSampler::open(ranks),
-                PerfSampler::read_counters,
-                PerfSampler::notes,
-            ),
-        ),
-        (
-            "nvml",
-            boxed(
-                NvmlSampler::open(ranks),
-                NvmlSampler::read_counters,
-                NvmlSampler::notes,
-            ),
-        ),
-        (
-            "infiniband",
-            boxed(
-                IbSampler::open(ranks),
-                IbSampler::read_counters,
-                IbSampler::notes,
-            ),
-        ),
-    ];
     let mut opened = Vec::new();
     let mut statuses = Vec::new();
-    for (name, attempt) in attempts {
-        let state = match attempt {
-            Ok((sampler, counters, notes)) => {
-                opened.push(OpenedSource {
-                    name,
-                    sampler,
-                    counters: counters.clone(),
-                    never_blocks: NEVER_BLOCKS.contains(&name),
-                });
-                SourceState::Read { counters, notes }
-            }
-            Err(reason) => SourceState::NotRead { reason },
+    for name in SOURCE_NAMES {
+        let state = match plan.rate(name) {
+            None => SourceState::NotRead {
+                reason: "not asked for (--counters)".to_string(),
+            },
+            Some(rate) => match open_source(name, ranks) {
+                Ok((sampler, counters, notes)) => {
+                    opened.push(OpenedSource {
+                        name,
+                        sampler,
+                        counters: counters.clone(),
+                        never_blocks: NEVER_BLOCKS.contains(&name),
+                        rate,
+                    });
+                    SourceState::Read { counters, notes }
+                }
+                Err(reason) => SourceState::NotRead { reason },
+            },
         };
         statuses.push(CounterSourceStatus {
             node,
@@ -93,6 +76,28 @@ pub fn open_sources(
         });
     }
     (opened, statuses)
+}
+
+fn open_source(name: &str, ranks: &[(Rank, u32)]) -> Opened {
+    match name {
+        "procfs" => open_procfs(ranks),
+        "perf" => boxed(
+            PerfSampler::open(ranks),
+            PerfSampler::read_counters,
+            PerfSampler::notes,
+        ),
+        "nvml" => boxed(
+            NvmlSampler::open(ranks),
+            NvmlSampler::read_counters,
+            NvmlSampler::notes,
+        ),
+        "infiniband" => boxed(
+            IbSampler::open(ranks),
+            IbSampler::read_counters,
+            IbSampler::notes,
+        ),
+        other => Err(format!("counter source '{other}' is unknown")),
+    }
 }
 
 /// A source that opened, boxed with what it reads and its notes.

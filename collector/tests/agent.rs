@@ -1,7 +1,7 @@
 //! The agent end to end: real rank processes (`pinch-fake-rank`, built with this crate) streaming
 //! to a real agent that writes a node log, read back with `read_node_log`.
 
-use pinch_collector::{AgentConfig, AgentEvent, AgentSummary, SampleRate, run_agent};
+use pinch_collector::{AgentConfig, AgentEvent, AgentSummary, CounterPlan, SampleRate, run_agent};
 use pinch_traces::{NodeId, NodeLog, Rank, RankExit, Record, SourceState, read_node_log};
 use std::collections::{BTreeMap, HashMap};
 use std::process::Command;
@@ -18,7 +18,6 @@ fn run_node(ranks: &[Rank], failing: &[Rank]) -> (NodeLog, AgentSummary, Vec<Age
         host: "test-host".into(),
         ranks: ranks.to_vec(),
         log_path: log_path.clone(),
-        sample_rate: SampleRate::new(100).expect("100 Hz is a valid rate"),
         rank_command: Box::new(move |rank| {
             let mut command = Command::new(env!("CARGO_BIN_EXE_pinch-fake-rank"));
             command.arg(rank.0.to_string()).arg(STEPS.to_string());
@@ -28,7 +27,7 @@ fn run_node(ranks: &[Rank], failing: &[Rank]) -> (NodeLog, AgentSummary, Vec<Age
             command
         }),
         metrics_addr: None,
-        counters: true,
+        counters: CounterPlan::all(SampleRate::new(100).expect("100 Hz is a valid rate")),
     };
     let mut events = Vec::new();
     let summary = run_agent(config, &mut |e| events.push(e)).expect("the agent runs");

@@ -5,7 +5,7 @@ use crate::cli::AgentArgs;
 use crate::cmd::rank::read_plan;
 use crate::exit::bad_input;
 use anyhow::Context;
-use pinch_collector::{AgentConfig, SampleRate, run_agent};
+use pinch_collector::{AgentConfig, CounterPlan, SampleRate, run_agent};
 use pinch_traces::{NodeId, Rank};
 use std::io::Write;
 use std::process::Command;
@@ -13,7 +13,7 @@ use std::process::Command;
 pub fn agent(args: AgentArgs) -> anyhow::Result<()> {
     // Read once here so a bad plan fails the node before any rank starts.
     read_plan(&args.plan)?;
-    let sample_rate = SampleRate::new(args.sample_hz).map_err(bad_input)?;
+    let counters = CounterPlan::parse(&args.counters, SampleRate::DEFAULT).map_err(bad_input)?;
     let exe = std::env::current_exe().context("cannot find the pinch executable")?;
     let (node, rendezvous, router, plan) =
         (args.node, args.rendezvous, args.router, args.plan.clone());
@@ -33,10 +33,9 @@ pub fn agent(args: AgentArgs) -> anyhow::Result<()> {
         host: crate::cmd::run::host_name(),
         ranks: args.ranks.iter().map(|&r| Rank(r)).collect(),
         log_path: args.log.clone(),
-        sample_rate,
         rank_command: Box::new(rank_command),
         metrics_addr: args.metrics_addr,
-        counters: !args.no_counters,
+        counters,
     };
     let mut stdout = std::io::stdout().lock();
     let mut on_event = |event: pinch_collector::AgentEvent| {

@@ -9,7 +9,7 @@ use crate::exit::bad_input;
 use crate::render;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use pinch_collector::{AgentEvent, SampleRate};
+use pinch_collector::{AgentEvent, CounterPlan, SampleRate};
 use pinch_traces::{
     NodeEntry, NodeId, Rank, RankExit, RunManifest, Versions, WorkloadSpec,
     manifest::MANIFEST_VERSION, wall_now_ns,
@@ -35,7 +35,7 @@ const PLAN_FILE: &str = "workload.json";
 struct Plan {
     config: ServeConfig,
     metrics_addr: Option<std::net::SocketAddr>,
-    no_counters: bool,
+    counters: CounterPlan,
     nodes: Vec<NodeEntry>,
     sample_hz: u32,
     run_dir: PathBuf,
@@ -80,7 +80,7 @@ fn plan(args: &RunArgs) -> anyhow::Result<Plan> {
     if args.nodes == 0 {
         return Err(bad_input("node count '0' must be at least 1"));
     }
-    SampleRate::new(args.sample_hz).map_err(bad_input)?;
+    let counters = counter_plan(args)?;
     let config = serve_config(&args.workload, args.nodes as usize)?;
     let world = config.layout.world() as u32;
     if let Some(slo) = &args.workload.slo {
@@ -103,11 +103,28 @@ fn plan(args: &RunArgs) -> anyhow::Result<Plan> {
     Ok(Plan {
         config,
         metrics_addr: args.metrics_addr,
-        no_counters: args.no_counters,
+        counters,
         nodes,
         sample_hz: args.sample_hz,
         run_dir,
     })
+}
+
+/// The sources every agent reads and their rates, from `--counters`, `--sample-hz` and
+/// `--no-counters`.
+fn counter_plan(args: &RunArgs) -> anyhow::Result<CounterPlan> {
+    let rate = SampleRate::new(args.sample_hz).map_err(bad_input)?;
+    let plan = match (&args.counters, args.no_counters) {
+        (_, true) => CounterPlan::none(),
+        (Some(spec), false) => CounterPlan::parse(spec, rate).map_err(bad_input)?,
+        (None, false) => CounterPlan::all(rate),
+    };
+    if plan.is_none() && args.metrics_addr.is_some() {
+        return Err(bad_input(
+            "--metrics-addr serves counters, and '--counters none' reads none",
+        ));
+    }
+    Ok(plan)
 }
 
 /// The metrics endpoints must be on loopback, and every node's port must exist.
@@ -181,7 +198,7 @@ fn manifest(plan: &Plan, args: &RunArgs) -> anyhow::Result<RunManifest> {
         ("micro_batches", serde_json::json!(c.micro_batches)),
         ("seed", serde_json::json!(c.seed)),
         ("sample_hz", serde_json::json!(plan.sample_hz)),
-        ("counters", serde_json::json!(!plan.no_counters)),
+        ("counters", serde_json::json!(plan.counters.to_string())),
         ("model_params", serde_json::json!(c.model.param_count())),
         ("faults", serde_json::to_value(&c.faults)?),
         ("model", serde_json::to_value(&c.model)?),
@@ -289,12 +306,11 @@ fn spawn_agent(
         .arg(format!("--ranks={}", ranks.join(",")))
         .arg("--log")
         .arg(plan.run_dir.join(&node.log_file))
-        .arg(format!("--sample-hz={}", plan.sample_hz))
+        .arg(format!("--counters={}", plan.counters))
         .arg(format!("--rendezvous={rendezvous}"))
         .arg(format!("--router={router}"))
         .arg("--plan")
         .arg(plan.run_dir.join(PLAN_FILE))
-        .args(plan.no_counters.then_some("--no-counters"))
         .args(plan.metrics_addr.map(|mut addr| {
             addr.set_port(addr.port() + node.node.0 as u16);
             format!("--metrics-addr={addr}")
