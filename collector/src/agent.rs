@@ -811,7 +811,10 @@ impl SamplerThread {
     }
 }
 
-/// Samples every source every `period` (first at once) until told to stop. A failed reading
+/// Samples every source every `period` (first at once, then on the multiples of `period` of the
+/// node's monotonic clock, so the samplers of every agent on a host wake together: ranks in
+/// lock step lose one interruption per period, not one per agent, and their samples line up)
+/// until told to stop. A failed reading
 /// stops that source alone: its failure and time are reported, and the others go on.
 ///
 /// Readings are handed to the writer at most every `SEND_INTERVAL`, not after every sample: at
@@ -822,7 +825,7 @@ fn run_samplers(
     inbox: &Sender<Inbound>,
     stop: &Receiver<()>,
 ) {
-    let mut next = Instant::now();
+    let period_ns = period.as_nanos().max(1) as u64;
     let mut last_sent = Instant::now();
     while !sources.is_empty() {
         let at_ns = monotonic_now_ns();
@@ -850,9 +853,11 @@ fn run_samplers(
         if send_due {
             last_sent = Instant::now();
         }
-        // After a stall, carry on from now rather than sampling in a burst to catch up.
-        next = (next + period).max(Instant::now());
-        match stop.recv_timeout(next.saturating_duration_since(Instant::now())) {
+        // The next multiple of the period on the monotonic clock: after a stall this carries
+        // on from now rather than sampling in a burst to catch up.
+        let now_ns = monotonic_now_ns();
+        let wait_ns = period_ns - now_ns % period_ns;
+        match stop.recv_timeout(Duration::from_nanos(wait_ns)) {
             Err(RecvTimeoutError::Timeout) => {}
             Ok(()) | Err(RecvTimeoutError::Disconnected) => {
                 for (_, sink) in &mut sources {
