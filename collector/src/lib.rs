@@ -7,6 +7,7 @@ pub mod counter_plan;
 pub mod error;
 pub mod exit_watch;
 pub mod ib_sampler;
+pub mod nvlink_fields;
 pub mod nvml_sampler;
 pub mod perf_sampler;
 pub mod procfs_sampler;

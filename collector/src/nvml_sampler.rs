@@ -9,9 +9,10 @@
 //!
 //! GPM metrics come from the difference of two GPM samples taken at least 100 ms apart: the older
 //! sample is kept until the gap is long enough, so at high sample rates GPM values simply come
-//! less often. NVLink per-link traffic is read through GPM too, because nvml-wrapper's field-value
-//! call sends scope 0 and so cannot address a link; GPUs before Hopper report no per-link traffic.
+//! less often. NVLink per-link traffic is read through GPM too; GPUs without GPM (before Hopper)
+//! give it as NVML field values addressed by link (`nvlink_fields`).
 
+use crate::nvlink_fields::{self, LinkKib};
 use crate::sampler::{CounterSpec, SampleSink, Sampler, SamplerError};
 use nvml_wrapper::bitmasks::event::EventTypes;
 use nvml_wrapper::enum_wrappers::device::{
@@ -245,6 +246,14 @@ struct Gpm {
     previous: Option<(u64, GpmSample<'static>)>,
 }
 
+/// Per-link NVLink counters read as field values (GPUs without GPM).
+#[derive(Debug)]
+struct LinkFields {
+    links: Vec<u32>,
+    /// The last reading and when it was taken.
+    last: Option<(u64, Vec<LinkKib>)>,
+}
+
 /// One GPU and what it can be asked.
 #[derive(Debug)]
 struct Gpu {
@@ -253,6 +262,7 @@ struct Gpu {
     device: Device<'static>,
     probes: Vec<&'static Probe>,
     gpm: Option<Gpm>,
+    link_fields: Option<LinkFields>,
     /// Critical XID events registered for this GPU, and how many were seen.
     xid: Option<(EventSet<'static>, u64)>,
     /// Whether the GPU lists its compute processes (for the ranks' memory).
@@ -310,11 +320,15 @@ impl NvmlSampler {
                 .iter()
                 .flat_map(|g| g.reads.iter().map(|r| &r.counter));
             let xid = gpu.xid.iter().map(|_| &GPU_XID_EVENTS);
+            let links = gpu
+                .link_fields
+                .iter()
+                .flat_map(|_| [&GPU_NVLINK_TX, &GPU_NVLINK_RX]);
             let processes = gpu
                 .lists_processes
                 .then_some(&GPU_PROCESS_MEMORY_USED)
                 .filter(|_| !self.ranks.is_empty());
-            for counter in probed.chain(gpm).chain(xid).chain(processes) {
+            for counter in probed.chain(gpm).chain(links).chain(xid).chain(processes) {
                 names.push(counter.name.to_string());
             }
         }
@@ -337,7 +351,12 @@ impl NvmlSampler {
     /// Finds what one GPU answers, noting each query it refuses.
     fn probe_gpu(&mut self, index: u32, device: Device<'static>) -> Gpu {
         let name = format!("gpu{index}");
-        let gpm = self.probe_gpm(&name, &device);
+        let links = self.active_links(&name, &device);
+        let gpm = self.probe_gpm(&name, &device, &links);
+        let link_fields = match (&gpm, links.is_empty()) {
+            (None, false) => self.probe_link_fields(&name, &device, links),
+            _ => None,
+        };
         // GPM reads PCIe without the 20 ms wait of the plain query.
         let plain = if gpm.is_some() {
             &PROBES[..PROBES.len() - PCIE_PROBES]
@@ -365,6 +384,7 @@ impl NvmlSampler {
             device,
             probes,
             gpm,
+            link_fields,
             xid,
             lists_processes,
         }
@@ -372,8 +392,7 @@ impl NvmlSampler {
 
     /// GPM reads for a GPU that supports it (Hopper+), including its active NVLink links. A GPM
     /// sample is taken once here, because a GPU may claim GPM and still refuse it (in a VM).
-    fn probe_gpm(&mut self, name: &str, device: &Device<'static>) -> Option<Gpm> {
-        let links = self.active_links(name, device);
+    fn probe_gpm(&mut self, name: &str, device: &Device<'static>, links: &[u32]) -> Option<Gpm> {
         let refused = match device.gpm_support() {
             Ok(true) => device.gpm_sample().err().map(|e| e.to_string()),
             Ok(false) => Some("this GPU has no GPM: Hopper or newer is needed".to_string()),
@@ -381,7 +400,7 @@ impl NvmlSampler {
         };
         let Some(why) = refused else {
             return Some(Gpm {
-                reads: gpm_reads(name, &links),
+                reads: gpm_reads(name, links),
                 previous: None,
             });
         };
@@ -392,13 +411,23 @@ impl NvmlSampler {
             GPU_DRAM_BANDWIDTH_UTILIZATION,
         ];
         self.note(format!("{name}: {} not read ({why})", names(&activity)));
-        if !links.is_empty() {
-            self.note(format!(
-                "{name}: per-link NVLink traffic not read: it needs GPM, and nvml-wrapper's \
-                 field values cannot address a link"
-            ));
-        }
         None
+    }
+
+    /// Per-link NVLink traffic from NVML field values, for a GPU without GPM; notes why not.
+    fn probe_link_fields(
+        &mut self,
+        name: &str,
+        device: &Device<'static>,
+        links: Vec<u32>,
+    ) -> Option<LinkFields> {
+        match nvlink_fields::read_links(self.nvml, device, &links) {
+            Ok(_) => Some(LinkFields { links, last: None }),
+            Err(e) => {
+                self.note(unsupported(name, &[GPU_NVLINK_TX, GPU_NVLINK_RX], &e));
+                None
+            }
+        }
     }
 
     /// The NVLink links that are up; notes why there are none.
@@ -543,6 +572,7 @@ impl Sampler for NvmlSampler {
         for gpu in &mut self.gpus {
             sample_probes(gpu, now_ns, out)?;
             late_notes.extend(sample_gpm(self.nvml, gpu, now_ns, out));
+            late_notes.extend(sample_link_fields(self.nvml, gpu, now_ns, out));
             sample_xid(gpu, now_ns, out);
             if gpu.lists_processes {
                 add_rank_memory(&gpu.device, &self.ranks, &mut rank_memory);
@@ -578,6 +608,37 @@ fn sample_probes(gpu: &Gpu, now_ns: u64, out: &mut SampleSink) -> Result<(), Sam
         }
     }
     Ok(())
+}
+
+/// NVLink per-link rates since the last field-value reading. A GPU that stops answering has
+/// its links dropped for good; the note says why.
+fn sample_link_fields(
+    nvml: &'static Nvml,
+    gpu: &mut Gpu,
+    now_ns: u64,
+    out: &mut SampleSink,
+) -> Option<String> {
+    let fields = gpu.link_fields.as_mut()?;
+    let reading = match nvlink_fields::read_links(nvml, &gpu.device, &fields.links) {
+        Ok(reading) => reading,
+        Err(e) => {
+            gpu.link_fields = None;
+            return Some(unsupported(&gpu.name, &[GPU_NVLINK_TX, GPU_NVLINK_RX], &e));
+        }
+    };
+    if let Some((last_ns, last)) = &fields.last {
+        let rates = nvlink_fields::link_rates(last, &reading, now_ns.saturating_sub(*last_ns));
+        for (link, (tx, rx)) in fields.links.iter().zip(rates) {
+            let device = format!("{}.nvlink{link}", gpu.name);
+            for (counter, rate) in [(GPU_NVLINK_TX, tx), (GPU_NVLINK_RX, rx)] {
+                if let Some(rate) = rate {
+                    out.push(counter, &device, now_ns, rate);
+                }
+            }
+        }
+    }
+    fields.last = Some((now_ns, reading));
+    None
 }
 
 /// Whether a GPM sample is due: none is kept yet, or the kept one is old enough to measure from.
