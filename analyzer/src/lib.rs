@@ -17,6 +17,7 @@ pub mod report;
 pub mod run;
 pub mod serving;
 pub mod stats;
+pub mod store;
 pub mod timeline;
 
 #[cfg(test)]
@@ -36,4 +37,5 @@ pub use run::{LogState, NodeData, RankLife, RunData};
 pub use serving::{
     Goodput, LatencyStats, ReplicaServing, ServingReport, Slo, SloError, serving_report,
 };
+pub use store::{StoreError, StoredTable, analyze_and_store, store_tables};
 pub use timeline::{NameId, Series, TimedSpan, Timeline, merge};

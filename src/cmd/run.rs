@@ -55,7 +55,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut run = load(&plan.run_dir)?;
     run.manifest.counter_sources = run.nodes.iter().flat_map(|n| n.sources.clone()).collect();
     run.manifest.store(&plan.run_dir)?;
-    let report = pinch_analyzer::analyze(&run);
+    let report = analyze_and_store(&run, &plan.run_dir);
     let failures = failures_cause_first(&run);
     render::write_report_json(&report, &plan.run_dir.join("report.json"))?;
     render::print_report(&report, args.json)?;
@@ -73,6 +73,18 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         (None, Some(failure)) => anyhow::bail!("{failure} (run stored in {stored})"),
         (None, None) => Ok(()),
+    }
+}
+
+/// The run's report, with its Parquet tables written beside the manifest. Tables that cannot be
+/// written cost a warning, not the report: the node logs hold everything they would.
+pub fn analyze_and_store(run: &pinch_analyzer::RunData, dir: &Path) -> pinch_analyzer::Report {
+    match pinch_analyzer::analyze_and_store(run, dir) {
+        Ok((report, _tables)) => report,
+        Err(e) => {
+            eprintln!("pinch: warning: the run's tables are not stored: {e}");
+            pinch_analyzer::analyze(run)
+        }
     }
 }
 
