@@ -215,10 +215,13 @@ fn collective_instances(timeline: &Timeline) -> BTreeMap<(u32, u64), Instance> {
     instances
 }
 
+/// One time of a collective instance, wide enough for a difference of two `i64`s.
+type InstanceField = dyn Fn(&(u32, u64), &Instance) -> Option<i128>;
+
 fn collectives_table(timeline: &Timeline) -> Result<DataFrame, PolarsError> {
     let instances = collective_instances(timeline);
     let rows: Vec<(&(u32, u64), &Instance)> = instances.iter().collect();
-    let field = |name: &str, f: &dyn Fn(&(u32, u64), &Instance) -> Option<i128>| {
+    let field = |name: &str, f: &InstanceField| {
         let values: Vec<Option<i64>> = rows
             .iter()
             .map(|(k, i)| f(k, i).and_then(|v| i64::try_from(v).ok()))
