@@ -1,10 +1,12 @@
 //! The analyzer: merges a run's node logs into one timeline and names what holds the run back.
 //!
 //! Layering: `load` is the only module that touches the file system; it turns a run directory
-//! into `RunData`. Everything else is pure: `timeline::merge` puts every node on one time base,
-//! `analysis`, `breakdown` and `collectives` measure it, `findings` judges it, and
-//! `report::analyze` glues them into the `Report` written as `report.json`.
+//! into `RunData`. Everything else is pure: `timeline::merge` puts every node on one time base
+//! (`align` refines the clock anchors with collective completions), `analysis`, `breakdown`,
+//! `collectives` and `stragglers` measure it, `findings` judges it, and `report::analyze` glues
+//! them into the `Report` written as `report.json`.
 
+pub mod align;
 pub mod analysis;
 pub mod breakdown;
 pub mod collectives;
@@ -22,6 +24,7 @@ pub mod timeline;
 #[cfg(test)]
 mod testkit;
 
+pub use align::{Alignment, ClockMethod, NodeClockReport};
 pub use analysis::{AnalysisInput, ExitReport, OpReport, RankReport};
 pub use breakdown::{BreakdownNs, BreakdownPct};
 pub use collectives::CollectiveReport;
@@ -36,4 +39,4 @@ pub use run::{LogState, NodeData, RankLife, RunData};
 pub use serving::{
     Goodput, LatencyStats, ReplicaServing, ServingReport, Slo, SloError, serving_report,
 };
-pub use timeline::{NameId, Series, TimedSpan, Timeline, merge};
+pub use timeline::{NameId, Series, TimedSpan, Timeline, merge, merge_with};
