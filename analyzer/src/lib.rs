@@ -19,6 +19,7 @@ pub mod report;
 pub mod run;
 pub mod serving;
 pub mod stats;
+pub mod stragglers;
 pub mod timeline;
 
 #[cfg(test)]
@@ -38,5 +39,8 @@ pub use report::{
 pub use run::{LogState, NodeData, RankLife, RunData};
 pub use serving::{
     Goodput, LatencyStats, ReplicaServing, ServingReport, Slo, SloError, serving_report,
+};
+pub use stragglers::{
+    RankLateness, SeqLateness, StragglerReport, lateness_by_seq, straggler_report,
 };
 pub use timeline::{NameId, Series, TimedSpan, Timeline, merge, merge_with};

@@ -274,9 +274,10 @@ fn jitter(step: u64, rank: u32, modulo: u64) -> u64 {
 
 /// Two nodes of one rank each, `steps` steps 1 ms apart: compute of 300 µs plus jitter, then an
 /// all-reduce the last arrival releases: it leaves 20 µs after arriving, its peer 15 µs later
-/// (the last message's flight), each give or take 5 µs. Both nodes' anchors are read at the same
-/// true instant, but node 1's wall clock reads `skew_ns` ahead.
-pub fn skewed_run(steps: u64, skew_ns: i64) -> RunData {
+/// (the last message's flight), each give or take 5 µs; rank 1, woken from its wait on a busy
+/// node, up to `wake_late_ns` later still. Both nodes' anchors are read at the same true instant, but node
+/// 1's wall clock reads `skew_ns` ahead.
+pub fn skewed_run(steps: u64, skew_ns: i64, wake_late_ns: u64) -> RunData {
     let manifest = manifest(&[&[0], &[1]]);
     let nodes = manifest
         .nodes
@@ -292,7 +293,7 @@ pub fn skewed_run(steps: u64, skew_ns: i64) -> RunData {
                     Record::NodeStart { anchor, .. } | Record::RankStart { anchor, .. } => {
                         *anchor = node_anchor
                     }
-                    Record::Spans(spans) => *spans = skewed_spans(node, steps),
+                    Record::Spans(spans) => *spans = skewed_spans(node, steps, wake_late_ns),
                     _ => {}
                 }
             }
@@ -303,7 +304,7 @@ pub fn skewed_run(steps: u64, skew_ns: i64) -> RunData {
 }
 
 /// Rank `rank`'s spans (on node `rank`) of `skewed_run`, on its node's monotonic clock.
-fn skewed_spans(rank: u32, steps: u64) -> Vec<Span> {
+fn skewed_spans(rank: u32, steps: u64, wake_late_ns: u64) -> Vec<Span> {
     let base = anchor(rank).mono_ns;
     let arrival = |step: u64, r: u32| step * 1_000_000 + 300_000 + jitter(step, r, JITTER_NS);
     let span = |op: u32, category, start_ns: u64, end_ns: u64, attrs| Span {
@@ -319,7 +320,11 @@ fn skewed_spans(rank: u32, steps: u64) -> Vec<Span> {
         .flat_map(|step| {
             let own = arrival(step, rank);
             let last = own.max(arrival(step, 1 - rank));
-            let flight = if own == last { 0 } else { 15_000 };
+            let flight = match (own == last, rank, wake_late_ns) {
+                (true, _, _) => 0,
+                (false, 1, late) if late > 0 => 15_000 + jitter(step, 13, late),
+                (false, _, _) => 15_000,
+            };
             let end = last + 20_000 + flight + jitter(step, rank + 7, 10_000) - 5_000;
             let comm = SpanAttrs {
                 collective: Some(all_reduce(step, 2, 1 << 16)),
