@@ -35,6 +35,7 @@ pub use findings::{Detector, Finding, FindingKind, Level, Location, all_detector
 pub use load::load_run;
 pub use report::{
     CounterSourceReport, NodeReport, REPORT_SCHEMA_VERSION, Report, RunInfo, analyze, report_from,
+    report_with_clocks,
 };
 pub use run::{LogState, NodeData, RankLife, RunData};
 pub use serving::{
@@ -43,4 +44,4 @@ pub use serving::{
 pub use stragglers::{
     RankLateness, SeqLateness, StragglerReport, lateness_by_seq, straggler_report,
 };
-pub use timeline::{NameId, Series, TimedSpan, Timeline, merge, merge_with};
+pub use timeline::{NameId, Series, TimedSpan, Timeline, merge, merge_with, node_clocks};

@@ -107,11 +107,7 @@ pub fn merge(run: &RunData) -> Timeline {
 /// Puts every node of a run on one time base as `alignment` says, and tells how each node was
 /// aligned (one entry per node of the run, in order).
 pub fn merge_with(run: &RunData, alignment: Alignment) -> (Timeline, Vec<NodeClockReport>) {
-    let anchors: Vec<ClockAnchor> = run
-        .nodes
-        .iter()
-        .map(|n| node_anchor(n, &run.manifest))
-        .collect();
+    let anchors = anchors(run);
     let clocks = align(run, &anchors, alignment);
     let node_clocks: Vec<(ClockAnchor, i64)> = anchors
         .iter()
@@ -143,6 +139,19 @@ pub fn merge_with(run: &RunData, alignment: Alignment) -> (Timeline, Vec<NodeClo
     }
     let timeline = Timeline::from_parts(origin_unix_ns, names.names, spans, series);
     (timeline, clocks)
+}
+
+/// How `merge_with` would align each node of the run (in order), without merging.
+pub fn node_clocks(run: &RunData, alignment: Alignment) -> Vec<NodeClockReport> {
+    align(run, &anchors(run), alignment)
+}
+
+/// Every node's anchor, in order.
+fn anchors(run: &RunData) -> Vec<ClockAnchor> {
+    run.nodes
+        .iter()
+        .map(|n| node_anchor(n, &run.manifest))
+        .collect()
 }
 
 /// The node's anchor; failing that, one of its ranks'; failing that (a log without its first
