@@ -43,6 +43,9 @@ pub struct RankLateness {
     pub times_last: u64,
     /// `times_last` over `collectives`, in percent; `None` without collectives.
     pub last_pct: Option<f64>,
+    /// The share it would arrive last at if every participant were as likely to: the mean of
+    /// 100 / participants over its collectives; `None` without collectives.
+    pub fair_last_pct: Option<f64>,
     /// Its lateness when last, on average; `None` when it never was.
     pub mean_lateness_ns: Option<f64>,
     pub total_lateness_ns: u64,
@@ -111,10 +114,13 @@ fn seq_lateness(
 pub fn straggler_report(timeline: &Timeline) -> StragglerReport {
     let seqs = lateness_by_seq(timeline);
     let mut ranks: BTreeMap<u32, RankLateness> = BTreeMap::new();
+    // Per rank, the sum over its collectives of its chance to be last, 1 / participants.
+    let mut fair: BTreeMap<u32, f64> = BTreeMap::new();
     for seq in &seqs {
         for &rank in &seq.ranks {
             let r = ranks.entry(rank).or_insert_with(|| RankLateness::new(rank));
             r.collectives += 1;
+            *fair.entry(rank).or_default() += 1.0 / seq.ranks.len() as f64;
             if seq.last_rank == Some(rank) {
                 r.times_last += 1;
                 r.total_lateness_ns += seq.lateness_ns;
@@ -129,7 +135,13 @@ pub fn straggler_report(timeline: &Timeline) -> StragglerReport {
     costliest.truncate(COSTLIEST_KEPT);
     StragglerReport {
         collectives: seqs.len() as u64,
-        ranks: ranks.into_values().map(RankLateness::with_ratios).collect(),
+        ranks: ranks
+            .into_values()
+            .map(|r| {
+                let chances = fair.get(&r.rank).copied().unwrap_or(0.0);
+                r.with_ratios(chances)
+            })
+            .collect(),
         costliest,
     }
 }
@@ -141,6 +153,7 @@ impl RankLateness {
             collectives: 0,
             times_last: 0,
             last_pct: None,
+            fair_last_pct: None,
             mean_lateness_ns: None,
             total_lateness_ns: 0,
             cost_to_others_ns: 0,
@@ -148,8 +161,10 @@ impl RankLateness {
         }
     }
 
-    fn with_ratios(mut self) -> RankLateness {
+    /// Fills in the shares, given the sum of its chances to be last over its collectives.
+    fn with_ratios(mut self, chances: f64) -> RankLateness {
         self.last_pct = crate::stats::pct(self.times_last as f64, self.collectives as f64);
+        self.fair_last_pct = crate::stats::pct(chances, self.collectives as f64);
         self.mean_lateness_ns =
             (self.times_last > 0).then(|| self.total_lateness_ns as f64 / self.times_last as f64);
         self
@@ -205,6 +220,7 @@ mod tests {
         let late = &report.ranks[2];
         assert_eq!((late.collectives, late.times_last), (3, 2));
         assert!((late.last_pct.unwrap_or(0.0) - 200.0 / 3.0).abs() < 1e-9);
+        assert!((late.fair_last_pct.unwrap_or(0.0) - 100.0 / 3.0).abs() < 1e-9);
         assert_eq!(late.mean_lateness_ns, Some(300.0));
         assert_eq!(
             (late.total_lateness_ns, late.cost_to_others_ns),
