@@ -345,7 +345,14 @@ fn nodes_table(report: &Report) -> String {
 
 /// How each node's clock was put on the run's time base.
 fn clock_table(report: &Report) -> String {
-    let mut t = table(&["node", "method", "offset", "residual", "bound", "collectives"]);
+    let mut t = table(&[
+        "node",
+        "method",
+        "offset",
+        "residual",
+        "bound",
+        "collectives",
+    ]);
     for n in &report.nodes {
         let Some(c) = &n.clock else {
             continue;

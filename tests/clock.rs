@@ -50,7 +50,10 @@ fn a_node_clock_300_ms_off_is_realigned_within_100_us() {
     let error_ns = max_error_ns(&realigned, &truth);
     assert!(error_ns < 100_000, "realigned {error_ns} ns off the truth");
     let drift_ns = max_error_ns(&realigned, &aligned);
-    assert!(drift_ns < 100_000, "realigned {drift_ns} ns off the unshifted alignment");
+    assert!(
+        drift_ns < 100_000,
+        "realigned {drift_ns} ns off the unshifted alignment"
+    );
     assert_eq!(clocks[1].method, ClockMethod::Collectives);
     println!("node 1: {:?}; error {error_ns} ns", clocks[1]);
 }

@@ -24,14 +24,20 @@ fn a_rank_slowed_three_times_is_the_straggler() {
     assert_eq!(stragglers[0]["location"]["ranks"], serde_json::json!([1]));
     let summary = stragglers[0]["summary"].as_str().unwrap_or_default();
     assert!(summary.starts_with("rank 1 arrives last at "), "{summary}");
-    let ranks = report["stragglers"]["ranks"].as_array().cloned().unwrap_or_default();
+    let ranks = report["stragglers"]["ranks"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     let cost = |rank: u64| {
         let r = ranks.iter().find(|r| r["rank"] == rank);
         r.and_then(|r| r["cost_to_others_ns"].as_u64()).unwrap_or(0)
     };
     assert!(cost(1) > 2 * cost(0), "{ranks:#?}");
     for comm in findings_of(&report, "communication_bound") {
-        let blamed = comm["location"]["ranks"].as_array().cloned().unwrap_or_default();
+        let blamed = comm["location"]["ranks"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         assert!(
             !blamed.contains(&Value::from(0)),
             "rank 0's waiting for rank 1 is not communication: {comm:#?}"
