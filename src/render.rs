@@ -2,7 +2,9 @@
 
 use anyhow::Context;
 use comfy_table::{Cell, CellAlignment, Table, presets::UTF8_FULL_CONDENSED};
-use pinch_analyzer::{Finding, LatencyStats, RankReport, Report, ServingReport};
+use pinch_analyzer::{
+    ClockMethod, Finding, LatencyStats, RankReport, Report, ServingReport, StragglerReport,
+};
 use std::io::Write;
 use std::path::Path;
 
@@ -32,10 +34,14 @@ pub fn render_text(report: &Report) -> String {
     if !report.collectives.is_empty() {
         sections.push(collectives_table(report));
     }
+    if report.stragglers.collectives > 0 {
+        sections.push(stragglers_table(&report.stragglers));
+    }
     if let Some(serving) = &report.serving {
         sections.push(serving_text(serving));
     }
     sections.push(nodes_table(report));
+    sections.push(clock_table(report));
     sections.push(findings_text(&report.findings));
     if !report.run.incomplete.is_empty() {
         let lines: Vec<String> = report
@@ -210,6 +216,38 @@ fn collectives_table(report: &Report) -> String {
     )
 }
 
+/// Per rank, how often it arrived last at a collective and what its lateness cost the others.
+fn stragglers_table(s: &StragglerReport) -> String {
+    let mut t = table(&[
+        "rank",
+        "collectives",
+        "last",
+        "last share",
+        "mean lateness",
+        "total lateness",
+        "cost to others",
+    ]);
+    for r in &s.ranks {
+        t.add_row(vec![
+            right(r.rank.to_string()),
+            right(r.collectives.to_string()),
+            right(r.times_last.to_string()),
+            right(r.last_pct.map_or("-".into(), fmt_pct)),
+            right(
+                r.mean_lateness_ns
+                    .map_or("-".into(), |ns| fmt_ns(ns.round() as u64)),
+            ),
+            right(fmt_ns(r.total_lateness_ns)),
+            right(fmt_ns(r.cost_to_others_ns)),
+        ]);
+    }
+    format!(
+        "Stragglers: who arrived last at each of {} collectives, by how much after the rank \
+         before it, and the others' waiting that caused\n{t}",
+        s.collectives
+    )
+}
+
 /// The serving metrics: throughput, a latency table, goodput, the replicas and the digest.
 fn serving_text(s: &ServingReport) -> String {
     let per_s = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2}"));
@@ -303,6 +341,41 @@ fn nodes_table(report: &Report) -> String {
         .map(|n| sources_of(report, n.node))
         .collect();
     format!("Nodes\n{t}\nCounter sources\n{}", sources.join("\n"))
+}
+
+/// How each node's clock was put on the run's time base.
+fn clock_table(report: &Report) -> String {
+    let mut t = table(&[
+        "node",
+        "method",
+        "offset",
+        "residual",
+        "bound",
+        "collectives",
+    ]);
+    for n in &report.nodes {
+        let Some(c) = &n.clock else {
+            continue;
+        };
+        let method = match c.method {
+            ClockMethod::Guessed => "guessed",
+            ClockMethod::Anchors => "anchors",
+            ClockMethod::Collectives => "collectives",
+        };
+        t.add_row(vec![
+            right(n.node.to_string()),
+            Cell::new(method),
+            right(fmt_signed_ns(c.offset_ns)),
+            right(c.residual_ns.map_or("-".into(), fmt_ns)),
+            right(c.bound_ns.map_or("-".into(), |b| format!("±{}", fmt_ns(b)))),
+            right(c.collectives.to_string()),
+        ]);
+    }
+    format!(
+        "Clock alignment (offset added to the node's anchored times; residual: how far its \
+         collective completions still differ from the others'; bound: the most causality lets \
+         the offset be wrong)\n{t}"
+    )
 }
 
 /// A source's line, "  node 0 procfs: read (13 counters)" or "  node 0 nvml: not read: ...",
@@ -417,6 +490,12 @@ pub fn fmt_ns(ns: u64) -> String {
     }
 }
 
+/// A duration that may be negative: "-13.6 µs", "0 ns".
+fn fmt_signed_ns(ns: i64) -> String {
+    let sign = if ns < 0 { "-" } else { "" };
+    format!("{sign}{}", fmt_ns(ns.unsigned_abs()))
+}
+
 pub fn fmt_bytes(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut value = bytes as f64;
@@ -442,6 +521,8 @@ mod tests {
         assert_eq!(fmt_ns(12_345), "12.3 µs");
         assert_eq!(fmt_ns(4_500_000), "4.50 ms");
         assert_eq!(fmt_ns(3_200_000_000), "3.20 s");
+        assert_eq!(fmt_signed_ns(-13_569), "-13.6 µs");
+        assert_eq!(fmt_signed_ns(0), "0 ns");
         assert_eq!(fmt_bytes(512), "512 B");
         assert_eq!(fmt_bytes(4096), "4.0 KiB");
         assert_eq!(fmt_bytes(3 << 20), "3.0 MiB");

@@ -5,6 +5,7 @@ use crate::breakdown::{BreakdownNs, BreakdownPct, breakdown, comm_overlap_pct};
 use crate::collectives::{CollectiveReport, collective_reports};
 use crate::facts::RunFacts;
 use crate::stats::{median, pct};
+use crate::stragglers::{StragglerReport, straggler_report};
 use crate::timeline::{NameId, TimedSpan, Timeline};
 use pinch_traces::{Category, NodeId, Rank, RankExit};
 use serde::{Deserialize, Serialize};
@@ -178,6 +179,8 @@ pub struct AnalysisInput<'a> {
     pub facts: &'a RunFacts,
     pub ranks: Vec<RankReport>,
     pub collectives: Vec<CollectiveReport>,
+    /// Who arrived last at each collective, and what it cost the others.
+    pub stragglers: StragglerReport,
 }
 
 impl<'a> AnalysisInput<'a> {
@@ -187,6 +190,7 @@ impl<'a> AnalysisInput<'a> {
             facts,
             ranks: rank_reports(timeline, facts),
             collectives: collective_reports(timeline),
+            stragglers: straggler_report(timeline),
         }
     }
 

@@ -121,8 +121,20 @@ fn wait_pct(spans: &[&TimedSpan]) -> Option<f64> {
     crate::stats::pct(wait_ns as f64, total_ns as f64)
 }
 
+/// The kinds whose participants all wait for the last arrival and then leave together (a
+/// broadcast's root may leave before its data lands; a send does not wait for its receive).
+pub(crate) fn releases_together(kind: CollectiveKind) -> bool {
+    matches!(
+        kind,
+        CollectiveKind::AllReduce
+            | CollectiveKind::AllGather
+            | CollectiveKind::ReduceScatter
+            | CollectiveKind::AllToAll
+    )
+}
+
 /// Per (communicator, sequence number), each rank's earliest start.
-fn arrivals_by_seq(spans: &[&TimedSpan]) -> BTreeMap<(u32, u64), BTreeMap<Rank, i64>> {
+pub(crate) fn arrivals_by_seq(spans: &[&TimedSpan]) -> BTreeMap<(u32, u64), BTreeMap<Rank, i64>> {
     let mut arrivals: BTreeMap<(u32, u64), BTreeMap<Rank, i64>> = BTreeMap::new();
     for s in spans {
         if let Some(c) = s.attrs.collective {

@@ -1,10 +1,12 @@
 //! The analyzer: merges a run's node logs into one timeline and names what holds the run back.
 //!
 //! Layering: `load` is the only module that touches the file system; it turns a run directory
-//! into `RunData`. Everything else is pure: `timeline::merge` puts every node on one time base,
-//! `analysis`, `breakdown` and `collectives` measure it, `findings` judges it, and
-//! `report::analyze` glues them into the `Report` written as `report.json`.
+//! into `RunData`. Everything else is pure: `timeline::merge` puts every node on one time base
+//! (`align` refines the clock anchors with collective completions), `analysis`, `breakdown`,
+//! `collectives` and `stragglers` measure it, `findings` judges it, and `report::analyze` glues
+//! them into the `Report` written as `report.json`.
 
+pub mod align;
 pub mod analysis;
 pub mod breakdown;
 pub mod collectives;
@@ -18,11 +20,13 @@ pub mod run;
 pub mod serving;
 pub mod stats;
 pub mod store;
+pub mod stragglers;
 pub mod timeline;
 
 #[cfg(test)]
 mod testkit;
 
+pub use align::{Alignment, ClockMethod, NodeClockReport};
 pub use analysis::{AnalysisInput, ExitReport, OpReport, RankReport};
 pub use breakdown::{BreakdownNs, BreakdownPct};
 pub use collectives::CollectiveReport;
@@ -32,10 +36,14 @@ pub use findings::{Detector, Finding, FindingKind, Level, Location, all_detector
 pub use load::load_run;
 pub use report::{
     CounterSourceReport, NodeReport, REPORT_SCHEMA_VERSION, Report, RunInfo, analyze, report_from,
+    report_with_clocks,
 };
 pub use run::{LogState, NodeData, RankLife, RunData};
 pub use serving::{
     Goodput, LatencyStats, ReplicaServing, ServingReport, Slo, SloError, serving_report,
 };
 pub use store::{StoreError, StoredTable, analyze_and_store, store_tables};
-pub use timeline::{NameId, Series, TimedSpan, Timeline, merge};
+pub use stragglers::{
+    RankLateness, SeqLateness, StragglerReport, lateness_by_seq, straggler_report,
+};
+pub use timeline::{NameId, Series, TimedSpan, Timeline, merge, merge_with, node_clocks};

@@ -2,19 +2,21 @@
 //! loaded run. Ids are plain numbers and enum values snake_case strings; docs/report.md documents
 //! every field.
 
+use crate::align::{Alignment, NodeClockReport};
 use crate::analysis::{AnalysisInput, RankReport};
 use crate::collectives::CollectiveReport;
 use crate::facts::RunFacts;
 use crate::findings::{Finding, detect_all};
 use crate::run::{NodeData, RunData};
 use crate::serving::{ServingReport, serving_report};
-use crate::timeline::{Timeline, merge};
+use crate::stragglers::StragglerReport;
+use crate::timeline::{Timeline, merge_with, node_clocks};
 use pinch_traces::{CounterSourceStatus, SourceState};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// report.json's schema version; bumped on any incompatible change.
-pub const REPORT_SCHEMA_VERSION: u32 = 2;
+pub const REPORT_SCHEMA_VERSION: u32 = 3;
 
 /// The counter and device names CPU utilization is read from.
 const CPU_COUNTER: &str = "cpu.utilization";
@@ -30,6 +32,8 @@ pub struct Report {
     pub findings: Vec<Finding>,
     /// Serving metrics (vLLM's definitions); `None` when the run recorded no request.
     pub serving: Option<ServingReport>,
+    /// Who arrived last at each collective, and what it cost the others.
+    pub stragglers: StragglerReport,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -83,31 +87,48 @@ pub struct NodeReport {
     pub complete: bool,
     /// This node's (and its ranks') entries of `run.incomplete`.
     pub incomplete: Vec<String>,
+    /// How its clock was put on the run's time base; `None` when the timeline was not merged
+    /// from this run's nodes.
+    pub clock: Option<NodeClockReport>,
 }
 
 /// Analyzes a loaded run.
 pub fn analyze(run: &RunData) -> Report {
-    let timeline = merge(run);
+    let (timeline, clocks) = merge_with(run, Alignment::Collectives);
     let facts = RunFacts::from_run(run);
-    report_from(run, &timeline, &facts)
+    report_with_clocks(run, &timeline, &facts, &clocks)
 }
 
-/// Builds the report from a run, its merged timeline and its facts.
+/// Builds the report from a run, its timeline as `merge` builds it, and its facts.
 pub fn report_from(run: &RunData, timeline: &Timeline, facts: &RunFacts) -> Report {
+    let clocks = node_clocks(run, Alignment::Collectives);
+    report_with_clocks(run, timeline, facts, &clocks)
+}
+
+/// Builds the report from a run, its merged timeline, its facts and how its nodes' clocks were
+/// aligned (as `merge_with` tells).
+pub fn report_with_clocks(
+    run: &RunData,
+    timeline: &Timeline,
+    facts: &RunFacts,
+    clocks: &[NodeClockReport],
+) -> Report {
     let input = AnalysisInput::new(timeline, facts);
     let findings = detect_all(&input);
+    let clock_of = |node: &NodeData| clocks.iter().find(|c| c.node == node.node.0).cloned();
     Report {
         schema_version: REPORT_SCHEMA_VERSION,
         run: run_info(run, timeline, facts),
         nodes: run
             .nodes
             .iter()
-            .map(|n| node_report(n, timeline, facts))
+            .map(|n| node_report(n, timeline, facts, clock_of(n)))
             .collect(),
         ranks: input.ranks,
         collectives: input.collectives,
         findings,
         serving: serving_report(run),
+        stragglers: input.stragglers,
     }
 }
 
@@ -192,7 +213,12 @@ fn first_output(run: &RunData) -> Option<(u32, &Vec<Vec<u32>>)> {
         .map(|(rank, tokens)| (rank.0, tokens))
 }
 
-fn node_report(node: &NodeData, timeline: &Timeline, facts: &RunFacts) -> NodeReport {
+fn node_report(
+    node: &NodeData,
+    timeline: &Timeline,
+    facts: &RunFacts,
+    clock: Option<NodeClockReport>,
+) -> NodeReport {
     let cpu: Vec<f64> = timeline
         .series
         .iter()
@@ -217,6 +243,7 @@ fn node_report(node: &NodeData, timeline: &Timeline, facts: &RunFacts) -> NodeRe
         cpu_utilization_max_pct: cpu.iter().copied().reduce(f64::max),
         complete: incomplete.is_empty(),
         incomplete,
+        clock,
     }
 }
 
@@ -233,7 +260,7 @@ mod tests {
     fn a_healthy_run_is_complete_and_has_nothing_above_info() {
         let run = testkit::run_with_spans(&[&[0, 1], &[2, 3]]);
         let report = analyze(&run);
-        assert_eq!(report.schema_version, 2);
+        assert_eq!(report.schema_version, 3);
         assert_eq!(report.serving, None);
         assert_eq!(report.run.incomplete, Vec::<String>::new());
         assert_eq!(report.ranks.len(), 4);
@@ -267,7 +294,7 @@ mod tests {
         });
         let report = analyze(&run);
         let json = serde_json::to_value(&report)?;
-        assert_eq!(json["schema_version"], 2);
+        assert_eq!(json["schema_version"], 3);
         assert!(json["serving"].is_null());
         assert_eq!(json["ranks"][0]["rank"], 0);
         assert_eq!(json["ranks"][0]["node"], 0);
@@ -286,6 +313,41 @@ mod tests {
         assert!(json["ranks"][0]["breakdown_pct"]["idle"].is_number());
         let back: Report = serde_json::from_value(json)?;
         assert_eq!(back, report);
+        Ok(())
+    }
+
+    #[test]
+    fn nodes_tell_how_their_clocks_were_aligned_and_ranks_how_they_arrived()
+    -> serde_json::Result<()> {
+        let report = analyze(&testkit::skewed_run(20, 300_000_000, 0));
+        let node1 = report.nodes[1].clock.clone();
+        assert!(
+            node1.is_some_and(|c| (c.offset_ns + 300_000_000).abs() < 100_000),
+            "{:?}",
+            report.nodes[1]
+        );
+        let json = serde_json::to_value(&report)?;
+        assert_eq!(json["nodes"][1]["clock"]["method"], "collectives");
+        assert_eq!(json["nodes"][1]["clock"]["collectives"], 20);
+        assert_eq!(json["stragglers"]["collectives"], 20);
+        let ranks = json["stragglers"]["ranks"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let times_last: Vec<u64> = ranks
+            .iter()
+            .filter_map(|r| r["times_last"].as_u64())
+            .collect();
+        assert_eq!(
+            times_last.iter().sum::<u64>(),
+            20,
+            "one rank is last at each"
+        );
+        let one_node = analyze(&testkit::run_with_spans(&[&[0, 1]]));
+        assert_eq!(
+            one_node.nodes[0].clock.as_ref().map(|c| c.method),
+            Some(crate::align::ClockMethod::Anchors)
+        );
         Ok(())
     }
 

@@ -315,9 +315,9 @@ pub fn analyze_and_store(
     run: &crate::run::RunData,
     dir: &Path,
 ) -> Result<(Report, Vec<StoredTable>), StoreError> {
-    let timeline = crate::timeline::merge(run);
+    let (timeline, clocks) = crate::timeline::merge_with(run, crate::align::Alignment::Collectives);
     let facts = crate::facts::RunFacts::from_run(run);
-    let report = crate::report::report_from(run, &timeline, &facts);
+    let report = crate::report::report_with_clocks(run, &timeline, &facts, &clocks);
     let tables = store_tables(&timeline, &report, dir)?;
     Ok((report, tables))
 }

@@ -263,3 +263,83 @@ pub fn run_with_spans(nodes: &[&[u32]]) -> RunData {
         .collect();
     RunData { manifest, nodes }
 }
+
+/// How much of a skewed step's compute varies: 0 to this, by a fixed hash of (step, rank).
+const JITTER_NS: u64 = 200_000;
+
+/// A fixed scramble of (step, rank) into `0..modulo`, so ranks take turns arriving last.
+fn jitter(step: u64, rank: u32, modulo: u64) -> u64 {
+    (step.wrapping_mul(2_654_435_761) ^ u64::from(rank).wrapping_mul(40_503)) % modulo
+}
+
+/// Two nodes of one rank each, `steps` steps 1 ms apart: compute of 300 µs plus jitter, then an
+/// all-reduce the last arrival releases: it leaves 20 µs after arriving, its peer 15 µs later
+/// (the last message's flight), each give or take 5 µs; rank 1, woken from its wait on a busy
+/// node, up to `wake_late_ns` later still. Both nodes' anchors are read at the same true instant, but node
+/// 1's wall clock reads `skew_ns` ahead.
+pub fn skewed_run(steps: u64, skew_ns: i64, wake_late_ns: u64) -> RunData {
+    let manifest = manifest(&[&[0], &[1]]);
+    let nodes = manifest
+        .nodes
+        .iter()
+        .map(|entry| {
+            let node = entry.node.0;
+            let mut node_anchor = anchor(node);
+            node_anchor.wall_ns =
+                WALL_AT_ANCHOR_NS.saturating_add_signed(skew_ns * i64::from(node));
+            let mut records = node_records(node, &[node], 2);
+            for record in &mut records {
+                match record {
+                    Record::NodeStart { anchor, .. } | Record::RankStart { anchor, .. } => {
+                        *anchor = node_anchor
+                    }
+                    Record::Spans(spans) => *spans = skewed_spans(node, steps, wake_late_ns),
+                    _ => {}
+                }
+            }
+            from_records(entry, records)
+        })
+        .collect();
+    RunData { manifest, nodes }
+}
+
+/// Rank `rank`'s spans (on node `rank`) of `skewed_run`, on its node's monotonic clock.
+fn skewed_spans(rank: u32, steps: u64, wake_late_ns: u64) -> Vec<Span> {
+    let base = anchor(rank).mono_ns;
+    let arrival = |step: u64, r: u32| step * 1_000_000 + 300_000 + jitter(step, r, JITTER_NS);
+    let span = |op: u32, category, start_ns: u64, end_ns: u64, attrs| Span {
+        rank: Rank(rank),
+        lane: Lane(0),
+        category,
+        op: OpId(op),
+        start_ns: base + start_ns,
+        duration_ns: end_ns - start_ns,
+        attrs,
+    };
+    (0..steps)
+        .flat_map(|step| {
+            let own = arrival(step, rank);
+            let last = own.max(arrival(step, 1 - rank));
+            let flight = match (own == last, rank, wake_late_ns) {
+                (true, _, _) => 0,
+                (false, 1, late) if late > 0 => 15_000 + jitter(step, 13, late),
+                (false, _, _) => 15_000,
+            };
+            let end = last + 20_000 + flight + jitter(step, rank + 7, 10_000) - 5_000;
+            let comm = SpanAttrs {
+                collective: Some(all_reduce(step, 2, 1 << 16)),
+                ..SpanAttrs::default()
+            };
+            [
+                span(
+                    0,
+                    Category::Compute,
+                    step * 1_000_000,
+                    own,
+                    SpanAttrs::default(),
+                ),
+                span(1, Category::Communication, own, end, comm),
+            ]
+        })
+        .collect()
+}

@@ -2,8 +2,10 @@
 //!
 //! Each node stamps times with its own monotonic clock; its `ClockAnchor` maps them to wall-clock
 //! time, and the timeline expresses everything as nanoseconds since the earliest span of the run
-//! (its origin). Op names, interned per rank in the logs, resolve to one global string table.
+//! (its origin). Where nodes share collectives, `align` corrects each node's anchored times so
+//! that their collective completions line up. Op names, interned per rank in the logs, resolve to one global string table.
 
+use crate::align::{Alignment, NodeClockReport, align};
 use crate::run::{NodeData, RunData};
 use pinch_traces::{
     Category, ClockAnchor, CounterSample, Lane, NodeId, OpId, Rank, RunManifest, SpanAttrs, Unit,
@@ -96,32 +98,60 @@ impl Timeline {
     }
 }
 
-/// Puts every node of a run on one time base.
+/// Puts every node of a run on one time base: clock anchors, refined by collectives where
+/// nodes share them (see `align`).
 pub fn merge(run: &RunData) -> Timeline {
-    let anchors: Vec<ClockAnchor> = run
-        .nodes
+    merge_with(run, Alignment::Collectives).0
+}
+
+/// Puts every node of a run on one time base as `alignment` says, and tells how each node was
+/// aligned (one entry per node of the run, in order).
+pub fn merge_with(run: &RunData, alignment: Alignment) -> (Timeline, Vec<NodeClockReport>) {
+    let anchors = anchors(run);
+    let clocks = align(run, &anchors, alignment);
+    let node_clocks: Vec<(ClockAnchor, i64)> = anchors
         .iter()
-        .map(|n| node_anchor(n, &run.manifest))
+        .zip(&clocks)
+        .map(|(a, c)| (*a, c.offset_ns))
         .collect();
     let origin_unix_ns = run
         .nodes
         .iter()
-        .zip(&anchors)
-        .flat_map(|(n, a)| n.spans.iter().map(|s| a.to_wall_ns(s.start_ns)))
+        .zip(&node_clocks)
+        .flat_map(|(n, (a, offset))| {
+            n.spans
+                .iter()
+                .map(move |s| a.to_wall_ns(s.start_ns) + i128::from(*offset))
+        })
         .min()
         .unwrap_or(i128::from(run.manifest.started_at_unix_ns));
     let mut names = Interner::default();
     let mut spans = Vec::new();
     let mut series = Vec::new();
-    for (node, anchor) in run.nodes.iter().zip(&anchors) {
+    for (node, (anchor, offset_ns)) in run.nodes.iter().zip(node_clocks) {
         let clock = NodeClock {
-            anchor: *anchor,
+            anchor,
+            offset_ns,
             origin_unix_ns,
         };
         spans.extend(node_spans(node, clock, &mut names));
         series.extend(node_series(node, clock));
     }
-    Timeline::from_parts(origin_unix_ns, names.names, spans, series)
+    let timeline = Timeline::from_parts(origin_unix_ns, names.names, spans, series);
+    (timeline, clocks)
+}
+
+/// How `merge_with` would align each node of the run (in order), without merging.
+pub fn node_clocks(run: &RunData, alignment: Alignment) -> Vec<NodeClockReport> {
+    align(run, &anchors(run), alignment)
+}
+
+/// Every node's anchor, in order.
+fn anchors(run: &RunData) -> Vec<ClockAnchor> {
+    run.nodes
+        .iter()
+        .map(|n| node_anchor(n, &run.manifest))
+        .collect()
 }
 
 /// The node's anchor; failing that, one of its ranks'; failing that (a log without its first
@@ -139,12 +169,15 @@ pub(crate) fn node_anchor(node: &NodeData, manifest: &RunManifest) -> ClockAncho
 #[derive(Clone, Copy, Debug)]
 struct NodeClock {
     anchor: ClockAnchor,
+    /// The alignment's correction, added to the anchored time.
+    offset_ns: i64,
     origin_unix_ns: i128,
 }
 
 impl NodeClock {
     fn to_timeline_ns(self, mono_ns: u64) -> i64 {
-        let since_origin = self.anchor.to_wall_ns(mono_ns) - self.origin_unix_ns;
+        let wall_ns = self.anchor.to_wall_ns(mono_ns) + i128::from(self.offset_ns);
+        let since_origin = wall_ns - self.origin_unix_ns;
         i64::try_from(since_origin).unwrap_or(if since_origin < 0 { i64::MIN } else { i64::MAX })
     }
 }

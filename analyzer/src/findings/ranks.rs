@@ -1,29 +1,39 @@
-//! Detectors that compare ranks with each other: a straggler the others wait for at every
-//! collective, and compute spread unevenly across ranks.
+//! Detectors that compare ranks with each other: a straggler the others keep waiting for at
+//! collectives (from who arrived last at each one), and compute spread unevenly across ranks.
 
 use super::{Detector, Finding, FindingKind, Level, Location, fmt_ns, mean, nodes_of, severity};
 use crate::analysis::{AnalysisInput, RankReport};
-use crate::stats::median;
+use crate::stragglers::{RankLateness, lateness_by_seq};
 use pinch_traces::Category;
 use std::collections::{BTreeMap, BTreeSet};
 
-/// A rank's collectives are much shorter than its peers' while arrivals are skewed: the peers
-/// sit in each collective waiting for it.
+/// A rank the others keep waiting for: it arrives last at collectives more often than its share,
+/// and its lateness costs the others much more waiting than theirs costs it.
 #[derive(Clone, Copy, Debug)]
 pub struct Straggler;
 
-/// A rank is a straggler when its median collective time is below this share of its peers'...
-const STRAGGLER_OWN_SHARE: f64 = 0.5;
-/// ...and ranks arrive at collectives further apart than this share of the peers' median.
-const STRAGGLER_SKEW_SHARE: f64 = 0.2;
+/// A straggler is last at this multiple of its fair share (1 / participants) of collectives at
+/// least...
+const STRAGGLER_LAST_SHARES: f64 = 2.0;
+/// ...though never required to be last at more than two thirds of them (of two ranks taking
+/// turns on a busy host, the one with a little more host work is last at up to 60%)...
+const STRAGGLER_LAST_PCT_CAP: f64 = 200.0 / 3.0;
+/// ...its lateness costs the others at least this multiple of what theirs costs it (ranks that
+/// take turns arriving last cost each other about as much)...
+const STRAGGLER_COST_RATIO: f64 = 2.0;
+/// ...and the others spend at least this share of their time waiting for it.
+const STRAGGLER_MIN_SHARE: f64 = 0.05;
+/// The share of the others' time at which a straggler is critical.
+const STRAGGLER_CRITICAL_SHARE: f64 = 0.25;
 
-/// What the straggler detector measured for one rank.
+/// A rank the straggler detector flags, with what it measured.
 #[derive(Debug)]
-struct Lateness {
-    rank: u32,
-    own_median_ns: u64,
-    peers_median_ns: u64,
-    collectives: usize,
+pub(super) struct Straggling<'a> {
+    pub lateness: &'a RankLateness,
+    /// The other participants' wall time, summed.
+    pub others_wall_ns: u64,
+    /// `cost_to_others_ns` over `others_wall_ns`.
+    pub share: f64,
 }
 
 impl Detector for Straggler {
@@ -32,81 +42,82 @@ impl Detector for Straggler {
     }
 
     fn detect(&self, input: &AnalysisInput<'_>) -> Vec<Finding> {
-        let durations = collective_durations(input);
-        let Some(skew_ns) = mean_skew_ns(input) else {
-            return Vec::new();
-        };
-        durations
-            .keys()
-            .filter_map(|rank| lateness(&durations, *rank))
-            .filter(|l| (l.own_median_ns as f64) < STRAGGLER_OWN_SHARE * l.peers_median_ns as f64)
-            .filter(|l| skew_ns > STRAGGLER_SKEW_SHARE * l.peers_median_ns as f64)
-            .map(|l| straggler_finding(input, &l, skew_ns))
+        stragglers(input)
+            .iter()
+            .map(|s| straggler_finding(input, s))
             .collect()
     }
 }
 
-/// Per rank, the durations of its collective spans.
-fn collective_durations(input: &AnalysisInput<'_>) -> BTreeMap<u32, Vec<u64>> {
-    let mut durations: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
-    for s in input.timeline.spans.iter() {
-        if s.attrs.collective.is_some() {
-            durations.entry(s.rank.0).or_default().push(s.duration_ns);
-        }
-    }
-    durations
-}
-
-/// The mean arrival skew over all matched collectives of the run.
-fn mean_skew_ns(input: &AnalysisInput<'_>) -> Option<f64> {
-    let (sum, count) = input
-        .collectives
-        .iter()
-        .filter_map(|c| {
-            c.mean_skew_ns
-                .map(|skew| (skew * c.count as f64, c.count as f64))
-        })
-        .fold((0.0, 0.0), |(s, n), (t, m)| (s + t, n + m));
-    (count > 0.0).then(|| sum / count)
-}
-
-fn lateness(durations: &BTreeMap<u32, Vec<u64>>, rank: u32) -> Option<Lateness> {
-    let own = durations.get(&rank)?;
-    let peers: Vec<u64> = durations
-        .iter()
-        .filter(|(r, _)| **r != rank)
-        .flat_map(|(_, d)| d.iter().copied())
-        .collect();
-    Some(Lateness {
-        rank,
-        own_median_ns: median(own.clone())?,
-        peers_median_ns: median(peers)?,
-        collectives: own.len(),
-    })
-}
-
-fn straggler_finding(input: &AnalysisInput<'_>, l: &Lateness, skew_ns: f64) -> Finding {
-    let waited_ns = l.peers_median_ns.saturating_sub(l.own_median_ns) as f64 * l.collectives as f64;
-    let peer_walls: Vec<f64> = input
+/// The ranks that pass every straggler test.
+pub(super) fn stragglers<'a>(input: &'a AnalysisInput<'_>) -> Vec<Straggling<'a>> {
+    input
+        .stragglers
         .ranks
         .iter()
-        .filter(|r| r.rank != l.rank)
-        .filter_map(|r| r.wall_ns.map(|w| w as f64))
-        .collect();
-    let share = mean(&peer_walls).map_or(0.0, |wall| waited_ns / wall);
+        .filter(|l| l.last_pct.zip(l.fair_last_pct).is_some_and(last_often))
+        .filter(|l| l.cost_to_others_ns as f64 >= STRAGGLER_COST_RATIO * l.waited_ns as f64)
+        .filter_map(|l| {
+            let others_wall_ns: u64 = input
+                .ranks
+                .iter()
+                .filter(|r| r.rank != l.rank)
+                .filter(|r| input.stragglers.ranks.iter().any(|o| o.rank == r.rank))
+                .filter_map(|r| r.wall_ns)
+                .sum();
+            let share = l.cost_to_others_ns as f64 / others_wall_ns as f64;
+            (others_wall_ns > 0 && share >= STRAGGLER_MIN_SHARE).then_some(Straggling {
+                lateness: l,
+                others_wall_ns,
+                share,
+            })
+        })
+        .collect()
+}
+
+/// Whether a rank last at `last_pct` of its collectives, where chance would make it last at
+/// `fair_pct`, is last repeatedly.
+fn last_often((last_pct, fair_pct): (f64, f64)) -> bool {
+    last_pct >= (STRAGGLER_LAST_SHARES * fair_pct).min(STRAGGLER_LAST_PCT_CAP)
+}
+
+/// Per rank, the time it spent waiting at collectives for the flagged stragglers' lateness.
+pub(super) fn waiting_for_stragglers(input: &AnalysisInput<'_>) -> BTreeMap<u32, u64> {
+    let flagged: BTreeSet<u32> = stragglers(input).iter().map(|s| s.lateness.rank).collect();
+    let mut waited: BTreeMap<u32, u64> = BTreeMap::new();
+    if flagged.is_empty() {
+        return waited;
+    }
+    for seq in lateness_by_seq(input.timeline) {
+        let Some(last) = seq.last_rank.filter(|r| flagged.contains(r)) else {
+            continue;
+        };
+        for &rank in seq.ranks.iter().filter(|r| **r != last) {
+            *waited.entry(rank).or_default() += seq.lateness_ns;
+        }
+    }
+    waited
+}
+
+fn straggler_finding(input: &AnalysisInput<'_>, s: &Straggling<'_>) -> Finding {
+    let l = s.lateness;
+    let mean_lateness_ns = l.mean_lateness_ns.unwrap_or(0.0);
+    let last_pct = l.last_pct.unwrap_or(0.0);
     Finding {
         kind: FindingKind::Straggler,
-        level: if share >= 0.25 {
+        level: if s.share >= STRAGGLER_CRITICAL_SHARE {
             Level::Critical
         } else {
             Level::Warning
         },
-        severity: severity(share),
+        severity: severity(s.share),
         summary: format!(
-            "the other ranks wait for rank {} at collectives: theirs take a median {}, its own {}",
+            "rank {} arrives last at {last_pct:.0}% of its {} collectives, {} late on average: \
+             the other ranks spend {:.0}% of their time waiting for it",
             l.rank,
-            fmt_ns(l.peers_median_ns as f64),
-            fmt_ns(l.own_median_ns as f64)
+            l.collectives,
+            fmt_ns(mean_lateness_ns),
+            s.share * 100.0
         ),
         location: Location {
             nodes: nodes_of(input, &[l.rank]),
@@ -114,17 +125,13 @@ fn straggler_finding(input: &AnalysisInput<'_>, l: &Lateness, skew_ns: f64) -> F
             ops: collective_ops(input, l.rank),
         },
         evidence: BTreeMap::from([
-            (
-                "own_collective_median_ns".to_string(),
-                l.own_median_ns as f64,
-            ),
-            (
-                "peers_collective_median_ns".to_string(),
-                l.peers_median_ns as f64,
-            ),
-            ("mean_skew_ns".to_string(), skew_ns),
             ("collectives".to_string(), l.collectives as f64),
-            ("peers_wait_ns".to_string(), waited_ns),
+            ("times_last".to_string(), l.times_last as f64),
+            ("last_pct".to_string(), last_pct),
+            ("mean_lateness_ns".to_string(), mean_lateness_ns),
+            ("cost_to_others_ns".to_string(), l.cost_to_others_ns as f64),
+            ("waited_for_others_ns".to_string(), l.waited_ns as f64),
+            ("others_wall_ns".to_string(), s.others_wall_ns as f64),
         ]),
         suggestion: format!(
             "find what makes rank {} late before each collective: compare its compute and host \
@@ -263,17 +270,50 @@ mod tests {
         assert_eq!(f[0].location.ranks, vec![2]);
         assert_eq!(
             f[0].summary,
-            "the other ranks wait for rank 2 at collectives: theirs take a median 2.5 µs, its own 500 ns"
+            "rank 2 arrives last at 100% of its 10 collectives, 2.0 µs late on average: the other \
+             ranks spend 21% of their time waiting for it"
         );
-        assert_eq!(f[0].evidence.get("peers_wait_ns"), Some(&20_000.0));
-        // Peers' wall time is 9 steps of 10 µs plus the last step's 7.5 µs.
-        assert!((f[0].severity - 20_000.0 / 97_500.0).abs() < 1e-9);
+        // Each of the 3 others waits 2 µs at each of 10 collectives.
+        assert_eq!(f[0].evidence.get("cost_to_others_ns"), Some(&60_000.0));
+        assert_eq!(f[0].evidence.get("waited_for_others_ns"), Some(&0.0));
+        // The others' wall time is 9 steps of 10 µs plus the last step's 7.5 µs, each.
+        assert!((f[0].severity - 60_000.0 / (3.0 * 97_500.0)).abs() < 1e-9);
+        assert_eq!(f[0].level, Level::Warning);
     }
 
     #[test]
     fn ranks_that_arrive_together_have_no_straggler() {
         assert!(detect(&Straggler, &straggling(0)).is_empty());
         assert!(detect(&Straggler, &testkit::healthy_timeline(4)).is_empty());
+    }
+
+    #[test]
+    fn ranks_that_take_turns_arriving_last_are_no_stragglers() {
+        // Two ranks, 2 µs apart at every collective, each late every other step.
+        let mut spans: Vec<TimedSpan> = Vec::new();
+        for step in 0..10u64 {
+            let t0 = (step * 10_000) as i64;
+            for rank in 0..2u32 {
+                let late = u64::from(step % 2 == u64::from(rank)) * 2_000;
+                spans.push(span(rank, Compute, t0, 5_000 + late));
+                let start = t0 + 5_000 + late as i64;
+                let end = t0 + 7_500;
+                spans.push(collective(rank, step, start, (end - start) as u64, 1 << 20));
+            }
+        }
+        assert!(detect(&Straggler, &timeline(spans)).is_empty());
+    }
+
+    #[test]
+    fn a_straggler_costing_a_quarter_of_the_others_time_is_critical() {
+        let f = detect(&Straggler, &straggling(5_000));
+        assert_eq!(f.len(), 1, "{f:#?}");
+        assert_eq!(f[0].level, Level::Critical);
+        assert!(
+            f[0].summary.contains("5.0 µs late on average"),
+            "{}",
+            f[0].summary
+        );
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Detectors of where wall time goes: one `ShareDetector` per category (and idle time), flagging
-//! the ranks whose exclusive share of wall time crosses a threshold.
+//! the ranks whose exclusive share of wall time crosses a threshold. Communication spent waiting
+//! for a straggler is left to the straggler finding: it says nothing about the network.
 
+use super::ranks::waiting_for_stragglers;
 use super::{
     Detector, Finding, FindingKind, Level, Location, mean, nodes_of, ranks_phrase, severity,
 };
@@ -100,9 +102,19 @@ impl ShareDetector {
         }
     }
 
-    fn share_pct(&self, b: &BreakdownNs) -> f64 {
+    /// The part's share of wall time, less `excused_ns` of it.
+    fn share_pct(&self, b: &BreakdownNs, excused_ns: u64) -> f64 {
         let ns = self.part.map_or(b.idle, |c| b.of(c));
-        ns as f64 / b.wall_ns() as f64 * 100.0
+        ns.saturating_sub(excused_ns) as f64 / b.wall_ns() as f64 * 100.0
+    }
+
+    /// Per rank, the time of the part a straggler finding explains: communication spent waiting
+    /// for a straggler is the straggler's doing, not the network's.
+    fn excused_ns(&self, input: &AnalysisInput<'_>) -> BTreeMap<u32, u64> {
+        match self.part {
+            Some(Category::Communication) => waiting_for_stragglers(input),
+            _ => BTreeMap::new(),
+        }
     }
 }
 
@@ -112,9 +124,11 @@ impl Detector for ShareDetector {
     }
 
     fn detect(&self, input: &AnalysisInput<'_>) -> Vec<Finding> {
+        let excused = self.excused_ns(input);
+        let excused_of = |rank: u32| excused.get(&rank).copied().unwrap_or(0);
         let measured: Vec<(u32, f64)> = input
             .measured_ranks()
-            .map(|(r, b)| (r.rank, self.share_pct(&b)))
+            .map(|(r, b)| (r.rank, self.share_pct(&b, excused_of(r.rank))))
             .collect();
         let flagged: Vec<(u32, f64)> = measured
             .iter()
@@ -135,6 +149,10 @@ impl Detector for ShareDetector {
         if let (Some(Category::Compute), Some((name, share))) = (self.part, ops.first()) {
             summary += &format!("; the top op is '{name}' ({share:.0}% of wall time)");
         }
+        let excused_pct = excused_pct_mean(input, &ranks, &excused);
+        if let Some(pct) = excused_pct {
+            summary += &format!(", besides {pct:.0}% spent waiting for a straggler");
+        }
         Vec::from([Finding {
             kind: self.kind,
             level: self.level_at(max_pct),
@@ -145,7 +163,7 @@ impl Detector for ShareDetector {
                 ranks: ranks.clone(),
                 ops: ops.into_iter().map(|(name, _)| name).collect(),
             },
-            evidence: self.evidence(input, &flagged, measured.len()),
+            evidence: self.evidence(input, &flagged, measured.len(), excused_pct),
             suggestion: self.suggestion.to_string(),
         }])
     }
@@ -182,6 +200,7 @@ impl ShareDetector {
         input: &AnalysisInput<'_>,
         flagged: &[(u32, f64)],
         total: usize,
+        excused_pct: Option<f64>,
     ) -> BTreeMap<String, f64> {
         let pcts: Vec<f64> = flagged.iter().map(|(_, p)| *p).collect();
         let mut evidence = BTreeMap::from([
@@ -207,9 +226,26 @@ impl ShareDetector {
             if let Some(overlap) = mean(&overlaps) {
                 evidence.insert("comm_overlap_pct_mean".to_string(), overlap);
             }
+            if let Some(pct) = excused_pct {
+                evidence.insert("straggler_wait_pct_mean".to_string(), pct);
+            }
         }
         evidence
     }
+}
+
+/// The mean share of wall time the flagged ranks spent in excused time; `None` when none did.
+fn excused_pct_mean(
+    input: &AnalysisInput<'_>,
+    ranks: &[u32],
+    excused: &BTreeMap<u32, u64>,
+) -> Option<f64> {
+    let pcts: Vec<f64> = input
+        .measured_ranks()
+        .filter(|(r, _)| ranks.contains(&r.rank))
+        .map(|(r, b)| excused.get(&r.rank).copied().unwrap_or(0) as f64 / b.wall_ns() as f64)
+        .collect();
+    mean(&pcts).filter(|p| *p > 0.0).map(|p| p * 100.0)
 }
 
 #[cfg(test)]
@@ -257,6 +293,58 @@ mod tests {
             "communication takes 30% of wall time on rank 0"
         );
         assert_eq!(f[0].evidence.get("ranks_flagged"), Some(&1.0));
+    }
+
+    /// Two ranks, ten steps of 7 µs: rank 0 computes 1 µs and rank 1 4 µs, then an all-reduce
+    /// ends for both at 6 µs (the last 2 µs of it `moving_ns` moving data, the rest waiting).
+    fn waiting_for_rank_1(moving_ns: u64) -> crate::timeline::Timeline {
+        let mut spans = Vec::new();
+        for step in 0..10u64 {
+            let t0 = (step * 7_000) as i64;
+            let end = t0 + 4_000 + moving_ns as i64;
+            for (rank, compute_ns) in [(0, 1_000), (1, 4_000)] {
+                spans.push(span(rank, Compute, t0, compute_ns));
+                let start = t0 + compute_ns as i64;
+                spans.push(testkit::collective(
+                    rank,
+                    step,
+                    start,
+                    (end - start) as u64,
+                    64,
+                ));
+            }
+        }
+        timeline(spans)
+    }
+
+    #[test]
+    fn waiting_for_a_straggler_is_not_communication() {
+        let t = waiting_for_rank_1(500);
+        let facts = RunFacts::from_timeline(&t);
+        let input = AnalysisInput::new(&t, &facts);
+        let gross = input.measured_ranks().map(|(_, b)| b.communication).max();
+        assert_eq!(
+            gross,
+            Some(35_000),
+            "rank 0 sits 3.5 µs of each step in the all-reduce"
+        );
+        assert!(detect(&ShareDetector::communication(), &t).is_empty());
+    }
+
+    #[test]
+    fn communication_beyond_the_waiting_is_still_reported() {
+        let t = waiting_for_rank_1(2_000);
+        let f = detect(&ShareDetector::communication(), &t);
+        assert_eq!(f.len(), 1, "{f:#?}");
+        // Of the 69 µs of each rank, rank 0 spends 50 in the all-reduce, 30 of them waiting for
+        // rank 1; rank 1 spends 20.
+        assert_eq!(
+            f[0].summary,
+            "communication takes 29% of wall time on every rank, besides 22% spent waiting for a \
+             straggler"
+        );
+        let waited = f[0].evidence.get("straggler_wait_pct_mean").copied();
+        assert!((waited.unwrap_or(0.0) - 30.0 / 69.0 * 50.0).abs() < 1e-9);
     }
 
     #[test]
