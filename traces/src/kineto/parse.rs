@@ -1,0 +1,538 @@
+//! Kineto's Chrome-JSON trace text into a `KinetoTrace`, in one pass.
+//!
+//! serde visits the top-level object and hands each element of `traceEvents` to a `Builder`
+//! as it is parsed, so no tree of `serde_json::Value`s is ever built: an event is a small
+//! struct of borrowed strings, its fields known by name, every other field skipped. Names are
+//! interned as they arrive.
+
+use super::model::{
+    DeviceEvent, DeviceEventKind, DeviceStream, Flow, FlowKind, FlowPhase, HostEvent,
+    HostEventKind, KinetoTrace, Skipped,
+};
+use crate::ids::Rank;
+use serde::Deserialize;
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fmt;
+
+/// Why text could not be read as a Kineto trace (the caller adds the file's name).
+#[derive(Debug)]
+pub enum ParseFailure {
+    Json(serde_json::Error),
+    /// Valid JSON, but not a Kineto trace; says what is missing.
+    NotKineto(&'static str),
+}
+
+/// Parses a whole trace held in memory.
+pub fn parse_trace(text: &[u8]) -> Result<KinetoTrace, ParseFailure> {
+    let mut builder = Builder::default();
+    let mut de = serde_json::Deserializer::from_slice(text);
+    TraceSeed(&mut builder)
+        .deserialize(&mut de)
+        .and_then(|()| de.end())
+        .map_err(ParseFailure::Json)?;
+    if !builder.saw_events {
+        return Err(ParseFailure::NotKineto("it has no 'traceEvents' list"));
+    }
+    Ok(builder.finish())
+}
+
+/// A string as it appears in the text: borrowed unless it holds escapes.
+struct Str<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Cow::<'a, str>::deserialize(d).map(Str)
+    }
+}
+
+/// A time in Kineto's microseconds (integer or with a fraction), held as nanoseconds.
+struct Nanos(i64);
+
+impl<'de> Deserialize<'de> for Nanos {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(NanosVisitor)
+    }
+}
+
+struct NanosVisitor;
+
+impl Visitor<'_> for NanosVisitor {
+    type Value = Nanos;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a time in microseconds")
+    }
+
+    fn visit_u64<E: de::Error>(self, us: u64) -> Result<Nanos, E> {
+        i64::try_from(us)
+            .ok()
+            .and_then(|us| us.checked_mul(1000))
+            .map(Nanos)
+            .ok_or_else(|| E::custom(format!("time {us} us is out of range")))
+    }
+
+    fn visit_i64<E: de::Error>(self, us: i64) -> Result<Nanos, E> {
+        us.checked_mul(1000)
+            .map(Nanos)
+            .ok_or_else(|| E::custom(format!("time {us} us is out of range")))
+    }
+
+    fn visit_f64<E: de::Error>(self, us: f64) -> Result<Nanos, E> {
+        let ns = (us * 1000.0).round();
+        // `as` saturates; the range check keeps a huge or non-finite value from passing.
+        if ns.is_finite() && ns.abs() < i64::MAX as f64 {
+            Ok(Nanos(ns as i64))
+        } else {
+            Err(E::custom(format!("time {us} us is out of range")))
+        }
+    }
+
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<Nanos, E> {
+        match text.trim().parse::<f64>() {
+            Ok(us) => self.visit_f64(us),
+            Err(_) => Err(E::custom(format!("time '{text}' is not a number"))),
+        }
+    }
+}
+
+/// An integer argument that traces spell several ways (7, 7.0, "7"); anything else, such as a
+/// HIP stream's pointer "0x5555...", is no integer (HTA reads those as -1, none).
+struct LenientInt(Option<i64>);
+
+impl<'de> Deserialize<'de> for LenientInt {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(LenientIntVisitor)
+    }
+}
+
+struct LenientIntVisitor;
+
+impl<'de> Visitor<'de> for LenientIntVisitor {
+    type Value = LenientInt;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an integer")
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<LenientInt, E> {
+        Ok(LenientInt(i64::try_from(v).ok()))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<LenientInt, E> {
+        Ok(LenientInt(Some(v)))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<LenientInt, E> {
+        let whole = v.fract() == 0.0 && v.abs() < i64::MAX as f64;
+        Ok(LenientInt(whole.then_some(v as i64)))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<LenientInt, E> {
+        Ok(LenientInt(v.trim().parse().ok()))
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<LenientInt, E> {
+        Ok(LenientInt(None))
+    }
+
+    fn visit_unit<E>(self) -> Result<LenientInt, E> {
+        Ok(LenientInt(None))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<LenientInt, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(LenientInt(None))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<LenientInt, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(LenientInt(None))
+    }
+}
+
+fn int(value: &Option<LenientInt>) -> Option<i64> {
+    value.as_ref().and_then(|v| v.0)
+}
+
+fn unsigned(value: &Option<LenientInt>) -> Option<u64> {
+    int(value).and_then(|v| u64::try_from(v).ok())
+}
+
+/// One element of `traceEvents`, only the fields pinch reads.
+#[derive(Deserialize)]
+struct RawEvent<'a> {
+    #[serde(borrow)]
+    ph: Option<Str<'a>>,
+    #[serde(borrow)]
+    cat: Option<Str<'a>>,
+    #[serde(borrow)]
+    name: Option<Str<'a>>,
+    ts: Option<Nanos>,
+    dur: Option<Nanos>,
+    pid: Option<LenientInt>,
+    tid: Option<LenientInt>,
+    id: Option<LenientInt>,
+    #[serde(borrow)]
+    args: Option<RawArgs<'a>>,
+}
+
+#[derive(Deserialize)]
+struct RawArgs<'a> {
+    stream: Option<LenientInt>,
+    device: Option<LenientInt>,
+    correlation: Option<LenientInt>,
+    #[serde(rename = "External id", alias = "external id")]
+    external_id: Option<LenientInt>,
+    #[serde(rename = "Collective name", borrow)]
+    collective: Option<Str<'a>>,
+}
+
+#[derive(Deserialize)]
+struct RawDistributed {
+    rank: Option<LenientInt>,
+    world_size: Option<LenientInt>,
+    backend: Option<String>,
+}
+
+/// Visits the top level: an object whose `traceEvents` go to the builder (or, as Chrome's
+/// format also allows, a bare list of events).
+struct TraceSeed<'b>(&'b mut Builder);
+
+impl<'de> DeserializeSeed<'de> for TraceSeed<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for TraceSeed<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a Kineto trace (an object with a 'traceEvents' list)")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key::<Str>()? {
+            match key.0.as_ref() {
+                "traceEvents" => map.next_value_seed(EventsSeed(&mut *self.0))?,
+                "distributedInfo" => {
+                    let info = map.next_value::<Option<RawDistributed>>()?;
+                    self.0.distributed(info);
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
+        EventsSeed(self.0).visit_seq(seq)
+    }
+}
+
+/// Feeds each event of the `traceEvents` list to the builder as soon as it is parsed.
+struct EventsSeed<'b>(&'b mut Builder);
+
+impl<'de> DeserializeSeed<'de> for EventsSeed<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for EventsSeed<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a list of trace events")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        self.0.saw_events = true;
+        while let Some(event) = seq.next_element::<RawEvent>()? {
+            self.0.add(event);
+        }
+        Ok(())
+    }
+}
+
+/// Collects events into the model; `finish` sorts them.
+#[derive(Default)]
+struct Builder {
+    trace: KinetoTrace,
+    saw_events: bool,
+    /// Where each (device, stream) sits in `trace.streams`.
+    lanes: HashMap<(Option<u32>, Option<u32>), usize>,
+}
+
+impl Builder {
+    fn distributed(&mut self, info: Option<RawDistributed>) {
+        let Some(info) = info else { return };
+        let small = |v: &Option<LenientInt>| int(v).and_then(|v| u32::try_from(v).ok());
+        self.trace.rank = small(&info.rank).map(Rank);
+        self.trace.world_size = small(&info.world_size);
+        self.trace.backend = info.backend;
+    }
+
+    fn add(&mut self, event: RawEvent) {
+        match event.ph.as_ref().map(|p| p.0.as_ref()) {
+            Some("X") => self.complete(event),
+            Some(ph @ ("s" | "t" | "f")) => self.flow(ph, &event),
+            _ => self.trace.skipped.other_phases += 1,
+        }
+    }
+
+    fn complete(&mut self, event: RawEvent) {
+        let skipped = &mut self.trace.skipped;
+        let (Some(Nanos(start_ns)), Some(Nanos(dur_ns))) = (&event.ts, &event.dur) else {
+            skipped.no_time += 1;
+            return;
+        };
+        let Ok(duration_ns) = u64::try_from(*dur_ns) else {
+            skipped.no_time += 1;
+            return;
+        };
+        let Some(cat) = event.cat.as_ref().map(|c| c.0.as_ref()) else {
+            skipped.no_category += 1;
+            return;
+        };
+        if cat == "Trace" {
+            skipped.profiler_spans += 1;
+            return;
+        }
+        let name = event.name.as_ref().map_or("", |n| n.0.as_ref());
+        let name = self.trace.names.intern(name);
+        let args = event.args.as_ref();
+        let stream = args
+            .and_then(|a| int(&a.stream))
+            .and_then(|s| u32::try_from(s).ok());
+        if stream.is_some() || cat == "cuda_sync" {
+            let device = args
+                .and_then(|a| int(&a.device))
+                .and_then(|d| u32::try_from(d).ok());
+            let collective = args
+                .and_then(|a| a.collective.as_ref())
+                .map(|c| self.trace.names.intern(&c.0));
+            let device_event = DeviceEvent {
+                name,
+                kind: device_kind(cat),
+                start_ns: *start_ns,
+                duration_ns,
+                correlation: args.and_then(|a| unsigned(&a.correlation)),
+                collective,
+            };
+            self.push_device(device, stream, device_event);
+        } else {
+            let kind = host_kind(cat);
+            let host_event = HostEvent {
+                name,
+                kind,
+                start_ns: *start_ns,
+                duration_ns,
+                pid: int(&event.pid),
+                tid: int(&event.tid),
+                correlation: args.and_then(|a| unsigned(&a.correlation)),
+                external_id: args.and_then(|a| unsigned(&a.external_id)),
+            };
+            match kind {
+                HostEventKind::Runtime => self.trace.runtime.push(host_event),
+                _ => self.trace.cpu_ops.push(host_event),
+            }
+        }
+    }
+
+    fn push_device(&mut self, device: Option<u32>, stream: Option<u32>, event: DeviceEvent) {
+        let streams = &mut self.trace.streams;
+        let at = *self.lanes.entry((device, stream)).or_insert_with(|| {
+            streams.push(DeviceStream {
+                device,
+                stream,
+                events: Vec::new(),
+            });
+            streams.len() - 1
+        });
+        streams[at].events.push(event);
+    }
+
+    fn flow(&mut self, ph: &str, event: &RawEvent) {
+        let (Some(Nanos(time_ns)), Some(id)) = (&event.ts, unsigned(&event.id)) else {
+            self.trace.skipped.no_time += 1;
+            return;
+        };
+        let kind = match event.cat.as_ref().map(|c| c.0.as_ref()) {
+            Some("ac2g" | "async_gpu") => FlowKind::Launch,
+            Some("fwdbwd") => FlowKind::ForwardBackward,
+            _ => FlowKind::Other,
+        };
+        let phase = match ph {
+            "s" => FlowPhase::Start,
+            "t" => FlowPhase::Step,
+            _ => FlowPhase::End,
+        };
+        self.trace.flows.push(Flow {
+            id,
+            kind,
+            phase,
+            time_ns: *time_ns,
+            pid: int(&event.pid),
+            tid: int(&event.tid),
+        });
+    }
+
+    fn finish(mut self) -> KinetoTrace {
+        // Stable sorts: events that start together keep the file's order, as in HTA.
+        for stream in &mut self.trace.streams {
+            stream.events.sort_by_key(|e| e.start_ns);
+        }
+        self.trace.cpu_ops.sort_by_key(|e| e.start_ns);
+        self.trace.runtime.sort_by_key(|e| e.start_ns);
+        self.trace
+    }
+}
+
+fn device_kind(cat: &str) -> DeviceEventKind {
+    match cat {
+        "kernel" | "Kernel" | "mtia_ccp_events" => DeviceEventKind::Kernel,
+        "gpu_memcpy" | "Memcpy" => DeviceEventKind::Memcpy,
+        "gpu_memset" | "Memset" => DeviceEventKind::Memset,
+        "cuda_sync" => DeviceEventKind::Sync,
+        _ => DeviceEventKind::Other,
+    }
+}
+
+fn host_kind(cat: &str) -> HostEventKind {
+    match cat {
+        "cpu_op" | "Operator" => HostEventKind::CpuOp,
+        "user_annotation" => HostEventKind::UserAnnotation,
+        "gpu_user_annotation" => HostEventKind::DeviceAnnotation,
+        "python_function" => HostEventKind::PythonFunction,
+        "Runtime" | "Driver" => HostEventKind::Runtime,
+        _ if cat.ends_with("_runtime") || cat.ends_with("_driver") => HostEventKind::Runtime,
+        _ => HostEventKind::Other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> KinetoTrace {
+        match parse_trace(text.as_bytes()) {
+            Ok(trace) => trace,
+            Err(e) => panic!("{text} does not parse: {e:?}"),
+        }
+    }
+
+    const SMALL: &str = r#"{
+      "schemaVersion": 1,
+      "distributedInfo": {"backend": "nccl", "rank": 3, "world_size": 8, "pg_config": [{"ranks": [0, 1]}]},
+      "traceEvents": [
+        {"ph": "X", "cat": "cpu_op", "name": "aten::mm", "pid": 10, "tid": 11, "ts": 100, "dur": 50, "args": {"External id": 4}},
+        {"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "pid": 10, "tid": 11, "ts": 110.5, "dur": 5.25, "args": {"correlation": 77, "External id": 4}},
+        {"ph": "X", "cat": "kernel", "name": "ncclDevKernel_AllReduce", "pid": 0, "tid": 7, "ts": 300.001, "dur": 20, "args": {"stream": 7, "device": 0, "correlation": 77, "Collective name": "allreduce"}},
+        {"ph": "X", "cat": "kernel", "name": "gemm \"tn\"", "pid": 0, "tid": 7, "ts": 200, "dur": 20, "args": {"stream": 7, "device": 0, "correlation": 78}},
+        {"ph": "X", "cat": "gpu_memcpy", "name": "Memcpy HtoD", "pid": 0, "tid": 9, "ts": 250, "dur": 3, "args": {"stream": "9", "device": 0}},
+        {"ph": "X", "cat": "cuda_sync", "name": "Context Sync", "pid": 0, "tid": 1, "ts": 330, "dur": 1, "args": {"stream": -1, "device": 0}},
+        {"ph": "X", "cat": "cuda_runtime", "name": "hipLaunchKernel", "ts": 120, "dur": 1, "args": {"stream": "0x5555", "correlation": 80}},
+        {"ph": "s", "cat": "ac2g", "id": 77, "pid": 10, "tid": 11, "ts": 110.5},
+        {"ph": "f", "cat": "ac2g", "id": 77, "pid": 0, "tid": 7, "ts": 300.001, "bp": "e"},
+        {"ph": "X", "cat": "Trace", "name": "PyTorch Profiler (0)", "pid": "Spans", "tid": "PyTorch Profiler", "ts": 90, "dur": 500},
+        {"ph": "M", "name": "process_name", "pid": 10, "tid": 0, "ts": 90, "args": {"name": "python"}},
+        {"ph": "X", "cat": "cpu_op", "name": "no duration", "ts": 1},
+        {"ph": "X", "name": "no category", "ts": 1, "dur": 2},
+        {"name": "Record Window End", "ph": "i", "s": "g", "pid": "", "tid": "", "ts": 900}
+      ]
+    }"#;
+
+    #[test]
+    fn reads_distributed_info_and_every_kind_of_event() {
+        let t = parse(SMALL);
+        assert_eq!((t.rank, t.world_size), (Some(Rank(3)), Some(8)));
+        assert_eq!(t.backend.as_deref(), Some("nccl"));
+        assert_eq!(t.cpu_ops.len(), 1);
+        assert_eq!(t.cpu_ops[0].external_id, Some(4));
+        assert_eq!(t.runtime.len(), 2);
+        assert_eq!(t.runtime[0].start_ns, 110_500);
+        assert_eq!(t.runtime[0].duration_ns, 5_250);
+        assert_eq!(
+            t.runtime[1].correlation,
+            Some(80),
+            "a HIP stream pointer is no stream"
+        );
+        let lanes: Vec<_> = t.streams.iter().map(|s| (s.device, s.stream)).collect();
+        assert_eq!(
+            lanes,
+            [(Some(0), Some(7)), (Some(0), Some(9)), (Some(0), None)]
+        );
+        assert_eq!(t.flows.len(), 2);
+        assert_eq!(t.flows[1].phase, FlowPhase::End);
+        assert_eq!(
+            t.skipped,
+            Skipped {
+                no_time: 1,
+                no_category: 1,
+                profiler_spans: 1,
+                other_phases: 2
+            }
+        );
+    }
+
+    #[test]
+    fn device_events_are_sorted_and_keep_their_links() {
+        let t = parse(SMALL);
+        let s7 = &t.streams[0].events;
+        assert_eq!(
+            t.names.get(s7[0].name),
+            "gemm \"tn\"",
+            "escapes are decoded"
+        );
+        assert_eq!(s7[1].start_ns, 300_001);
+        assert_eq!(s7[1].correlation, Some(77));
+        assert_eq!(s7[1].collective.map(|c| t.names.get(c)), Some("allreduce"));
+        assert_eq!(t.streams[1].events[0].kind, DeviceEventKind::Memcpy);
+        assert_eq!(t.streams[2].events[0].kind, DeviceEventKind::Sync);
+        assert_eq!(t.device_event_count(), 4);
+    }
+
+    #[test]
+    fn a_bare_list_of_events_is_a_trace_without_metadata() {
+        let t = parse(r#"[{"ph": "X", "cat": "cpu_op", "name": "a", "ts": 1, "dur": 2}]"#);
+        assert_eq!((t.rank, t.cpu_ops.len()), (None, 1));
+    }
+
+    #[test]
+    fn json_that_is_no_trace_is_refused() {
+        for text in [r#"{"foo": 1}"#, "{}"] {
+            assert!(matches!(
+                parse_trace(text.as_bytes()),
+                Err(ParseFailure::NotKineto(_))
+            ));
+        }
+        for text in [
+            "5",
+            r#"{"traceEvents": 3}"#,
+            r#"{"traceEvents": [{"ts": [1]}]}"#,
+        ] {
+            assert!(
+                matches!(parse_trace(text.as_bytes()), Err(ParseFailure::Json(_))),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn cut_text_is_an_eof_error() {
+        let cut = &SMALL[..SMALL.len() / 2];
+        match parse_trace(cut.as_bytes()) {
+            Err(ParseFailure::Json(e)) => assert!(e.is_eof(), "{e}"),
+            other => panic!("{other:?}"),
+        }
+    }
+}
