@@ -7,11 +7,12 @@
 
 use super::model::{
     DeviceEvent, DeviceEventKind, DeviceStream, Flow, FlowKind, FlowPhase, HostEvent,
-    HostEventKind, KinetoTrace, Skipped,
+    HostEventKind, KinetoTrace,
 };
 use crate::ids::Rank;
 use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
@@ -47,54 +48,50 @@ impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
     }
 }
 
-/// A time in Kineto's microseconds (integer or with a fraction), held as nanoseconds.
+/// A time in Kineto's microseconds (integer, or with a fraction of nanoseconds), held as
+/// nanoseconds. Read from the number's text: at Unix-epoch microseconds (~1.7e15) an f64 keeps
+/// only quarter microseconds.
 struct Nanos(i64);
 
 impl<'de> Deserialize<'de> for Nanos {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(NanosVisitor)
+        let raw = <&'de RawValue>::deserialize(d)?;
+        let text = raw.get();
+        micros_text_to_ns(text.trim_matches('"'))
+            .map(Nanos)
+            .ok_or_else(|| {
+                de::Error::custom(format!("time {text} is not a number of microseconds"))
+            })
     }
 }
 
-struct NanosVisitor;
-
-impl Visitor<'_> for NanosVisitor {
-    type Value = Nanos;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a time in microseconds")
+/// `"1712195495505583.123"` (us) to 1712195495505583123 (ns), exactly; digits past the
+/// nanosecond round half up. Exponents go through f64.
+pub fn micros_text_to_ns(text: &str) -> Option<i64> {
+    if text.contains(['e', 'E']) {
+        let ns = (text.parse::<f64>().ok()? * 1000.0).round();
+        return (ns.is_finite() && ns.abs() < i64::MAX as f64).then_some(ns as i64);
     }
-
-    fn visit_u64<E: de::Error>(self, us: u64) -> Result<Nanos, E> {
-        i64::try_from(us)
-            .ok()
-            .and_then(|us| us.checked_mul(1000))
-            .map(Nanos)
-            .ok_or_else(|| E::custom(format!("time {us} us is out of range")))
+    let (negative, digits) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let (whole, fraction) = digits.split_once('.').unwrap_or((digits, ""));
+    if whole.is_empty() || !whole.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
     }
-
-    fn visit_i64<E: de::Error>(self, us: i64) -> Result<Nanos, E> {
-        us.checked_mul(1000)
-            .map(Nanos)
-            .ok_or_else(|| E::custom(format!("time {us} us is out of range")))
+    if !fraction.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
     }
-
-    fn visit_f64<E: de::Error>(self, us: f64) -> Result<Nanos, E> {
-        let ns = (us * 1000.0).round();
-        // `as` saturates; the range check keeps a huge or non-finite value from passing.
-        if ns.is_finite() && ns.abs() < i64::MAX as f64 {
-            Ok(Nanos(ns as i64))
-        } else {
-            Err(E::custom(format!("time {us} us is out of range")))
-        }
+    let mut ns = whole.parse::<i64>().ok()?.checked_mul(1000)?;
+    let mut frac = fraction.bytes().map(|b| i64::from(b - b'0'));
+    for scale in [100, 10, 1] {
+        ns = ns.checked_add(frac.next().unwrap_or(0) * scale)?;
     }
-
-    fn visit_str<E: de::Error>(self, text: &str) -> Result<Nanos, E> {
-        match text.trim().parse::<f64>() {
-            Ok(us) => self.visit_f64(us),
-            Err(_) => Err(E::custom(format!("time '{text}' is not a number"))),
-        }
+    if frac.next().is_some_and(|d| d >= 5) {
+        ns = ns.checked_add(1)?;
     }
+    Some(if negative { -ns } else { ns })
 }
 
 /// An integer argument that traces spell several ways (7, 7.0, "7"); anything else, such as a
@@ -422,6 +419,7 @@ fn host_kind(cat: &str) -> HostEventKind {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kineto::model::Skipped;
 
     fn parse(text: &str) -> KinetoTrace {
         match parse_trace(text.as_bytes()) {
@@ -499,6 +497,30 @@ mod tests {
         assert_eq!(t.streams[1].events[0].kind, DeviceEventKind::Memcpy);
         assert_eq!(t.streams[2].events[0].kind, DeviceEventKind::Sync);
         assert_eq!(t.device_event_count(), 4);
+    }
+
+    #[test]
+    fn microsecond_text_becomes_exact_nanoseconds() {
+        let cases = [
+            ("1712195495505583.123", Some(1_712_195_495_505_583_123)),
+            ("1712195495505583", Some(1_712_195_495_505_583_000)),
+            ("2.5", Some(2_500)),
+            ("0.0004", Some(0)),
+            ("0.0005", Some(1)),
+            ("-3.25", Some(-3_250)),
+            ("1e3", Some(1_000_000)),
+            ("abc", None),
+            ("1.2.3", None),
+            ("", None),
+        ];
+        for (text, want) in cases {
+            assert_eq!(micros_text_to_ns(text), want, "{text}");
+        }
+        let t = parse(r#"{"traceEvents": [{"ph": "X", "cat": "c", "ts": "7", "dur": 1.5}]}"#);
+        assert_eq!(
+            (t.cpu_ops[0].start_ns, t.cpu_ops[0].duration_ns),
+            (7_000, 1_500)
+        );
     }
 
     #[test]
