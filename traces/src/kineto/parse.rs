@@ -28,15 +28,24 @@ pub enum ParseFailure {
 /// Parses a whole trace held in memory.
 pub fn parse_trace(text: &[u8]) -> Result<KinetoTrace, ParseFailure> {
     let mut builder = Builder::default();
-    let mut de = serde_json::Deserializer::from_slice(text);
-    TraceSeed(&mut builder)
-        .deserialize(&mut de)
-        .and_then(|()| de.end())
-        .map_err(ParseFailure::Json)?;
+    // Text checked as UTF-8 once up front spares serde_json checking each string again.
+    match std::str::from_utf8(text) {
+        Ok(text) => run(&mut builder, serde_json::Deserializer::from_str(text)),
+        Err(_) => run(&mut builder, serde_json::Deserializer::from_slice(text)),
+    }
+    .map_err(ParseFailure::Json)?;
     if !builder.saw_events {
         return Err(ParseFailure::NotKineto("it has no 'traceEvents' list"));
     }
     Ok(builder.finish())
+}
+
+fn run<'de, R: serde_json::de::Read<'de>>(
+    builder: &mut Builder,
+    mut de: serde_json::Deserializer<R>,
+) -> Result<(), serde_json::Error> {
+    TraceSeed(builder).deserialize(&mut de)?;
+    de.end()
 }
 
 /// A string as it appears in the text: borrowed unless it holds escapes.
@@ -44,7 +53,30 @@ struct Str<'a>(Cow<'a, str>);
 
 impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Cow::<'a, str>::deserialize(d).map(Str)
+        // Not serde's `Cow` impl: that one always copies.
+        d.deserialize_str(StrVisitor)
+    }
+}
+
+struct StrVisitor;
+
+impl<'de> Visitor<'de> for StrVisitor {
+    type Value = Str<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Str<'de>, E> {
+        Ok(Str(Cow::Borrowed(v)))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Str<'de>, E> {
+        Ok(Str(Cow::Owned(v.to_owned())))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Str<'de>, E> {
+        Ok(Str(Cow::Owned(v)))
     }
 }
 
@@ -66,32 +98,49 @@ impl<'de> Deserialize<'de> for Nanos {
 }
 
 /// `"1712195495505583.123"` (us) to 1712195495505583123 (ns), exactly; digits past the
-/// nanosecond round half up. Exponents go through f64.
+/// nanosecond round half up. Exponents go through f64. One pass over the bytes: every event
+/// has two times.
 pub fn micros_text_to_ns(text: &str) -> Option<i64> {
-    if text.contains(['e', 'E']) {
-        let ns = (text.parse::<f64>().ok()? * 1000.0).round();
-        return (ns.is_finite() && ns.abs() < i64::MAX as f64).then_some(ns as i64);
-    }
-    let (negative, digits) = match text.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, text),
+    let bytes = text.as_bytes();
+    let (negative, digits) = match bytes.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, bytes),
     };
-    let (whole, fraction) = digits.split_once('.').unwrap_or((digits, ""));
-    if whole.is_empty() || !whole.bytes().all(|b| b.is_ascii_digit()) {
+    let mut ns: i64 = 0;
+    // Digits read after the point, once there is one.
+    let mut fraction: Option<u32> = None;
+    let mut round_up = false;
+    for (i, &b) in digits.iter().enumerate() {
+        match b {
+            b'0'..=b'9' => {
+                let digit = i64::from(b - b'0');
+                match fraction {
+                    Some(3) => round_up = digit >= 5,
+                    Some(n) if n > 3 => {}
+                    _ => ns = ns.checked_mul(10)?.checked_add(digit)?,
+                }
+                if let Some(n) = fraction.as_mut() {
+                    *n = n.saturating_add(1);
+                }
+            }
+            b'.' if fraction.is_none() && i > 0 => fraction = Some(0),
+            b'e' | b'E' => return exponent_micros_to_ns(text),
+            _ => return None,
+        }
+    }
+    if digits.is_empty() || fraction == Some(0) {
         return None;
     }
-    if !fraction.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let mut ns = whole.parse::<i64>().ok()?.checked_mul(1000)?;
-    let mut frac = fraction.bytes().map(|b| i64::from(b - b'0'));
-    for scale in [100, 10, 1] {
-        ns = ns.checked_add(frac.next().unwrap_or(0) * scale)?;
-    }
-    if frac.next().is_some_and(|d| d >= 5) {
-        ns = ns.checked_add(1)?;
-    }
+    let missing = 3 - fraction.unwrap_or(0).min(3);
+    let ns = ns
+        .checked_mul(10i64.pow(missing))?
+        .checked_add(i64::from(round_up))?;
     Some(if negative { -ns } else { ns })
+}
+
+fn exponent_micros_to_ns(text: &str) -> Option<i64> {
+    let ns = (text.parse::<f64>().ok()? * 1000.0).round();
+    (ns.is_finite() && ns.abs() < i64::MAX as f64).then_some(ns as i64)
 }
 
 /// An integer argument that traces spell several ways (7, 7.0, "7"); anything else, such as a
@@ -254,7 +303,7 @@ impl<'de> Visitor<'de> for EventsSeed<'_> {
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         self.0.saw_events = true;
         while let Some(event) = seq.next_element::<RawEvent>()? {
-            self.0.add(event);
+            self.0.add(&event);
         }
         Ok(())
     }
@@ -278,15 +327,15 @@ impl Builder {
         self.trace.backend = info.backend;
     }
 
-    fn add(&mut self, event: RawEvent) {
+    fn add(&mut self, event: &RawEvent) {
         match event.ph.as_ref().map(|p| p.0.as_ref()) {
             Some("X") => self.complete(event),
-            Some(ph @ ("s" | "t" | "f")) => self.flow(ph, &event),
+            Some(ph @ ("s" | "t" | "f")) => self.flow(ph, event),
             _ => self.trace.skipped.other_phases += 1,
         }
     }
 
-    fn complete(&mut self, event: RawEvent) {
+    fn complete(&mut self, event: &RawEvent) {
         let skipped = &mut self.trace.skipped;
         let (Some(Nanos(start_ns)), Some(Nanos(dur_ns))) = (&event.ts, &event.dur) else {
             skipped.no_time += 1;
@@ -507,6 +556,10 @@ mod tests {
             ("2.5", Some(2_500)),
             ("0.0004", Some(0)),
             ("0.0005", Some(1)),
+            ("0.00049", Some(0)),
+            ("0.12345", Some(123)),
+            ("7.", None),
+            (".5", None),
             ("-3.25", Some(-3_250)),
             ("1e3", Some(1_000_000)),
             ("abc", None),
