@@ -50,26 +50,24 @@ fn trace(rank: Option<u32>, world_size: u32) -> String {
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path
+    write_bytes(dir, name, text.as_bytes())
 }
 
 fn write_gz(dir: &Path, name: &str, text: &str) -> PathBuf {
     let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    enc.write_all(text.as_bytes()).unwrap();
-    write_bytes(dir, name, &enc.finish().unwrap())
+    enc.write_all(text.as_bytes()).expect("gzip in memory");
+    write_bytes(dir, name, &enc.finish().expect("gzip in memory"))
 }
 
 fn write_bytes(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     let path = dir.join(name);
-    std::fs::write(&path, bytes).unwrap();
+    std::fs::write(&path, bytes).expect("the temporary directory is writable");
     path
 }
 
 /// A directory with the two ranks of a job, one gzipped.
 fn job() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("a temporary directory");
     write_gz(dir.path(), "rank-0.json.gz", &trace(Some(0), 2));
     write(dir.path(), "rank-1.pt.trace.json", &trace(Some(1), 2));
     dir

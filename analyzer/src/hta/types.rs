@@ -58,7 +58,7 @@ pub fn type_breakdown(kernels: &[Kernel]) -> Vec<TypeTime> {
             *by_mask.entry(mask).or_default() += next.0 - now;
         }
     }
-    sorted(by_mask.into_iter().map(|(mask, time_ns)| (mask, time_ns)))
+    sorted(by_mask.into_iter())
 }
 
 /// Sums the breakdowns of several ranks.
@@ -91,7 +91,7 @@ fn sorted(by_mask: impl Iterator<Item = (u8, i64)>) -> Vec<TypeTime> {
             time_ns,
         })
         .collect();
-    out.sort_by(|a, b| b.time_ns.cmp(&a.time_ns));
+    out.sort_by_key(|t| std::cmp::Reverse(t.time_ns));
     out
 }
 

@@ -261,14 +261,14 @@ pub fn assemble(traces: Vec<(PathBuf, KinetoTrace)>) -> Result<KinetoRun, Kineto
     let world_size = agreed_world_size(&traces)?;
     let mut claimed: BTreeMap<u32, PathBuf> = BTreeMap::new();
     for (path, trace) in &traces {
-        if let Some(Rank(rank)) = trace.rank {
-            if let Some(first) = claimed.insert(rank, path.clone()) {
-                return Err(KinetoError::DuplicateRank {
-                    rank,
-                    first,
-                    second: path.clone(),
-                });
-            }
+        if let Some(Rank(rank)) = trace.rank
+            && let Some(first) = claimed.insert(rank, path.clone())
+        {
+            return Err(KinetoError::DuplicateRank {
+                rank,
+                first,
+                second: path.clone(),
+            });
         }
     }
     let mut warnings = Vec::new();
