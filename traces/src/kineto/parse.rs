@@ -7,7 +7,7 @@
 
 use super::model::{
     DeviceEvent, DeviceEventKind, DeviceStream, Flow, FlowKind, FlowPhase, HostEvent,
-    HostEventKind, KinetoTrace,
+    HostEventKind, KinetoTrace, NameId,
 };
 use crate::ids::Rank;
 use serde::Deserialize;
@@ -309,6 +309,14 @@ impl<'de> Visitor<'de> for EventsSeed<'_> {
     }
 }
 
+/// The fields every kept complete event has.
+struct Timed<'e> {
+    cat: &'e str,
+    name: NameId,
+    start_ns: i64,
+    duration_ns: u64,
+}
+
 /// Collects events into the model; `finish` sorts them.
 #[derive(Default)]
 struct Builder {
@@ -336,61 +344,81 @@ impl Builder {
     }
 
     fn complete(&mut self, event: &RawEvent) {
-        let skipped = &mut self.trace.skipped;
-        let (Some(Nanos(start_ns)), Some(Nanos(dur_ns))) = (&event.ts, &event.dur) else {
-            skipped.no_time += 1;
+        let Some(timed) = self.timed(event) else {
             return;
         };
-        let Ok(duration_ns) = u64::try_from(*dur_ns) else {
-            skipped.no_time += 1;
-            return;
-        };
-        let Some(cat) = event.cat.as_ref().map(|c| c.0.as_ref()) else {
-            skipped.no_category += 1;
-            return;
-        };
-        if cat == "Trace" {
-            skipped.profiler_spans += 1;
-            return;
-        }
-        let name = event.name.as_ref().map_or("", |n| n.0.as_ref());
-        let name = self.trace.names.intern(name);
         let args = event.args.as_ref();
         let stream = args
             .and_then(|a| int(&a.stream))
             .and_then(|s| u32::try_from(s).ok());
-        if stream.is_some() || cat == "cuda_sync" {
-            let device = args
-                .and_then(|a| int(&a.device))
-                .and_then(|d| u32::try_from(d).ok());
-            let collective = args
-                .and_then(|a| a.collective.as_ref())
-                .map(|c| self.trace.names.intern(&c.0));
-            let device_event = DeviceEvent {
-                name,
-                kind: device_kind(cat),
-                start_ns: *start_ns,
-                duration_ns,
-                correlation: args.and_then(|a| unsigned(&a.correlation)),
-                collective,
-            };
-            self.push_device(device, stream, device_event);
+        if stream.is_some() || timed.cat == "cuda_sync" {
+            self.device(timed, stream, args);
         } else {
-            let kind = host_kind(cat);
-            let host_event = HostEvent {
-                name,
-                kind,
-                start_ns: *start_ns,
-                duration_ns,
-                pid: int(&event.pid),
-                tid: int(&event.tid),
-                correlation: args.and_then(|a| unsigned(&a.correlation)),
-                external_id: args.and_then(|a| unsigned(&a.external_id)),
-            };
-            match kind {
-                HostEventKind::Runtime => self.trace.runtime.push(host_event),
-                _ => self.trace.cpu_ops.push(host_event),
-            }
+            self.host(timed, event, args);
+        }
+    }
+
+    /// What every kept complete event has; `None` (and the reason counted) for one to skip.
+    fn timed<'e>(&mut self, event: &'e RawEvent) -> Option<Timed<'e>> {
+        let skipped = &mut self.trace.skipped;
+        let (Some(Nanos(start_ns)), Some(Nanos(dur_ns))) = (&event.ts, &event.dur) else {
+            skipped.no_time += 1;
+            return None;
+        };
+        let Ok(duration_ns) = u64::try_from(*dur_ns) else {
+            skipped.no_time += 1;
+            return None;
+        };
+        let Some(cat) = event.cat.as_ref().map(|c| c.0.as_ref()) else {
+            skipped.no_category += 1;
+            return None;
+        };
+        if cat == "Trace" {
+            skipped.profiler_spans += 1;
+            return None;
+        }
+        let name = event.name.as_ref().map_or("", |n| n.0.as_ref());
+        Some(Timed {
+            cat,
+            name: self.trace.names.intern(name),
+            start_ns: *start_ns,
+            duration_ns,
+        })
+    }
+
+    fn device(&mut self, timed: Timed, stream: Option<u32>, args: Option<&RawArgs>) {
+        let device = args
+            .and_then(|a| int(&a.device))
+            .and_then(|d| u32::try_from(d).ok());
+        let collective = args
+            .and_then(|a| a.collective.as_ref())
+            .map(|c| self.trace.names.intern(&c.0));
+        let event = DeviceEvent {
+            name: timed.name,
+            kind: device_kind(timed.cat),
+            start_ns: timed.start_ns,
+            duration_ns: timed.duration_ns,
+            correlation: args.and_then(|a| unsigned(&a.correlation)),
+            collective,
+        };
+        self.push_device(device, stream, event);
+    }
+
+    fn host(&mut self, timed: Timed, raw: &RawEvent, args: Option<&RawArgs>) {
+        let kind = host_kind(timed.cat);
+        let event = HostEvent {
+            name: timed.name,
+            kind,
+            start_ns: timed.start_ns,
+            duration_ns: timed.duration_ns,
+            pid: int(&raw.pid),
+            tid: int(&raw.tid),
+            correlation: args.and_then(|a| unsigned(&a.correlation)),
+            external_id: args.and_then(|a| unsigned(&a.external_id)),
+        };
+        match kind {
+            HostEventKind::Runtime => self.trace.runtime.push(event),
+            _ => self.trace.cpu_ops.push(event),
         }
     }
 
