@@ -175,7 +175,7 @@ pub struct AnalyzeArgs {
     /// profiler (Kineto) traces: .json or .json.gz files, one per rank, or a directory of them.
     #[arg(required = true, value_name = "RUN_DIR|TRACES")]
     pub paths: Vec<PathBuf>,
-    /// Print the report as JSON (the content of report.json) instead of tables.
+    /// Print the report as JSON instead of tables (for a run: the content of report.json).
     #[arg(long)]
     pub json: bool,
     /// Kineto traces: also write HTA's CSV files (temporal_breakdown.csv, comm_comp_overlap.csv,

@@ -41,7 +41,7 @@ fn header(run: &KinetoRun, report: &HtaReport) -> String {
             c.profiler_steps
         )
     };
-    let times = match c.time_base {
+    let times = match report.options.time_base {
         TimeBase::HtaMicros => "times rounded to whole µs as HTA does",
         TimeBase::Exact => "times to the ns",
     };

@@ -86,7 +86,6 @@ pub struct CleanRank {
 /// What the clean-up did to the whole job.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cleanup {
-    pub time_base: TimeBase,
     /// Distinct `ProfilerStep#N` names in the job's traces.
     pub profiler_steps: usize,
     /// Whether events from the last step on were dropped (two or more steps).
@@ -116,7 +115,6 @@ pub fn clean(run: &KinetoRun, time_base: TimeBase) -> (Vec<CleanRank>, Cleanup) 
         })
         .collect();
     let cleanup = Cleanup {
-        time_base,
         profiler_steps,
         last_step_dropped: filter,
         ranks_without_steps,
