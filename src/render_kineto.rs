@@ -3,7 +3,7 @@
 
 use crate::render::{fmt_ns, fmt_pct, table};
 use comfy_table::{Cell, CellAlignment};
-use pinch_analyzer::hta::{HtaReport, IdleShare, RankAnalysis, StreamIdle, TimeBase};
+use pinch_analyzer::hta::{HtaReport, IdleShare, RankAnalysis, StreamIdle, TimeBase, types};
 use pinch_traces::kineto::KinetoRun;
 
 pub fn render(run: &KinetoRun, report: &HtaReport) -> String {
@@ -104,10 +104,9 @@ fn rank_row(r: &RankAnalysis) -> Vec<Cell> {
 }
 
 fn types_table(report: &HtaReport) -> String {
-    let all_ns: i64 = report.kernel_types.iter().map(|t| t.time_ns).sum();
     let mut t = table(&["kernel type", "time", "share"]);
     for k in &report.kernel_types {
-        let share = (all_ns > 0).then(|| k.time_ns as f64 / all_ns as f64 * 100.0);
+        let share = types::share_pct(&report.kernel_types, k);
         t.add_row(vec![
             Cell::new(k.label().to_lowercase()),
             right(ns(k.time_ns)),

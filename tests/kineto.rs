@@ -208,6 +208,40 @@ fn ranks_that_disagree_are_refused() {
 }
 
 #[test]
+fn times_at_the_ends_of_the_range_do_not_overflow() {
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = |ts: &str, dur: &str, stream: u32| {
+        format!(
+            r#"{{"ph": "X", "cat": "kernel", "name": "k", "ts": {ts}, "dur": {dur}, "args": {{"stream": {stream}, "correlation": 1}}}}"#
+        )
+    };
+    let events = [
+        kernel("-9000000000000000", "9000000000000000", 7),
+        kernel("-8000000000000000", "1", 7),
+        kernel("-7000000000000000", "1", 7),
+        kernel("9000000000000000", "9000000000000000", 7),
+        kernel("-9000000000000000", "9000000000000000", 9),
+    ];
+    let text = format!(r#"{{"traceEvents": [{}]}}"#, events.join(","));
+    let path = write(dir.path(), "extreme.json", &text);
+    for extra in [&[][..], &["--exact-times"]] {
+        let assert = pinch()
+            .arg("analyze")
+            .arg(&path)
+            .args(extra)
+            .assert()
+            .success();
+        assert!(stdout_of(&assert).contains("Kineto traces: 1 rank"));
+    }
+    let beyond = write(
+        dir.path(),
+        "beyond.json",
+        &text.replace("-9000000000000000", "-1e17"),
+    );
+    fails_naming(&[&beyond], &["beyond.json", "time -1e17", "line 1"]);
+}
+
+#[test]
 fn a_directory_with_neither_a_run_nor_traces_is_named() {
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "notes.txt", "hello");

@@ -4,6 +4,7 @@
 //! Pure: returns each file's name and text; the caller writes them.
 
 use super::idle::{IdleShare, StreamIdle};
+use super::types::share_pct;
 use super::{HtaReport, RankAnalysis};
 
 /// The four files: (name, text).
@@ -89,9 +90,8 @@ fn idle_rows(rank: u32, s: &StreamIdle) -> String {
 
 pub fn types_csv(report: &HtaReport) -> String {
     let mut out = String::from("kernel_type,sum,percentage\n");
-    let all_ns: i64 = report.kernel_types.iter().map(|t| t.time_ns).sum();
     for t in &report.kernel_types {
-        let pct = (all_ns > 0).then(|| t.time_ns as f64 / all_ns as f64 * 100.0);
+        let pct = share_pct(&report.kernel_types, t);
         let pct = pct.map_or(String::new(), |p| float(round(p, 1)));
         out += &format!("{},{},{pct}\n", t.label(), whole(micros(t.time_ns)));
     }

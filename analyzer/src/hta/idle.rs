@@ -35,7 +35,10 @@ pub struct StreamIdle {
 
 impl StreamIdle {
     pub fn total_ns(&self) -> i64 {
-        self.host_wait.time_ns + self.kernel_wait.time_ns + self.other.time_ns
+        self.host_wait
+            .time_ns
+            .saturating_add(self.kernel_wait.time_ns)
+            .saturating_add(self.other.time_ns)
     }
 
     /// A kind's share of the stream's idle time (0 to 1); `None` when the stream never idles.
@@ -70,7 +73,7 @@ fn stream_idle(stream: u32, kernels: &[&Kernel], threshold_ns: i64) -> StreamIdl
     };
     for pair in kernels.windows(2) {
         let (prev_end_ns, next) = (pair[0].end_ns, pair[1]);
-        let gap_ns = next.start_ns - prev_end_ns;
+        let gap_ns = next.start_ns.saturating_sub(prev_end_ns);
         let share = if next.launch_ns.is_some_and(|l| l > prev_end_ns) {
             &mut idle.host_wait
         } else if gap_ns < threshold_ns {
@@ -78,7 +81,7 @@ fn stream_idle(stream: u32, kernels: &[&Kernel], threshold_ns: i64) -> StreamIdl
         } else {
             &mut idle.other
         };
-        share.time_ns += gap_ns;
+        share.time_ns = share.time_ns.saturating_add(gap_ns);
         share.gaps += 1;
     }
     idle

@@ -24,8 +24,11 @@ pub fn merge(mut intervals: Vec<Span>) -> Vec<Span> {
 }
 
 /// The summed length of the groups, as HTA sums it (inverted groups count negative).
+/// Saturating, here and in the other sums: a crafted trace must not overflow them.
 pub fn measure_ns(groups: &[Span]) -> i64 {
-    groups.iter().map(|(start, end)| end - start).sum()
+    groups.iter().fold(0i64, |sum, (start, end)| {
+        sum.saturating_add(end.saturating_sub(*start))
+    })
 }
 
 /// The groups that cover time, for sweeps that cannot take negative lengths.

@@ -53,14 +53,14 @@ fn groups_of(kernels: &[Kernel], keep: impl Fn(KernelType) -> bool) -> Vec<Span>
 pub fn temporal_breakdown(kernels: &[Kernel]) -> Option<TemporalBreakdown> {
     let all = groups_of(kernels, |_| true);
     let (first, last) = (all.first()?, all.last()?);
-    let span_ns = last.1 - first.0;
-    let idle_ns = span_ns - merge::measure_ns(&all);
+    let span_ns = last.1.saturating_sub(first.0);
+    let idle_ns = span_ns.saturating_sub(merge::measure_ns(&all));
     let compute_ns = merge::measure_ns(&groups_of(kernels, |t| t == KernelType::Computation));
     Some(TemporalBreakdown {
         span_ns,
         idle_ns,
         compute_ns,
-        non_compute_ns: span_ns - compute_ns - idle_ns,
+        non_compute_ns: span_ns.saturating_sub(compute_ns).saturating_sub(idle_ns),
     })
 }
 

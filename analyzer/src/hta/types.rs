@@ -55,17 +55,25 @@ pub fn type_breakdown(kernels: &[Kernel]) -> Vec<TypeTime> {
             .filter(|(_, n)| **n > 0)
             .fold(0u8, |m, (bit, _)| m | 1 << bit);
         if let (Some(next), true) = (events.get(i), mask != 0) {
-            *by_mask.entry(mask).or_default() += next.0 - now;
+            let slot = by_mask.entry(mask).or_default();
+            *slot = slot.saturating_add(next.0.saturating_sub(now));
         }
     }
     sorted(by_mask.into_iter())
+}
+
+/// One entry's share of all the kernel time in `all`, in percent; `None` when there is none.
+pub fn share_pct(all: &[TypeTime], one: &TypeTime) -> Option<f64> {
+    let all_ns: f64 = all.iter().map(|t| t.time_ns as f64).sum();
+    (all_ns > 0.0).then(|| one.time_ns as f64 / all_ns * 100.0)
 }
 
 /// Sums the breakdowns of several ranks.
 pub fn total(ranks: &[Vec<TypeTime>]) -> Vec<TypeTime> {
     let mut by_mask: BTreeMap<u8, i64> = BTreeMap::new();
     for t in ranks.iter().flatten() {
-        *by_mask.entry(mask_of(&t.types)).or_default() += t.time_ns;
+        let slot = by_mask.entry(mask_of(&t.types)).or_default();
+        *slot = slot.saturating_add(t.time_ns);
     }
     sorted(by_mask.into_iter())
 }

@@ -92,7 +92,9 @@ impl<'de> Deserialize<'de> for Nanos {
         micros_text_to_ns(text.trim_matches('"'))
             .map(Nanos)
             .ok_or_else(|| {
-                de::Error::custom(format!("time {text} is not a number of microseconds"))
+                de::Error::custom(format!(
+                    "time {text} is not a number of microseconds within ±9.2e15"
+                ))
             })
     }
 }

@@ -40,6 +40,13 @@ pub enum KinetoError {
         path: PathBuf,
         source: serde_json::Error,
     },
+    /// Valid JSON with a value of the wrong kind where pinch reads one (a time that is no
+    /// number, `traceEvents` that is no list).
+    #[error("'{}' holds a value pinch cannot read: {source}", path.display())]
+    BadValue {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
     #[error("'{}' is not a Kineto trace: {reason}", path.display())]
     NotKineto { path: PathBuf, reason: &'static str },
     #[error("'{}' holds no trace events", path.display())]
@@ -129,6 +136,10 @@ pub fn read_trace(path: &Path) -> Result<KinetoTrace, KinetoError> {
     let text = read_text(path)?;
     let trace = parse_trace(&text).map_err(|failure| match failure {
         ParseFailure::Json(source) if source.is_eof() => KinetoError::Truncated {
+            path: path.to_path_buf(),
+            source,
+        },
+        ParseFailure::Json(source) if source.is_data() => KinetoError::BadValue {
             path: path.to_path_buf(),
             source,
         },
