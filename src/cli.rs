@@ -20,7 +20,8 @@ pub enum Command {
     /// report the serving metrics and the bottlenecks. With no options: 2 nodes on this machine,
     /// TP=2 across them, the tiny model, 32 requests kept 8 in flight.
     Run(Box<RunArgs>),
-    /// Report again on a recorded run, from its node logs.
+    /// Report again on a recorded run, from its node logs; or analyze PyTorch profiler
+    /// (Kineto) traces as Holistic Trace Analysis does.
     Analyze(AnalyzeArgs),
     /// List the model presets with their shapes, parameter counts and weight sizes.
     Presets(crate::cmd::presets::PresetsArgs),
@@ -170,11 +171,21 @@ pub struct RunArgs {
 
 #[derive(Debug, Args)]
 pub struct AnalyzeArgs {
-    /// A run directory written by `pinch run` (holds manifest.json and node logs).
-    pub run_dir: PathBuf,
-    /// Print the report as JSON (the content of report.json) instead of tables.
+    /// A run directory written by `pinch run` (holds manifest.json and node logs), or PyTorch
+    /// profiler (Kineto) traces: .json or .json.gz files, one per rank, or a directory of them.
+    #[arg(required = true, value_name = "RUN_DIR|TRACES")]
+    pub paths: Vec<PathBuf>,
+    /// Print the report as JSON instead of tables (for a run: the content of report.json).
     #[arg(long)]
     pub json: bool,
+    /// Kineto traces: also write HTA's CSV files (temporal_breakdown.csv, comm_comp_overlap.csv,
+    /// idle_time_breakdown.csv, gpu_kernel_breakdown_by_type.csv) into this directory.
+    #[arg(long, value_name = "DIR")]
+    pub hta_csv: Option<PathBuf>,
+    /// Kineto traces: keep times to the nanosecond instead of rounding them to whole
+    /// microseconds as HTA does (starts up, ends down).
+    #[arg(long)]
+    pub exact_times: bool,
 }
 
 #[derive(Debug, Args)]

@@ -6,6 +6,7 @@ mod cli;
 mod cmd;
 mod exit;
 mod render;
+mod render_kineto;
 
 use clap::Parser;
 use std::process::ExitCode;

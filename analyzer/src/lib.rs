@@ -13,6 +13,7 @@ pub mod collectives;
 pub mod error;
 pub mod facts;
 pub mod findings;
+pub mod hta;
 pub mod intervals;
 pub mod load;
 pub mod report;

@@ -1,14 +1,68 @@
-//! `pinch analyze RUN_DIR`: the report again, from the stored node logs.
+//! `pinch analyze`: the report again, from a run's stored node logs; or, given PyTorch profiler
+//! (Kineto) traces, HTA's analyses of them (`cmd::kineto`).
 
 use crate::cli::AnalyzeArgs;
+use crate::cmd::kineto;
 use crate::exit::bad_input;
 use crate::render;
 use pinch_analyzer::{Report, RunData, analyze as analyze_run, load_run};
-use std::path::Path;
+use pinch_traces::kineto::{is_trace_name, trace_files};
+use std::path::{Path, PathBuf};
+
+/// What the arguments name.
+enum Input {
+    /// A directory written by `pinch run`.
+    Run(PathBuf),
+    /// Kineto trace files (directories already listed).
+    Kineto(Vec<PathBuf>),
+}
 
 pub fn analyze(args: AnalyzeArgs) -> anyhow::Result<()> {
-    let report = report_of(&args.run_dir)?;
-    render::print_report(&report, args.json)
+    match input_of(&args.paths)? {
+        Input::Run(dir) => {
+            if args.hta_csv.is_some() || args.exact_times {
+                return Err(bad_input(format!(
+                    "'{}' is a pinch run; --hta-csv and --exact-times apply to Kineto traces",
+                    dir.display()
+                )));
+            }
+            render::print_report(&report_of(&dir)?, args.json)
+        }
+        Input::Kineto(files) => kineto::analyze(&files, &args),
+    }
+}
+
+/// A lone directory with a manifest is a pinch run; anything else must be Kineto traces.
+fn input_of(paths: &[PathBuf]) -> anyhow::Result<Input> {
+    for path in paths {
+        if !path.exists() {
+            return Err(bad_input(format!("'{}' does not exist", path.display())));
+        }
+    }
+    if let [dir] = paths {
+        if dir.join("manifest.json").is_file() {
+            return Ok(Input::Run(dir.clone()));
+        }
+        if dir.is_dir() && !has_traces(dir) {
+            return Err(bad_input(format!(
+                "'{}' holds neither a pinch run (manifest.json) nor Kineto traces (.json, .json.gz)",
+                dir.display()
+            )));
+        }
+    }
+    let mut files = Vec::new();
+    for path in paths {
+        files.extend(trace_files(path).map_err(bad_input)?);
+    }
+    Ok(Input::Kineto(files))
+}
+
+fn has_traces(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries
+            .filter_map(Result::ok)
+            .any(|e| is_trace_name(&e.path()))
+    })
 }
 
 /// Loads a run directory and analyzes it.

@@ -5,6 +5,7 @@ mod analyze;
 pub mod bench;
 pub mod calibrate;
 pub mod decode_bench;
+mod kineto;
 pub mod presets;
 mod rank;
 mod run;

@@ -1,12 +1,14 @@
 //! The shared language of pinch: the data model of a profiled run (manifest, spans, counter
 //! samples, clock anchors) and the node log that carries it to disk.
 //!
-//! Every other crate speaks these types. The crate stays light (serde, postcard, crc32fast) so the
+//! Every other crate speaks these types. The crate stays light (serde, postcard, crc32fast, and
+//! flate2 for gzipped Kineto traces) so the
 //! per-node agent and the rank processes can link it without pulling in the analyzer's weight.
 
 pub mod clock;
 pub mod counter;
 pub mod ids;
+pub mod kineto;
 pub mod manifest;
 pub mod nodelog;
 pub mod request;

@@ -1,0 +1,318 @@
+//! `pinch analyze` on PyTorch profiler (Kineto) traces, end to end through the binary: small
+//! traces written here (their numbers worked out by hand), bad input, and, where
+//! ../shared/kineto is present, HTA's own test traces against the CSVs HTA 0.5.0 wrote.
+
+mod common;
+
+use common::{pinch, stderr_of, stdout_of};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// A Kineto trace of one rank: on stream 7 a computation kernel [0, 100) us, then a copy
+/// [200, 220) us launched at 160 us, after the kernel before it ended; on stream 9 an NCCL
+/// kernel [40, 130) us. Two ProfilerSteps, the second launching one more kernel, which HTA's
+/// clean-up drops.
+fn trace(rank: Option<u32>, world_size: u32) -> String {
+    let info = match rank {
+        Some(r) => format!(
+            r#""distributedInfo": {{"backend": "nccl", "rank": {r}, "world_size": {world_size}}},"#
+        ),
+        None => String::new(),
+    };
+    let kernel = |cat: &str, name: &str, stream: u32, ts: u32, dur: u32, corr: u32| {
+        format!(
+            r#"{{"ph": "X", "cat": "{cat}", "name": "{name}", "pid": 0, "tid": {stream}, "ts": {ts}, "dur": {dur}, "args": {{"stream": {stream}, "device": 0, "correlation": {corr}}}}}"#
+        )
+    };
+    let launch = |ts: u32, corr: u32| {
+        format!(
+            r#"{{"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "pid": 1, "tid": 1, "ts": {ts}, "dur": 2, "args": {{"correlation": {corr}}}}}"#
+        )
+    };
+    let events = [
+        r#"{"ph": "X", "cat": "user_annotation", "name": "ProfilerStep#1", "pid": 1, "tid": 1, "ts": 0, "dur": 300}"#.to_string(),
+        r#"{"ph": "X", "cat": "user_annotation", "name": "ProfilerStep#2", "pid": 1, "tid": 1, "ts": 300, "dur": 100}"#.to_string(),
+        launch(0, 1),
+        launch(1, 2),
+        launch(160, 3),
+        launch(310, 4),
+        kernel("kernel", "volta_sgemm_128x64_nn", 7, 0, 100, 1),
+        kernel("kernel", "ncclDevKernel_AllReduce_Sum_f32_RING_LL", 9, 40, 90, 2),
+        kernel("gpu_memcpy", "Memcpy DtoD (Device -> Device)", 7, 200, 20, 3),
+        kernel("kernel", "volta_sgemm_128x64_nn", 7, 320, 50, 4),
+        r#"{"ph": "s", "cat": "ac2g", "id": 1, "pid": 1, "tid": 1, "ts": 0}"#.to_string(),
+        r#"{"ph": "M", "name": "process_name", "pid": 1, "tid": 0, "args": {"name": "python"}}"#.to_string(),
+    ];
+    format!(
+        r#"{{"schemaVersion": 1, {info} "traceEvents": [{}]}}"#,
+        events.join(",\n")
+    )
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    write_bytes(dir, name, text.as_bytes())
+}
+
+fn write_gz(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    enc.write_all(text.as_bytes()).expect("gzip in memory");
+    write_bytes(dir, name, &enc.finish().expect("gzip in memory"))
+}
+
+fn write_bytes(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).expect("the temporary directory is writable");
+    path
+}
+
+/// A directory with the two ranks of a job, one gzipped.
+fn job() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    write_gz(dir.path(), "rank-0.json.gz", &trace(Some(0), 2));
+    write(dir.path(), "rank-1.pt.trace.json", &trace(Some(1), 2));
+    dir
+}
+
+#[test]
+fn a_directory_of_traces_gets_htas_breakdown_per_rank() {
+    let dir = job();
+    let assert = pinch().arg("analyze").arg(dir.path()).assert().success();
+    let out = stdout_of(&assert);
+    // Span 0..220 us: kernels cover 130 + 20, so idle 70 us; compute 100 us; the NCCL
+    // kernel runs under computation for 60 of its 90 us.
+    for want in [
+        "Kineto traces: 2 ranks of a world of 2",
+        "2 ProfilerSteps: each rank's last step dropped",
+        "220.0 µs",
+        "31.8%",
+        "45.5%",
+        "22.7%",
+        "66.7%",
+        "computation overlapping communication",
+        "100.0 µs (100.0%)",
+    ] {
+        assert!(out.contains(want), "'{want}' missing from:\n{out}");
+    }
+    assert!(stderr_of(&assert).is_empty(), "{}", stderr_of(&assert));
+}
+
+#[test]
+fn json_and_hta_csv_carry_the_same_numbers() {
+    let dir = job();
+    let csv = dir.path().join("csv");
+    let assert = pinch()
+        .arg("analyze")
+        .arg(dir.path().join("rank-0.json.gz"))
+        .arg(dir.path().join("rank-1.pt.trace.json"))
+        .args(["--json", "--hta-csv"])
+        .arg(&csv)
+        .assert()
+        .success();
+    let report: serde_json::Value = serde_json::from_slice(&assert.get_output().stdout).unwrap();
+    let rank1 = &report["ranks"][1];
+    assert_eq!(rank1["rank"], 1);
+    assert_eq!(rank1["temporal"]["span_ns"], 220_000);
+    assert_eq!(rank1["temporal"]["idle_ns"], 70_000);
+    let overlap = rank1["comm_overlap_pct"].as_f64().unwrap();
+    assert!((overlap - 200.0 / 3.0).abs() < 1e-9, "{overlap}");
+    assert_eq!(rank1["idle"][0]["host_wait"]["time_ns"], 100_000);
+    assert_eq!(report["traces"][0]["rank_from"], "distributed_info");
+    let temporal = std::fs::read_to_string(csv.join("temporal_breakdown.csv")).unwrap();
+    assert!(
+        temporal.ends_with("1,70.0,100.0,50.0,220.0,31.82,45.45,22.73\n"),
+        "{temporal}"
+    );
+    let overlap = std::fs::read_to_string(csv.join("comm_comp_overlap.csv")).unwrap();
+    assert_eq!(overlap, "rank,comp_comm_overlap_pctg\n0,66.67\n1,66.67\n");
+    let idle = std::fs::read_to_string(csv.join("idle_time_breakdown.csv")).unwrap();
+    assert!(
+        idle.contains("0,7,host_wait,100.0,1.0\n0,7,other,0.0,0.0\n0,9,other,0.0,\n"),
+        "{idle}"
+    );
+    let types = std::fs::read_to_string(csv.join("gpu_kernel_breakdown_by_type.csv")).unwrap();
+    assert_eq!(
+        types,
+        "kernel_type,sum,percentage\n\
+         COMPUTATION overlapping COMMUNICATION,120,40.0\n\
+         COMPUTATION,80,26.7\n\
+         COMMUNICATION,60,20.0\n\
+         MEMORY,40,13.3\n"
+    );
+}
+
+#[test]
+fn a_trace_without_a_rank_gets_one_by_file_order_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = write(dir.path(), "a.json", &trace(None, 2));
+    let b = write(dir.path(), "b.json", &trace(Some(0), 2));
+    let assert = pinch().arg("analyze").arg(&a).arg(&b).assert().success();
+    let stderr = stderr_of(&assert);
+    assert!(
+        stderr.contains("warning") && stderr.contains("a.json") && stderr.contains("rank 1"),
+        "{stderr}"
+    );
+}
+
+/// Bad input exits 2 with one line naming the file and what is wrong; never a panic.
+fn fails_naming(paths: &[&Path], wants: &[&str]) {
+    let assert = pinch().arg("analyze").args(paths).assert().code(2);
+    let stderr = stderr_of(&assert);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    for want in wants {
+        assert!(stderr.contains(want), "'{want}' missing from: {stderr}");
+    }
+}
+
+#[test]
+fn bad_traces_are_named_with_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let good = trace(Some(0), 2);
+    let cut = write(d, "cut.json", &good[..good.len() / 2]);
+    fails_naming(&[&cut], &["cut.json", "ends early"]);
+    let malformed = write(
+        d,
+        "malformed.json",
+        "{\"traceEvents\": [{\"ph\": \"X\",,}]}",
+    );
+    fails_naming(
+        &[&malformed],
+        &["malformed.json", "not valid JSON", "line 1"],
+    );
+    let other = write(d, "other.json", "{\"name\": \"not a trace\"}");
+    fails_naming(&[&other], &["other.json", "not a Kineto trace"]);
+    let empty = write(d, "empty.json", "{\"traceEvents\": []}");
+    fails_naming(&[&empty], &["empty.json", "no trace events"]);
+    let gz = write_gz(d, "whole.json.gz", &good);
+    let bytes = std::fs::read(&gz).unwrap();
+    let cut_gz = write_bytes(d, "cut.json.gz", &bytes[..bytes.len() / 2]);
+    fails_naming(&[&cut_gz], &["cut.json.gz", "cannot decompress"]);
+    let binary = write_bytes(d, "binary.json", &[0xff, 0xfe, 0x00, 0x01]);
+    fails_naming(&[&binary], &["binary.json"]);
+}
+
+#[test]
+fn ranks_that_disagree_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let a = write(d, "a.json", &trace(Some(0), 2));
+    let b = write(d, "b.json", &trace(Some(1), 4));
+    fails_naming(
+        &[&a, &b],
+        &["a.json", "b.json", "world size is 2", "says 4"],
+    );
+    let c = write(d, "c.json", &trace(Some(0), 2));
+    fails_naming(&[&a, &c], &["a.json", "c.json", "both rank 0"]);
+    let outside = write(d, "outside.json", &trace(Some(3), 2));
+    fails_naming(&[&outside], &["outside.json", "rank 3 of a world of 2"]);
+}
+
+#[test]
+fn times_at_the_ends_of_the_range_do_not_overflow() {
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = |ts: &str, dur: &str, stream: u32| {
+        format!(
+            r#"{{"ph": "X", "cat": "kernel", "name": "k", "ts": {ts}, "dur": {dur}, "args": {{"stream": {stream}, "correlation": 1}}}}"#
+        )
+    };
+    let events = [
+        kernel("-9000000000000000", "9000000000000000", 7),
+        kernel("-8000000000000000", "1", 7),
+        kernel("-7000000000000000", "1", 7),
+        kernel("9000000000000000", "9000000000000000", 7),
+        kernel("-9000000000000000", "9000000000000000", 9),
+    ];
+    let text = format!(r#"{{"traceEvents": [{}]}}"#, events.join(","));
+    let path = write(dir.path(), "extreme.json", &text);
+    for extra in [&[][..], &["--exact-times"]] {
+        let assert = pinch()
+            .arg("analyze")
+            .arg(&path)
+            .args(extra)
+            .assert()
+            .success();
+        assert!(stdout_of(&assert).contains("Kineto traces: 1 rank"));
+    }
+    let beyond = write(
+        dir.path(),
+        "beyond.json",
+        &text.replace("-9000000000000000", "-1e17"),
+    );
+    fails_naming(&[&beyond], &["beyond.json", "time -1e17", "line 1"]);
+}
+
+#[test]
+fn a_directory_with_neither_a_run_nor_traces_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "notes.txt", "hello");
+    fails_naming(&[dir.path()], &["neither a pinch run", "Kineto traces"]);
+}
+
+fn shared() -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/kineto");
+    if dir.is_dir() {
+        Some(dir)
+    } else {
+        println!(
+            "skipped: {} is absent (HTA's traces are not shipped)",
+            dir.display()
+        );
+        None
+    }
+}
+
+#[test]
+fn htas_test_traces_give_htas_csv_files() {
+    let Some(shared) = shared() else { return };
+    let sets = [
+        ("trace_filter", "trace_filter"),
+        ("nccl_parser_config", "nccl_parser_config"),
+        ("ns_resolution_trace", "ns_resolution_trace"),
+        ("alexnet", "critical_path/alexnet"),
+    ];
+    for (set, folder) in sets {
+        let out = tempfile::tempdir().unwrap();
+        pinch()
+            .arg("analyze")
+            .arg(shared.join("traces").join(folder))
+            .arg("--hta-csv")
+            .arg(out.path())
+            .assert()
+            .success();
+        for name in [
+            "temporal_breakdown.csv",
+            "comm_comp_overlap.csv",
+            "idle_time_breakdown.csv",
+            "gpu_kernel_breakdown_by_type.csv",
+        ] {
+            let ours = std::fs::read_to_string(out.path().join(name)).unwrap();
+            let hta =
+                std::fs::read_to_string(shared.join("hta-expected").join(set).join(name)).unwrap();
+            assert_eq!(ours, hta, "{set}/{name}");
+        }
+    }
+}
+
+#[test]
+fn every_shared_trace_reads_without_error() {
+    let Some(shared) = shared() else { return };
+    let folders = [
+        "amd_trace",
+        "cpu_only",
+        "mtia_inference_trace",
+        "rank_unavailable",
+        "distributed_info_unavailable",
+        "trace_file_list",
+    ];
+    for folder in folders {
+        let assert = pinch()
+            .arg("analyze")
+            .arg(shared.join("traces").join(folder))
+            .assert()
+            .success();
+        assert!(
+            stdout_of(&assert).contains("Kineto traces: 1 rank"),
+            "{folder}"
+        );
+    }
+}

@@ -1,0 +1,643 @@
+//! Kineto's Chrome-JSON trace text into a `KinetoTrace`, in one pass.
+//!
+//! serde visits the top-level object and hands each element of `traceEvents` to a `Builder`
+//! as it is parsed, so no tree of `serde_json::Value`s is ever built: an event is a small
+//! struct of borrowed strings, its fields known by name, every other field skipped. Names are
+//! interned as they arrive.
+
+use super::model::{
+    DeviceEvent, DeviceEventKind, DeviceStream, Flow, FlowKind, FlowPhase, HostEvent,
+    HostEventKind, KinetoTrace, NameId,
+};
+use crate::ids::Rank;
+use serde::Deserialize;
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fmt;
+
+/// Why text could not be read as a Kineto trace (the caller adds the file's name).
+#[derive(Debug)]
+pub enum ParseFailure {
+    Json(serde_json::Error),
+    /// Valid JSON, but not a Kineto trace; says what is missing.
+    NotKineto(&'static str),
+}
+
+/// Parses a whole trace held in memory.
+pub fn parse_trace(text: &[u8]) -> Result<KinetoTrace, ParseFailure> {
+    let mut builder = Builder::default();
+    // Text checked as UTF-8 once up front spares serde_json checking each string again.
+    match std::str::from_utf8(text) {
+        Ok(text) => run(&mut builder, serde_json::Deserializer::from_str(text)),
+        Err(_) => run(&mut builder, serde_json::Deserializer::from_slice(text)),
+    }
+    .map_err(ParseFailure::Json)?;
+    if !builder.saw_events {
+        return Err(ParseFailure::NotKineto("it has no 'traceEvents' list"));
+    }
+    Ok(builder.finish())
+}
+
+fn run<'de, R: serde_json::de::Read<'de>>(
+    builder: &mut Builder,
+    mut de: serde_json::Deserializer<R>,
+) -> Result<(), serde_json::Error> {
+    TraceSeed(builder).deserialize(&mut de)?;
+    de.end()
+}
+
+/// A string as it appears in the text: borrowed unless it holds escapes.
+struct Str<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Not serde's `Cow` impl: that one always copies.
+        d.deserialize_str(StrVisitor)
+    }
+}
+
+struct StrVisitor;
+
+impl<'de> Visitor<'de> for StrVisitor {
+    type Value = Str<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Str<'de>, E> {
+        Ok(Str(Cow::Borrowed(v)))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Str<'de>, E> {
+        Ok(Str(Cow::Owned(v.to_owned())))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Str<'de>, E> {
+        Ok(Str(Cow::Owned(v)))
+    }
+}
+
+/// A time in Kineto's microseconds (integer, or with a fraction of nanoseconds), held as
+/// nanoseconds. Read from the number's text: at Unix-epoch microseconds (~1.7e15) an f64 keeps
+/// only quarter microseconds.
+struct Nanos(i64);
+
+impl<'de> Deserialize<'de> for Nanos {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = <&'de RawValue>::deserialize(d)?;
+        let text = raw.get();
+        micros_text_to_ns(text.trim_matches('"'))
+            .map(Nanos)
+            .ok_or_else(|| {
+                de::Error::custom(format!(
+                    "time {text} is not a number of microseconds within ±9.2e15"
+                ))
+            })
+    }
+}
+
+/// `"1712195495505583.123"` (us) to 1712195495505583123 (ns), exactly; digits past the
+/// nanosecond round half up. Exponents go through f64. One pass over the bytes: every event
+/// has two times.
+pub fn micros_text_to_ns(text: &str) -> Option<i64> {
+    let bytes = text.as_bytes();
+    let (negative, digits) = match bytes.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, bytes),
+    };
+    let mut ns: i64 = 0;
+    // Digits read after the point, once there is one.
+    let mut fraction: Option<u32> = None;
+    let mut round_up = false;
+    for (i, &b) in digits.iter().enumerate() {
+        match b {
+            b'0'..=b'9' => {
+                let digit = i64::from(b - b'0');
+                match fraction {
+                    Some(3) => round_up = digit >= 5,
+                    Some(n) if n > 3 => {}
+                    _ => ns = ns.checked_mul(10)?.checked_add(digit)?,
+                }
+                if let Some(n) = fraction.as_mut() {
+                    *n = n.saturating_add(1);
+                }
+            }
+            b'.' if fraction.is_none() && i > 0 => fraction = Some(0),
+            b'e' | b'E' => return exponent_micros_to_ns(text),
+            _ => return None,
+        }
+    }
+    if digits.is_empty() || fraction == Some(0) {
+        return None;
+    }
+    let missing = 3 - fraction.unwrap_or(0).min(3);
+    let ns = ns
+        .checked_mul(10i64.pow(missing))?
+        .checked_add(i64::from(round_up))?;
+    Some(if negative { -ns } else { ns })
+}
+
+fn exponent_micros_to_ns(text: &str) -> Option<i64> {
+    let ns = (text.parse::<f64>().ok()? * 1000.0).round();
+    (ns.is_finite() && ns.abs() < i64::MAX as f64).then_some(ns as i64)
+}
+
+/// An integer argument that traces spell several ways (7, 7.0, "7"); anything else, such as a
+/// HIP stream's pointer "0x5555...", is no integer (HTA reads those as -1, none).
+struct LenientInt(Option<i64>);
+
+impl<'de> Deserialize<'de> for LenientInt {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(LenientIntVisitor)
+    }
+}
+
+struct LenientIntVisitor;
+
+impl<'de> Visitor<'de> for LenientIntVisitor {
+    type Value = LenientInt;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an integer")
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<LenientInt, E> {
+        Ok(LenientInt(i64::try_from(v).ok()))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<LenientInt, E> {
+        Ok(LenientInt(Some(v)))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<LenientInt, E> {
+        let whole = v.fract() == 0.0 && v.abs() < i64::MAX as f64;
+        Ok(LenientInt(whole.then_some(v as i64)))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<LenientInt, E> {
+        Ok(LenientInt(v.trim().parse().ok()))
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<LenientInt, E> {
+        Ok(LenientInt(None))
+    }
+
+    fn visit_unit<E>(self) -> Result<LenientInt, E> {
+        Ok(LenientInt(None))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<LenientInt, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(LenientInt(None))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<LenientInt, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(LenientInt(None))
+    }
+}
+
+fn int(value: &Option<LenientInt>) -> Option<i64> {
+    value.as_ref().and_then(|v| v.0)
+}
+
+fn unsigned(value: &Option<LenientInt>) -> Option<u64> {
+    int(value).and_then(|v| u64::try_from(v).ok())
+}
+
+/// One element of `traceEvents`, only the fields pinch reads.
+#[derive(Deserialize)]
+struct RawEvent<'a> {
+    #[serde(borrow)]
+    ph: Option<Str<'a>>,
+    #[serde(borrow)]
+    cat: Option<Str<'a>>,
+    #[serde(borrow)]
+    name: Option<Str<'a>>,
+    ts: Option<Nanos>,
+    dur: Option<Nanos>,
+    pid: Option<LenientInt>,
+    tid: Option<LenientInt>,
+    id: Option<LenientInt>,
+    #[serde(borrow)]
+    args: Option<RawArgs<'a>>,
+}
+
+#[derive(Deserialize)]
+struct RawArgs<'a> {
+    stream: Option<LenientInt>,
+    device: Option<LenientInt>,
+    correlation: Option<LenientInt>,
+    #[serde(rename = "External id", alias = "external id")]
+    external_id: Option<LenientInt>,
+    #[serde(rename = "Collective name", borrow)]
+    collective: Option<Str<'a>>,
+}
+
+#[derive(Deserialize)]
+struct RawDistributed {
+    rank: Option<LenientInt>,
+    world_size: Option<LenientInt>,
+    backend: Option<String>,
+}
+
+/// Visits the top level: an object whose `traceEvents` go to the builder (or, as Chrome's
+/// format also allows, a bare list of events).
+struct TraceSeed<'b>(&'b mut Builder);
+
+impl<'de> DeserializeSeed<'de> for TraceSeed<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for TraceSeed<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a Kineto trace (an object with a 'traceEvents' list)")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key::<Str>()? {
+            match key.0.as_ref() {
+                "traceEvents" => map.next_value_seed(EventsSeed(&mut *self.0))?,
+                "distributedInfo" => {
+                    let info = map.next_value::<Option<RawDistributed>>()?;
+                    self.0.distributed(info);
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
+        EventsSeed(self.0).visit_seq(seq)
+    }
+}
+
+/// Feeds each event of the `traceEvents` list to the builder as soon as it is parsed.
+struct EventsSeed<'b>(&'b mut Builder);
+
+impl<'de> DeserializeSeed<'de> for EventsSeed<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for EventsSeed<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a list of trace events")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        self.0.saw_events = true;
+        while let Some(event) = seq.next_element::<RawEvent>()? {
+            self.0.add(&event);
+        }
+        Ok(())
+    }
+}
+
+/// The fields every kept complete event has.
+struct Timed<'e> {
+    cat: &'e str,
+    name: NameId,
+    start_ns: i64,
+    duration_ns: u64,
+}
+
+/// Collects events into the model; `finish` sorts them.
+#[derive(Default)]
+struct Builder {
+    trace: KinetoTrace,
+    saw_events: bool,
+    /// Where each (device, stream) sits in `trace.streams`.
+    lanes: HashMap<(Option<u32>, Option<u32>), usize>,
+}
+
+impl Builder {
+    fn distributed(&mut self, info: Option<RawDistributed>) {
+        let Some(info) = info else { return };
+        let small = |v: &Option<LenientInt>| int(v).and_then(|v| u32::try_from(v).ok());
+        self.trace.rank = small(&info.rank).map(Rank);
+        self.trace.world_size = small(&info.world_size);
+        self.trace.backend = info.backend;
+    }
+
+    fn add(&mut self, event: &RawEvent) {
+        match event.ph.as_ref().map(|p| p.0.as_ref()) {
+            Some("X") => self.complete(event),
+            Some(ph @ ("s" | "t" | "f")) => self.flow(ph, event),
+            _ => self.trace.skipped.other_phases += 1,
+        }
+    }
+
+    fn complete(&mut self, event: &RawEvent) {
+        let Some(timed) = self.timed(event) else {
+            return;
+        };
+        let args = event.args.as_ref();
+        let stream = args
+            .and_then(|a| int(&a.stream))
+            .and_then(|s| u32::try_from(s).ok());
+        if stream.is_some() || timed.cat == "cuda_sync" {
+            self.device(timed, stream, args);
+        } else {
+            self.host(timed, event, args);
+        }
+    }
+
+    /// What every kept complete event has; `None` (and the reason counted) for one to skip.
+    fn timed<'e>(&mut self, event: &'e RawEvent) -> Option<Timed<'e>> {
+        let skipped = &mut self.trace.skipped;
+        let (Some(Nanos(start_ns)), Some(Nanos(dur_ns))) = (&event.ts, &event.dur) else {
+            skipped.no_time += 1;
+            return None;
+        };
+        let Ok(duration_ns) = u64::try_from(*dur_ns) else {
+            skipped.no_time += 1;
+            return None;
+        };
+        let Some(cat) = event.cat.as_ref().map(|c| c.0.as_ref()) else {
+            skipped.no_category += 1;
+            return None;
+        };
+        if cat == "Trace" {
+            skipped.profiler_spans += 1;
+            return None;
+        }
+        let name = event.name.as_ref().map_or("", |n| n.0.as_ref());
+        Some(Timed {
+            cat,
+            name: self.trace.names.intern(name),
+            start_ns: *start_ns,
+            duration_ns,
+        })
+    }
+
+    fn device(&mut self, timed: Timed, stream: Option<u32>, args: Option<&RawArgs>) {
+        let device = args
+            .and_then(|a| int(&a.device))
+            .and_then(|d| u32::try_from(d).ok());
+        let collective = args
+            .and_then(|a| a.collective.as_ref())
+            .map(|c| self.trace.names.intern(&c.0));
+        let event = DeviceEvent {
+            name: timed.name,
+            kind: device_kind(timed.cat),
+            start_ns: timed.start_ns,
+            duration_ns: timed.duration_ns,
+            correlation: args.and_then(|a| unsigned(&a.correlation)),
+            collective,
+        };
+        self.push_device(device, stream, event);
+    }
+
+    fn host(&mut self, timed: Timed, raw: &RawEvent, args: Option<&RawArgs>) {
+        let kind = host_kind(timed.cat);
+        let event = HostEvent {
+            name: timed.name,
+            kind,
+            start_ns: timed.start_ns,
+            duration_ns: timed.duration_ns,
+            pid: int(&raw.pid),
+            tid: int(&raw.tid),
+            correlation: args.and_then(|a| unsigned(&a.correlation)),
+            external_id: args.and_then(|a| unsigned(&a.external_id)),
+        };
+        match kind {
+            HostEventKind::Runtime => self.trace.runtime.push(event),
+            _ => self.trace.cpu_ops.push(event),
+        }
+    }
+
+    fn push_device(&mut self, device: Option<u32>, stream: Option<u32>, event: DeviceEvent) {
+        let streams = &mut self.trace.streams;
+        let at = *self.lanes.entry((device, stream)).or_insert_with(|| {
+            streams.push(DeviceStream {
+                device,
+                stream,
+                events: Vec::new(),
+            });
+            streams.len() - 1
+        });
+        streams[at].events.push(event);
+    }
+
+    fn flow(&mut self, ph: &str, event: &RawEvent) {
+        let (Some(Nanos(time_ns)), Some(id)) = (&event.ts, unsigned(&event.id)) else {
+            self.trace.skipped.no_time += 1;
+            return;
+        };
+        let kind = match event.cat.as_ref().map(|c| c.0.as_ref()) {
+            Some("ac2g" | "async_gpu") => FlowKind::Launch,
+            Some("fwdbwd") => FlowKind::ForwardBackward,
+            _ => FlowKind::Other,
+        };
+        let phase = match ph {
+            "s" => FlowPhase::Start,
+            "t" => FlowPhase::Step,
+            _ => FlowPhase::End,
+        };
+        self.trace.flows.push(Flow {
+            id,
+            kind,
+            phase,
+            time_ns: *time_ns,
+            pid: int(&event.pid),
+            tid: int(&event.tid),
+        });
+    }
+
+    fn finish(mut self) -> KinetoTrace {
+        // Stable sorts: events that start together keep the file's order, as in HTA.
+        for stream in &mut self.trace.streams {
+            stream.events.sort_by_key(|e| e.start_ns);
+        }
+        self.trace.cpu_ops.sort_by_key(|e| e.start_ns);
+        self.trace.runtime.sort_by_key(|e| e.start_ns);
+        self.trace
+    }
+}
+
+fn device_kind(cat: &str) -> DeviceEventKind {
+    match cat {
+        "kernel" | "Kernel" | "mtia_ccp_events" => DeviceEventKind::Kernel,
+        "gpu_memcpy" | "Memcpy" => DeviceEventKind::Memcpy,
+        "gpu_memset" | "Memset" => DeviceEventKind::Memset,
+        "cuda_sync" => DeviceEventKind::Sync,
+        _ => DeviceEventKind::Other,
+    }
+}
+
+fn host_kind(cat: &str) -> HostEventKind {
+    match cat {
+        "cpu_op" | "Operator" => HostEventKind::CpuOp,
+        "user_annotation" => HostEventKind::UserAnnotation,
+        "gpu_user_annotation" => HostEventKind::DeviceAnnotation,
+        "python_function" => HostEventKind::PythonFunction,
+        "Runtime" | "Driver" => HostEventKind::Runtime,
+        _ if cat.ends_with("_runtime") || cat.ends_with("_driver") => HostEventKind::Runtime,
+        _ => HostEventKind::Other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kineto::model::Skipped;
+
+    fn parse(text: &str) -> KinetoTrace {
+        match parse_trace(text.as_bytes()) {
+            Ok(trace) => trace,
+            Err(e) => panic!("{text} does not parse: {e:?}"),
+        }
+    }
+
+    const SMALL: &str = r#"{
+      "schemaVersion": 1,
+      "distributedInfo": {"backend": "nccl", "rank": 3, "world_size": 8, "pg_config": [{"ranks": [0, 1]}]},
+      "traceEvents": [
+        {"ph": "X", "cat": "cpu_op", "name": "aten::mm", "pid": 10, "tid": 11, "ts": 100, "dur": 50, "args": {"External id": 4}},
+        {"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "pid": 10, "tid": 11, "ts": 110.5, "dur": 5.25, "args": {"correlation": 77, "External id": 4}},
+        {"ph": "X", "cat": "kernel", "name": "ncclDevKernel_AllReduce", "pid": 0, "tid": 7, "ts": 300.001, "dur": 20, "args": {"stream": 7, "device": 0, "correlation": 77, "Collective name": "allreduce"}},
+        {"ph": "X", "cat": "kernel", "name": "gemm \"tn\"", "pid": 0, "tid": 7, "ts": 200, "dur": 20, "args": {"stream": 7, "device": 0, "correlation": 78}},
+        {"ph": "X", "cat": "gpu_memcpy", "name": "Memcpy HtoD", "pid": 0, "tid": 9, "ts": 250, "dur": 3, "args": {"stream": "9", "device": 0}},
+        {"ph": "X", "cat": "cuda_sync", "name": "Context Sync", "pid": 0, "tid": 1, "ts": 330, "dur": 1, "args": {"stream": -1, "device": 0}},
+        {"ph": "X", "cat": "cuda_runtime", "name": "hipLaunchKernel", "ts": 120, "dur": 1, "args": {"stream": "0x5555", "correlation": 80}},
+        {"ph": "s", "cat": "ac2g", "id": 77, "pid": 10, "tid": 11, "ts": 110.5},
+        {"ph": "f", "cat": "ac2g", "id": 77, "pid": 0, "tid": 7, "ts": 300.001, "bp": "e"},
+        {"ph": "X", "cat": "Trace", "name": "PyTorch Profiler (0)", "pid": "Spans", "tid": "PyTorch Profiler", "ts": 90, "dur": 500},
+        {"ph": "M", "name": "process_name", "pid": 10, "tid": 0, "ts": 90, "args": {"name": "python"}},
+        {"ph": "X", "cat": "cpu_op", "name": "no duration", "ts": 1},
+        {"ph": "X", "name": "no category", "ts": 1, "dur": 2},
+        {"name": "Record Window End", "ph": "i", "s": "g", "pid": "", "tid": "", "ts": 900}
+      ]
+    }"#;
+
+    #[test]
+    fn reads_distributed_info_and_every_kind_of_event() {
+        let t = parse(SMALL);
+        assert_eq!((t.rank, t.world_size), (Some(Rank(3)), Some(8)));
+        assert_eq!(t.backend.as_deref(), Some("nccl"));
+        assert_eq!(t.cpu_ops.len(), 1);
+        assert_eq!(t.cpu_ops[0].external_id, Some(4));
+        assert_eq!(t.runtime.len(), 2);
+        assert_eq!(t.runtime[0].start_ns, 110_500);
+        assert_eq!(t.runtime[0].duration_ns, 5_250);
+        assert_eq!(
+            t.runtime[1].correlation,
+            Some(80),
+            "a HIP stream pointer is no stream"
+        );
+        let lanes: Vec<_> = t.streams.iter().map(|s| (s.device, s.stream)).collect();
+        assert_eq!(
+            lanes,
+            [(Some(0), Some(7)), (Some(0), Some(9)), (Some(0), None)]
+        );
+        assert_eq!(t.flows.len(), 2);
+        assert_eq!(t.flows[1].phase, FlowPhase::End);
+        assert_eq!(
+            t.skipped,
+            Skipped {
+                no_time: 1,
+                no_category: 1,
+                profiler_spans: 1,
+                other_phases: 2
+            }
+        );
+    }
+
+    #[test]
+    fn device_events_are_sorted_and_keep_their_links() {
+        let t = parse(SMALL);
+        let s7 = &t.streams[0].events;
+        assert_eq!(
+            t.names.get(s7[0].name),
+            "gemm \"tn\"",
+            "escapes are decoded"
+        );
+        assert_eq!(s7[1].start_ns, 300_001);
+        assert_eq!(s7[1].correlation, Some(77));
+        assert_eq!(s7[1].collective.map(|c| t.names.get(c)), Some("allreduce"));
+        assert_eq!(t.streams[1].events[0].kind, DeviceEventKind::Memcpy);
+        assert_eq!(t.streams[2].events[0].kind, DeviceEventKind::Sync);
+        assert_eq!(t.device_event_count(), 4);
+    }
+
+    #[test]
+    fn microsecond_text_becomes_exact_nanoseconds() {
+        let cases = [
+            ("1712195495505583.123", Some(1_712_195_495_505_583_123)),
+            ("1712195495505583", Some(1_712_195_495_505_583_000)),
+            ("2.5", Some(2_500)),
+            ("0.0004", Some(0)),
+            ("0.0005", Some(1)),
+            ("0.00049", Some(0)),
+            ("0.12345", Some(123)),
+            ("7.", None),
+            (".5", None),
+            ("-3.25", Some(-3_250)),
+            ("1e3", Some(1_000_000)),
+            ("abc", None),
+            ("1.2.3", None),
+            ("", None),
+        ];
+        for (text, want) in cases {
+            assert_eq!(micros_text_to_ns(text), want, "{text}");
+        }
+        let t = parse(r#"{"traceEvents": [{"ph": "X", "cat": "c", "ts": "7", "dur": 1.5}]}"#);
+        assert_eq!(
+            (t.cpu_ops[0].start_ns, t.cpu_ops[0].duration_ns),
+            (7_000, 1_500)
+        );
+    }
+
+    #[test]
+    fn a_bare_list_of_events_is_a_trace_without_metadata() {
+        let t = parse(r#"[{"ph": "X", "cat": "cpu_op", "name": "a", "ts": 1, "dur": 2}]"#);
+        assert_eq!((t.rank, t.cpu_ops.len()), (None, 1));
+    }
+
+    #[test]
+    fn json_that_is_no_trace_is_refused() {
+        for text in [r#"{"foo": 1}"#, "{}"] {
+            assert!(matches!(
+                parse_trace(text.as_bytes()),
+                Err(ParseFailure::NotKineto(_))
+            ));
+        }
+        for text in [
+            "5",
+            r#"{"traceEvents": 3}"#,
+            r#"{"traceEvents": [{"ts": [1]}]}"#,
+        ] {
+            assert!(
+                matches!(parse_trace(text.as_bytes()), Err(ParseFailure::Json(_))),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn cut_text_is_an_eof_error() {
+        let cut = &SMALL[..SMALL.len() / 2];
+        match parse_trace(cut.as_bytes()) {
+            Err(ParseFailure::Json(e)) => assert!(e.is_eof(), "{e}"),
+            other => panic!("{other:?}"),
+        }
+    }
+}
