@@ -72,6 +72,21 @@ pub struct Kernel {
     pub launch_ns: Option<i64>,
 }
 
+impl Kernel {
+    /// A work kernel on stream 7 with no launch time, for tests.
+    #[cfg(test)]
+    pub(crate) fn on_stream_7(kernel_type: KernelType, start_ns: i64, end_ns: i64) -> Kernel {
+        Kernel {
+            stream: 7,
+            kernel_type,
+            is_work: true,
+            start_ns,
+            end_ns,
+            launch_ns: None,
+        }
+    }
+}
+
 /// One rank's kernels after the clean-up, sorted by start.
 #[derive(Clone, Debug)]
 pub struct CleanRank {

@@ -109,14 +109,7 @@ mod tests {
     use KernelType::*;
 
     fn k(kernel_type: KernelType, start_ns: i64, end_ns: i64) -> Kernel {
-        Kernel {
-            stream: 7,
-            kernel_type,
-            is_work: true,
-            start_ns,
-            end_ns,
-            launch_ns: None,
-        }
+        Kernel::on_stream_7(kernel_type, start_ns, end_ns)
     }
 
     #[test]
