@@ -1,11 +1,12 @@
-//! `pinch analyze`: the report again, from a run's stored node logs; or, given PyTorch profiler
-//! (Kineto) traces, HTA's analyses of them (`cmd::kineto`).
+//! `pinch analyze`: the report again, from a run's stored node logs (with its Parquet tables
+//! written again); or, given PyTorch profiler (Kineto) traces, HTA's analyses of them
+//! (`cmd::kineto`).
 
 use crate::cli::AnalyzeArgs;
 use crate::cmd::kineto;
 use crate::exit::bad_input;
 use crate::render;
-use pinch_analyzer::{Report, RunData, analyze as analyze_run, load_run};
+use pinch_analyzer::{Report, RunData, load_run};
 use pinch_traces::kineto::{is_trace_name, trace_files};
 use std::path::{Path, PathBuf};
 
@@ -65,9 +66,10 @@ fn has_traces(dir: &Path) -> bool {
     })
 }
 
-/// Loads a run directory and analyzes it.
+/// Loads a run directory and analyzes it, writing its Parquet tables again beside the manifest
+/// (a warning, not a failure, where the directory is read-only).
 pub fn report_of(run_dir: &Path) -> anyhow::Result<Report> {
-    Ok(analyze_run(&load(run_dir)?))
+    Ok(crate::cmd::run::analyze_and_store(&load(run_dir)?, run_dir))
 }
 
 /// Reads a run directory's manifest and node logs. Problems with the directory itself are bad
