@@ -146,9 +146,20 @@ fn rank_row(r: &RankReport) -> Vec<Cell> {
     ]
 }
 
+/// "memory 82%": the class and how close the op comes to its roof.
+fn roofline_cell(roofline: pinch_analyzer::OpRoofline) -> String {
+    let class = match roofline.class {
+        pinch_analyzer::RooflineClass::ComputeBound => "compute",
+        pinch_analyzer::RooflineClass::MemoryBound => "memory",
+        pinch_analyzer::RooflineClass::LatencyBound => "latency",
+    };
+    format!("{class} {:.0}%", roofline.roof_pct)
+}
+
 fn ops_table(report: &Report) -> String {
     let mut t = table(&[
         "rank", "op", "category", "count", "total", "share", "median", "GFLOP/s", "GB/s",
+        "roofline",
     ]);
     for r in &report.ranks {
         for op in r.top_ops.iter().take(OPS_SHOWN) {
@@ -162,10 +173,15 @@ fn ops_table(report: &Report) -> String {
                 right(fmt_ns(op.median_ns)),
                 right(op.achieved_gflops.map_or("-".into(), |g| format!("{g:.2}"))),
                 right(op.achieved_gbps.map_or("-".into(), |g| format!("{g:.2}"))),
+                Cell::new(op.roofline.map_or("-".into(), roofline_cell)),
             ]);
         }
     }
-    format!("Top ops per rank\n{t}")
+    let roofs = match report.ranks.iter().find_map(|r| r.roofs) {
+        Some(_) => "roofline: class, and achieved share of the roof at the op's flops per byte",
+        None => "roofline: no calibration on this host (run `pinch calibrate` once)",
+    };
+    format!("Top ops per rank ({roofs})\n{t}")
 }
 
 /// Collective groups printed (report.json has them all).

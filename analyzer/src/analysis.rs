@@ -4,6 +4,7 @@
 use crate::breakdown::{BreakdownNs, BreakdownPct, breakdown, comm_overlap_pct};
 use crate::collectives::{CollectiveReport, collective_reports};
 use crate::facts::RunFacts;
+use crate::roofline::{Ceilings, OpRoofline};
 use crate::stats::{median, pct};
 use crate::stragglers::{StragglerReport, straggler_report};
 use crate::timeline::{NameId, TimedSpan, Timeline};
@@ -62,6 +63,9 @@ pub struct OpReport {
     pub achieved_gflops: Option<f64>,
     /// `bytes` over the time of the spans that carry them, in GB/s (1e9).
     pub achieved_gbps: Option<f64>,
+    /// Where the op sits under the rank's roofs; `None` without a calibration, or for an op
+    /// without flops and bytes.
+    pub roofline: Option<OpRoofline>,
 }
 
 /// Everything measured about one rank.
@@ -79,6 +83,9 @@ pub struct RankReport {
     pub comm_overlap_pct: Option<f64>,
     /// Up to `TOP_OPS` ops, longest total first.
     pub top_ops: Vec<OpReport>,
+    /// The rank's compute and bandwidth roofs from the host's calibration; `None` when the run
+    /// carries none (run `pinch calibrate` once on the host).
+    pub roofs: Option<Ceilings>,
     /// `None` when the rank never reported a count.
     pub dropped_spans: Option<u64>,
     /// Whether no problem of the run touches this rank.
@@ -115,6 +122,7 @@ fn rank_report(timeline: &Timeline, facts: &RunFacts, rank: Rank, node: NodeId) 
         breakdown_pct: breakdown_ns.and_then(|b| b.to_pct()),
         comm_overlap_pct: comm_overlap_pct(spans),
         top_ops: top_ops(timeline, spans, wall_ns.unwrap_or(0)),
+        roofs: None,
         dropped_spans: facts.dropped_spans.get(&rank).copied(),
         complete: facts.is_complete(rank),
         exit: facts.exits.get(&rank).map(ExitReport::from),
@@ -156,6 +164,7 @@ fn op_report(timeline: &Timeline, spans: &[&TimedSpan], wall_ns: u64) -> Option<
         bytes: bytes.map(|(sum, _)| sum),
         achieved_gflops: flops.and_then(per_ns),
         achieved_gbps: bytes.and_then(per_ns),
+        roofline: None,
     })
 }
 

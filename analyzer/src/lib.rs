@@ -17,6 +17,7 @@ pub mod hta;
 pub mod intervals;
 pub mod load;
 pub mod report;
+pub mod roofline;
 pub mod run;
 pub mod serving;
 pub mod stats;
@@ -39,6 +40,7 @@ pub use report::{
     CounterSourceReport, NodeReport, REPORT_SCHEMA_VERSION, Report, RunInfo, analyze, report_from,
     report_with_clocks,
 };
+pub use roofline::{Ceilings, OpRoofline, RooflineClass};
 pub use run::{LogState, NodeData, RankLife, RunData};
 pub use serving::{
     Goodput, LatencyStats, ReplicaServing, ServingReport, Slo, SloError, serving_report,

@@ -7,6 +7,7 @@ use crate::analysis::{AnalysisInput, RankReport};
 use crate::collectives::CollectiveReport;
 use crate::facts::RunFacts;
 use crate::findings::{Finding, detect_all};
+use crate::roofline::{classify, rank_ceilings};
 use crate::run::{NodeData, RunData};
 use crate::serving::{ServingReport, serving_report};
 use crate::stragglers::StragglerReport;
@@ -16,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// report.json's schema version; bumped on any incompatible change.
-pub const REPORT_SCHEMA_VERSION: u32 = 3;
+pub const REPORT_SCHEMA_VERSION: u32 = 4;
 
 /// The counter and device names CPU utilization is read from.
 const CPU_COUNTER: &str = "cpu.utilization";
@@ -113,7 +114,8 @@ pub fn report_with_clocks(
     facts: &RunFacts,
     clocks: &[NodeClockReport],
 ) -> Report {
-    let input = AnalysisInput::new(timeline, facts);
+    let mut input = AnalysisInput::new(timeline, facts);
+    place_under_roofs(&mut input.ranks, &run.manifest.workload.parameters, facts);
     let findings = detect_all(&input);
     let clock_of = |node: &NodeData| clocks.iter().find(|c| c.node == node.node.0).cloned();
     Report {
@@ -129,6 +131,28 @@ pub fn report_with_clocks(
         findings,
         serving: serving_report(run),
         stragglers: input.stragglers,
+    }
+}
+
+/// Gives each rank its roofs (its share of the host's calibrated ceilings) and each of its ops
+/// its roofline class; without a calibration in the run, both stay `None`.
+fn place_under_roofs(
+    ranks: &mut [RankReport],
+    parameters: &BTreeMap<String, serde_json::Value>,
+    facts: &RunFacts,
+) {
+    for rank in ranks {
+        let on_node = facts
+            .rank_nodes
+            .values()
+            .filter(|n| n.0 == rank.node)
+            .count();
+        rank.roofs = rank_ceilings(parameters, on_node);
+        if let Some(roofs) = rank.roofs {
+            for op in &mut rank.top_ops {
+                op.roofline = classify(op, &roofs);
+            }
+        }
     }
 }
 
@@ -257,10 +281,45 @@ mod tests {
     };
 
     #[test]
+    fn ops_get_a_roofline_class_when_the_run_carries_a_calibration() {
+        use crate::roofline::{Ceilings, RooflineClass};
+        use serde_json::json;
+        let mut run = testkit::run_with_spans(&[&[0, 1]]);
+        let uncalibrated = analyze(&run);
+        assert!(uncalibrated.ranks.iter().all(|r| r.roofs.is_none()));
+        let rates = |one: f64, all: f64| json!({"one_thread": one, "all_threads": all});
+        let parameters = &mut run.manifest.workload.parameters;
+        parameters.insert(
+            "calibration".into(),
+            json!({
+                "gemm": [{"dtype": "f32", "gflops": rates(100.0, 100.0)}],
+                "memory": {"triad_gbps": rates(20.0, 20.0)},
+            }),
+        );
+        parameters.insert("dtype".into(), json!("f32"));
+        parameters.insert("threads".into(), json!(1));
+        let facts = RunFacts::from_run(&run);
+        let mut ranks = analyze(&run).ranks;
+        // The synthetic spans carry no cost model: give the first op one.
+        let op = &mut ranks[0].top_ops[0];
+        (op.flops, op.bytes, op.achieved_gflops) = (Some(8_000), Some(1_000), Some(40.0));
+        place_under_roofs(&mut ranks, &run.manifest.workload.parameters, &facts);
+        // Two ranks share the node: each gets half the host's all-thread figures.
+        let roofs = Ceilings {
+            gflops: 50.0,
+            gbps: 10.0,
+        };
+        assert_eq!(ranks[0].roofs, Some(roofs));
+        let roofline = ranks[0].top_ops[0].roofline.unwrap();
+        assert_eq!(roofline.class, RooflineClass::ComputeBound);
+        assert_eq!((roofline.roof_gflops, roofline.roof_pct), (50.0, 80.0));
+    }
+
+    #[test]
     fn a_healthy_run_is_complete_and_has_nothing_above_info() {
         let run = testkit::run_with_spans(&[&[0, 1], &[2, 3]]);
         let report = analyze(&run);
-        assert_eq!(report.schema_version, 3);
+        assert_eq!(report.schema_version, 4);
         assert_eq!(report.serving, None);
         assert_eq!(report.run.incomplete, Vec::<String>::new());
         assert_eq!(report.ranks.len(), 4);
@@ -294,7 +353,7 @@ mod tests {
         });
         let report = analyze(&run);
         let json = serde_json::to_value(&report)?;
-        assert_eq!(json["schema_version"], 3);
+        assert_eq!(json["schema_version"], 4);
         assert!(json["serving"].is_null());
         assert_eq!(json["ranks"][0]["rank"], 0);
         assert_eq!(json["ranks"][0]["node"], 0);

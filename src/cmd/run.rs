@@ -200,6 +200,7 @@ fn manifest(plan: &Plan, args: &RunArgs) -> anyhow::Result<RunManifest> {
         ("ep", serde_json::json!(c.layout.ep)),
         ("nodes", serde_json::json!(args.nodes)),
         ("dtype", serde_json::json!(c.storage.name())),
+        ("threads", serde_json::json!(c.threads)),
         ("requests", serde_json::to_value(&c.requests)?),
         ("route", serde_json::to_value(c.route)?),
         ("kv_blocks", serde_json::json!(c.kv_blocks)),
