@@ -27,6 +27,19 @@ fn attrs() -> SpanAttrs {
     }
 }
 
+/// What a rank does for one span: stamp its start, then finish it.
+#[inline]
+fn record_one(recorder: &Recorder, attrs: SpanAttrs) {
+    let start = recorder.stamp();
+    recorder.finish(
+        Lane(0),
+        Category::Compute,
+        OpId(7),
+        start,
+        divan::black_box(attrs),
+    );
+}
+
 /// One span, the hot-path cost: the ring is emptied between batches, outside the timing, so
 /// it always has room and the drain's own work (on the stream's thread in a rank) is not
 /// counted.
@@ -42,16 +55,7 @@ fn finish_with_room(bencher: Bencher) {
                 drain.drain_into(&mut out, usize::MAX);
             }
         })
-        .bench_local_values(|()| {
-            let start = recorder.stamp();
-            recorder.finish(
-                Lane(0),
-                Category::Compute,
-                OpId(7),
-                start,
-                divan::black_box(attrs),
-            )
-        });
+        .bench_local_values(|()| record_one(&recorder, attrs));
 }
 
 /// One span while a drainer thread empties the ring every millisecond, as `RankStream` does.
@@ -73,16 +77,7 @@ fn finish_with_drainer_thread(bencher: Bencher) {
         })
     };
     let attrs = attrs();
-    bencher.bench_local(|| {
-        let start = recorder.stamp();
-        recorder.finish(
-            Lane(0),
-            Category::Compute,
-            OpId(7),
-            start,
-            divan::black_box(attrs),
-        )
-    });
+    bencher.bench_local(|| record_one(&recorder, attrs));
     stop.store(true, Ordering::Relaxed);
     let _ = drainer.join();
 }
@@ -99,16 +94,7 @@ fn finish_when_full(bencher: Bencher) {
         SpanAttrs::default(),
     );
     let attrs = attrs();
-    bencher.bench_local(|| {
-        let start = recorder.stamp();
-        recorder.finish(
-            Lane(0),
-            Category::Compute,
-            OpId(7),
-            start,
-            divan::black_box(attrs),
-        )
-    });
+    bencher.bench_local(|| record_one(&recorder, attrs));
 }
 
 /// The span clock read alone (the TSC, as `quanta` reads it).
