@@ -187,6 +187,14 @@ fn ops_table(report: &Report) -> String {
 /// Collective groups printed (report.json has them all).
 const COLLECTIVE_ROWS: usize = 8;
 
+/// "tcp 61%": the link the collective crossed and its bus bandwidth's share of the link's peak.
+fn link_cell(c: &pinch_analyzer::CollectiveReport) -> String {
+    match (&c.link, c.link_efficiency_pct) {
+        (Some(link), Some(pct)) => format!("{} {pct:.0}%", link.transport),
+        _ => "-".into(),
+    }
+}
+
 fn collectives_table(report: &Report) -> String {
     let mut t = table(&[
         "collective",
@@ -199,6 +207,7 @@ fn collectives_table(report: &Report) -> String {
         "busbw GB/s",
         "arrival skew",
         "waiting",
+        "of link peak",
     ]);
     for c in report.collectives.iter().take(COLLECTIVE_ROWS) {
         let size = if c.sizes_vary {
@@ -220,6 +229,7 @@ fn collectives_table(report: &Report) -> String {
                     .map_or("-".into(), |s| fmt_ns(s.round() as u64)),
             ),
             right(c.wait_pct.map_or("-".into(), |w| format!("{w:.0}%"))),
+            right(link_cell(c)),
         ]);
     }
     let more = match report.collectives.len().saturating_sub(COLLECTIVE_ROWS) {
@@ -228,7 +238,8 @@ fn collectives_table(report: &Report) -> String {
     };
     format!(
         "Collectives, longest in total first (bus bandwidth with nccl-tests' factors; waiting: \
-         share of their time spent waiting for the last peer)\n{t}{more}"
+         share of their time spent waiting for the last peer; of link peak: bus bandwidth over \
+         the calibrated peak of the link crossed)\n{t}{more}"
     )
 }
 

@@ -45,6 +45,56 @@ pub struct CollectiveReport {
     /// Of the time in these spans, the share spent waiting for the last peer to arrive (the
     /// rest moved data), over the spans whose transport measured it; `None` when none did.
     pub wait_pct: Option<f64>,
+    /// The link the ranks' data crossed and its calibrated peak; `None` without a calibration.
+    pub link: Option<LinkCeiling>,
+    /// `busbw_gbps` as a share of the link's peak; `None` without both.
+    pub link_efficiency_pct: Option<f64>,
+}
+
+/// The slowest link a collective's data crossed, as `pinch calibrate` measured it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LinkCeiling {
+    /// "shm" between ranks of one node, "tcp" between nodes (pinch's transports).
+    pub transport: String,
+    /// The highest ping-pong bandwidth of any size, GB/s.
+    pub peak_gbps: f64,
+}
+
+/// Gives each collective group the slowest link its ranks' data crossed (TCP as soon as two of
+/// them sit on different nodes, shared memory otherwise) and the share of that link's peak its
+/// bus bandwidth reached. `links` is the calibration's `links` array; `node_of` places ranks.
+pub fn rate_against_links(
+    reports: &mut [CollectiveReport],
+    links: &[serde_json::Value],
+    node_of: impl Fn(u32) -> Option<u32>,
+) {
+    let peak = |transport: &str| {
+        let link = links
+            .iter()
+            .find(|l| l.get("transport").and_then(|t| t.as_str()) == Some(transport))?;
+        link.get("peak_bandwidth_gbps")?
+            .as_f64()
+            .filter(|g| *g > 0.0)
+    };
+    for report in reports {
+        let mut nodes: Vec<Option<u32>> = report.ranks.iter().map(|&r| node_of(r)).collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        let transport = match nodes[..] {
+            [Some(_)] => "shm",
+            _ if nodes.iter().all(Option::is_some) => "tcp",
+            // A rank whose node is unknown: the link cannot be told.
+            _ => continue,
+        };
+        let Some(peak_gbps) = peak(transport) else {
+            continue;
+        };
+        report.link_efficiency_pct = report.busbw_gbps.map(|bw| 100.0 * bw / peak_gbps);
+        report.link = Some(LinkCeiling {
+            transport: transport.to_string(),
+            peak_gbps,
+        });
+    }
 }
 
 type GroupKey = (CollectiveKind, u64, u32);
@@ -109,6 +159,8 @@ fn group_report(key: GroupKey, spans: &[&TimedSpan]) -> Option<CollectiveReport>
         mean_skew_ns: mean_skew_ns(&arrivals),
         last_arrival_rank: last_arrival_rank(&arrivals),
         wait_pct: wait_pct(spans),
+        link: None,
+        link_efficiency_pct: None,
     })
 }
 
@@ -182,6 +234,38 @@ fn last_arrival_rank(arrivals: &BTreeMap<(u32, u64), BTreeMap<Rank, i64>>) -> Op
 mod tests {
     use super::*;
     use crate::testkit::{collective, timeline};
+
+    #[test]
+    fn a_group_across_nodes_is_rated_against_tcp_and_within_one_against_shm() {
+        let spans = vec![
+            collective(0, 1, 0, 1_000, 1_000_000),
+            collective(1, 1, 0, 1_000, 1_000_000),
+        ];
+        let links = vec![
+            serde_json::json!({"transport": "shm", "peak_bandwidth_gbps": 20.0}),
+            serde_json::json!({"transport": "tcp", "peak_bandwidth_gbps": 4.0}),
+        ];
+        let mut across = collective_reports(&timeline(spans.clone()));
+        rate_against_links(&mut across, &links, Some);
+        let link = across[0].link.clone().unwrap();
+        assert_eq!((link.transport.as_str(), link.peak_gbps), ("tcp", 4.0));
+        // 1 MB in 1 µs is 1000 GB/s algbw, 1000 GB/s busbw for two ranks.
+        assert_eq!(across[0].link_efficiency_pct, Some(25_000.0));
+
+        let mut within = collective_reports(&timeline(spans.clone()));
+        rate_against_links(&mut within, &links, |_| Some(0));
+        assert_eq!(within[0].link.clone().unwrap().transport, "shm");
+        assert_eq!(within[0].link_efficiency_pct, Some(5_000.0));
+
+        let mut unplaced = collective_reports(&timeline(spans));
+        rate_against_links(&mut unplaced, &links, |r| (r == 0).then_some(0));
+        assert_eq!(
+            (unplaced[0].link.clone(), unplaced[0].link_efficiency_pct),
+            (None, None)
+        );
+        rate_against_links(&mut unplaced, &links[..1], Some);
+        assert_eq!(unplaced[0].link, None, "no tcp figure, no rating");
+    }
 
     #[test]
     fn groups_report_bandwidth_and_skew() {

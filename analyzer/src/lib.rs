@@ -31,7 +31,7 @@ mod testkit;
 pub use align::{Alignment, ClockMethod, NodeClockReport};
 pub use analysis::{AnalysisInput, ExitReport, OpReport, RankReport};
 pub use breakdown::{BreakdownNs, BreakdownPct};
-pub use collectives::CollectiveReport;
+pub use collectives::{CollectiveReport, LinkCeiling};
 pub use error::AnalyzerError;
 pub use facts::{Problem, ProblemKind, RunFacts};
 pub use findings::{Detector, Finding, FindingKind, Level, Location, all_detectors, detect_all};

@@ -4,7 +4,7 @@
 
 use crate::align::{Alignment, NodeClockReport};
 use crate::analysis::{AnalysisInput, RankReport};
-use crate::collectives::CollectiveReport;
+use crate::collectives::{CollectiveReport, rate_against_links};
 use crate::facts::RunFacts;
 use crate::findings::{Finding, detect_all};
 use crate::roofline::{classify, rank_ceilings};
@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// report.json's schema version; bumped on any incompatible change.
-pub const REPORT_SCHEMA_VERSION: u32 = 4;
+pub const REPORT_SCHEMA_VERSION: u32 = 5;
 
 /// The counter and device names CPU utilization is read from.
 const CPU_COUNTER: &str = "cpu.utilization";
@@ -115,7 +115,16 @@ pub fn report_with_clocks(
     clocks: &[NodeClockReport],
 ) -> Report {
     let mut input = AnalysisInput::new(timeline, facts);
-    place_under_roofs(&mut input.ranks, &run.manifest.workload.parameters, facts);
+    let parameters = &run.manifest.workload.parameters;
+    place_under_roofs(&mut input.ranks, parameters, facts);
+    let links = parameters
+        .get("calibration")
+        .and_then(|c| c.get("links"))
+        .and_then(|l| l.as_array());
+    if let Some(links) = links {
+        let node_of = |rank: u32| facts.rank_nodes.get(&pinch_traces::Rank(rank)).map(|n| n.0);
+        rate_against_links(&mut input.collectives, links, node_of);
+    }
     let findings = detect_all(&input);
     let clock_of = |node: &NodeData| clocks.iter().find(|c| c.node == node.node.0).cloned();
     Report {
@@ -319,7 +328,7 @@ mod tests {
     fn a_healthy_run_is_complete_and_has_nothing_above_info() {
         let run = testkit::run_with_spans(&[&[0, 1], &[2, 3]]);
         let report = analyze(&run);
-        assert_eq!(report.schema_version, 4);
+        assert_eq!(report.schema_version, 5);
         assert_eq!(report.serving, None);
         assert_eq!(report.run.incomplete, Vec::<String>::new());
         assert_eq!(report.ranks.len(), 4);
@@ -353,7 +362,7 @@ mod tests {
         });
         let report = analyze(&run);
         let json = serde_json::to_value(&report)?;
-        assert_eq!(json["schema_version"], 4);
+        assert_eq!(json["schema_version"], 5);
         assert!(json["serving"].is_null());
         assert_eq!(json["ranks"][0]["rank"], 0);
         assert_eq!(json["ranks"][0]["node"], 0);
