@@ -66,6 +66,13 @@ fn dense_layouts_serve_the_same_tokens() {
         "pipeline stages send: {}",
         kinds(&pp)
     );
+    let findings = |r: &Value| r["findings"].to_string();
+    assert!(
+        findings(&pp).contains("\"pipeline_bubble\""),
+        "two stages wait for each other: {}",
+        findings(&pp)
+    );
+    assert!(!findings(&tp).contains("\"pipeline_bubble\""));
 }
 
 #[test]

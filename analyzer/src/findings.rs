@@ -3,6 +3,7 @@
 //! kind of finding is a `Detector`, and a summary reads right with its numbers in it.
 
 mod health;
+mod pipeline;
 mod ranks;
 mod share;
 
@@ -11,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
 pub use health::{DroppedSpans, IncompleteRun};
+pub use pipeline::PipelineBubble;
 pub use ranks::{LoadImbalance, Straggler};
 pub use share::ShareDetector;
 
@@ -24,6 +26,7 @@ pub enum FindingKind {
     Idle,
     Straggler,
     LoadImbalance,
+    PipelineBubble,
     IncompleteRun,
     DroppedSpans,
 }
@@ -76,6 +79,7 @@ pub fn all_detectors() -> Vec<Box<dyn Detector>> {
         Box::new(ShareDetector::idle()),
         Box::new(Straggler),
         Box::new(LoadImbalance),
+        Box::new(PipelineBubble),
         Box::new(IncompleteRun),
         Box::new(DroppedSpans),
     ]

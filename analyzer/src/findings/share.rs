@@ -2,6 +2,7 @@
 //! the ranks whose exclusive share of wall time crosses a threshold. Communication spent waiting
 //! for a straggler is left to the straggler finding: it says nothing about the network.
 
+use super::pipeline::waiting_in_bubbles;
 use super::ranks::waiting_for_stragglers;
 use super::{
     Detector, Finding, FindingKind, Level, Location, mean, nodes_of, ranks_phrase, severity,
@@ -108,12 +109,16 @@ impl ShareDetector {
         ns.saturating_sub(excused_ns) as f64 / b.wall_ns() as f64 * 100.0
     }
 
-    /// Per rank, the time of the part a straggler finding explains: communication spent waiting
-    /// for a straggler is the straggler's doing, not the network's.
-    fn excused_ns(&self, input: &AnalysisInput<'_>) -> BTreeMap<u32, u64> {
+    /// Per rank, the time of the part other findings explain, (waiting for a straggler,
+    /// waiting in a pipeline bubble): communication spent waiting for a straggler or for the
+    /// previous stage is their doing, not the network's.
+    fn excused_ns(&self, input: &AnalysisInput<'_>) -> Excused {
         match self.part {
-            Some(Category::Communication) => waiting_for_stragglers(input),
-            _ => BTreeMap::new(),
+            Some(Category::Communication) => Excused {
+                straggler: waiting_for_stragglers(input),
+                bubble: waiting_in_bubbles(input),
+            },
+            _ => Excused::default(),
         }
     }
 }
@@ -125,7 +130,7 @@ impl Detector for ShareDetector {
 
     fn detect(&self, input: &AnalysisInput<'_>) -> Vec<Finding> {
         let excused = self.excused_ns(input);
-        let excused_of = |rank: u32| excused.get(&rank).copied().unwrap_or(0);
+        let excused_of = |rank: u32| excused.of(rank);
         let measured: Vec<(u32, f64)> = input
             .measured_ranks()
             .map(|(r, b)| (r.rank, self.share_pct(&b, excused_of(r.rank))))
@@ -149,9 +154,12 @@ impl Detector for ShareDetector {
         if let (Some(Category::Compute), Some((name, share))) = (self.part, ops.first()) {
             summary += &format!("; the top op is '{name}' ({share:.0}% of wall time)");
         }
-        let excused_pct = excused_pct_mean(input, &ranks, &excused);
+        let excused_pct = excused_pct_mean(input, &ranks, &excused.straggler);
         if let Some(pct) = excused_pct {
             summary += &format!(", besides {pct:.0}% spent waiting for a straggler");
+        }
+        if let Some(pct) = excused_pct_mean(input, &ranks, &excused.bubble) {
+            summary += &format!(", besides {pct:.0}% waiting in the pipeline bubble");
         }
         Vec::from([Finding {
             kind: self.kind,
@@ -231,6 +239,20 @@ impl ShareDetector {
             }
         }
         evidence
+    }
+}
+
+/// Time other findings explain, per rank.
+#[derive(Debug, Default)]
+struct Excused {
+    straggler: BTreeMap<u32, u64>,
+    bubble: BTreeMap<u32, u64>,
+}
+
+impl Excused {
+    fn of(&self, rank: u32) -> u64 {
+        let get = |map: &BTreeMap<u32, u64>| map.get(&rank).copied().unwrap_or(0);
+        get(&self.straggler) + get(&self.bubble)
     }
 }
 
