@@ -5,6 +5,7 @@
 mod health;
 mod pipeline;
 mod ranks;
+mod roofline;
 mod share;
 
 use crate::analysis::AnalysisInput;
@@ -14,6 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 pub use health::{DroppedSpans, IncompleteRun};
 pub use pipeline::PipelineBubble;
 pub use ranks::{LoadImbalance, Straggler};
+pub use roofline::MemoryBandwidthBound;
 pub use share::ShareDetector;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -21,6 +23,7 @@ pub use share::ShareDetector;
 pub enum FindingKind {
     CommunicationBound,
     ComputeBound,
+    MemoryBandwidthBound,
     HostBound,
     WaitBound,
     Idle,
@@ -80,6 +83,7 @@ pub fn all_detectors() -> Vec<Box<dyn Detector>> {
         Box::new(Straggler),
         Box::new(LoadImbalance),
         Box::new(PipelineBubble),
+        Box::new(MemoryBandwidthBound),
         Box::new(IncompleteRun),
         Box::new(DroppedSpans),
     ]
