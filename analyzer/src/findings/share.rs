@@ -9,6 +9,7 @@ use super::{
 };
 use crate::analysis::AnalysisInput;
 use crate::breakdown::BreakdownNs;
+use crate::roofline::RooflineClass;
 use pinch_traces::Category;
 use std::collections::BTreeMap;
 
@@ -151,8 +152,13 @@ impl Detector for ShareDetector {
             self.what,
             ranks_phrase(&ranks, measured.len())
         );
+        let mut suggestion = self.suggestion.to_string();
         if let (Some(Category::Compute), Some((name, share))) = (self.part, ops.first()) {
             summary += &format!("; the top op is '{name}' ({share:.0}% of wall time)");
+            if let Some((class, advice)) = roofline_advice(input, &ranks, name) {
+                summary += &format!(", {class} by the roofline");
+                suggestion = advice.to_string();
+            }
         }
         let excused_pct = excused_pct_mean(input, &ranks, &excused.straggler);
         if let Some(pct) = excused_pct {
@@ -172,7 +178,7 @@ impl Detector for ShareDetector {
                 ops: ops.into_iter().map(|(name, _)| name).collect(),
             },
             evidence: self.evidence(input, &flagged, measured.len(), excused_pct),
-            suggestion: self.suggestion.to_string(),
+            suggestion,
         }])
     }
 }
@@ -242,6 +248,36 @@ impl ShareDetector {
     }
 }
 
+/// When the roofline says the top compute op is not limited by arithmetic: its class and what
+/// to do instead of the compute finding's usual advice.
+fn roofline_advice(
+    input: &AnalysisInput<'_>,
+    ranks: &[u32],
+    op: &str,
+) -> Option<(&'static str, &'static str)> {
+    let roofline = input
+        .ranks
+        .iter()
+        .filter(|r| ranks.contains(&r.rank))
+        .flat_map(|r| &r.top_ops)
+        .find(|o| o.name == op)?
+        .roofline?;
+    match roofline.class {
+        RooflineClass::ComputeBound => None,
+        RooflineClass::MemoryBound => Some((
+            "memory-bound",
+            "the compute ops wait on memory, not arithmetic: see the memory-bandwidth-bound \
+             finding (fewer bytes per token, more tokens per weight read)",
+        )),
+        RooflineClass::LatencyBound => Some((
+            "latency-bound",
+            "the top op reaches under a tenth of its roof: each call does too little work to \
+             pay for its launch and synchronization; batch more tokens per step or fuse small \
+             ops",
+        )),
+    }
+}
+
 /// Time other findings explain, per rank.
 #[derive(Debug, Default)]
 struct Excused {
@@ -280,6 +316,43 @@ mod tests {
     fn detect(d: &ShareDetector, t: &crate::timeline::Timeline) -> Vec<Finding> {
         let facts = RunFacts::from_timeline(t);
         d.detect(&AnalysisInput::new(t, &facts))
+    }
+
+    #[test]
+    fn a_compute_finding_whose_top_op_waits_on_memory_says_so() {
+        let t = testkit::healthy_timeline(2);
+        let facts = RunFacts::from_timeline(&t);
+        let mut input = AnalysisInput::new(&t, &facts);
+        let compute = ShareDetector::compute();
+        let plain = compute.detect(&input);
+        let [plain] = &plain[..] else {
+            panic!("the healthy timeline is compute-bound: {plain:?}")
+        };
+        assert!(!plain.summary.contains("roofline"), "{}", plain.summary);
+        let top = plain.location.ops[0].clone();
+        for rank in &mut input.ranks {
+            for op in rank.top_ops.iter_mut().filter(|o| o.name == top) {
+                op.roofline = Some(crate::roofline::OpRoofline {
+                    arithmetic_intensity: 0.5,
+                    roof_gflops: 10.0,
+                    roof_pct: 70.0,
+                    class: RooflineClass::MemoryBound,
+                });
+            }
+        }
+        let [found] = &compute.detect(&input)[..] else {
+            panic!("one finding expected")
+        };
+        assert!(
+            found.summary.ends_with(", memory-bound by the roofline"),
+            "{}",
+            found.summary
+        );
+        assert!(
+            found.suggestion.contains("wait on memory"),
+            "{}",
+            found.suggestion
+        );
     }
 
     #[test]
