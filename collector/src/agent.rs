@@ -751,22 +751,31 @@ fn forward_stream(rank: Rank, stdout: ChildStdout, inbox: &Sender<Inbound>) -> R
 /// A source and the sink that numbers its counters and devices.
 type SourceWithSink = (OpenedSource, SampleSink);
 
+/// Sources sampled together on one thread, at one rate.
+struct SamplerGroup {
+    rate: SampleRate,
+    sources: Vec<SourceWithSink>,
+}
+
 /// Gives each source its sink, and groups them into threads: the sources whose reads never
 /// block (kernel files and syscalls) and share a rate share one thread, so at 1 kHz the agent
 /// wakes once per sample rather than once per source; a source that may block (a driver call)
 /// gets a thread of its own, so it can hold back no other.
-fn sampler_groups(node: NodeId, sources: Vec<OpenedSource>) -> Vec<Vec<SourceWithSink>> {
-    let mut groups: Vec<Vec<SourceWithSink>> = Vec::new();
+fn sampler_groups(node: NodeId, sources: Vec<OpenedSource>) -> Vec<SamplerGroup> {
+    let mut groups: Vec<SamplerGroup> = Vec::new();
     for (i, source) in sources.into_iter().enumerate() {
         // Each source's sink numbers its counters and devices in a range of its own.
         let sink = SampleSink::with_id_base(node, (i as u32) << 20);
-        let joins = groups.iter_mut().find(|group| {
-            let (first, _) = &group[0];
-            source.never_blocks && first.never_blocks && first.rate == source.rate
-        });
-        match joins {
-            Some(group) => group.push((source, sink)),
-            None => groups.push(vec![(source, sink)]),
+        let shares = |group: &&mut SamplerGroup| {
+            let shareable = |s: &SourceWithSink| s.0.never_blocks;
+            source.never_blocks && group.rate == source.rate && group.sources.iter().all(shareable)
+        };
+        match groups.iter_mut().find(shares) {
+            Some(group) => group.sources.push((source, sink)),
+            None => groups.push(SamplerGroup {
+                rate: source.rate,
+                sources: vec![(source, sink)],
+            }),
         }
     }
     groups
@@ -781,14 +790,9 @@ struct SamplerThread {
 
 impl SamplerThread {
     /// Samples a group of sources of one rate (`sampler_groups`).
-    fn start(
-        sources: Vec<SourceWithSink>,
-        inbox: Sender<Inbound>,
-    ) -> Result<SamplerThread, CollectorError> {
-        let period = sources
-            .first()
-            .map_or(SampleRate::DEFAULT, |(source, _)| source.rate)
-            .period();
+    fn start(group: SamplerGroup, inbox: Sender<Inbound>) -> Result<SamplerThread, CollectorError> {
+        let SamplerGroup { rate, sources } = group;
+        let period = rate.period();
         let (stop, stop_rx) = mpsc::channel();
         let names: Vec<&str> = sources.iter().map(|(source, _)| source.name).collect();
         let name = format!("pinch-{}", names.join("+"));
@@ -1003,7 +1007,7 @@ mod tests {
         );
         let names: Vec<Vec<&str>> = groups
             .iter()
-            .map(|g| g.iter().map(|(s, _)| s.name).collect())
+            .map(|g| g.sources.iter().map(|(s, _)| s.name).collect())
             .collect();
         assert_eq!(
             names,
