@@ -4,6 +4,7 @@
 use crate::breakdown::{BreakdownNs, BreakdownPct, breakdown, comm_overlap_pct};
 use crate::collectives::{CollectiveReport, collective_reports};
 use crate::facts::RunFacts;
+use crate::idle::{IdleBreakdownNs, IdleOps, idle_breakdown};
 use crate::roofline::{Ceilings, OpRoofline};
 use crate::stats::{median, pct};
 use crate::stragglers::{StragglerReport, straggler_report};
@@ -81,6 +82,9 @@ pub struct RankReport {
     pub breakdown_pct: Option<BreakdownPct>,
     /// Share of communication time overlapped by compute; `None` without communication.
     pub comm_overlap_pct: Option<f64>,
+    /// What the rank's idle time (wall time not spent moving the model forward) waited on;
+    /// `None` when the rank has no span. See `idle`.
+    pub idle_breakdown: Option<IdleBreakdownNs>,
     /// Up to `TOP_OPS` ops, longest total first.
     pub top_ops: Vec<OpReport>,
     /// The rank's compute and bandwidth roofs from the host's calibration; `None` when the run
@@ -121,6 +125,7 @@ fn rank_report(timeline: &Timeline, facts: &RunFacts, rank: Rank, node: NodeId) 
         breakdown_ns,
         breakdown_pct: breakdown_ns.and_then(|b| b.to_pct()),
         comm_overlap_pct: comm_overlap_pct(spans),
+        idle_breakdown: idle_breakdown(spans, IdleOps::of(timeline)),
         top_ops: top_ops(timeline, spans, wall_ns.unwrap_or(0)),
         roofs: None,
         dropped_spans: facts.dropped_spans.get(&rank).copied(),

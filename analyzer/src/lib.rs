@@ -14,8 +14,10 @@ pub mod error;
 pub mod facts;
 pub mod findings;
 pub mod hta;
+pub mod idle;
 pub mod intervals;
 pub mod load;
+pub mod phases;
 pub mod report;
 pub mod roofline;
 pub mod run;
@@ -35,7 +37,9 @@ pub use collectives::{CollectiveReport, LinkCeiling};
 pub use error::AnalyzerError;
 pub use facts::{Problem, ProblemKind, RunFacts};
 pub use findings::{Detector, Finding, FindingKind, Level, Location, all_detectors, detect_all};
+pub use idle::{IdleBreakdownNs, IdleOps, idle_breakdown};
 pub use load::load_run;
+pub use phases::{NodePhase, PhaseKind, PhaseReport, Stretch};
 pub use report::{
     CounterSourceReport, NodeReport, REPORT_SCHEMA_VERSION, Report, RunInfo, analyze, report_from,
     report_with_clocks,

@@ -7,6 +7,7 @@ use crate::analysis::{AnalysisInput, RankReport};
 use crate::collectives::{CollectiveReport, rate_against_links};
 use crate::facts::RunFacts;
 use crate::findings::{Finding, detect_all};
+use crate::phases::{PhaseInput, PhaseReport, phase_reports, replica_tokens, tcp_link_bytes_per_s};
 use crate::roofline::{classify, rank_ceilings};
 use crate::run::{NodeData, RunData};
 use crate::serving::{ServingReport, serving_report};
@@ -17,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// report.json's schema version; bumped on any incompatible change.
-pub const REPORT_SCHEMA_VERSION: u32 = 5;
+pub const REPORT_SCHEMA_VERSION: u32 = 6;
 
 /// The counter and device names CPU utilization is read from.
 const CPU_COUNTER: &str = "cpu.utilization";
@@ -35,6 +36,10 @@ pub struct Report {
     pub serving: Option<ServingReport>,
     /// Who arrived last at each collective, and what it cost the others.
     pub stragglers: StragglerReport,
+    /// The run's phases (startup, prefill, decode, mixed, idle) with each node's counters over
+    /// them; empty for a run without spans.
+    #[serde(default)]
+    pub phases: Vec<PhaseReport>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -126,6 +131,7 @@ pub fn report_with_clocks(
         rate_against_links(&mut input.collectives, links, node_of);
     }
     let findings = detect_all(&input);
+    let phases = run_phases(run, timeline, clocks);
     let clock_of = |node: &NodeData| clocks.iter().find(|c| c.node == node.node.0).cloned();
     Report {
         schema_version: REPORT_SCHEMA_VERSION,
@@ -140,7 +146,20 @@ pub fn report_with_clocks(
         findings,
         serving: serving_report(run),
         stragglers: input.stragglers,
+        phases,
     }
+}
+
+/// The run's phases, with request tokens and the link's peak taken from the run.
+fn run_phases(run: &RunData, timeline: &Timeline, clocks: &[NodeClockReport]) -> Vec<PhaseReport> {
+    let tokens = replica_tokens(run, timeline, clocks);
+    let nodes: Vec<pinch_traces::NodeId> = run.nodes.iter().map(|n| n.node).collect();
+    phase_reports(&PhaseInput {
+        timeline,
+        tokens: &tokens,
+        nodes: &nodes,
+        link_bytes_per_s: tcp_link_bytes_per_s(&run.manifest.workload.parameters),
+    })
 }
 
 /// Gives each rank its roofs (its share of the host's calibrated ceilings) and each of its ops
@@ -328,7 +347,7 @@ mod tests {
     fn a_healthy_run_is_complete_and_has_nothing_above_info() {
         let run = testkit::run_with_spans(&[&[0, 1], &[2, 3]]);
         let report = analyze(&run);
-        assert_eq!(report.schema_version, 5);
+        assert_eq!(report.schema_version, 6);
         assert_eq!(report.serving, None);
         assert_eq!(report.run.incomplete, Vec::<String>::new());
         assert_eq!(report.ranks.len(), 4);
@@ -362,7 +381,7 @@ mod tests {
         });
         let report = analyze(&run);
         let json = serde_json::to_value(&report)?;
-        assert_eq!(json["schema_version"], 5);
+        assert_eq!(json["schema_version"], 6);
         assert!(json["serving"].is_null());
         assert_eq!(json["ranks"][0]["rank"], 0);
         assert_eq!(json["ranks"][0]["node"], 0);
