@@ -413,6 +413,9 @@ mod tests {
 
     const MS: i64 = 1_000_000;
 
+    /// A phase's kind, stretches (start, duration) and steps.
+    type PhaseSummary = (PhaseKind, Vec<(i64, u64)>, u64);
+
     fn at(mut s: TimedSpan, step: u32, name: Option<u32>) -> TimedSpan {
         s.attrs.step = Some(step);
         if let Some(id) = name {
@@ -502,7 +505,7 @@ mod tests {
     fn a_served_run_splits_into_startup_prefill_decode_idle_and_mixed() {
         let t = served_timeline();
         let phases = report(&t, &tokens());
-        let summary: Vec<(PhaseKind, Vec<(i64, u64)>, u64)> = phases
+        let summary: Vec<PhaseSummary> = phases
             .iter()
             .map(|p| {
                 let stretches = p
