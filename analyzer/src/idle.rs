@@ -10,8 +10,9 @@
 //!   the span: a rank waits for the last peer, then moves data), and `wait` spans other than the
 //!   `idle` op (barriers, rendezvous);
 //! - host: host-category spans (scheduling, weights loading: the model is not running because the
-//!   rank's own host work is), and the waiting part of `plan.broadcast`, where a replica's ranks
-//!   wait for the leader's scheduler to hand them the next step;
+//!   rank's own host work is), and the waiting part of `plan.broadcast` on the ranks that do not
+//!   schedule, where they wait for their leader's scheduler to hand them the next step (the
+//!   leader itself, the broadcast's root, waits there for its peers to arrive: peer);
 //! - requests: the `idle` op, a replica leader with nothing to serve waiting for the router;
 //! - other: time no span covers (the rank's own untraced code between ops; HTA's kernel wait).
 //!
@@ -26,6 +27,8 @@ use std::collections::BinaryHeap;
 
 /// The op whose waiting is the leader's scheduler feeding the replica.
 pub const PLAN_BROADCAST_OP: &str = "plan.broadcast";
+/// The op only a replica's leader records, before it broadcasts each step's plan.
+pub const SCHEDULE_OP: &str = "schedule";
 /// The op a replica leader records while it waits for requests.
 pub const IDLE_OP: &str = "idle";
 
@@ -63,6 +66,7 @@ const CLASSES: usize = 4;
 pub struct IdleOps {
     plan_broadcast: Option<NameId>,
     idle: Option<NameId>,
+    schedule: Option<NameId>,
 }
 
 impl IdleOps {
@@ -74,6 +78,7 @@ impl IdleOps {
         IdleOps {
             plan_broadcast: find(PLAN_BROADCAST_OP),
             idle: find(IDLE_OP),
+            schedule: find(SCHEDULE_OP),
         }
     }
 }
@@ -104,6 +109,8 @@ struct Sweep {
     covered_ns: [u64; CLASSES],
     other_ns: u64,
     pending: BinaryHeap<Reverse<(i64, i64)>>,
+    /// Whether the rank has scheduled: a leader schedules before its first plan broadcast.
+    leads: bool,
 }
 
 impl Sweep {
@@ -114,12 +121,14 @@ impl Sweep {
             covered_ns: [0; CLASSES],
             other_ns: 0,
             pending: BinaryHeap::new(),
+            leads: false,
         }
     }
 
     fn add_span(&mut self, span: &TimedSpan, ops: IdleOps) {
         let (start, end) = (span.start_ns, span.end_ns());
         self.flush_until(start);
+        self.leads |= Some(span.name) == ops.schedule;
         match span.category {
             Category::Compute | Category::Memory => self.add(Class::Busy, start, end),
             Category::Host => self.add(Class::Host, start, end),
@@ -128,7 +137,7 @@ impl Sweep {
             Category::Communication => {
                 let wait_ns = span.attrs.collective.and_then(|c| c.wait_ns).unwrap_or(0);
                 let waited_until = start.saturating_add_unsigned(wait_ns.min(span.duration_ns));
-                let class = if Some(span.name) == ops.plan_broadcast {
+                let class = if Some(span.name) == ops.plan_broadcast && !self.leads {
                     Class::Host
                 } else {
                     Class::Peer
@@ -244,6 +253,21 @@ mod tests {
             expected.share_pct(expected.requests_ns),
             Some(100.0 / 230.0 * 100.0)
         );
+    }
+
+    #[test]
+    fn the_leader_waits_for_peers_in_its_own_plan_broadcast() {
+        let mut t = named(vec![
+            renamed(span(0, Host, 0, 10), 8), // schedule: rank 0 leads
+            renamed(waited(collective(0, 0, 10, 30, 8), 20), 7), // peer 20, busy 10
+            renamed(waited(collective(1, 0, 0, 40, 8), 30), 7), // host 30, busy 10
+        ]);
+        t.names.push(SCHEDULE_OP.into());
+        let ops = IdleOps::of(&t);
+        let leader = idle_breakdown(t.spans_of(pinch_traces::Rank(0)), ops).unwrap_or_default();
+        let follower = idle_breakdown(t.spans_of(pinch_traces::Rank(1)), ops).unwrap_or_default();
+        assert_eq!((leader.host_ns, leader.peer_ns), (10, 20));
+        assert_eq!((follower.host_ns, follower.peer_ns), (30, 0));
     }
 
     #[test]

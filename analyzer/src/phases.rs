@@ -459,7 +459,7 @@ mod tests {
             [
                 crate::idle::IDLE_OP,
                 steps::WEIGHTS_INIT_OP,
-                steps::SCHEDULE_OP,
+                crate::idle::SCHEDULE_OP,
             ]
             .map(String::from),
         );

@@ -10,14 +10,12 @@
 //! not a step; a "step" without compute (the broadcast of the stop signal) is not one either.
 
 use super::PhaseKind;
-use crate::idle::IDLE_OP;
+use crate::idle::{IDLE_OP, SCHEDULE_OP};
 use crate::timeline::{NameId, TimedSpan, Timeline};
 use pinch_traces::{Category, NodeId, Rank};
 
 /// The op that loads a rank's weights, before its first step.
 pub const WEIGHTS_INIT_OP: &str = "weights.init";
-/// The op only a replica's leader records: the scheduler planning the next step.
-pub const SCHEDULE_OP: &str = "schedule";
 
 /// One step of one rank.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
