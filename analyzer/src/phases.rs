@@ -128,7 +128,7 @@ pub fn phase_reports(input: &PhaseInput) -> Vec<PhaseReport> {
             Some((rank, spans.first()?.node, rank_steps(spans, ops)))
         })
         .collect();
-    let Some(wall) = run_extent(timeline) else {
+    let Some(wall) = run_extent(&ranks) else {
         return Vec::new();
     };
     let startup_end = ranks.iter().filter_map(|r| r.2.weights_end_ns).max();
@@ -138,10 +138,9 @@ pub fn phase_reports(input: &PhaseInput) -> Vec<PhaseReport> {
 }
 
 /// The run's first span start and last span end.
-fn run_extent(timeline: &Timeline) -> Option<(i64, i64)> {
-    let start = timeline.spans.iter().map(|s| s.start_ns).min()?;
-    let end = timeline.spans.iter().map(|s| s.end_ns()).max()?;
-    Some((start, end))
+fn run_extent(ranks: &[(Rank, NodeId, RankSteps)]) -> Option<(i64, i64)> {
+    let extents = ranks.iter().filter_map(|r| r.2.extent);
+    extents.reduce(|a, b| (a.0.min(b.0), a.1.max(b.1)))
 }
 
 /// The work interval and kind of every reference step: each leader's with tokens, classified;

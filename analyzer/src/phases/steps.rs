@@ -59,6 +59,8 @@ pub struct RankSteps {
     pub leads: bool,
     /// The end of its last `weights.init` span.
     pub weights_end_ns: Option<i64>,
+    /// Its first span's start and its last span end; `None` without spans.
+    pub extent: Option<(i64, i64)>,
 }
 
 /// Reads one rank's steps; `spans` are sorted by start.
@@ -66,6 +68,8 @@ pub fn rank_steps(spans: &[TimedSpan], ops: StepOps) -> RankSteps {
     let mut out = RankSteps::default();
     let mut open: Option<Step> = None;
     for span in spans {
+        let (start, end) = out.extent.unwrap_or((span.start_ns, span.end_ns()));
+        out.extent = Some((start, end.max(span.end_ns())));
         if Some(span.name) == ops.weights_init {
             out.weights_end_ns = out.weights_end_ns.max(Some(span.end_ns()));
             continue;
@@ -193,7 +197,7 @@ mod tests {
         ]);
         let r = rank_steps(&t.spans, StepOps::of(&t));
         assert!(r.leads);
-        assert_eq!(r.weights_end_ns, Some(50));
+        assert_eq!((r.weights_end_ns, r.extent), (Some(50), Some((0, 265))));
         let s: Vec<_> = r.steps.iter().map(|s| (s.step, s.window, s.work)).collect();
         assert_eq!(
             s,
