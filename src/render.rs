@@ -40,8 +40,8 @@ pub fn render_text(report: &Report) -> String {
     if let Some(serving) = &report.serving {
         sections.push(serving_text(serving));
     }
-    sections.extend(crate::render_phases::idle_table(report));
-    sections.extend(crate::render_phases::phases_table(report));
+    sections.extend(crate::render_phases::idle_table(&report.ranks));
+    sections.extend(crate::render_phases::phases_table(&report.phases));
     sections.push(nodes_table(report));
     sections.push(clock_table(report));
     sections.push(findings_text(&report.findings));
