@@ -149,9 +149,10 @@ fn kinded_steps(
     ranks: &[(Rank, NodeId, RankSteps)],
     tokens: &[ReplicaTokens],
 ) -> Vec<((i64, i64), PhaseKind)> {
+    // A leader without steps served nothing, so its node recorded no replica for it.
     let leaders: Vec<(Rank, NodeId)> = ranks
         .iter()
-        .filter(|r| r.2.leads)
+        .filter(|r| r.2.leads && !r.2.steps.is_empty())
         .map(|r| (r.0, r.1))
         .collect();
     let paired = steps::leaders_of(&leaders, tokens);
