@@ -634,4 +634,31 @@ mod tests {
         assert_eq!(tcp_link_bytes_per_s(&parameters), Some(1.5e9));
         assert_eq!(tcp_link_bytes_per_s(&BTreeMap::new()), None);
     }
+
+    #[test]
+    fn request_tokens_move_onto_the_timeline_with_their_nodes_clock() {
+        use crate::align::Alignment;
+        let mut run = crate::testkit::run_with_spans(&[&[0], &[1]]);
+        // The first span of node 1 starts 1 µs after its anchor, at the timeline's origin.
+        let base = run.nodes[1].anchor.map_or(0, |a| a.mono_ns) + 1_000;
+        run.nodes[1].requests.push(pinch_traces::RequestRecord {
+            id: 0,
+            replica: 1,
+            arrival_ns: base,
+            token_times_ns: vec![base + 700, base + 300],
+            prompt_tokens: 2,
+            tokens: vec![1, 2],
+            preemptions: 0,
+        });
+        let (timeline, clocks) = crate::timeline::merge_with(&run, Alignment::AnchorsOnly);
+        let tokens = replica_tokens(&run, &timeline, &clocks);
+        assert_eq!(
+            tokens,
+            vec![ReplicaTokens {
+                node: NodeId(1),
+                replica: 1,
+                tokens: vec![(300, false), (700, true)],
+            }]
+        );
+    }
 }
