@@ -5,6 +5,7 @@
 use crate::align::{Alignment, NodeClockReport};
 use crate::analysis::{AnalysisInput, RankReport};
 use crate::collectives::{CollectiveReport, rate_against_links};
+use crate::critical_path::CriticalPathReport;
 use crate::facts::RunFacts;
 use crate::findings::{Finding, detect_all};
 use crate::roofline::{classify, rank_ceilings};
@@ -12,12 +13,13 @@ use crate::run::{NodeData, RunData};
 use crate::serving::{ServingReport, serving_report};
 use crate::stragglers::StragglerReport;
 use crate::timeline::{Timeline, merge_with, node_clocks};
+use crate::traffic::{CommSettings, TrafficReport, rate_links};
 use pinch_traces::{CounterSourceStatus, SourceState};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// report.json's schema version; bumped on any incompatible change.
-pub const REPORT_SCHEMA_VERSION: u32 = 5;
+pub const REPORT_SCHEMA_VERSION: u32 = 6;
 
 /// The counter and device names CPU utilization is read from.
 const CPU_COUNTER: &str = "cpu.utilization";
@@ -35,6 +37,10 @@ pub struct Report {
     pub serving: Option<ServingReport>,
     /// Who arrived last at each collective, and what it cost the others.
     pub stragglers: StragglerReport,
+    /// The rank×rank traffic matrix: bytes and achieved bandwidth per pair and per link.
+    pub traffic: TrafficReport,
+    /// Each step's critical path across ranks and collectives, summed over steps.
+    pub critical_path: CriticalPathReport,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -114,8 +120,9 @@ pub fn report_with_clocks(
     facts: &RunFacts,
     clocks: &[NodeClockReport],
 ) -> Report {
-    let mut input = AnalysisInput::new(timeline, facts);
     let parameters = &run.manifest.workload.parameters;
+    let comm = CommSettings::from_parameters(parameters);
+    let mut input = AnalysisInput::with_comm_settings(timeline, facts, comm);
     place_under_roofs(&mut input.ranks, parameters, facts);
     let links = parameters
         .get("calibration")
@@ -124,6 +131,7 @@ pub fn report_with_clocks(
     if let Some(links) = links {
         let node_of = |rank: u32| facts.rank_nodes.get(&pinch_traces::Rank(rank)).map(|n| n.0);
         rate_against_links(&mut input.collectives, links, node_of);
+        rate_links(&mut input.traffic, links);
     }
     let findings = detect_all(&input);
     let clock_of = |node: &NodeData| clocks.iter().find(|c| c.node == node.node.0).cloned();
@@ -140,6 +148,8 @@ pub fn report_with_clocks(
         findings,
         serving: serving_report(run),
         stragglers: input.stragglers,
+        traffic: input.traffic,
+        critical_path: input.critical_path,
     }
 }
 
@@ -328,7 +338,7 @@ mod tests {
     fn a_healthy_run_is_complete_and_has_nothing_above_info() {
         let run = testkit::run_with_spans(&[&[0, 1], &[2, 3]]);
         let report = analyze(&run);
-        assert_eq!(report.schema_version, 5);
+        assert_eq!(report.schema_version, 6);
         assert_eq!(report.serving, None);
         assert_eq!(report.run.incomplete, Vec::<String>::new());
         assert_eq!(report.ranks.len(), 4);
@@ -362,7 +372,7 @@ mod tests {
         });
         let report = analyze(&run);
         let json = serde_json::to_value(&report)?;
-        assert_eq!(json["schema_version"], 5);
+        assert_eq!(json["schema_version"], 6);
         assert!(json["serving"].is_null());
         assert_eq!(json["ranks"][0]["rank"], 0);
         assert_eq!(json["ranks"][0]["node"], 0);
