@@ -473,3 +473,133 @@ impl Totals {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::{collective, p2p, span, timeline};
+
+    fn in_step(mut s: TimedSpan, step: u32) -> TimedSpan {
+        s.attrs.step = Some(step);
+        s
+    }
+
+    /// Three steps of 1 µs: rank 0 computes 100 ns, rank 1 400 ns, then they all-reduce; the
+    /// all-reduce ends 50 ns after rank 1 arrives.
+    fn slow_rank_1() -> Timeline {
+        let mut spans = Vec::new();
+        for step in 0..3u32 {
+            let t0 = i64::from(step) * 1_000;
+            spans.push(in_step(span(0, Category::Compute, t0, 100), step));
+            spans.push(in_step(span(1, Category::Compute, t0, 400), step));
+            spans.push(in_step(
+                collective(0, u64::from(step), t0 + 100, 350, 64),
+                step,
+            ));
+            spans.push(in_step(
+                collective(1, u64::from(step), t0 + 400, 50, 64),
+                step,
+            ));
+        }
+        timeline(spans)
+    }
+
+    #[test]
+    fn the_path_goes_through_the_rank_the_all_reduce_waited_for() {
+        let r = critical_path(&slow_rank_1());
+        assert_eq!(
+            (r.steps, r.total_ns, r.median_step_ns),
+            (3, 1_350, Some(450))
+        );
+        let slowest = r.slowest.unwrap();
+        assert_eq!(
+            (slowest.step, slowest.start_ns, slowest.length_ns),
+            (0, 0, 450)
+        );
+        let segments: Vec<(u32, Option<&str>, i64, u64)> = slowest
+            .segments
+            .iter()
+            .map(|s| (s.rank, s.op.as_deref(), s.start_ns, s.duration_ns))
+            .collect();
+        assert_eq!(
+            segments,
+            vec![
+                (1, Some("compute"), 0, 400),
+                (0, Some("all_reduce"), 400, 50)
+            ]
+        );
+        let ranks: Vec<(u32, u64)> = r.by_rank.iter().map(|s| (s.rank, s.time_ns)).collect();
+        assert_eq!(ranks, vec![(1, 1_200), (0, 150)]);
+        assert_eq!(
+            r.by_rank[0].category_ns,
+            BTreeMap::from([(PathCategory::Compute, 1_200)])
+        );
+        let top = &r.by_op[0];
+        assert_eq!(
+            (top.rank, top.op.as_deref(), top.category),
+            (1, Some("compute"), PathCategory::Compute)
+        );
+        assert!((top.share_pct - 1_200.0 / 13.5).abs() < 1e-9);
+        let categories: Vec<PathCategory> = r.by_category.iter().map(|c| c.category).collect();
+        assert_eq!(
+            categories,
+            vec![PathCategory::Compute, PathCategory::Communication]
+        );
+    }
+
+    #[test]
+    fn a_receive_jumps_to_its_sender_and_gaps_are_idle() {
+        let t = timeline(vec![
+            in_step(span(0, Category::Compute, 0, 100), 0),
+            in_step(p2p(0, CollectiveKind::Send, 1, 100, 10, 64), 0),
+            in_step(p2p(1, CollectiveKind::Recv, 0, 0, 300, 64), 0),
+            in_step(span(1, Category::Compute, 350, 50), 0),
+        ]);
+        let slowest = critical_path(&t).slowest.unwrap();
+        let segments: Vec<(u32, PathCategory, i64, u64)> = slowest
+            .segments
+            .iter()
+            .map(|s| (s.rank, s.category, s.start_ns, s.duration_ns))
+            .collect();
+        assert_eq!(
+            segments,
+            vec![
+                (0, PathCategory::Compute, 0, 100),
+                (1, PathCategory::Communication, 100, 200),
+                (1, PathCategory::Idle, 300, 50),
+                (1, PathCategory::Compute, 350, 50),
+            ]
+        );
+        assert_eq!(slowest.length_ns, 400);
+        assert_eq!(slowest.segments[2].op, None);
+    }
+
+    #[test]
+    fn a_rank_that_did_not_wait_keeps_the_path() {
+        // Rank 1 arrives first: its all-reduce waited for rank 0, whose compute is the path.
+        let t = timeline(vec![
+            in_step(span(0, Category::Compute, 0, 300), 7),
+            in_step(collective(0, 0, 300, 20, 64), 7),
+            in_step(span(1, Category::Memory, 0, 50), 7),
+            in_step(collective(1, 0, 50, 280, 64), 7),
+        ]);
+        let r = critical_path(&t);
+        let slowest = r.slowest.unwrap();
+        let ranks: Vec<(u32, PathCategory)> = slowest
+            .segments
+            .iter()
+            .map(|s| (s.rank, s.category))
+            .collect();
+        assert_eq!(
+            ranks,
+            vec![(0, PathCategory::Compute), (1, PathCategory::Communication)]
+        );
+        assert_eq!((slowest.step, slowest.length_ns), (7, 330));
+    }
+
+    #[test]
+    fn spans_without_steps_have_no_path() {
+        let r = critical_path(&timeline(vec![span(0, Category::Compute, 0, 10)]));
+        assert_eq!(r, CriticalPathReport::default());
+    }
+}

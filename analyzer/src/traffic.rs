@@ -625,3 +625,207 @@ impl TrafficReport {
         self.links.iter().find(|l| l.link == name)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::{collective, p2p, timeline};
+    use pinch_traces::NodeId;
+
+    /// Rank `rank`'s span of a collective of `kind` among `participants`.
+    fn member(
+        rank: u32,
+        seq: u64,
+        start_ns: i64,
+        end_ns: i64,
+        bytes: u64,
+        kind: CollectiveKind,
+        participants: u32,
+    ) -> TimedSpan {
+        let mut s = collective(rank, seq, start_ns, (end_ns - start_ns) as u64, bytes);
+        if let Some(c) = s.attrs.collective.as_mut() {
+            (c.kind, c.participants) = (kind, participants);
+        }
+        s
+    }
+
+    /// Twenty one-shot all-reduces of 1 KiB over three ranks that all arrive together; ranks 0
+    /// and 1 take `slow_ns` to get their data, rank 2 takes 200 ns.
+    fn three_ranks(slow_ns: i64) -> Timeline {
+        let mut spans = Vec::new();
+        for seq in 0..20 {
+            let t0 = seq as i64 * 10_000;
+            for (rank, took) in [(0, slow_ns), (1, slow_ns), (2, 200)] {
+                spans.push(member(
+                    rank,
+                    seq,
+                    t0,
+                    t0 + took,
+                    1_024,
+                    CollectiveKind::AllReduce,
+                    3,
+                ));
+            }
+        }
+        timeline(spans)
+    }
+
+    fn report(t: &Timeline) -> TrafficReport {
+        traffic_report(t, &RunFacts::from_timeline(t), CommSettings::default())
+    }
+
+    #[test]
+    fn a_one_shot_all_reduce_sends_every_buffer_to_every_peer_and_a_slow_link_stands_out() {
+        let r = report(&three_ranks(2_000));
+        assert_eq!(r.ranks, vec![0, 1, 2]);
+        assert_eq!(r.pairs.len(), 6);
+        let into_0 = r.pair(1, 0).unwrap();
+        assert_eq!(
+            (into_0.bytes, into_0.transfers, into_0.time_ns),
+            (20_480, 20, 40_000)
+        );
+        assert_eq!(into_0.gbps, Some(0.512));
+        assert_eq!(r.pair(0, 2).unwrap().gbps, Some(5.12));
+        let within_root2 = |got: Option<f64>, want: f64| {
+            got.is_some_and(|g| g / want < 2f64.sqrt() && want / g < 2f64.sqrt())
+        };
+        assert!(within_root2(into_0.median_gbps, 0.512), "{into_0:?}");
+        // Rank 2 receives fast from both, so only the link between 0 and 1 is slow both ways.
+        let rates: Vec<(&str, Option<f64>)> =
+            r.links.iter().map(|l| (l.link.as_str(), l.gbps)).collect();
+        assert_eq!(
+            rates,
+            vec![
+                ("0-1", Some(0.512)),
+                ("0-2", Some(5.12)),
+                ("1-2", Some(5.12))
+            ]
+        );
+        let link = r.link("0-1").unwrap();
+        assert_eq!(
+            (link.bytes, link.transfers, link.time_ns),
+            (40_960, 40, 80_000)
+        );
+        assert_eq!(link.transport.as_deref(), Some("shm"));
+        assert!(within_root2(r.link("1-2").unwrap().median_gbps, 5.12));
+    }
+
+    #[test]
+    fn a_ring_all_reduce_sends_to_the_next_member_only() {
+        let spans = (0..3)
+            .map(|rank| member(rank, 0, 0, 1_000_000, 1 << 20, CollectiveKind::AllReduce, 3))
+            .collect();
+        let r = report(&timeline(spans));
+        let pairs: Vec<(u32, u32, u64)> = r.pairs.iter().map(|p| (p.src, p.dst, p.bytes)).collect();
+        let each = 2 * 2 * (1 << 20) / 3;
+        assert_eq!(pairs, vec![(0, 1, each), (1, 2, each), (2, 0, each)]);
+        assert!(
+            r.pairs
+                .iter()
+                .all(|p| p.ring_bytes == p.bytes && p.median_gbps.is_none())
+        );
+        // With nothing but ring transfers, a link's rate is theirs.
+        assert_eq!(r.link("0-1").unwrap().gbps, Some(each as f64 / 1e6));
+        let forced = traffic_report(
+            &timeline(
+                (0..3)
+                    .map(|rank| member(rank, 0, 0, 1_000, 1 << 20, CollectiveKind::AllReduce, 3))
+                    .collect(),
+            ),
+            &RunFacts::default(),
+            CommSettings {
+                all_reduce: AllReduceAlgorithm::OneShot,
+                shm: true,
+            },
+        );
+        assert_eq!(forced.pairs.len(), 6, "one-shot when the run said so");
+    }
+
+    #[test]
+    fn waiting_for_a_late_peer_is_not_transfer_time() {
+        let r = report(&timeline(vec![
+            member(0, 0, 0, 700, 64, CollectiveKind::AllReduce, 2),
+            member(1, 0, 500, 700, 64, CollectiveKind::AllReduce, 2),
+        ]));
+        assert_eq!(
+            (r.pair(0, 1).unwrap().time_ns, r.pair(1, 0).unwrap().time_ns),
+            (200, 200)
+        );
+    }
+
+    #[test]
+    fn gathers_share_their_buffer_and_a_broadcast_leaves_its_root() {
+        let mut spans: Vec<TimedSpan> = (0..3)
+            .map(|rank| member(rank, 0, 0, 100, 300, CollectiveKind::AllGather, 3))
+            .collect();
+        spans
+            .extend((0..3).map(|rank| member(rank, 1, 200, 300, 50, CollectiveKind::Broadcast, 3)));
+        let r = report(&timeline(spans));
+        let sent = |src, dst| r.pair(src, dst).map(|p| (p.bytes, p.transfers));
+        assert_eq!(sent(2, 1), Some((100, 1)), "a third of the gathered buffer");
+        assert_eq!(
+            sent(0, 1),
+            Some((150, 2)),
+            "the gather's share and the broadcast"
+        );
+        assert_eq!(sent(1, 2), Some((100, 1)), "no broadcast from a non-root");
+    }
+
+    #[test]
+    fn a_message_counts_from_when_both_sides_arrived() {
+        let mut unmatched = p2p(1, CollectiveKind::Recv, 2, 1_000, 300, 400);
+        if let Some(c) = unmatched.attrs.collective.as_mut() {
+            c.wait_ns = Some(100);
+        }
+        let r = report(&timeline(vec![
+            p2p(0, CollectiveKind::Send, 1, 100, 10, 600),
+            p2p(1, CollectiveKind::Recv, 0, 0, 300, 600),
+            unmatched,
+        ]));
+        let got = |src, dst| r.pair(src, dst).map(|p| (p.bytes, p.time_ns, p.gbps));
+        assert_eq!(got(0, 1), Some((600, 200, Some(3.0))));
+        assert_eq!(
+            got(2, 1),
+            Some((400, 200, Some(2.0))),
+            "the duration less its wait"
+        );
+        assert_eq!(
+            r.ranks,
+            vec![0, 1, 2],
+            "a peer without spans is still a rank"
+        );
+    }
+
+    #[test]
+    fn links_are_named_by_transport_and_rated_against_the_calibration() {
+        let t = three_ranks(200);
+        let mut facts = RunFacts::from_timeline(&t);
+        facts.rank_nodes.insert(Rank(2), NodeId(1));
+        let mut r = traffic_report(&t, &facts, CommSettings::default());
+        let transports: Vec<Option<&str>> =
+            r.links.iter().map(|l| l.transport.as_deref()).collect();
+        assert_eq!(transports, vec![Some("shm"), Some("tcp"), Some("tcp")]);
+        let links = vec![serde_json::json!({"transport": "tcp", "peak_bandwidth_gbps": 10.24})];
+        rate_links(&mut r, &links);
+        let tcp = r.link("0-2").unwrap();
+        assert_eq!((tcp.peak_gbps, tcp.peak_pct), (Some(10.24), Some(50.0)));
+        assert_eq!(r.link("0-1").unwrap().peak_gbps, None, "no shm figure");
+        let no_shm = CommSettings::from_parameters(&BTreeMap::from([
+            ("all_reduce".to_string(), serde_json::json!("one_shot")),
+            ("shm".to_string(), serde_json::json!(false)),
+        ]));
+        assert_eq!(
+            no_shm,
+            CommSettings {
+                all_reduce: AllReduceAlgorithm::OneShot,
+                shm: false
+            }
+        );
+        let r = traffic_report(&t, &RunFacts::from_timeline(&t), no_shm);
+        assert_eq!(r.link("0-1").unwrap().transport.as_deref(), Some("tcp"));
+        assert_eq!(
+            CommSettings::from_parameters(&BTreeMap::new()),
+            CommSettings::default()
+        );
+    }
+}

@@ -164,3 +164,69 @@ fn slow_finding(input: &AnalysisInput<'_>, slow: &Slow<'_>) -> Option<Finding> {
         ),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::facts::RunFacts;
+    use crate::testkit::{collective, timeline};
+    use crate::timeline::{TimedSpan, Timeline};
+    use pinch_traces::CollectiveKind;
+
+    /// Twenty one-shot all-reduces of 1 KiB over three ranks; ranks 0 and 1 take `slow_ns` to
+    /// get their data (as a slow link between them makes them), rank 2 takes 200 ns.
+    fn three_ranks(slow_ns: i64) -> Timeline {
+        let mut spans = Vec::new();
+        for seq in 0..20 {
+            let t0 = seq as i64 * 10_000;
+            for (rank, took) in [(0, slow_ns), (1, slow_ns), (2, 200)] {
+                let mut s = collective(rank, seq, t0, took as u64, 1_024);
+                if let Some(c) = s.attrs.collective.as_mut() {
+                    (c.kind, c.participants) = (CollectiveKind::AllReduce, 3);
+                }
+                spans.push(s);
+            }
+        }
+        timeline(spans)
+    }
+
+    fn findings(t: &Timeline) -> Vec<Finding> {
+        let facts = RunFacts::from_timeline(t);
+        SlowLink.detect(&AnalysisInput::new(t, &facts))
+    }
+
+    #[test]
+    fn the_link_between_the_two_slow_receivers_is_named() {
+        let found = findings(&three_ranks(2_000));
+        assert_eq!(found.len(), 1, "{found:#?}");
+        let f = &found[0];
+        assert_eq!(f.location.links, vec!["0-1".to_string()]);
+        assert_eq!(f.location.ranks, vec![0, 1]);
+        assert_eq!(f.level, Level::Warning);
+        assert!(f.severity > 0.1 && f.severity < 0.25, "{f:#?}");
+        assert!(
+            f.summary.starts_with("link 0-1 (shm) moves data at "),
+            "{}",
+            f.summary
+        );
+        assert_eq!(f.evidence.get("links_compared"), Some(&3.0));
+    }
+
+    #[test]
+    fn links_within_the_noise_or_too_few_to_compare_are_not_flagged() {
+        assert!(findings(&three_ranks(200)).is_empty());
+        assert!(
+            findings(&three_ranks(600)).is_empty(),
+            "3× is within a busy host's noise"
+        );
+        let two_ranks: Vec<TimedSpan> = three_ranks(2_000)
+            .spans
+            .into_iter()
+            .filter(|s| s.rank.0 < 2)
+            .collect();
+        assert!(
+            findings(&timeline(two_ranks)).is_empty(),
+            "one link has nothing to compare with"
+        );
+    }
+}
