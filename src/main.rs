@@ -7,6 +7,7 @@ mod cmd;
 mod exit;
 mod render;
 mod render_kineto;
+mod render_paths;
 
 use clap::Parser;
 use std::process::ExitCode;
