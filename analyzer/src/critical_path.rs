@@ -413,17 +413,32 @@ impl Totals {
         median_step_ns: Option<u64>,
         slowest: Option<StepPath>,
     ) -> CriticalPathReport {
-        let total = self.total_ns;
-        let share = |ns: u64| pct(ns as f64, total as f64).unwrap_or(0.0);
+        CriticalPathReport {
+            steps,
+            total_ns: self.total_ns,
+            median_step_ns,
+            slowest,
+            by_rank: self.rank_shares(),
+            by_category: self.category_shares(),
+            by_op: self.op_shares(timeline),
+        }
+    }
+
+    /// `ns` as a share of the time on all paths.
+    fn share(&self, ns: u64) -> f64 {
+        pct(ns as f64, self.total_ns as f64).unwrap_or(0.0)
+    }
+
+    fn rank_shares(&self) -> Vec<PathRankShare> {
         let mut by_rank: Vec<PathRankShare> = self
             .by_rank
-            .into_iter()
+            .iter()
             .map(|(rank, per_category)| {
                 let time_ns = per_category.iter().sum();
                 PathRankShare {
                     rank: rank.0,
                     time_ns,
-                    share_pct: share(time_ns),
+                    share_pct: self.share(time_ns),
                     category_ns: PathCategory::ALL
                         .into_iter()
                         .map(|c| (c, per_category[c.index()]))
@@ -433,44 +448,40 @@ impl Totals {
             })
             .collect();
         by_rank.sort_by_key(|r| (std::cmp::Reverse(r.time_ns), r.rank));
+        by_rank
+    }
+
+    fn category_shares(&self) -> Vec<PathCategoryShare> {
         let mut by_category: Vec<PathCategoryShare> = PathCategory::ALL
             .iter()
             .map(|&category| PathCategoryShare {
                 category,
                 time_ns: self.by_category[category.index()],
-                share_pct: share(self.by_category[category.index()]),
+                share_pct: self.share(self.by_category[category.index()]),
             })
             .filter(|c| c.time_ns > 0)
             .collect();
         by_category.sort_by_key(|c| (std::cmp::Reverse(c.time_ns), c.category));
+        by_category
+    }
+
+    /// The `TOP_CONTRIBUTORS` (rank, op) pairs with most time on the paths.
+    fn op_shares(&self, timeline: &Timeline) -> Vec<PathOpShare> {
         let mut by_op: Vec<PathOpShare> = self
             .by_op
-            .into_iter()
-            .map(|((rank, name), (category, time_ns))| PathOpShare {
+            .iter()
+            .map(|(&(rank, name), &(category, time_ns))| PathOpShare {
                 rank: rank.0,
                 op: name.map(|n| timeline.name(n).to_string()),
                 category,
                 time_ns,
-                share_pct: share(time_ns),
+                share_pct: self.share(time_ns),
             })
             .collect();
-        by_op.sort_by(|a, b| {
-            (std::cmp::Reverse(a.time_ns), a.rank, &a.op).cmp(&(
-                std::cmp::Reverse(b.time_ns),
-                b.rank,
-                &b.op,
-            ))
-        });
+        let key = |o: &PathOpShare| (std::cmp::Reverse(o.time_ns), o.rank, o.op.clone());
+        by_op.sort_by_cached_key(key);
         by_op.truncate(TOP_CONTRIBUTORS);
-        CriticalPathReport {
-            steps,
-            total_ns: total,
-            median_step_ns,
-            slowest,
-            by_rank,
-            by_category,
-            by_op,
-        }
+        by_op
     }
 }
 
