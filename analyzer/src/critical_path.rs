@@ -167,10 +167,10 @@ pub(crate) fn critical_path_from(
     let runs = step_runs(&timeline.spans);
     let mut totals = Totals::default();
     let mut lengths: Vec<(u64, u32)> = Vec::new();
-    for step_runs in runs.chunk_by(|a, b| a.step == b.step) {
-        let step = step_runs[0].step;
+    for of_step in runs.chunk_by(|a, b| a.step == b.step) {
+        let step = of_step[0].step;
         let length_ns = walker
-            .walk(step, step_runs, |seg| totals.add(seg))
+            .walk(step, of_step, |seg| totals.add(seg))
             .length_ns;
         lengths.push((length_ns, step));
     }
