@@ -169,9 +169,7 @@ pub(crate) fn critical_path_from(
     let mut lengths: Vec<(u64, u32)> = Vec::new();
     for of_step in runs.chunk_by(|a, b| a.step == b.step) {
         let step = of_step[0].step;
-        let length_ns = walker
-            .walk(step, of_step, |seg| totals.add(seg))
-            .length_ns;
+        let length_ns = walker.walk(step, of_step, |seg| totals.add(seg)).length_ns;
         lengths.push((length_ns, step));
     }
     let slowest = lengths

@@ -3,8 +3,17 @@
 //!
 //! Links are compared only with links of their own transport (shared memory is orders of
 //! magnitude faster than TCP), and only where a transport has at least `MIN_LINKS` measured
-//! links, so that the median is set by healthy ones: with two links, which one is off cannot be
-//! told.
+//! links: with two, which one is off cannot be told.
+//!
+//! The rates come from the receiving side (see `traffic.rs`), so a slow link slows its two
+//! ranks' receives from every peer. A link is thus measured slow when *both* its ranks receive
+//! slowly: its own fault, or each end slowed by something else. Two rules follow. The reference
+//! is the upper median of the links' rates: a slow link between ranks 0 and 1 plus a rank 3 that
+//! the host starves make links 0-1, 0-3 and 1-3 slow, half of four ranks' six, yet the other
+//! half is healthy. And candidates are taken slowest first, each leaving out the others that
+//! share a rank with it, whose slowness it explains (0-3 and 1-3 above): so two slow links
+//! sharing a rank show as one, and two disjoint ones among four ranks slow every link and show
+//! as none; the matrix still shows them.
 
 use super::{Detector, Finding, FindingKind, Level, Location, fmt_ns, nodes_of, severity};
 use crate::analysis::AnalysisInput;
@@ -56,11 +65,30 @@ impl Detector for SlowLink {
     }
 }
 
-/// The nearest-rank (lower) median of the links' rates.
+/// The upper median of the links' rates (for an even count, the higher middle one).
 fn median_gbps(links: &[(&LinkTraffic, f64)]) -> Option<f64> {
     let mut rates: Vec<f64> = links.iter().map(|(_, gbps)| *gbps).collect();
     rates.sort_by(f64::total_cmp);
-    rates.get((rates.len().max(1) - 1) / 2).copied()
+    rates.get(rates.len() / 2).copied()
+}
+
+/// The links below the threshold that no slower one sharing a rank explains, slowest first.
+fn unexplained<'a>(links: &[(&'a LinkTraffic, f64)], median: f64) -> Vec<(&'a LinkTraffic, f64)> {
+    let mut candidates: Vec<(&LinkTraffic, f64)> = links
+        .iter()
+        .copied()
+        .filter(|(_, gbps)| *gbps * SLOW_LINK_FACTOR < median)
+        .collect();
+    candidates.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.ranks.cmp(&b.0.ranks)));
+    let mut kept: Vec<(&LinkTraffic, f64)> = Vec::new();
+    for (link, gbps) in candidates {
+        let shares_a_rank =
+            |k: &(&LinkTraffic, f64)| k.0.ranks.iter().any(|r| link.ranks.contains(r));
+        if !kept.iter().any(shares_a_rank) {
+            kept.push((link, gbps));
+        }
+    }
+    kept
 }
 
 fn slow_links(
@@ -71,10 +99,9 @@ fn slow_links(
     let Some(median) = median_gbps(links).filter(|m| *m > 0.0) else {
         return Vec::new();
     };
-    links
-        .iter()
-        .filter(|(_, gbps)| *gbps * SLOW_LINK_FACTOR < median)
-        .filter_map(|&(link, gbps)| {
+    unexplained(links, median)
+        .into_iter()
+        .filter_map(|(link, gbps)| {
             let slow = Slow {
                 link,
                 gbps,
@@ -210,6 +237,26 @@ mod tests {
             f.summary
         );
         assert_eq!(f.evidence.get("links_compared"), Some(&3.0));
+    }
+
+    #[test]
+    fn a_slow_link_explains_the_slow_links_of_its_ranks_to_a_starved_one() {
+        // Four ranks: 0 and 1 receive in 2 µs (their link is slow), 3 in 1 µs (starved), 2 in
+        // 200 ns: links 0-1, 0-3 and 1-3 all measure slow, 0-1 slowest.
+        let mut spans = Vec::new();
+        for seq in 0..20 {
+            let t0 = seq as i64 * 10_000;
+            for (rank, took) in [(0, 2_000), (1, 2_000), (2, 200), (3, 1_000)] {
+                let mut s = collective(rank, seq, t0, took, 1_024);
+                if let Some(c) = s.attrs.collective.as_mut() {
+                    (c.kind, c.participants) = (CollectiveKind::AllReduce, 4);
+                }
+                spans.push(s);
+            }
+        }
+        let found = findings(&timeline(spans));
+        let links: Vec<&[String]> = found.iter().map(|f| f.location.links.as_slice()).collect();
+        assert_eq!(links, vec![["0-1".to_string()].as_slice()], "{found:#?}");
     }
 
     #[test]
