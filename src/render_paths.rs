@@ -204,6 +204,7 @@ mod tests {
             time_ns: 2_048,
             gbps: Some(1.0),
             median_gbps: Some(median_gbps),
+            mean_transfer_bytes: Some(1_024),
             peak_gbps: None,
             peak_pct: None,
         }

@@ -142,6 +142,10 @@ pub struct LinkTraffic {
     pub gbps: Option<f64>,
     /// The faster direction's `median_gbps`; `None` when neither has one.
     pub median_gbps: Option<f64>,
+    /// The mean size of the transfers behind `median_gbps`, both directions; `None` without
+    /// any. Small messages move at a lower rate than large ones, so only links whose transfers
+    /// are of like size compare.
+    pub mean_transfer_bytes: Option<u64>,
     /// The transport's calibrated peak, GB/s; `None` without a calibration.
     pub peak_gbps: Option<f64>,
     /// `gbps` as a share of `peak_gbps`; `None` without both.
@@ -271,12 +275,15 @@ const RATE_OFFSET: f64 = 64.0;
 #[derive(Clone, Copy, Debug)]
 struct Rates {
     counts: [u32; RATE_BUCKETS],
+    /// The counted transfers' bytes, summed.
+    bytes: u64,
 }
 
 impl Default for Rates {
     fn default() -> Rates {
         Rates {
             counts: [0; RATE_BUCKETS],
+            bytes: 0,
         }
     }
 }
@@ -291,17 +298,23 @@ impl Rates {
         let bucket = (2.0 * gbps.log2()).floor() + RATE_OFFSET;
         let bucket = bucket.clamp(0.0, (RATE_BUCKETS - 1) as f64) as usize;
         self.counts[bucket] = self.counts[bucket].saturating_add(1);
+        self.bytes = self.bytes.saturating_add(bytes);
     }
 
     fn merge(&mut self, other: &Rates) {
         for (c, o) in self.counts.iter_mut().zip(other.counts) {
             *c = c.saturating_add(o);
         }
+        self.bytes = self.bytes.saturating_add(other.bytes);
+    }
+
+    fn count(&self) -> u64 {
+        self.counts.iter().map(|&c| u64::from(c)).sum()
     }
 
     /// The median bucket's geometric middle (the lower median for an even count).
     fn median_gbps(&self) -> Option<f64> {
-        let total: u64 = self.counts.iter().map(|&c| u64::from(c)).sum();
+        let total = self.count();
         let half = total.div_ceil(2);
         let mut seen = 0u64;
         let bucket = self.counts.iter().position(|&c| {
@@ -429,6 +442,11 @@ fn link(
         time_ns: ab.time_ns.saturating_add(ba.time_ns),
         gbps: faster(ab.own_gbps(), ba.own_gbps()),
         median_gbps: faster(ab.rates.median_gbps(), ba.rates.median_gbps()),
+        mean_transfer_bytes: {
+            let mut both = ab.rates;
+            both.merge(&ba.rates);
+            both.bytes.checked_div(both.count())
+        },
         peak_gbps: None,
         peak_pct: None,
     }
@@ -707,6 +725,7 @@ mod tests {
             (40_960, 40, 80_000)
         );
         assert_eq!(link.transport.as_deref(), Some("shm"));
+        assert_eq!(link.mean_transfer_bytes, Some(1_024));
         assert!(within_root2(r.link("1-2").unwrap().median_gbps, 5.12));
     }
 

@@ -2,8 +2,10 @@
 //! of the same transport, from the traffic matrix (`traffic.rs`).
 //!
 //! Links are compared only with links of their own transport (shared memory is orders of
-//! magnitude faster than TCP), and only where a transport has at least `MIN_LINKS` measured
-//! links: with two, which one is off cannot be told.
+//! magnitude faster than TCP) whose transfers are of like size (a link carrying a pipeline's
+//! activations and one carrying small plan broadcasts move data at different rates, both
+//! healthy), and only where at least `MIN_LINKS` such links were measured: with two, which one
+//! is off cannot be told.
 //!
 //! The rates come from the receiving side (see `traffic.rs`), so a slow link slows its two
 //! ranks' receives from every peer. A link is thus measured slow when *both* its ranks receive
@@ -25,8 +27,11 @@ use std::collections::BTreeMap;
 /// while its data arrives looks like a slow link for a moment); a link delayed by 2 ms moves
 /// small messages tens of times slower than the others.
 pub const SLOW_LINK_FACTOR: f64 = 4.0;
-/// Links of one transport needed to compare them.
+/// Links of one transport, with transfers of like size, needed to compare them.
 const MIN_LINKS: usize = 3;
+/// Links compare when their mean transfer sizes are within this factor of each other: a link
+/// that carries small messages moves them at a lower rate than one carrying large ones.
+const SIZE_TOLERANCE: f64 = 2.0;
 /// Transfers a link must have carried for its rate to count.
 const MIN_TRANSFERS: u64 = 10;
 /// Below this share of its ranks' time, a slow link costs too little to report.
@@ -44,74 +49,80 @@ impl Detector for SlowLink {
     }
 
     fn detect(&self, input: &AnalysisInput<'_>) -> Vec<Finding> {
-        let mut by_transport: BTreeMap<&str, Vec<(&LinkTraffic, f64)>> = BTreeMap::new();
-        for link in &input.traffic.links {
-            if let (Some(transport), Some(gbps), true) = (
-                link.transport.as_deref(),
-                link.median_gbps,
-                link.transfers >= MIN_TRANSFERS,
-            ) {
-                by_transport
-                    .entry(transport)
-                    .or_default()
-                    .push((link, gbps));
-            }
-        }
-        by_transport
-            .into_iter()
-            .filter(|(_, links)| links.len() >= MIN_LINKS)
-            .flat_map(|(transport, links)| slow_links(input, transport, &links))
+        let measured: Vec<Measured<'_>> = input
+            .traffic
+            .links
+            .iter()
+            .filter(|l| l.transfers >= MIN_TRANSFERS)
+            .filter_map(|link| {
+                Some(Measured {
+                    link,
+                    transport: link.transport.as_deref()?,
+                    gbps: link.median_gbps?,
+                    transfer_bytes: link.mean_transfer_bytes? as f64,
+                })
+            })
+            .collect();
+        let candidates = measured
+            .iter()
+            .filter_map(|m| below_alike(m, &measured))
+            .collect();
+        unexplained(candidates)
+            .iter()
+            .filter_map(|slow| slow_finding(input, slow))
             .collect()
     }
 }
 
-/// The upper median of the links' rates (for an even count, the higher middle one).
-fn median_gbps(links: &[(&LinkTraffic, f64)]) -> Option<f64> {
-    let mut rates: Vec<f64> = links.iter().map(|(_, gbps)| *gbps).collect();
-    rates.sort_by(f64::total_cmp);
-    rates.get(rates.len() / 2).copied()
+/// A link with a typical rate, and the size of the transfers it is typical of.
+#[derive(Clone, Copy, Debug)]
+struct Measured<'a> {
+    link: &'a LinkTraffic,
+    transport: &'a str,
+    gbps: f64,
+    transfer_bytes: f64,
 }
 
-/// The links below the threshold that no slower one sharing a rank explains, slowest first.
-fn unexplained<'a>(links: &[(&'a LinkTraffic, f64)], median: f64) -> Vec<(&'a LinkTraffic, f64)> {
-    let mut candidates: Vec<(&LinkTraffic, f64)> = links
-        .iter()
-        .copied()
-        .filter(|(_, gbps)| *gbps * SLOW_LINK_FACTOR < median)
-        .collect();
-    candidates.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.ranks.cmp(&b.0.ranks)));
-    let mut kept: Vec<(&LinkTraffic, f64)> = Vec::new();
-    for (link, gbps) in candidates {
-        let shares_a_rank =
-            |k: &(&LinkTraffic, f64)| k.0.ranks.iter().any(|r| link.ranks.contains(r));
+/// Whether two links' transfers are of like size.
+fn alike(a: &Measured<'_>, b: &Measured<'_>) -> bool {
+    a.transport == b.transport
+        && a.transfer_bytes <= SIZE_TOLERANCE * b.transfer_bytes
+        && b.transfer_bytes <= SIZE_TOLERANCE * a.transfer_bytes
+}
+
+/// The link, when it is below the threshold against the links alike to it (itself included).
+fn below_alike<'a>(m: &Measured<'a>, all: &[Measured<'a>]) -> Option<Slow<'a>> {
+    let mut rates: Vec<f64> = all.iter().filter(|o| alike(m, o)).map(|o| o.gbps).collect();
+    if rates.len() < MIN_LINKS {
+        return None;
+    }
+    rates.sort_by(f64::total_cmp);
+    // The upper median (see the module doc).
+    let median = rates[rates.len() / 2];
+    (m.gbps * SLOW_LINK_FACTOR < median).then_some(Slow {
+        link: m.link,
+        gbps: m.gbps,
+        median,
+        transport: m.transport,
+        compared: rates.len(),
+    })
+}
+
+/// The candidates that no slower one sharing a rank explains, slowest first.
+fn unexplained(mut candidates: Vec<Slow<'_>>) -> Vec<Slow<'_>> {
+    candidates.sort_by(|a, b| {
+        a.gbps
+            .total_cmp(&b.gbps)
+            .then(a.link.ranks.cmp(&b.link.ranks))
+    });
+    let mut kept: Vec<Slow<'_>> = Vec::new();
+    for slow in candidates {
+        let shares_a_rank = |k: &Slow<'_>| k.link.ranks.iter().any(|r| slow.link.ranks.contains(r));
         if !kept.iter().any(shares_a_rank) {
-            kept.push((link, gbps));
+            kept.push(slow);
         }
     }
     kept
-}
-
-fn slow_links(
-    input: &AnalysisInput<'_>,
-    transport: &str,
-    links: &[(&LinkTraffic, f64)],
-) -> Vec<Finding> {
-    let Some(median) = median_gbps(links).filter(|m| *m > 0.0) else {
-        return Vec::new();
-    };
-    unexplained(links, median)
-        .into_iter()
-        .filter_map(|(link, gbps)| {
-            let slow = Slow {
-                link,
-                gbps,
-                median,
-                transport,
-                compared: links.len(),
-            };
-            slow_finding(input, &slow)
-        })
-        .collect()
 }
 
 /// A link below the threshold, with what it was compared with.
@@ -196,7 +207,7 @@ fn slow_finding(input: &AnalysisInput<'_>, slow: &Slow<'_>) -> Option<Finding> {
 mod tests {
     use super::*;
     use crate::facts::RunFacts;
-    use crate::testkit::{collective, timeline};
+    use crate::testkit::{collective, p2p, timeline};
     use crate::timeline::{TimedSpan, Timeline};
     use pinch_traces::CollectiveKind;
 
@@ -257,6 +268,19 @@ mod tests {
         let found = findings(&timeline(spans));
         let links: Vec<&[String]> = found.iter().map(|f| f.location.links.as_slice()).collect();
         assert_eq!(links, vec![["0-1".to_string()].as_slice()], "{found:#?}");
+    }
+
+    #[test]
+    fn a_link_of_small_messages_is_not_compared_with_links_of_large_ones() {
+        let mut spans = three_ranks(200).spans;
+        for k in 0..20 {
+            let t0 = k * 10_000 + 5_000;
+            spans.push(p2p(0, CollectiveKind::Send, 3, t0, 10, 16));
+            spans.push(p2p(3, CollectiveKind::Recv, 0, t0, 2_000, 16));
+        }
+        let t = timeline(spans);
+        assert!(t.spans.iter().any(|s| s.rank.0 == 3));
+        assert!(findings(&t).is_empty(), "{:#?}", findings(&t));
     }
 
     #[test]
