@@ -8,6 +8,7 @@ mod exit;
 mod render;
 mod render_kineto;
 mod render_phases;
+mod render_paths;
 
 use clap::Parser;
 use std::process::ExitCode;

@@ -37,6 +37,14 @@ pub fn render_text(report: &Report) -> String {
     if report.stragglers.collectives > 0 {
         sections.push(stragglers_table(&report.stragglers));
     }
+    if !report.traffic.pairs.is_empty() {
+        sections.push(crate::render_paths::traffic_text(&report.traffic));
+    }
+    if report.critical_path.steps > 0 {
+        sections.push(crate::render_paths::critical_path_text(
+            &report.critical_path,
+        ));
+    }
     if let Some(serving) = &report.serving {
         sections.push(serving_text(serving));
     }
@@ -469,6 +477,9 @@ fn finding_text(n: usize, f: &Finding) -> String {
     }
     if !f.location.ops.is_empty() {
         where_.push(format!("ops {}", f.location.ops.join(", ")));
+    }
+    if !f.location.links.is_empty() {
+        where_.push(format!("links {}", f.location.links.join(", ")));
     }
     let evidence: Vec<String> = f
         .evidence

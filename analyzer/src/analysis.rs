@@ -3,12 +3,15 @@
 
 use crate::breakdown::{BreakdownNs, BreakdownPct, breakdown, comm_overlap_pct};
 use crate::collectives::{CollectiveReport, collective_reports};
+use crate::critical_path::{CriticalPathReport, critical_path_from};
+use crate::exchanges::{Collectives, Messages};
 use crate::facts::RunFacts;
 use crate::idle::{IdleBreakdownNs, IdleOps, idle_breakdown};
 use crate::roofline::{Ceilings, OpRoofline};
 use crate::stats::{median, pct};
 use crate::stragglers::{StragglerReport, straggler_report};
 use crate::timeline::{NameId, TimedSpan, Timeline};
+use crate::traffic::{CommSettings, TrafficReport, traffic_from};
 use pinch_traces::{Category, NodeId, Rank, RankExit};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -195,16 +198,34 @@ pub struct AnalysisInput<'a> {
     pub collectives: Vec<CollectiveReport>,
     /// Who arrived last at each collective, and what it cost the others.
     pub stragglers: StragglerReport,
+    /// The rank×rank traffic matrix, with pinch's default comm settings unless
+    /// `with_comm_settings` gave the run's.
+    pub traffic: TrafficReport,
+    /// Each step's critical path across ranks, summed over steps.
+    pub critical_path: CriticalPathReport,
 }
 
 impl<'a> AnalysisInput<'a> {
     pub fn new(timeline: &'a Timeline, facts: &'a RunFacts) -> AnalysisInput<'a> {
+        Self::with_comm_settings(timeline, facts, CommSettings::default())
+    }
+
+    /// `new` for a run whose comm layer was set up as `settings` says.
+    pub fn with_comm_settings(
+        timeline: &'a Timeline,
+        facts: &'a RunFacts,
+        settings: CommSettings,
+    ) -> AnalysisInput<'a> {
+        // Matched once, for both the traffic matrix and the critical path.
+        let exchanges = (Collectives::new(timeline), Messages::new(timeline));
         AnalysisInput {
             timeline,
             facts,
             ranks: rank_reports(timeline, facts),
             collectives: collective_reports(timeline),
             stragglers: straggler_report(timeline),
+            traffic: traffic_from(timeline, facts, settings, &exchanges.0, &exchanges.1),
+            critical_path: critical_path_from(timeline, &exchanges.0, &exchanges.1),
         }
     }
 

@@ -3,6 +3,7 @@
 //! kind of finding is a `Detector`, and a summary reads right with its numbers in it.
 
 mod health;
+mod links;
 mod pipeline;
 mod ranks;
 mod roofline;
@@ -13,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
 pub use health::{DroppedSpans, IncompleteRun};
+pub use links::SlowLink;
 pub use pipeline::PipelineBubble;
 pub use ranks::{LoadImbalance, Straggler};
 pub use roofline::MemoryBandwidthBound;
@@ -32,6 +34,7 @@ pub enum FindingKind {
     PipelineBubble,
     IncompleteRun,
     DroppedSpans,
+    SlowLink,
 }
 
 /// How urgent a finding is; `Info` describes the run, the others ask for action.
@@ -49,6 +52,9 @@ pub struct Location {
     pub nodes: Vec<u32>,
     pub ranks: Vec<u32>,
     pub ops: Vec<String>,
+    /// Links between two ranks, "A-B" with the lower rank first (as `--link-delay` names them).
+    #[serde(default)]
+    pub links: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -86,6 +92,7 @@ pub fn all_detectors() -> Vec<Box<dyn Detector>> {
         Box::new(MemoryBandwidthBound),
         Box::new(IncompleteRun),
         Box::new(DroppedSpans),
+        Box::new(SlowLink),
     ]
 }
 

@@ -10,7 +10,9 @@ pub mod align;
 pub mod analysis;
 pub mod breakdown;
 pub mod collectives;
+pub mod critical_path;
 pub mod error;
+mod exchanges;
 pub mod facts;
 pub mod findings;
 pub mod hta;
@@ -26,6 +28,7 @@ pub mod stats;
 pub mod store;
 pub mod stragglers;
 pub mod timeline;
+pub mod traffic;
 
 #[cfg(test)]
 mod testkit;
@@ -34,6 +37,10 @@ pub use align::{Alignment, ClockMethod, NodeClockReport};
 pub use analysis::{AnalysisInput, ExitReport, OpReport, RankReport};
 pub use breakdown::{BreakdownNs, BreakdownPct};
 pub use collectives::{CollectiveReport, LinkCeiling};
+pub use critical_path::{
+    CriticalPathReport, PathCategory, PathCategoryShare, PathOpShare, PathRankShare, PathSegment,
+    StepPath, critical_path,
+};
 pub use error::AnalyzerError;
 pub use facts::{Problem, ProblemKind, RunFacts};
 pub use findings::{Detector, Finding, FindingKind, Level, Location, all_detectors, detect_all};
@@ -54,3 +61,6 @@ pub use stragglers::{
     RankLateness, SeqLateness, StragglerReport, lateness_by_seq, straggler_report,
 };
 pub use timeline::{NameId, Series, TimedSpan, Timeline, merge, merge_with, node_clocks};
+pub use traffic::{
+    AllReduceAlgorithm, CommSettings, LinkTraffic, PairTraffic, TrafficReport, traffic_report,
+};

@@ -5,6 +5,7 @@
 use crate::align::{Alignment, NodeClockReport};
 use crate::analysis::{AnalysisInput, RankReport};
 use crate::collectives::{CollectiveReport, rate_against_links};
+use crate::critical_path::CriticalPathReport;
 use crate::facts::RunFacts;
 use crate::findings::{Finding, detect_all};
 use crate::phases::{PhaseInput, PhaseReport, phase_reports, replica_tokens, tcp_link_bytes_per_s};
@@ -13,6 +14,7 @@ use crate::run::{NodeData, RunData};
 use crate::serving::{ServingReport, serving_report};
 use crate::stragglers::StragglerReport;
 use crate::timeline::{Timeline, merge_with, node_clocks};
+use crate::traffic::{CommSettings, TrafficReport, rate_links};
 use pinch_traces::{CounterSourceStatus, SourceState};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -40,6 +42,10 @@ pub struct Report {
     /// them; empty for a run without spans.
     #[serde(default)]
     pub phases: Vec<PhaseReport>,
+    /// The rank×rank traffic matrix: bytes and achieved bandwidth per pair and per link.
+    pub traffic: TrafficReport,
+    /// Each step's critical path across ranks and collectives, summed over steps.
+    pub critical_path: CriticalPathReport,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -119,8 +125,9 @@ pub fn report_with_clocks(
     facts: &RunFacts,
     clocks: &[NodeClockReport],
 ) -> Report {
-    let mut input = AnalysisInput::new(timeline, facts);
     let parameters = &run.manifest.workload.parameters;
+    let comm = CommSettings::from_parameters(parameters);
+    let mut input = AnalysisInput::with_comm_settings(timeline, facts, comm);
     place_under_roofs(&mut input.ranks, parameters, facts);
     let links = parameters
         .get("calibration")
@@ -129,6 +136,7 @@ pub fn report_with_clocks(
     if let Some(links) = links {
         let node_of = |rank: u32| facts.rank_nodes.get(&pinch_traces::Rank(rank)).map(|n| n.0);
         rate_against_links(&mut input.collectives, links, node_of);
+        rate_links(&mut input.traffic, links);
     }
     let findings = detect_all(&input);
     let phases = run_phases(run, timeline, clocks);
@@ -147,6 +155,8 @@ pub fn report_with_clocks(
         serving: serving_report(run),
         stragglers: input.stragglers,
         phases,
+        traffic: input.traffic,
+        critical_path: input.critical_path,
     }
 }
 

@@ -293,6 +293,7 @@ fn findings_table(findings: &[Finding]) -> Result<DataFrame, PolarsError> {
         column("nodes", text(&|f| joined(&f.location.nodes))),
         column("ranks", text(&|f| joined(&f.location.ranks))),
         column("ops", text(&|f| f.location.ops.join(","))),
+        column("links", text(&|f| f.location.links.join(","))),
         column(
             "evidence_json",
             text(&|f| serde_json::to_string(&f.evidence).unwrap_or_default()),

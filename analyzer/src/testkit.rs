@@ -343,3 +343,26 @@ fn skewed_spans(rank: u32, steps: u64, wake_late_ns: u64) -> Vec<Span> {
         })
         .collect()
 }
+
+/// A send or receive of `bytes` between `rank` and `peer` on group 1, on node 0.
+pub fn p2p(
+    rank: u32,
+    kind: CollectiveKind,
+    peer: u32,
+    start_ns: i64,
+    duration_ns: u64,
+    bytes: u64,
+) -> TimedSpan {
+    let mut s = span(rank, Category::Communication, start_ns, duration_ns);
+    s.name = NameId(1);
+    s.attrs.collective = Some(CollectiveAttrs {
+        kind,
+        group: 1,
+        seq: 0,
+        participants: 2,
+        peer: Some(Rank(peer)),
+        message_bytes: bytes,
+        wait_ns: None,
+    });
+    s
+}

@@ -209,6 +209,8 @@ fn manifest(plan: &Plan, args: &RunArgs) -> anyhow::Result<RunManifest> {
         ("max_batch_tokens", serde_json::json!(c.max_batch_tokens)),
         ("chunked_prefill", serde_json::json!(c.chunked_prefill)),
         ("micro_batches", serde_json::json!(c.micro_batches)),
+        ("all_reduce", serde_json::to_value(c.all_reduce)?),
+        ("shm", serde_json::json!(c.shm)),
         ("seed", serde_json::json!(c.seed)),
         ("sample_hz", serde_json::json!(plan.sample_hz)),
         ("counters", serde_json::json!(plan.counters.to_string())),

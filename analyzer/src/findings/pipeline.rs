@@ -150,6 +150,7 @@ fn bubble_finding(
             nodes: nodes_of(input, flagged),
             ranks: flagged.to_vec(),
             ops: ops.into_iter().collect(),
+            links: Vec::new(),
         },
         evidence: evidence
             .into_iter()
