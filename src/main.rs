@@ -6,6 +6,7 @@ mod cli;
 mod cmd;
 mod exit;
 mod render;
+mod render_imbalance;
 mod render_kineto;
 
 use clap::Parser;

@@ -40,6 +40,9 @@ pub fn render_text(report: &Report) -> String {
     if let Some(serving) = &report.serving {
         sections.push(serving_text(serving));
     }
+    if let Some(imbalance) = crate::render_imbalance::imbalance_text(&report.imbalance) {
+        sections.push(imbalance);
+    }
     sections.push(nodes_table(report));
     sections.push(clock_table(report));
     sections.push(findings_text(&report.findings));
@@ -467,6 +470,9 @@ fn finding_text(n: usize, f: &Finding) -> String {
     }
     if !f.location.ops.is_empty() {
         where_.push(format!("ops {}", f.location.ops.join(", ")));
+    }
+    if !f.location.experts.is_empty() {
+        where_.push(format!("experts {}", join(&f.location.experts)));
     }
     let evidence: Vec<String> = f
         .evidence

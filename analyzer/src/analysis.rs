@@ -4,6 +4,7 @@
 use crate::breakdown::{BreakdownNs, BreakdownPct, breakdown, comm_overlap_pct};
 use crate::collectives::{CollectiveReport, collective_reports};
 use crate::facts::RunFacts;
+use crate::imbalance::ImbalanceReport;
 use crate::roofline::{Ceilings, OpRoofline};
 use crate::stats::{median, pct};
 use crate::stragglers::{StragglerReport, straggler_report};
@@ -190,6 +191,8 @@ pub struct AnalysisInput<'a> {
     pub collectives: Vec<CollectiveReport>,
     /// Who arrived last at each collective, and what it cost the others.
     pub stragglers: StragglerReport,
+    /// Expert, stage and replica imbalance; empty until `report` fills it from the run.
+    pub imbalance: ImbalanceReport,
 }
 
 impl<'a> AnalysisInput<'a> {
@@ -200,6 +203,7 @@ impl<'a> AnalysisInput<'a> {
             ranks: rank_reports(timeline, facts),
             collectives: collective_reports(timeline),
             stragglers: straggler_report(timeline),
+            imbalance: ImbalanceReport::default(),
         }
     }
 

@@ -3,6 +3,7 @@
 //! kind of finding is a `Detector`, and a summary reads right with its numbers in it.
 
 mod health;
+mod imbalance;
 mod pipeline;
 mod ranks;
 mod roofline;
@@ -13,7 +14,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
 pub use health::{DroppedSpans, IncompleteRun};
+pub use imbalance::{ExpertImbalanceDetector, ReplicaQueueing};
 pub use pipeline::PipelineBubble;
+pub(crate) use pipeline::receive_waiting;
 pub use ranks::{LoadImbalance, Straggler};
 pub use roofline::MemoryBandwidthBound;
 pub use share::ShareDetector;
@@ -49,6 +52,9 @@ pub struct Location {
     pub nodes: Vec<u32>,
     pub ranks: Vec<u32>,
     pub ops: Vec<String>,
+    /// Mixture-of-experts expert ids (the load-imbalance finding's hot experts).
+    #[serde(default)]
+    pub experts: Vec<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -82,6 +88,8 @@ pub fn all_detectors() -> Vec<Box<dyn Detector>> {
         Box::new(ShareDetector::idle()),
         Box::new(Straggler),
         Box::new(LoadImbalance),
+        Box::new(ExpertImbalanceDetector),
+        Box::new(ReplicaQueueing),
         Box::new(PipelineBubble),
         Box::new(MemoryBandwidthBound),
         Box::new(IncompleteRun),

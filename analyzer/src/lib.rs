@@ -14,6 +14,7 @@ pub mod error;
 pub mod facts;
 pub mod findings;
 pub mod hta;
+pub mod imbalance;
 pub mod intervals;
 pub mod load;
 pub mod report;
@@ -34,6 +35,10 @@ pub use breakdown::{BreakdownNs, BreakdownPct};
 pub use collectives::{CollectiveReport, LinkCeiling};
 pub use error::AnalyzerError;
 pub use facts::{Problem, ProblemKind, RunFacts};
+pub use imbalance::{
+    ExpertImbalance, ExpertLoad, ImbalanceReport, LayerExpertLoad, RankExpertLoad, ReplicaImbalance,
+    ReplicaLoad, Spread, StageBubble, imbalance_report,
+};
 pub use findings::{Detector, Finding, FindingKind, Level, Location, all_detectors, detect_all};
 pub use load::load_run;
 pub use report::{

@@ -7,6 +7,7 @@ use crate::analysis::{AnalysisInput, RankReport};
 use crate::collectives::{CollectiveReport, rate_against_links};
 use crate::facts::RunFacts;
 use crate::findings::{Finding, detect_all};
+use crate::imbalance::{ImbalanceReport, imbalance_report};
 use crate::roofline::{classify, rank_ceilings};
 use crate::run::{NodeData, RunData};
 use crate::serving::{ServingReport, serving_report};
@@ -17,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// report.json's schema version; bumped on any incompatible change.
-pub const REPORT_SCHEMA_VERSION: u32 = 5;
+pub const REPORT_SCHEMA_VERSION: u32 = 6;
 
 /// The counter and device names CPU utilization is read from.
 const CPU_COUNTER: &str = "cpu.utilization";
@@ -35,6 +36,9 @@ pub struct Report {
     pub serving: Option<ServingReport>,
     /// Who arrived last at each collective, and what it cost the others.
     pub stragglers: StragglerReport,
+    /// Expert token counts, pipeline bubble per stage and replica queueing.
+    #[serde(default)]
+    pub imbalance: ImbalanceReport,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -125,6 +129,7 @@ pub fn report_with_clocks(
         let node_of = |rank: u32| facts.rank_nodes.get(&pinch_traces::Rank(rank)).map(|n| n.0);
         rate_against_links(&mut input.collectives, links, node_of);
     }
+    input.imbalance = imbalance_report(run, &input);
     let findings = detect_all(&input);
     let clock_of = |node: &NodeData| clocks.iter().find(|c| c.node == node.node.0).cloned();
     Report {
@@ -140,6 +145,7 @@ pub fn report_with_clocks(
         findings,
         serving: serving_report(run),
         stragglers: input.stragglers,
+        imbalance: input.imbalance,
     }
 }
 
@@ -485,6 +491,7 @@ mod tests {
             id: 0,
             replica: 0,
             arrival_ns: base,
+            scheduled_ns: None,
             token_times_ns: vec![base + 500_000, base + 2_500_000],
             prompt_tokens: 3,
             tokens: vec![4, 5],

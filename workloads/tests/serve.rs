@@ -83,12 +83,14 @@ fn serve(config: &ServeConfig) -> (Vec<RequestRecord>, Vec<Vec<Span>>) {
                         leads.then(|| RouterClient::connect(addr, c.replica, TIMEOUT).unwrap());
                     let mut on_step = |_| {};
                     let mut on_request = |r| records.lock().unwrap().push(r);
+                    let mut on_expert_tokens = |_| {};
                     let io = RankIo {
                         mesh: &mut mesh,
                         router,
                         recorder: &recorder,
                         on_step: &mut on_step,
                         on_request: &mut on_request,
+                        on_expert_tokens: &mut on_expert_tokens,
                     };
                     serve_rank(config, rank, io).unwrap();
                     let mut spans = Vec::new();

@@ -62,6 +62,7 @@ impl Detector for MemoryBandwidthBound {
                 nodes: nodes_of(input, &ranks),
                 ranks,
                 ops,
+                ..Location::default()
             },
             evidence: evidence
                 .into_iter()
