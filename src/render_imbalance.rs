@@ -104,7 +104,14 @@ fn stages_text(stages: &[StageBubble]) -> String {
 }
 
 fn replicas_text(r: &ReplicaImbalance) -> String {
-    let mut t = table(&["replica", "ranks", "requests", "output tokens", "queue mean", "queue max"]);
+    let mut t = table(&[
+        "replica",
+        "ranks",
+        "requests",
+        "output tokens",
+        "queue mean",
+        "queue max",
+    ]);
     let ns = |v: Option<f64>| v.map_or("-".into(), |v| fmt_ns(v.round().max(0.0) as u64));
     for x in &r.per_replica {
         let ranks: Vec<String> = x.ranks.iter().map(u32::to_string).collect();

@@ -2,6 +2,9 @@
 //! MoE run is reported as expert load imbalance naming the hot expert and the rank holding it;
 //! the same run unskewed has no imbalance finding above info. Both report the expert counts.
 
+// Test helpers panic with the value in view, as the tests themselves do.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::{report_json, run, stdout_of};
@@ -22,7 +25,11 @@ fn findings_of(report: &Value, kind: &str) -> Vec<Value> {
 fn expert_findings(report: &Value) -> Vec<Value> {
     findings_of(report, "load_imbalance")
         .into_iter()
-        .filter(|f| f["location"]["experts"].as_array().is_some_and(|e| !e.is_empty()))
+        .filter(|f| {
+            f["location"]["experts"]
+                .as_array()
+                .is_some_and(|e| !e.is_empty())
+        })
         .collect()
 }
 
@@ -68,7 +75,10 @@ fn even_routing_has_no_expert_imbalance() {
     let _turn = ONE_RUN_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let report = moe_run(&[]);
     let experts = &report["imbalance"]["experts"];
-    assert!(experts["expert_tokens"]["mean"].as_f64() > Some(0.0), "{experts:#}");
+    assert!(
+        experts["expert_tokens"]["mean"].as_f64() > Some(0.0),
+        "{experts:#}"
+    );
     let loud: Vec<Value> = findings_of(&report, "load_imbalance")
         .into_iter()
         .filter(|f| f["level"] != "info")
@@ -76,5 +86,8 @@ fn even_routing_has_no_expert_imbalance() {
     assert!(loud.is_empty(), "{loud:#?}");
     let replicas = &report["imbalance"]["replicas"]["per_replica"];
     assert_eq!(replicas.as_array().map(Vec::len), Some(2), "{replicas:#}");
-    assert!(replicas[0]["queue_ns_mean"].as_f64().is_some(), "{replicas:#}");
+    assert!(
+        replicas[0]["queue_ns_mean"].as_f64().is_some(),
+        "{replicas:#}"
+    );
 }

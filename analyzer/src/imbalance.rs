@@ -208,7 +208,10 @@ struct ExpertGrid {
 impl ExpertGrid {
     fn new(records: &[&ExpertTokens]) -> ExpertGrid {
         let experts = records.iter().map(|r| r.experts).max().unwrap_or(0) as usize;
-        let layers: BTreeSet<u32> = records.iter().flat_map(|r| r.layers.iter().copied()).collect();
+        let layers: BTreeSet<u32> = records
+            .iter()
+            .flat_map(|r| r.layers.iter().copied())
+            .collect();
         ExpertGrid {
             experts,
             counts: vec![0; layers.len() * experts],
@@ -218,8 +221,10 @@ impl ExpertGrid {
 
     fn add(&mut self, record: &ExpertTokens) {
         for (layer, expert, n) in record.counts() {
-            let (Ok(row), true) = (self.layers.binary_search(&layer), expert < self.experts as u32)
-            else {
+            let (Ok(row), true) = (
+                self.layers.binary_search(&layer),
+                expert < self.experts as u32,
+            ) else {
                 continue;
             };
             self.counts[row * self.experts + expert as usize] += u64::from(n);
@@ -282,7 +287,8 @@ fn expert_loads(totals: &[u64], per_rank: &[RankExpertLoad]) -> Vec<ExpertLoad> 
         .enumerate()
         .map(|(e, &tokens)| {
             let e = e as u32;
-            let holds = |r: &&RankExpertLoad| (r.first_expert..r.first_expert + r.held).contains(&e);
+            let holds =
+                |r: &&RankExpertLoad| (r.first_expert..r.first_expert + r.held).contains(&e);
             ExpertLoad {
                 expert: e,
                 tokens,
@@ -382,7 +388,13 @@ mod tests {
     use pinch_traces::{Category, CollectiveAttrs, CollectiveKind, Rank};
     use serde_json::json;
 
-    fn record(rank: u32, step: u32, first_expert: u32, held: u32, tokens: Vec<u32>) -> ExpertTokens {
+    fn record(
+        rank: u32,
+        step: u32,
+        first_expert: u32,
+        held: u32,
+        tokens: Vec<u32>,
+    ) -> ExpertTokens {
         let layers = (tokens.len() as u32 / held).max(1);
         ExpertTokens {
             rank: Rank(rank),
@@ -472,7 +484,12 @@ mod tests {
         assert!(stage_bubbles(&input, Degrees { tp: 1, pp: 1 }).is_empty());
     }
 
-    fn request(replica: u32, arrival_ns: u64, scheduled_ns: Option<u64>, end_ns: u64) -> RequestRecord {
+    fn request(
+        replica: u32,
+        arrival_ns: u64,
+        scheduled_ns: Option<u64>,
+        end_ns: u64,
+    ) -> RequestRecord {
         RequestRecord {
             id: arrival_ns,
             replica,
@@ -511,7 +528,9 @@ mod tests {
         let parameters = &mut run.manifest.workload.parameters;
         parameters.insert("tp".into(), json!(1));
         parameters.insert("pp".into(), json!(2));
-        run.nodes[0].expert_tokens.push(record(0, 0, 0, 4, vec![1, 2, 3, 4]));
+        run.nodes[0]
+            .expert_tokens
+            .push(record(0, 0, 0, 4, vec![1, 2, 3, 4]));
         let report = crate::analyze(&run);
         let e = report.imbalance.experts.as_ref().unwrap();
         assert_eq!(e.expert_tokens.max, 4.0);

@@ -35,11 +35,11 @@ pub use breakdown::{BreakdownNs, BreakdownPct};
 pub use collectives::{CollectiveReport, LinkCeiling};
 pub use error::AnalyzerError;
 pub use facts::{Problem, ProblemKind, RunFacts};
-pub use imbalance::{
-    ExpertImbalance, ExpertLoad, ImbalanceReport, LayerExpertLoad, RankExpertLoad, ReplicaImbalance,
-    ReplicaLoad, Spread, StageBubble, imbalance_report,
-};
 pub use findings::{Detector, Finding, FindingKind, Level, Location, all_detectors, detect_all};
+pub use imbalance::{
+    ExpertImbalance, ExpertLoad, ImbalanceReport, LayerExpertLoad, RankExpertLoad,
+    ReplicaImbalance, ReplicaLoad, Spread, StageBubble, imbalance_report,
+};
 pub use load::load_run;
 pub use report::{
     CounterSourceReport, NodeReport, REPORT_SCHEMA_VERSION, Report, RunInfo, analyze, report_from,

@@ -3,9 +3,8 @@
 
 use pinch_traces::{
     ClockAnchor, CounterDef, CounterId, CounterSample, CounterSourceStatus, DeviceDef, DeviceId,
-    ExpertTokens,
-    NodeEntry, NodeId, NodeLog, OpId, Rank, RankExit, Record, RequestRecord, RunManifest, Span,
-    Truncation,
+    ExpertTokens, NodeEntry, NodeId, NodeLog, OpId, Rank, RankExit, Record, RequestRecord,
+    RunManifest, Span, Truncation,
 };
 use std::collections::BTreeMap;
 

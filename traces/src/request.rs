@@ -35,8 +35,7 @@ impl RequestRecord {
 
     /// Time queued at the replica: arrival until first scheduled.
     pub fn queued_ns(&self) -> Option<u64> {
-        self.scheduled_ns
-            .map(|t| t.saturating_sub(self.arrival_ns))
+        self.scheduled_ns.map(|t| t.saturating_sub(self.arrival_ns))
     }
 
     /// End-to-end latency: arrival to the last token.

@@ -375,8 +375,9 @@ impl Engine<'_, '_> {
     fn plan(&self, intake: &mut Intake) -> Option<StepPlan> {
         let at = self.at();
         let now_ns = self.tracer.now_ns();
-        self.tracer
-            .host(self.tracer.ops.schedule, at, || intake.scheduler.plan_at(now_ns))
+        self.tracer.host(self.tracer.ops.schedule, at, || {
+            intake.scheduler.plan_at(now_ns)
+        })
     }
 
     /// The leader's loop: take requests, plan, broadcast, run, commit.

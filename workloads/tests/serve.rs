@@ -190,18 +190,30 @@ fn experts_count_every_routed_token_once_on_the_rank_holding_them() {
     let config = config("moe-tiny", "ep=2");
     let (records, _, experts) = serve(&config);
     let moe = config.model.moe.as_ref().unwrap();
-    assert!(records.iter().all(|r| r.preemptions == 0), "no recompute to count");
+    assert!(
+        records.iter().all(|r| r.preemptions == 0),
+        "no recompute to count"
+    );
     // Every row fed (the prompt, then each generated token but the last) goes to k experts.
     let rows: u64 = records
         .iter()
         .map(|r| u64::from(r.prompt_tokens) + r.tokens.len() as u64 - 1)
         .sum();
     let layers = (config.model.layers - moe.dense_layers) as u64;
-    let counted: u64 = experts.iter().flat_map(|e| &e.tokens).map(|&n| u64::from(n)).sum();
+    let counted: u64 = experts
+        .iter()
+        .flat_map(|e| &e.tokens)
+        .map(|&n| u64::from(n))
+        .sum();
     assert_eq!(counted, rows * moe.top_k as u64 * layers);
     for e in &experts {
         assert_eq!((e.held, e.experts), (4, 8));
-        assert_eq!(e.first_expert, 4 * e.rank.0, "rank {} holds its half", e.rank.0);
+        assert_eq!(
+            e.first_expert,
+            4 * e.rank.0,
+            "rank {} holds its half",
+            e.rank.0
+        );
         assert_eq!(e.tokens.len(), 4 * e.layers.len());
     }
     assert!(experts.iter().all(|e| e.tokens.iter().any(|&n| n > 0)));

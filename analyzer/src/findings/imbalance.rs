@@ -176,7 +176,9 @@ impl Detector for ReplicaQueueing {
             return Vec::new();
         };
         queueing(replicas)
-            .map(|(hot, mean_ns, share)| vec![queueing_finding(input, replicas, hot, mean_ns, share)])
+            .map(|(hot, mean_ns, share)| {
+                vec![queueing_finding(input, replicas, hot, mean_ns, share)]
+            })
             .unwrap_or_default()
     }
 }
@@ -185,7 +187,10 @@ impl Detector for ReplicaQueueing {
 /// queueing time and the share of its latency the excess takes.
 fn queueing(replicas: &ReplicaImbalance) -> Option<(&ReplicaLoad, f64, f64)> {
     let spread = replicas.queue_ns_mean?;
-    let timed = replicas.per_replica.iter().filter(|r| r.queue_ns_mean.is_some());
+    let timed = replicas
+        .per_replica
+        .iter()
+        .filter(|r| r.queue_ns_mean.is_some());
     if timed.count() < 2 || spread.max_to_mean? < QUEUE_RATIO {
         return None;
     }
@@ -215,12 +220,18 @@ fn queueing_finding(
     let evidence = BTreeMap::from([
         ("queue_ns_mean_max".to_string(), queue_ns),
         ("queue_ns_mean_mean".to_string(), mean_ns),
-        ("queue_ns_max".to_string(), hot.queue_ns_max.unwrap_or(0) as f64),
+        (
+            "queue_ns_max".to_string(),
+            hot.queue_ns_max.unwrap_or(0) as f64,
+        ),
         ("e2e_ns_mean".to_string(), hot.e2e_ns_mean.unwrap_or(0.0)),
         ("requests".to_string(), hot.requests as f64),
         ("requests_mean".to_string(), replicas.requests.mean),
         ("output_tokens".to_string(), hot.output_tokens as f64),
-        ("output_tokens_mean".to_string(), replicas.output_tokens.mean),
+        (
+            "output_tokens_mean".to_string(),
+            replicas.output_tokens.mean,
+        ),
         ("replicas".to_string(), replicas.per_replica.len() as f64),
     ]);
     Finding {
@@ -308,20 +319,33 @@ mod tests {
 
     #[test]
     fn a_hot_expert_is_named_with_the_rank_holding_it() {
-        let f = detect(&ExpertImbalanceDetector, with_experts([400, 150, 100, 100, 90, 80, 40, 40]));
-        let [f] = &f[..] else { panic!("one finding expected: {f:#?}") };
+        let f = detect(
+            &ExpertImbalanceDetector,
+            with_experts([400, 150, 100, 100, 90, 80, 40, 40]),
+        );
+        let [f] = &f[..] else {
+            panic!("one finding expected: {f:#?}")
+        };
         assert_eq!(f.kind, FindingKind::LoadImbalance);
         assert_eq!(f.location.experts, vec![0]);
         assert_eq!(f.location.ranks, vec![0]);
         // Mean 125: expert 0 at 3.2× is critical.
         assert_eq!(f.evidence["max_to_mean_ratio"], 3.2);
         assert_eq!(f.level, Level::Critical);
-        assert!(f.summary.starts_with("expert 0 processes 3.2× the mean tokens of all 8 experts"), "{}", f.summary);
+        assert!(
+            f.summary
+                .starts_with("expert 0 processes 3.2× the mean tokens of all 8 experts"),
+            "{}",
+            f.summary
+        );
     }
 
     #[test]
     fn even_routing_is_no_finding() {
-        let f = detect(&ExpertImbalanceDetector, with_experts([110, 95, 100, 105, 90, 100, 100, 100]));
+        let f = detect(
+            &ExpertImbalanceDetector,
+            with_experts([110, 95, 100, 105, 90, 100, 100, 100]),
+        );
         assert!(f.is_empty(), "{f:#?}");
         let none = detect(&ExpertImbalanceDetector, Default::default());
         assert!(none.is_empty());
@@ -363,11 +387,18 @@ mod tests {
             replica(3, 26.0, 50.0),
         ];
         let f = detect(&ReplicaQueueing, with_replicas(replicas));
-        let [f] = &f[..] else { panic!("one finding expected: {f:#?}") };
+        let [f] = &f[..] else {
+            panic!("one finding expected: {f:#?}")
+        };
         assert_eq!(f.location.ranks, vec![3]);
         assert_eq!(f.level, Level::Critical);
         assert!((f.severity - 0.36).abs() < 1e-9, "{}", f.severity);
-        assert!(f.summary.starts_with("replica 3's requests queue 26.0 ms on average"), "{}", f.summary);
+        assert!(
+            f.summary
+                .starts_with("replica 3's requests queue 26.0 ms on average"),
+            "{}",
+            f.summary
+        );
     }
 
     #[test]
@@ -375,7 +406,11 @@ mod tests {
         let even = vec![replica(0, 5.0, 40.0), replica(1, 6.0, 40.0)];
         assert!(detect(&ReplicaQueueing, with_replicas(even)).is_empty());
         // Two and a half times the mean, but only 60 µs more: noise.
-        let brief = vec![replica(0, 0.01, 10.0), replica(1, 0.01, 10.0), replica(2, 0.1, 10.0)];
+        let brief = vec![
+            replica(0, 0.01, 10.0),
+            replica(1, 0.01, 10.0),
+            replica(2, 0.1, 10.0),
+        ];
         assert!(detect(&ReplicaQueueing, with_replicas(brief)).is_empty());
     }
 }

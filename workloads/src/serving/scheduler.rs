@@ -785,7 +785,8 @@ mod tests {
     }
 
     #[test]
-    fn a_request_queued_behind_a_full_batch_is_scheduled_when_a_slot_frees() -> Result<(), ServingError> {
+    fn a_request_queued_behind_a_full_batch_is_scheduled_when_a_slot_frees()
+    -> Result<(), ServingError> {
         // One sequence at a time: request 1 waits for request 0's two steps.
         let mut s = Scheduler::new(config(10, 1, 64, false))?;
         s.add(request(0, 4, 2), 500)?;
