@@ -134,3 +134,59 @@ fn replicas_text(r: &ReplicaImbalance) -> String {
         queue,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pinch_analyzer::{ReplicaLoad, StageBubble};
+
+    fn spread(max: f64, mean: f64) -> Spread {
+        Spread {
+            max,
+            mean,
+            max_to_mean: Some(max / mean),
+        }
+    }
+
+    #[test]
+    fn stages_and_replicas_read_as_tables_and_nothing_shows_without_data() {
+        assert_eq!(imbalance_text(&ImbalanceReport::default()), None);
+        let report = ImbalanceReport {
+            experts: None,
+            stages: vec![StageBubble {
+                stage: 1,
+                ranks: vec![2, 3],
+                wall_ns: 2_000_000,
+                recv_wait_ns: 500_000,
+                idle_ns: 100_000,
+                bubble_ns: 600_000,
+                bubble_pct: Some(30.0),
+            }],
+            replicas: Some(ReplicaImbalance {
+                per_replica: (0..2)
+                    .map(|replica| ReplicaLoad {
+                        replica,
+                        ranks: vec![replica],
+                        requests: 3,
+                        output_tokens: 18,
+                        queued_requests: 3,
+                        queue_ns_mean: Some(2_000.0),
+                        queue_ns_max: Some(4_000),
+                        e2e_ns_mean: Some(1e6),
+                    })
+                    .collect(),
+                requests: spread(3.0, 3.0),
+                output_tokens: spread(18.0, 18.0),
+                queue_ns_mean: Some(spread(2_000.0, 2_000.0)),
+            }),
+        };
+        let text = imbalance_text(&report).unwrap_or_default();
+        assert!(text.contains("Pipeline bubble per stage"), "{text}");
+        assert!(text.contains("2, 3") && text.contains("30.0%"), "{text}");
+        assert!(
+            text.contains("Replica load: requests max 3, mean 3 (1.00×)"),
+            "{text}"
+        );
+        assert!(text.contains("2.0 µs") && text.contains("4.0 µs"), "{text}");
+    }
+}
