@@ -6,9 +6,10 @@ mod cli;
 mod cmd;
 mod exit;
 mod render;
+mod render_imbalance;
 mod render_kineto;
-mod render_phases;
 mod render_paths;
+mod render_phases;
 
 use clap::Parser;
 use std::process::ExitCode;

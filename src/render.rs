@@ -50,6 +50,9 @@ pub fn render_text(report: &Report) -> String {
     }
     sections.extend(crate::render_phases::idle_table(&report.ranks));
     sections.extend(crate::render_phases::phases_table(&report.phases));
+    if let Some(imbalance) = crate::render_imbalance::imbalance_text(&report.imbalance) {
+        sections.push(imbalance);
+    }
     sections.push(nodes_table(report));
     sections.push(clock_table(report));
     sections.push(findings_text(&report.findings));
@@ -480,6 +483,9 @@ fn finding_text(n: usize, f: &Finding) -> String {
     }
     if !f.location.links.is_empty() {
         where_.push(format!("links {}", f.location.links.join(", ")));
+    }
+    if !f.location.experts.is_empty() {
+        where_.push(format!("experts {}", join(&f.location.experts)));
     }
     let evidence: Vec<String> = f
         .evidence

@@ -7,6 +7,7 @@ use crate::critical_path::{CriticalPathReport, critical_path_from};
 use crate::exchanges::{Collectives, Messages};
 use crate::facts::RunFacts;
 use crate::idle::{IdleBreakdownNs, IdleOps, idle_breakdown};
+use crate::imbalance::ImbalanceReport;
 use crate::roofline::{Ceilings, OpRoofline};
 use crate::stats::{median, pct};
 use crate::stragglers::{StragglerReport, straggler_report};
@@ -203,6 +204,8 @@ pub struct AnalysisInput<'a> {
     pub traffic: TrafficReport,
     /// Each step's critical path across ranks, summed over steps.
     pub critical_path: CriticalPathReport,
+    /// Expert, stage and replica imbalance; empty until `report` fills it from the run.
+    pub imbalance: ImbalanceReport,
 }
 
 impl<'a> AnalysisInput<'a> {
@@ -226,6 +229,7 @@ impl<'a> AnalysisInput<'a> {
             stragglers: straggler_report(timeline),
             traffic: traffic_from(timeline, facts, settings, &exchanges.0, &exchanges.1),
             critical_path: critical_path_from(timeline, &exchanges.0, &exchanges.1),
+            imbalance: ImbalanceReport::default(),
         }
     }
 

@@ -3,6 +3,7 @@
 //! kind of finding is a `Detector`, and a summary reads right with its numbers in it.
 
 mod health;
+mod imbalance;
 mod links;
 mod pipeline;
 mod ranks;
@@ -14,8 +15,10 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
 pub use health::{DroppedSpans, IncompleteRun};
+pub use imbalance::{ExpertImbalanceDetector, ReplicaQueueing};
 pub use links::SlowLink;
 pub use pipeline::PipelineBubble;
+pub(crate) use pipeline::receive_waiting;
 pub use ranks::{LoadImbalance, Straggler};
 pub use roofline::MemoryBandwidthBound;
 pub use share::ShareDetector;
@@ -55,6 +58,9 @@ pub struct Location {
     /// Links between two ranks, "A-B" with the lower rank first (as `--link-delay` names them).
     #[serde(default)]
     pub links: Vec<String>,
+    /// Mixture-of-experts expert ids (the load-imbalance finding's hot experts).
+    #[serde(default)]
+    pub experts: Vec<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -88,6 +94,8 @@ pub fn all_detectors() -> Vec<Box<dyn Detector>> {
         Box::new(ShareDetector::idle()),
         Box::new(Straggler),
         Box::new(LoadImbalance),
+        Box::new(ExpertImbalanceDetector),
+        Box::new(ReplicaQueueing),
         Box::new(PipelineBubble),
         Box::new(MemoryBandwidthBound),
         Box::new(IncompleteRun),

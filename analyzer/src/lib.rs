@@ -17,6 +17,7 @@ pub mod facts;
 pub mod findings;
 pub mod hta;
 pub mod idle;
+pub mod imbalance;
 pub mod intervals;
 pub mod load;
 pub mod phases;
@@ -45,6 +46,10 @@ pub use error::AnalyzerError;
 pub use facts::{Problem, ProblemKind, RunFacts};
 pub use findings::{Detector, Finding, FindingKind, Level, Location, all_detectors, detect_all};
 pub use idle::{IdleBreakdownNs, IdleOps, idle_breakdown};
+pub use imbalance::{
+    ExpertImbalance, ExpertLoad, ImbalanceReport, LayerExpertLoad, RankExpertLoad,
+    ReplicaImbalance, ReplicaLoad, Spread, StageBubble, imbalance_report,
+};
 pub use load::load_run;
 pub use phases::{NodePhase, PhaseKind, PhaseReport, Stretch};
 pub use report::{

@@ -8,6 +8,7 @@ use crate::collectives::{CollectiveReport, rate_against_links};
 use crate::critical_path::CriticalPathReport;
 use crate::facts::RunFacts;
 use crate::findings::{Finding, detect_all};
+use crate::imbalance::{ImbalanceReport, imbalance_report};
 use crate::phases::{PhaseInput, PhaseReport, phase_reports, replica_tokens, tcp_link_bytes_per_s};
 use crate::roofline::{classify, rank_ceilings};
 use crate::run::{NodeData, RunData};
@@ -46,6 +47,9 @@ pub struct Report {
     pub traffic: TrafficReport,
     /// Each step's critical path across ranks and collectives, summed over steps.
     pub critical_path: CriticalPathReport,
+    /// Expert token counts, pipeline bubble per stage and replica queueing.
+    #[serde(default)]
+    pub imbalance: ImbalanceReport,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -138,6 +142,7 @@ pub fn report_with_clocks(
         rate_against_links(&mut input.collectives, links, node_of);
         rate_links(&mut input.traffic, links);
     }
+    input.imbalance = imbalance_report(run, &input);
     let findings = detect_all(&input);
     let phases = run_phases(run, timeline, clocks);
     let clock_of = |node: &NodeData| clocks.iter().find(|c| c.node == node.node.0).cloned();
@@ -157,6 +162,7 @@ pub fn report_with_clocks(
         phases,
         traffic: input.traffic,
         critical_path: input.critical_path,
+        imbalance: input.imbalance,
     }
 }
 
@@ -514,6 +520,7 @@ mod tests {
             id: 0,
             replica: 0,
             arrival_ns: base,
+            scheduled_ns: None,
             token_times_ns: vec![base + 500_000, base + 2_500_000],
             prompt_tokens: 3,
             tokens: vec![4, 5],

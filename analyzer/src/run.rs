@@ -3,8 +3,8 @@
 
 use pinch_traces::{
     ClockAnchor, CounterDef, CounterId, CounterSample, CounterSourceStatus, DeviceDef, DeviceId,
-    NodeEntry, NodeId, NodeLog, OpId, Rank, RankExit, Record, RequestRecord, RunManifest, Span,
-    Truncation,
+    ExpertTokens, NodeEntry, NodeId, NodeLog, OpId, Rank, RankExit, Record, RequestRecord,
+    RunManifest, Span, Truncation,
 };
 use std::collections::BTreeMap;
 
@@ -63,6 +63,8 @@ pub struct NodeData {
     pub outputs: BTreeMap<Rank, Vec<Vec<u32>>>,
     /// Requests served by this node's replica leaders, in the order they finished.
     pub requests: Vec<RequestRecord>,
+    /// The per-step expert token counts of this node's ranks, in log order.
+    pub expert_tokens: Vec<ExpertTokens>,
     pub log: LogState,
     /// The node's monotonic clock at `Record::NodeEnd`; `None` when the agent did not finish.
     pub end_ns: Option<u64>,
@@ -87,6 +89,7 @@ impl NodeData {
             dropped_spans: BTreeMap::new(),
             outputs: BTreeMap::new(),
             requests: Vec::new(),
+            expert_tokens: Vec::new(),
             log: LogState::Missing { reason },
             end_ns: None,
         }
@@ -151,6 +154,7 @@ impl NodeData {
                 life.end_ns = Some(at_ns);
             }
             Record::NodeEnd { at_ns } => self.end_ns = Some(at_ns),
+            Record::ExpertTokens(tokens) => self.expert_tokens.push(tokens),
         }
     }
 

@@ -351,6 +351,7 @@ mod tests {
             id,
             replica,
             arrival_ns: arrival_ms * MS,
+            scheduled_ns: None,
             token_times_ns: times_ms.iter().map(|t| t * MS).collect(),
             prompt_tokens: prompt,
             tokens: (0..times_ms.len() as u32)

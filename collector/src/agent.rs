@@ -556,7 +556,8 @@ impl<'a> Supervisor<'a> {
             Record::OpName { .. }
             | Record::Spans(_)
             | Record::Output { .. }
-            | Record::Request { .. } => self.log.append(&record),
+            | Record::Request { .. }
+            | Record::ExpertTokens(_) => self.log.append(&record),
             other => {
                 let kind = agent_record_kind(&other);
                 self.warn(format!(
@@ -667,7 +668,8 @@ fn agent_record_kind(record: &Record) -> &'static str {
         | Record::Dropped { .. }
         | Record::Progress { .. }
         | Record::Output { .. }
-        | Record::Request { .. } => "rank",
+        | Record::Request { .. }
+        | Record::ExpertTokens(_) => "rank",
     }
 }
 

@@ -81,12 +81,14 @@ fn run_rank(
         });
         stream.send(Record::Request { rank, request });
     };
+    let mut on_expert_tokens = |tokens| stream.send(Record::ExpertTokens(tokens));
     let io = RankIo {
         mesh: &mut mesh,
         router,
         recorder,
         on_step: &mut on_step,
         on_request: &mut on_request,
+        on_expert_tokens: &mut on_expert_tokens,
     };
     serve_rank(config, me, io)?;
     Ok(())

@@ -7,6 +7,7 @@
 
 pub mod clock;
 pub mod counter;
+pub mod experts;
 pub mod ids;
 pub mod kineto;
 pub mod manifest;
@@ -16,6 +17,7 @@ pub mod span;
 
 pub use clock::{ClockAnchor, monotonic_now_ns, wall_now_ns};
 pub use counter::{CounterDef, CounterSample, DeviceDef, Unit};
+pub use experts::ExpertTokens;
 pub use ids::{CounterId, DeviceId, Lane, NodeId, OpId, Rank};
 pub use manifest::{
     CounterSourceStatus, ManifestError, NodeEntry, RunManifest, SourceState, Versions, WorkloadSpec,

@@ -8,6 +8,7 @@
 
 use crate::clock::ClockAnchor;
 use crate::counter::{CounterDef, CounterSample, DeviceDef};
+use crate::experts::ExpertTokens;
 use crate::ids::{NodeId, OpId, Rank};
 use crate::manifest::CounterSourceStatus;
 use crate::request::RequestRecord;
@@ -17,7 +18,7 @@ use std::io::{self, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
 /// The node log format this build writes and reads.
-pub const NODE_LOG_VERSION: u32 = 3;
+pub const NODE_LOG_VERSION: u32 = 4;
 const MAGIC: &[u8; 8] = b"PINCHLOG";
 const HEADER_BYTES: usize = 16;
 const FRAME_HEADER_BYTES: usize = 8;
@@ -84,6 +85,8 @@ pub enum Record {
     NodeEnd {
         at_ns: u64,
     },
+    /// Tokens the experts a rank holds processed in one step (sent by every MoE rank).
+    ExpertTokens(ExpertTokens),
 }
 
 /// How a rank process ended.
@@ -383,6 +386,15 @@ mod tests {
                 rank: Rank(1),
                 spans: 4,
             },
+            Record::ExpertTokens(ExpertTokens {
+                rank: Rank(1),
+                step: 2,
+                experts: 8,
+                first_expert: 4,
+                held: 4,
+                layers: vec![0, 1],
+                tokens: vec![3, 0, 1, 9, 2, 2, 2, 2],
+            }),
             Record::NodeEnd { at_ns: 99 },
         ]
     }

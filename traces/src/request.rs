@@ -12,6 +12,9 @@ pub struct RequestRecord {
     pub replica: u32,
     /// When the request reached its replica (node monotonic clock, ns).
     pub arrival_ns: u64,
+    /// When the scheduler first put the request in a step (node monotonic clock, ns); `None`
+    /// when the scheduler did not record it.
+    pub scheduled_ns: Option<u64>,
     /// When each output token was produced, in order (node monotonic clock, ns). The first is
     /// the time to first token's end.
     pub token_times_ns: Vec<u64>,
@@ -28,6 +31,11 @@ impl RequestRecord {
         self.token_times_ns
             .first()
             .map(|t| t.saturating_sub(self.arrival_ns))
+    }
+
+    /// Time queued at the replica: arrival until first scheduled.
+    pub fn queued_ns(&self) -> Option<u64> {
+        self.scheduled_ns.map(|t| t.saturating_sub(self.arrival_ns))
     }
 
     /// End-to-end latency: arrival to the last token.
@@ -63,6 +71,7 @@ mod tests {
             id: 1,
             replica: 0,
             arrival_ns: 100,
+            scheduled_ns: Some(150),
             tokens: vec![7; times.len()],
             token_times_ns: times,
             prompt_tokens: 4,
@@ -76,6 +85,7 @@ mod tests {
         assert_eq!(r.ttft_ns(), Some(200));
         assert_eq!(r.e2e_ns(), Some(500));
         assert_eq!(r.tpot_ns(), Some(150.0));
+        assert_eq!(r.queued_ns(), Some(50));
         assert_eq!(r.itl_ns().collect::<Vec<_>>(), vec![100, 200]);
     }
 

@@ -25,7 +25,7 @@ use crate::trace::{At, Issue, Tracer};
 use crate::weights::{ShardSpec, ShardWeights, load_shard, synthetic_shard};
 use pinch_collector::Recorder;
 use pinch_kernels::Storage;
-use pinch_traces::{CollectiveKind, RequestRecord};
+use pinch_traces::{CollectiveKind, ExpertTokens, Rank, RequestRecord};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -130,6 +130,8 @@ pub struct RankIo<'a> {
     pub on_step: &'a mut dyn FnMut(u32),
     /// Called with every request the replica finished (leaders only).
     pub on_request: &'a mut dyn FnMut(RequestRecord),
+    /// Called after each step in which this rank's experts processed tokens.
+    pub on_expert_tokens: &'a mut dyn FnMut(ExpertTokens),
 }
 
 impl std::fmt::Debug for RankIo<'_> {
@@ -218,6 +220,7 @@ struct Engine<'a, 'r> {
     model: StageModel,
     groups: Groups,
     step: u32,
+    on_expert_tokens: &'a mut dyn FnMut(ExpertTokens),
 }
 
 /// Runs rank `rank`'s part of the serving run described by `config`.
@@ -232,6 +235,7 @@ pub fn serve_rank(
         recorder,
         on_step,
         on_request,
+        on_expert_tokens,
     } = io;
     let factor = match config.faults.slow_rank {
         Some((slow, factor)) if slow == rank => factor,
@@ -264,6 +268,7 @@ pub fn serve_rank(
         model,
         groups: Groups::new(config.layout.groups(rank), rank)?,
         step: 0,
+        on_expert_tokens,
     };
     let leader = config.layout.coords(rank);
     let is_leader = leader.stage == 0 && leader.tp_rank == 0;
@@ -347,6 +352,16 @@ impl Engine<'_, '_> {
         At::step(self.step)
     }
 
+    /// Reports the step's expert counts, then moves on to the next step.
+    fn finish_step(&mut self, on_step: &mut dyn FnMut(u32)) {
+        let rank = Rank(self.rank as u32);
+        if let Some(tokens) = self.model.take_expert_tokens(rank, self.step) {
+            (self.on_expert_tokens)(tokens);
+        }
+        self.step += 1;
+        on_step(self.step);
+    }
+
     fn intake(&self, router: RouterClient) -> Result<Intake, ServeError> {
         let replica = self.config.layout.coords(self.rank).replica;
         Ok(Intake {
@@ -359,8 +374,10 @@ impl Engine<'_, '_> {
     /// The scheduler's next step, timed as host work.
     fn plan(&self, intake: &mut Intake) -> Option<StepPlan> {
         let at = self.at();
-        self.tracer
-            .host(self.tracer.ops.schedule, at, || intake.scheduler.plan())
+        let now_ns = self.tracer.now_ns();
+        self.tracer.host(self.tracer.ops.schedule, at, || {
+            intake.scheduler.plan_at(now_ns)
+        })
     }
 
     /// The leader's loop: take requests, plan, broadcast, run, commit.
@@ -384,8 +401,7 @@ impl Engine<'_, '_> {
             self.broadcast(mesh, Some(&Control::Step(plan.clone())))?;
             let tokens = self.run_step(mesh, &plan)?;
             intake.commit(&self.tracer, &plan, &tokens, on_request)?;
-            self.step += 1;
-            on_step(self.step);
+            self.finish_step(on_step);
         }
     }
 
@@ -396,8 +412,7 @@ impl Engine<'_, '_> {
                 Control::Stop => return Ok(()),
                 Control::Step(plan) => {
                     self.run_step(mesh, &plan)?;
-                    self.step += 1;
-                    on_step(self.step);
+                    self.finish_step(on_step);
                 }
             }
         }
@@ -430,8 +445,7 @@ impl Engine<'_, '_> {
             if let Some(plan) = &plan {
                 intake.commit(&self.tracer, plan, &tokens, on_request)?;
             }
-            self.step += 1;
-            on_step(self.step);
+            self.finish_step(on_step);
         }
     }
 

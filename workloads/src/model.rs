@@ -24,7 +24,7 @@ use pinch_kernels::{
     Cost, KvPool, add_in_place, embedding_w, matmul_w, paged_attention, rms_norm, rope, scale_add,
     silu_mul, top_k_gating,
 };
-use pinch_traces::CollectiveKind;
+use pinch_traces::{CollectiveKind, ExpertTokens, Rank};
 
 /// How the mixture-of-experts layers route.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -176,6 +176,83 @@ struct Routed {
     dst: usize,
 }
 
+/// Tokens each held expert of each MoE layer of the stage processed since the last report. The
+/// counts live in one buffer sized once; a report copies them out once per step.
+#[derive(Debug, Default)]
+struct ExpertTally {
+    /// Routed experts per MoE layer in the model.
+    experts: u32,
+    first_expert: u32,
+    held: u32,
+    /// The global ids of the stage's MoE layers.
+    layers: Vec<u32>,
+    /// Per local layer, its index in `layers` (`None` for a dense layer).
+    slot_of_local: Vec<Option<usize>>,
+    counts: Vec<u32>,
+}
+
+impl ExpertTally {
+    fn new(config: &ModelConfig, weights: &ShardWeights) -> ExpertTally {
+        let mut tally = ExpertTally {
+            experts: config.moe.as_ref().map_or(0, |m| m.experts as u32),
+            ..ExpertTally::default()
+        };
+        let first_layer = weights.spec.layers.start;
+        for (local, layer) in weights.layers.iter().enumerate() {
+            let Ffn::Moe(moe) = &layer.ffn else {
+                tally.slot_of_local.push(None);
+                continue;
+            };
+            if tally.layers.is_empty() {
+                // Held experts are one consecutive range (`e / (experts / ep) == ep_rank`).
+                let held = moe.experts.iter().position(Option::is_some);
+                tally.first_expert = held.unwrap_or(0) as u32;
+                tally.held = moe.experts.iter().flatten().count() as u32;
+            }
+            tally.slot_of_local.push(Some(tally.layers.len()));
+            tally.layers.push((first_layer + local) as u32);
+        }
+        tally.counts = vec![0; tally.layers.len() * tally.held as usize];
+        tally
+    }
+
+    /// Counts the rows of one layer's expert pass, by expert.
+    fn add(&mut self, local: usize, routed: &[Routed]) {
+        let Some(Some(slot)) = self.slot_of_local.get(local) else {
+            return;
+        };
+        let held = self.held as usize;
+        let row = &mut self.counts[slot * held..(slot + 1) * held];
+        for r in routed {
+            if let Some(n) = r
+                .expert
+                .checked_sub(self.first_expert)
+                .and_then(|j| row.get_mut(j as usize))
+            {
+                *n += 1;
+            }
+        }
+    }
+
+    /// The counts so far as a record, and a fresh start; `None` when nothing was routed here.
+    fn take(&mut self, rank: Rank, step: u32) -> Option<ExpertTokens> {
+        if self.counts.iter().all(|&n| n == 0) {
+            return None;
+        }
+        let record = ExpertTokens {
+            rank,
+            step,
+            experts: self.experts,
+            first_expert: self.first_expert,
+            held: self.held,
+            layers: self.layers.clone(),
+            tokens: self.counts.clone(),
+        };
+        self.counts.fill(0);
+        Some(record)
+    }
+}
+
 /// Resizes `buf` to `len` elements (growing its allocation only past the largest step so far).
 fn sized(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
     buf.resize(len, 0.0);
@@ -191,6 +268,7 @@ pub struct StageModel {
     pool: KvPool,
     moe: MoeOptions,
     bufs: Buffers,
+    tally: ExpertTally,
 }
 
 impl StageModel {
@@ -222,11 +300,18 @@ impl StageModel {
         StageModel {
             config: config.clone(),
             dims,
+            tally: ExpertTally::new(config, &weights),
             weights,
             pool,
             moe,
             bufs: Buffers::default(),
         }
+    }
+
+    /// The tokens this rank's experts processed since the last call, as `rank`'s record of
+    /// `step`; `None` when none did (or the stage has no MoE layer).
+    pub fn take_expert_tokens(&mut self, rank: Rank, step: u32) -> Option<ExpertTokens> {
+        self.tally.take(rank, step)
     }
 
     pub fn kv_pool_bytes(&self) -> u64 {
@@ -412,6 +497,7 @@ impl StageModel {
             Ffn::Moe(moe) => {
                 sized(&mut b.proj, rows * d.hidden);
                 moe_block(t, c, at, &self.config, self.moe, moe, b, rows)?;
+                self.tally.add(local, &b.moe.routed);
                 all_reduce(
                     t,
                     c,

@@ -42,7 +42,7 @@ impl Detector for IncompleteRun {
                 nodes: nodes.into_iter().collect(),
                 ranks: affected.clone(),
                 ops: Vec::new(),
-                links: Vec::new(),
+                ..Location::default()
             },
             evidence: BTreeMap::from([
                 ("problems".to_string(), problems.len() as f64),
@@ -127,7 +127,7 @@ impl Detector for DroppedSpans {
                 nodes: super::nodes_of(input, &ranks),
                 ranks,
                 ops: Vec::new(),
-                links: Vec::new(),
+                ..Location::default()
             },
             evidence: BTreeMap::from([
                 ("dropped_spans".to_string(), dropped as f64),

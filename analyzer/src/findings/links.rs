@@ -182,6 +182,7 @@ fn slow_finding(input: &AnalysisInput<'_>, slow: &Slow<'_>) -> Option<Finding> {
             ranks: link.ranks.to_vec(),
             ops: Vec::new(),
             links: vec![link.link.clone()],
+            ..Location::default()
         },
         evidence: BTreeMap::from([
             ("link_gbps".to_string(), slow.gbps),

@@ -18,8 +18,8 @@ pub struct PipelineBubble;
 
 /// One rank's receive waiting.
 #[derive(Debug, Default)]
-struct Waiting {
-    wait_ns: u64,
+pub(crate) struct Waiting {
+    pub(crate) wait_ns: u64,
     receives: u64,
     ops: BTreeSet<String>,
 }
@@ -75,8 +75,8 @@ fn flagged_ranks(shares: &BTreeMap<u32, f64>) -> Vec<u32> {
         .collect()
 }
 
-/// Per rank, the waiting of its receives.
-fn receive_waiting(input: &AnalysisInput<'_>) -> BTreeMap<u32, Waiting> {
+/// Per rank, the waiting of its receives (the imbalance report's stage bubbles use it too).
+pub(crate) fn receive_waiting(input: &AnalysisInput<'_>) -> BTreeMap<u32, Waiting> {
     let mut waiting: BTreeMap<u32, Waiting> = BTreeMap::new();
     for span in &input.timeline.spans {
         let Some(c) = span.attrs.collective else {
@@ -150,7 +150,7 @@ fn bubble_finding(
             nodes: nodes_of(input, flagged),
             ranks: flagged.to_vec(),
             ops: ops.into_iter().collect(),
-            links: Vec::new(),
+            ..Location::default()
         },
         evidence: evidence
             .into_iter()

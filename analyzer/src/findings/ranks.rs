@@ -125,7 +125,7 @@ fn straggler_finding(input: &AnalysisInput<'_>, s: &Straggling<'_>) -> Finding {
             nodes: nodes_of(input, &[l.rank]),
             ranks: vec![l.rank],
             ops: collective_ops(input, l.rank),
-            links: Vec::new(),
+            ..Location::default()
         },
         evidence: BTreeMap::from([
             ("collectives".to_string(), l.collectives as f64),
@@ -223,7 +223,7 @@ fn imbalance_finding(
             nodes: nodes_of(input, &[busiest.rank]),
             ranks: vec![busiest.rank],
             ops: top_compute.into_iter().collect(),
-            links: Vec::new(),
+            ..Location::default()
         },
         evidence: BTreeMap::from([
             ("compute_ns_max".to_string(), max_ns),

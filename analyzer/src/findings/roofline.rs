@@ -62,7 +62,7 @@ impl Detector for MemoryBandwidthBound {
                 nodes: nodes_of(input, &ranks),
                 ranks,
                 ops,
-                links: Vec::new(),
+                ..Location::default()
             },
             evidence: evidence
                 .into_iter()

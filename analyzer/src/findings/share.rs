@@ -176,7 +176,7 @@ impl Detector for ShareDetector {
                 nodes: nodes_of(input, &ranks),
                 ranks: ranks.clone(),
                 ops: ops.into_iter().map(|(name, _)| name).collect(),
-                links: Vec::new(),
+                ..Location::default()
             },
             evidence: self.evidence(input, &flagged, measured.len(), excused_pct),
             suggestion,

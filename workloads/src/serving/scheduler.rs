@@ -78,6 +78,8 @@ struct Seq {
     computed: usize,
     blocks: Vec<u32>,
     arrival_ns: u64,
+    /// When it was first admitted to a step; kept across preemptions.
+    scheduled_ns: Option<u64>,
     token_times_ns: Vec<u64>,
     preemptions: u32,
 }
@@ -97,6 +99,7 @@ impl Seq {
             id: self.id,
             replica,
             arrival_ns: self.arrival_ns,
+            scheduled_ns: self.scheduled_ns,
             prompt_tokens: u32::try_from(self.prompt_len).unwrap_or(u32::MAX),
             tokens: self.tokens[self.prompt_len..].to_vec(),
             token_times_ns: self.token_times_ns,
@@ -165,6 +168,7 @@ impl Scheduler {
             computed: 0,
             blocks: Vec::new(),
             arrival_ns,
+            scheduled_ns: None,
             token_times_ns: Vec::new(),
             preemptions: 0,
         });
@@ -228,6 +232,16 @@ impl Scheduler {
     /// The next step; `None` when nothing can run: the scheduler is idle, or a step is in flight
     /// (every step must be `complete`d before the next is planned).
     pub fn plan(&mut self) -> Option<StepPlan> {
+        self.plan_timed(None)
+    }
+
+    /// `plan`, noting `now_ns` (node monotonic clock) as the scheduling time of every request
+    /// admitted for the first time, so its queueing time is known.
+    pub fn plan_at(&mut self, now_ns: u64) -> Option<StepPlan> {
+        self.plan_timed(Some(now_ns))
+    }
+
+    fn plan_timed(&mut self, now_ns: Option<u64>) -> Option<StepPlan> {
         if self.in_flight.is_some() {
             return None;
         }
@@ -238,7 +252,7 @@ impl Scheduler {
         let preempted = self.schedule_decodes(&mut batch);
         self.schedule_prefill_chunks(&mut batch);
         if !preempted {
-            self.admit(&mut batch);
+            self.admit(&mut batch, now_ns);
         }
         if batch.seqs.is_empty() {
             return None;
@@ -304,7 +318,7 @@ impl Scheduler {
     }
 
     /// Phase 3: FCFS admissions while a slot, budget and the head's blocks are free.
-    fn admit(&mut self, batch: &mut Batch) {
+    fn admit(&mut self, batch: &mut Batch, now_ns: Option<u64>) {
         while let Some(head) = self.waiting.front() {
             let prompt = head.tokens.len();
             let needed = self.blocks_for(prompt);
@@ -326,6 +340,7 @@ impl Scheduler {
             };
             let at = self.free.len() - needed;
             seq.blocks.extend(self.free.drain(at..).rev());
+            seq.scheduled_ns = seq.scheduled_ns.or(now_ns);
             self.running.push(seq);
             batch.push(self.work(self.running.len() - 1, tokens));
         }
@@ -522,7 +537,7 @@ mod tests {
     ) -> Vec<RequestRecord> {
         let mut done = Vec::new();
         let mut now_ns = 1_000;
-        while let Some(plan) = s.plan() {
+        while let Some(plan) = s.plan_at(now_ns) {
             assert!(plans.len() < 10_000, "no progress");
             now_ns += 10;
             let sampled = model.run(&plan);
@@ -616,6 +631,7 @@ mod tests {
         );
         assert_eq!(r.tokens, vec![50, 51, 52]);
         assert_eq!(r.token_times_ns, vec![100, 200, 300]);
+        assert_eq!(r.scheduled_ns, None, "planned without a time");
         assert!(s.is_idle() && s.plan().is_none());
         assert_eq!(s.free_blocks(), 10);
         Ok(())
@@ -763,6 +779,24 @@ mod tests {
         let r1 = by_id(1);
         assert_eq!(r1.token_times_ns.len(), 8);
         assert!(r1.token_times_ns.windows(2).all(|w| w[0] < w[1]));
+        // Its queueing ended when it was first scheduled, not at its recompute.
+        assert_eq!(r1.scheduled_ns, Some(1_000));
+        Ok(())
+    }
+
+    #[test]
+    fn a_request_queued_behind_a_full_batch_is_scheduled_when_a_slot_frees()
+    -> Result<(), ServingError> {
+        // One sequence at a time: request 1 waits for request 0's two steps.
+        let mut s = Scheduler::new(config(10, 1, 64, false))?;
+        s.add(request(0, 4, 2), 500)?;
+        s.add(request(1, 4, 2), 600)?;
+        let done = drive(&mut s, &mut Vec::new());
+        let by_id = |id: u64| done.iter().find(|r| r.id == id).expect("finished");
+        assert_eq!(by_id(0).queued_ns(), Some(500));
+        // Steps are planned at 1000, 1010, then request 1 at 1020.
+        assert_eq!(by_id(1).scheduled_ns, Some(1_020));
+        assert_eq!(by_id(1).queued_ns(), Some(420));
         Ok(())
     }
 
