@@ -15,6 +15,7 @@ pub mod facts;
 pub mod findings;
 pub mod hta;
 pub mod intervals;
+pub mod kineto_timeline;
 pub mod load;
 pub mod report;
 pub mod roofline;
@@ -34,7 +35,9 @@ pub use breakdown::{BreakdownNs, BreakdownPct};
 pub use collectives::{CollectiveReport, LinkCeiling};
 pub use error::AnalyzerError;
 pub use facts::{Problem, ProblemKind, RunFacts};
-pub use findings::{Detector, Finding, FindingKind, Level, Location, all_detectors, detect_all};
+pub use findings::{
+    Detector, Finding, FindingKind, Level, Location, all_detectors, detect_all, detect_with,
+};
 pub use load::load_run;
 pub use report::{
     CounterSourceReport, NodeReport, REPORT_SCHEMA_VERSION, Report, RunInfo, analyze, report_from,

@@ -1,0 +1,412 @@
+//! PyTorch profiler (Kineto) traces on pinch's own timeline, so that pinch's analyses and
+//! detectors run on them as on a pinch run.
+//!
+//! Each rank becomes a node of its own (Kineto traces name no host, and pids cannot tell two
+//! hosts apart), its streams and host threads lanes of it:
+//! - device lanes `0..`: one per (device, stream) in the trace's order. Kernels are compute,
+//!   communication or memory by HTA's rules (`hta::kernel_type`, so NCCL, RCCL and HCCL kernels
+//!   and `Collective name` are communication); copies and fills are memory; device
+//!   synchronizations (and kernels HTA files as "other" for a `Sync` in their name) are wait.
+//! - host lanes from `HOST_LANE_BASE`: one per (pid, tid). Operators, annotations and runtime
+//!   calls are host work, except runtime calls that synchronize (`cudaStreamSynchronize`,
+//!   `cudaDeviceSynchronize`, ...), which are the host waiting for the device.
+//!
+//! Times: Kineto writes microseconds since an epoch of the profiler's choice (the Unix epoch in
+//! most traces). Every rank is read on that one clock, shifted by the earliest event of the job
+//! (as HTA does); `align` then refines each rank's offset so its collective completions line up
+//! with the other ranks' (see `align`), which also corrects ranks whose hosts' clocks disagree.
+//! A span's `step` is the `ProfilerStep#N` annotation its launch (for a device event, the
+//! runtime call with its correlation) started in. Flows are not kept on the timeline: the
+//! correlation they draw is what attributes device events to steps.
+
+pub mod comm;
+pub mod report;
+
+pub use report::{KinetoPinchReport, SkippedDetector, kineto_detectors, pinch_report, report_of};
+
+use crate::align::{Alignment, NodeClockReport};
+use crate::facts::RunFacts;
+use crate::hta::{KernelType, kernel_type};
+use crate::run::{LogState, NodeData, RunData};
+use crate::timeline::{Timeline, merge_with};
+use pinch_traces::kineto::{
+    DeviceEvent, DeviceEventKind, HostEvent, HostEventKind, KinetoRun, RankTrace,
+};
+use pinch_traces::{
+    Category, ClockAnchor, CollectiveAttrs, Lane, NodeEntry, NodeId, OpId, RunManifest,
+    Span, SpanAttrs, Versions, WorkloadSpec,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+
+/// The first host lane: device lanes are numbered below it, host threads from it.
+pub const HOST_LANE_BASE: u32 = 1 << 16;
+
+/// Whether a lane of a Kineto timeline is a device stream (else a host thread).
+pub fn is_device_lane(lane: Lane) -> bool {
+    lane.0 < HOST_LANE_BASE
+}
+
+/// What one lane of one rank is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LaneInfo {
+    pub rank: u32,
+    pub lane: u32,
+    #[serde(flatten)]
+    pub kind: LaneKind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum LaneKind {
+    /// A stream of a device; `stream: None` holds device-wide synchronizations.
+    Device {
+        device: Option<u32>,
+        stream: Option<u32>,
+    },
+    /// A thread of a host process.
+    Host { pid: Option<i64>, tid: Option<i64> },
+}
+
+/// A Kineto job on pinch's timeline.
+#[derive(Clone, Debug)]
+pub struct KinetoTimeline {
+    /// Every device and host event of every rank.
+    pub timeline: Timeline,
+    /// One node per rank (`NodeId` = the rank's number).
+    pub facts: RunFacts,
+    pub lanes: Vec<LaneInfo>,
+    /// How each rank's clock was aligned, one entry per rank (its node).
+    pub clocks: Vec<NodeClockReport>,
+}
+
+impl KinetoTimeline {
+    /// The device events alone: the view pinch's per-rank measures read, where a rank's wall
+    /// time runs from its first kernel's start to its last kernel's end and idle means no
+    /// kernel, copy or fill on any of its streams (HTA's definitions).
+    pub fn device_timeline(&self) -> Timeline {
+        let spans = self
+            .timeline
+            .spans
+            .iter()
+            .filter(|s| is_device_lane(s.lane))
+            .copied()
+            .collect();
+        Timeline::from_parts(
+            self.timeline.origin_unix_ns,
+            self.timeline.names.clone(),
+            spans,
+            Vec::new(),
+        )
+    }
+}
+
+/// Puts a Kineto job on pinch's timeline, aligning ranks as `alignment` says.
+pub fn kineto_timeline(run: &KinetoRun, alignment: Alignment) -> KinetoTimeline {
+    let origin_ns = run
+        .ranks
+        .iter()
+        .filter_map(|r| earliest_ns(r))
+        .min()
+        .unwrap_or(0);
+    let world_size = run
+        .world_size
+        .unwrap_or_else(|| u32::try_from(run.ranks.len()).unwrap_or(u32::MAX));
+    let mut lanes = Vec::new();
+    let nodes: Vec<NodeData> = run
+        .ranks
+        .iter()
+        .map(|r| {
+            let (node, rank_lanes) = rank_node(r, origin_ns, world_size);
+            lanes.extend(rank_lanes);
+            node
+        })
+        .collect();
+    let run_data = RunData {
+        manifest: manifest(&nodes, origin_ns),
+        nodes,
+    };
+    let (timeline, clocks) = merge_with(&run_data, alignment);
+    let mut facts = RunFacts::from_timeline(&timeline);
+    for node in &run_data.nodes {
+        facts.rank_nodes.extend(node.placed_ranks.iter().map(|r| (*r, node.node)));
+    }
+    KinetoTimeline {
+        timeline,
+        facts,
+        lanes,
+        clocks,
+    }
+}
+
+/// The earliest start of any event of a rank.
+fn earliest_ns(rank: &RankTrace) -> Option<i64> {
+    let t = &rank.trace;
+    let device = t.streams.iter().filter_map(|s| s.events.first()).map(|e| e.start_ns);
+    let host = [t.cpu_ops.first(), t.runtime.first()]
+        .into_iter()
+        .flatten()
+        .map(|e| e.start_ns);
+    device.chain(host).min()
+}
+
+/// A run manifest around the ranks' nodes: what `merge_with` reads of it is the node list.
+fn manifest(nodes: &[NodeData], origin_ns: i64) -> RunManifest {
+    RunManifest {
+        format_version: pinch_traces::manifest::MANIFEST_VERSION,
+        run_id: "kineto".into(),
+        started_at_unix_ns: u64::try_from(origin_ns).unwrap_or(0),
+        nodes: nodes.iter().map(node_entry).collect(),
+        workload: WorkloadSpec {
+            name: "pytorch-profiler".into(),
+            model: String::new(),
+            parameters: BTreeMap::new(),
+        },
+        versions: Versions::current(env!("CARGO_PKG_VERSION")),
+        counter_sources: Vec::new(),
+    }
+}
+
+fn node_entry(node: &NodeData) -> NodeEntry {
+    NodeEntry {
+        node: node.node,
+        host: node.host.clone(),
+        ranks: node.placed_ranks.clone(),
+        log_file: node.log_file.clone(),
+    }
+}
+
+/// One rank's trace as a node whose monotonic clock reads nanoseconds since `origin_ns`, and
+/// the lanes it has.
+fn rank_node(rank: &RankTrace, origin_ns: i64, world_size: u32) -> (NodeData, Vec<LaneInfo>) {
+    let entry = NodeEntry {
+        node: NodeId(rank.rank.0),
+        host: String::new(),
+        ranks: vec![rank.rank],
+        log_file: rank.path.display().to_string(),
+    };
+    let mut node = NodeData::without_log(&entry, String::new());
+    node.log = LogState::Whole;
+    // Every rank gets the same anchor: the traces share one clock until `align` says otherwise.
+    node.anchor = Some(ClockAnchor {
+        mono_ns: 0,
+        wall_ns: u64::try_from(origin_ns).unwrap_or(0),
+        read_uncertainty_ns: 0,
+    });
+    let builder = RankSpans::new(rank, origin_ns, world_size);
+    let (spans, lanes) = builder.spans();
+    node.spans = spans;
+    let names = &rank.trace.names;
+    node.op_names = (0..names.len())
+        .map(|i| {
+            let id = u32::try_from(i).unwrap_or(u32::MAX);
+            let name = names.get(pinch_traces::kineto::NameId(id));
+            ((rank.rank, OpId(id)), name.to_string())
+        })
+        .collect();
+    (node, lanes)
+}
+
+/// Turns one rank's events into spans.
+struct RankSpans<'a> {
+    rank: &'a RankTrace,
+    origin_ns: i64,
+    world_size: u32,
+    /// `ProfilerStep#N` annotations as (start, end, N), by start.
+    steps: Vec<(i64, i64, u32)>,
+    /// The start of the runtime call of each correlation id.
+    launches: HashMap<u64, i64>,
+}
+
+impl<'a> RankSpans<'a> {
+    fn new(rank: &'a RankTrace, origin_ns: i64, world_size: u32) -> RankSpans<'a> {
+        let trace = &rank.trace;
+        let mut steps: Vec<(i64, i64, u32)> = trace
+            .cpu_ops
+            .iter()
+            .filter(|e| e.kind == HostEventKind::UserAnnotation)
+            .filter_map(|e| {
+                let n = trace.names.get(e.name).strip_prefix("ProfilerStep#")?;
+                Some((e.start_ns, e.end_ns(), n.parse().ok()?))
+            })
+            .collect();
+        steps.sort_unstable();
+        let launches = trace
+            .runtime
+            .iter()
+            .filter_map(|e| Some((e.correlation?, e.start_ns)))
+            .collect();
+        RankSpans {
+            rank,
+            origin_ns,
+            world_size,
+            steps,
+            launches,
+        }
+    }
+
+    /// The step running at `time_ns`, if any.
+    fn step_at(&self, time_ns: i64) -> Option<u32> {
+        let after = self.steps.partition_point(|(start, _, _)| *start <= time_ns);
+        let (_, end, n) = self.steps.get(after.checked_sub(1)?)?;
+        (time_ns < *end).then_some(*n)
+    }
+
+    fn spans(&self) -> (Vec<Span>, Vec<LaneInfo>) {
+        let trace = &self.rank.trace;
+        let mut spans = Vec::with_capacity(trace.event_count());
+        let mut lanes = Vec::new();
+        let comm_groups = self.comm_groups();
+        for (index, stream) in trace.streams.iter().enumerate() {
+            let lane = Lane(u32::try_from(index).unwrap_or(HOST_LANE_BASE - 1));
+            lanes.push(LaneInfo {
+                rank: self.rank.rank.0,
+                lane: lane.0,
+                kind: LaneKind::Device {
+                    device: stream.device,
+                    stream: stream.stream,
+                },
+            });
+            let group = comm_groups.get(&index).copied();
+            let mut seq = 0;
+            for event in &stream.events {
+                let mut span = self.device_span(lane, event);
+                if span.category == Category::Communication
+                    && let Some(group) = group
+                {
+                    span.attrs.collective = self.collective(event, group, seq);
+                    seq += u64::from(span.attrs.collective.is_some());
+                }
+                spans.push(span);
+            }
+        }
+        let mut host_lanes: HashMap<(Option<i64>, Option<i64>), Lane> = HashMap::new();
+        for event in trace.host_events() {
+            let next = Lane(HOST_LANE_BASE.saturating_add(host_lanes.len() as u32));
+            let lane = *host_lanes.entry((event.pid, event.tid)).or_insert_with(|| {
+                lanes.push(LaneInfo {
+                    rank: self.rank.rank.0,
+                    lane: next.0,
+                    kind: LaneKind::Host {
+                        pid: event.pid,
+                        tid: event.tid,
+                    },
+                });
+                next
+            });
+            spans.push(self.host_span(lane, event));
+        }
+        (spans, lanes)
+    }
+
+    /// The streams that carry communication kernels, each numbered by its place among them
+    /// (by device and stream number): the rank's communicators, as the module doc explains.
+    fn comm_groups(&self) -> HashMap<usize, u32> {
+        let trace = &self.rank.trace;
+        let mut comm: Vec<(Option<u32>, Option<u32>, usize)> = trace
+            .streams
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.events.iter().any(|e| self.is_comm(e)))
+            .map(|(i, s)| (s.device, s.stream, i))
+            .collect();
+        comm.sort_unstable();
+        comm.iter()
+            .enumerate()
+            .map(|(group, (_, _, index))| (*index, u32::try_from(group).unwrap_or(u32::MAX)))
+            .collect()
+    }
+
+    fn is_comm(&self, event: &DeviceEvent) -> bool {
+        self.kernel_type(event) == KernelType::Communication
+    }
+
+    fn kernel_type(&self, event: &DeviceEvent) -> KernelType {
+        let names = &self.rank.trace.names;
+        let collective = event.collective.map(|c| names.get(c));
+        kernel_type(names.get(event.name), collective)
+    }
+
+    fn collective(&self, event: &DeviceEvent, group: u32, seq: u64) -> Option<CollectiveAttrs> {
+        let names = &self.rank.trace.names;
+        let collective = event.collective.map(|c| names.get(c));
+        let kind = comm::collective_kind(collective, names.get(event.name))?;
+        Some(CollectiveAttrs {
+            kind,
+            group,
+            seq,
+            participants: comm::participants(kind, self.world_size),
+            peer: None,
+            // Message sizes are not in pinch's Kineto model: 0 means unknown here, and the
+            // Kineto report leaves bandwidths out (see `report`).
+            message_bytes: 0,
+            wait_ns: None,
+        })
+    }
+
+    fn device_span(&self, lane: Lane, event: &DeviceEvent) -> Span {
+        let launched_ns = event
+            .correlation
+            .and_then(|c| self.launches.get(&c).copied())
+            .unwrap_or(event.start_ns);
+        Span {
+            rank: self.rank.rank,
+            lane,
+            category: self.device_category(event),
+            op: OpId(event.name.0),
+            start_ns: self.mono_ns(event.start_ns),
+            duration_ns: event.duration_ns,
+            attrs: SpanAttrs {
+                step: self.step_at(launched_ns),
+                ..SpanAttrs::default()
+            },
+        }
+    }
+
+    fn device_category(&self, event: &DeviceEvent) -> Category {
+        match event.kind {
+            DeviceEventKind::Memcpy | DeviceEventKind::Memset => Category::Memory,
+            DeviceEventKind::Sync => Category::Wait,
+            DeviceEventKind::Kernel | DeviceEventKind::Other => match self.kernel_type(event) {
+                KernelType::Computation => Category::Compute,
+                KernelType::Communication => Category::Communication,
+                KernelType::Memory => Category::Memory,
+                KernelType::Other
+                    if self.rank.trace.names.get(event.name).contains("Memcpy") =>
+                {
+                    Category::Memory
+                }
+                KernelType::Other => Category::Wait,
+            },
+        }
+    }
+
+    fn host_span(&self, lane: Lane, event: &HostEvent) -> Span {
+        let name = self.rank.trace.names.get(event.name);
+        let category = if event.kind == HostEventKind::Runtime && name.contains("Synchronize") {
+            Category::Wait
+        } else {
+            Category::Host
+        };
+        Span {
+            rank: self.rank.rank,
+            lane,
+            category,
+            op: OpId(event.name.0),
+            start_ns: self.mono_ns(event.start_ns),
+            duration_ns: event.duration_ns,
+            attrs: SpanAttrs {
+                step: self.step_at(event.start_ns),
+                ..SpanAttrs::default()
+            },
+        }
+    }
+
+    /// Nanoseconds since the job's earliest event (never negative: that event is the earliest).
+    fn mono_ns(&self, time_ns: i64) -> u64 {
+        u64::try_from(time_ns.saturating_sub(self.origin_ns)).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests;
