@@ -99,10 +99,7 @@ pub fn detect_all(input: &AnalysisInput<'_>) -> Vec<Finding> {
 
 /// Runs the given detectors, findings sorted as `detect_all` sorts them.
 pub fn detect_with(detectors: &[Box<dyn Detector>], input: &AnalysisInput<'_>) -> Vec<Finding> {
-    let mut findings: Vec<Finding> = detectors
-        .iter()
-        .flat_map(|d| d.detect(input))
-        .collect();
+    let mut findings: Vec<Finding> = detectors.iter().flat_map(|d| d.detect(input)).collect();
     findings.sort_by(|a, b| {
         b.level
             .cmp(&a.level)

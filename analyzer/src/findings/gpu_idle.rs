@@ -90,7 +90,11 @@ mod tests {
         };
         assert_eq!(f.location.ranks, vec![0]);
         assert!((f.evidence["idle_pct_mean"] - 100.0 / 3.0).abs() < 1e-9);
-        assert!(f.summary.contains("33% of the kernel span on rank 0"), "{}", f.summary);
+        assert!(
+            f.summary.contains("33% of the kernel span on rank 0"),
+            "{}",
+            f.summary
+        );
     }
 
     #[test]

@@ -41,7 +41,9 @@ pub fn kind_from_name(name: &str) -> Option<CollectiveKind> {
 
 /// The kind from the trace's collective name, else from the kernel name.
 pub fn collective_kind(collective: Option<&str>, kernel: &str) -> Option<CollectiveKind> {
-    collective.and_then(kind_from_name).or_else(|| kind_from_name(kernel))
+    collective
+        .and_then(kind_from_name)
+        .or_else(|| kind_from_name(kernel))
 }
 
 /// How many ranks take part: two for point-to-point, else the job's world size (the group's
@@ -65,9 +67,15 @@ mod tests {
                 "ncclKernel_AllReduce_RING_LL_Sum_float(ncclDevComm*, unsigned long, ncclWork*)",
                 Some(AllReduce),
             ),
-            ("ncclDevKernel_ReduceScatter_Sum_f32_RING_LL", Some(ReduceScatter)),
+            (
+                "ncclDevKernel_ReduceScatter_Sum_f32_RING_LL",
+                Some(ReduceScatter),
+            ),
             ("ncclDevKernel_AllGather_RING_LL", Some(AllGather)),
-            ("ncclKernel_SendRecv_RING_SIMPLE_Sum_int8_t(ncclDevComm*)", Some(Send)),
+            (
+                "ncclKernel_SendRecv_RING_SIMPLE_Sum_int8_t(ncclDevComm*)",
+                Some(Send),
+            ),
             ("ncclKernel_Broadcast_RING_LL_Sum_int8_t", Some(Broadcast)),
             ("hcom_allReduce__123_0", Some(AllReduce)),
             ("ncclKernel_Reduce_RING_LL_Sum_float", None),
@@ -88,8 +96,14 @@ mod tests {
             collective_kind(Some("reduce_scatter_tensor_coalesced"), "x"),
             Some(ReduceScatter)
         );
-        assert_eq!(collective_kind(Some("gather"), "ncclKernel_AllReduce"), Some(AllReduce));
-        assert_eq!(collective_kind(None, "ncclDevKernel_AllToAll"), Some(AllToAll));
+        assert_eq!(
+            collective_kind(Some("gather"), "ncclKernel_AllReduce"),
+            Some(AllReduce)
+        );
+        assert_eq!(
+            collective_kind(None, "ncclDevKernel_AllToAll"),
+            Some(AllToAll)
+        );
     }
 
     #[test]

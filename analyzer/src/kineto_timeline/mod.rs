@@ -15,7 +15,9 @@
 //! most traces). Every rank is read on that one clock, shifted by the earliest event of the job
 //! (as HTA does); `align` then refines each rank's offset so its collective completions line up
 //! with the other ranks' (see `align`), which also corrects ranks whose hosts' clocks disagree.
-//! A span's `step` is the `ProfilerStep#N` annotation its launch (for a device event, the
+//! Times past the horizon (`i64::MAX` ns over the job's event count, 2.5 hours from the first
+//! event for a million events) are clamped to it, and counted, so that no sum of durations can
+//! overflow; real traces span seconds. A span's `step` is the `ProfilerStep#N` annotation its launch (for a device event, the
 //! runtime call with its correlation) started in. Flows are not kept on the timeline: the
 //! correlation they draw is what attributes device events to steps.
 
@@ -33,8 +35,8 @@ use pinch_traces::kineto::{
     DeviceEvent, DeviceEventKind, HostEvent, HostEventKind, KinetoRun, RankTrace,
 };
 use pinch_traces::{
-    Category, ClockAnchor, CollectiveAttrs, Lane, NodeEntry, NodeId, OpId, RunManifest,
-    Span, SpanAttrs, Versions, WorkloadSpec,
+    Category, ClockAnchor, CollectiveAttrs, Lane, NodeEntry, NodeId, OpId, RunManifest, Span,
+    SpanAttrs, Versions, WorkloadSpec,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -78,6 +80,8 @@ pub struct KinetoTimeline {
     pub lanes: Vec<LaneInfo>,
     /// How each rank's clock was aligned, one entry per rank (its node).
     pub clocks: Vec<NodeClockReport>,
+    /// Spans cut short at the horizon (see the module doc); 0 for any real trace.
+    pub clamped_spans: u64,
 }
 
 impl KinetoTimeline {
@@ -112,13 +116,20 @@ pub fn kineto_timeline(run: &KinetoRun, alignment: Alignment) -> KinetoTimeline 
     let world_size = run
         .world_size
         .unwrap_or_else(|| u32::try_from(run.ranks.len()).unwrap_or(u32::MAX));
+    let events: usize = run.ranks.iter().map(|r| r.trace.event_count()).sum();
+    let clock = JobClock {
+        origin_ns,
+        horizon_ns: i64::MAX.unsigned_abs() / (events as u64 + 1),
+    };
     let mut lanes = Vec::new();
+    let mut clamped_spans = 0;
     let nodes: Vec<NodeData> = run
         .ranks
         .iter()
         .map(|r| {
-            let (node, rank_lanes) = rank_node(r, origin_ns, world_size);
+            let (node, rank_lanes, clamped) = rank_node(r, clock, world_size);
             lanes.extend(rank_lanes);
+            clamped_spans += clamped;
             node
         })
         .collect();
@@ -129,20 +140,45 @@ pub fn kineto_timeline(run: &KinetoRun, alignment: Alignment) -> KinetoTimeline 
     let (timeline, clocks) = merge_with(&run_data, alignment);
     let mut facts = RunFacts::from_timeline(&timeline);
     for node in &run_data.nodes {
-        facts.rank_nodes.extend(node.placed_ranks.iter().map(|r| (*r, node.node)));
+        facts
+            .rank_nodes
+            .extend(node.placed_ranks.iter().map(|r| (*r, node.node)));
     }
     KinetoTimeline {
         timeline,
         facts,
         lanes,
         clocks,
+        clamped_spans,
+    }
+}
+
+/// The job's time base: nanoseconds since its earliest event, up to a horizon.
+#[derive(Clone, Copy, Debug)]
+struct JobClock {
+    origin_ns: i64,
+    horizon_ns: u64,
+}
+
+impl JobClock {
+    /// An event's start and duration on the job's time base, and whether they were clamped.
+    fn place(self, start_ns: i64, duration_ns: u64) -> (u64, u64, bool) {
+        // Never negative: the origin is the earliest event.
+        let since = u64::try_from(start_ns.saturating_sub(self.origin_ns)).unwrap_or(0);
+        let start = since.min(self.horizon_ns);
+        let duration = duration_ns.min(self.horizon_ns - start);
+        (start, duration, start != since || duration != duration_ns)
     }
 }
 
 /// The earliest start of any event of a rank.
 fn earliest_ns(rank: &RankTrace) -> Option<i64> {
     let t = &rank.trace;
-    let device = t.streams.iter().filter_map(|s| s.events.first()).map(|e| e.start_ns);
+    let device = t
+        .streams
+        .iter()
+        .filter_map(|s| s.events.first())
+        .map(|e| e.start_ns);
     let host = [t.cpu_ops.first(), t.runtime.first()]
         .into_iter()
         .flatten()
@@ -178,7 +214,7 @@ fn node_entry(node: &NodeData) -> NodeEntry {
 
 /// One rank's trace as a node whose monotonic clock reads nanoseconds since `origin_ns`, and
 /// the lanes it has.
-fn rank_node(rank: &RankTrace, origin_ns: i64, world_size: u32) -> (NodeData, Vec<LaneInfo>) {
+fn rank_node(rank: &RankTrace, clock: JobClock, world_size: u32) -> (NodeData, Vec<LaneInfo>, u64) {
     let entry = NodeEntry {
         node: NodeId(rank.rank.0),
         host: String::new(),
@@ -190,11 +226,12 @@ fn rank_node(rank: &RankTrace, origin_ns: i64, world_size: u32) -> (NodeData, Ve
     // Every rank gets the same anchor: the traces share one clock until `align` says otherwise.
     node.anchor = Some(ClockAnchor {
         mono_ns: 0,
-        wall_ns: u64::try_from(origin_ns).unwrap_or(0),
+        wall_ns: u64::try_from(clock.origin_ns).unwrap_or(0),
         read_uncertainty_ns: 0,
     });
-    let builder = RankSpans::new(rank, origin_ns, world_size);
+    let builder = RankSpans::new(rank, clock, world_size);
     let (spans, lanes) = builder.spans();
+    let clamped = builder.clamped.get();
     node.spans = spans;
     let names = &rank.trace.names;
     node.op_names = (0..names.len())
@@ -204,14 +241,16 @@ fn rank_node(rank: &RankTrace, origin_ns: i64, world_size: u32) -> (NodeData, Ve
             ((rank.rank, OpId(id)), name.to_string())
         })
         .collect();
-    (node, lanes)
+    (node, lanes, clamped)
 }
 
 /// Turns one rank's events into spans.
 struct RankSpans<'a> {
     rank: &'a RankTrace,
-    origin_ns: i64,
+    clock: JobClock,
     world_size: u32,
+    /// Spans `clock` cut short so far.
+    clamped: std::cell::Cell<u64>,
     /// `ProfilerStep#N` annotations as (start, end, N), by start.
     steps: Vec<(i64, i64, u32)>,
     /// The start of the runtime call of each correlation id.
@@ -219,7 +258,7 @@ struct RankSpans<'a> {
 }
 
 impl<'a> RankSpans<'a> {
-    fn new(rank: &'a RankTrace, origin_ns: i64, world_size: u32) -> RankSpans<'a> {
+    fn new(rank: &'a RankTrace, clock: JobClock, world_size: u32) -> RankSpans<'a> {
         let trace = &rank.trace;
         let mut steps: Vec<(i64, i64, u32)> = trace
             .cpu_ops
@@ -238,8 +277,9 @@ impl<'a> RankSpans<'a> {
             .collect();
         RankSpans {
             rank,
-            origin_ns,
+            clock,
             world_size,
+            clamped: std::cell::Cell::new(0),
             steps,
             launches,
         }
@@ -247,7 +287,9 @@ impl<'a> RankSpans<'a> {
 
     /// The step running at `time_ns`, if any.
     fn step_at(&self, time_ns: i64) -> Option<u32> {
-        let after = self.steps.partition_point(|(start, _, _)| *start <= time_ns);
+        let after = self
+            .steps
+            .partition_point(|(start, _, _)| *start <= time_ns);
         let (_, end, n) = self.steps.get(after.checked_sub(1)?)?;
         (time_ns < *end).then_some(*n)
     }
@@ -349,13 +391,14 @@ impl<'a> RankSpans<'a> {
             .correlation
             .and_then(|c| self.launches.get(&c).copied())
             .unwrap_or(event.start_ns);
+        let (start_ns, duration_ns) = self.place(event.start_ns, event.duration_ns);
         Span {
             rank: self.rank.rank,
             lane,
             category: self.device_category(event),
             op: OpId(event.name.0),
-            start_ns: self.mono_ns(event.start_ns),
-            duration_ns: event.duration_ns,
+            start_ns,
+            duration_ns,
             attrs: SpanAttrs {
                 step: self.step_at(launched_ns),
                 ..SpanAttrs::default()
@@ -371,9 +414,7 @@ impl<'a> RankSpans<'a> {
                 KernelType::Computation => Category::Compute,
                 KernelType::Communication => Category::Communication,
                 KernelType::Memory => Category::Memory,
-                KernelType::Other
-                    if self.rank.trace.names.get(event.name).contains("Memcpy") =>
-                {
+                KernelType::Other if self.rank.trace.names.get(event.name).contains("Memcpy") => {
                     Category::Memory
                 }
                 KernelType::Other => Category::Wait,
@@ -388,13 +429,14 @@ impl<'a> RankSpans<'a> {
         } else {
             Category::Host
         };
+        let (start_ns, duration_ns) = self.place(event.start_ns, event.duration_ns);
         Span {
             rank: self.rank.rank,
             lane,
             category,
             op: OpId(event.name.0),
-            start_ns: self.mono_ns(event.start_ns),
-            duration_ns: event.duration_ns,
+            start_ns,
+            duration_ns,
             attrs: SpanAttrs {
                 step: self.step_at(event.start_ns),
                 ..SpanAttrs::default()
@@ -402,9 +444,11 @@ impl<'a> RankSpans<'a> {
         }
     }
 
-    /// Nanoseconds since the job's earliest event (never negative: that event is the earliest).
-    fn mono_ns(&self, time_ns: i64) -> u64 {
-        u64::try_from(time_ns.saturating_sub(self.origin_ns)).unwrap_or(0)
+    /// An event's start and duration on the job's clock, counting the clamped ones.
+    fn place(&self, start_ns: i64, duration_ns: u64) -> (u64, u64) {
+        let (start, duration, clamped) = self.clock.place(start_ns, duration_ns);
+        self.clamped.set(self.clamped.get() + u64::from(clamped));
+        (start, duration)
     }
 }
 

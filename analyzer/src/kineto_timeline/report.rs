@@ -36,6 +36,8 @@ pub struct KinetoPinchReport {
     /// Spans on device lanes and on host lanes, over all ranks.
     pub device_spans: u64,
     pub host_spans: u64,
+    /// Spans cut short at the timeline's horizon (absurd times only; see `kineto_timeline`).
+    pub clamped_spans: u64,
 }
 
 /// A detector pinch does not run on Kineto traces.
@@ -108,6 +110,7 @@ pub fn report_of(kt: &KinetoTimeline) -> KinetoPinchReport {
     KinetoPinchReport {
         device_spans: device.spans.len() as u64,
         host_spans: (kt.timeline.spans.len() - device.spans.len()) as u64,
+        clamped_spans: kt.clamped_spans,
         ranks: input.ranks,
         collectives: input.collectives,
         stragglers: input.stragglers,

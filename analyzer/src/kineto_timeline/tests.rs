@@ -60,7 +60,12 @@ impl Builder {
     /// A kernel on stream index `stream`, launched 5 us before it starts.
     fn kernel(&mut self, stream: usize, name: &str, start_ns: i64, duration_ns: i64) {
         self.correlation += 1;
-        self.host(HostEventKind::Runtime, "cudaLaunchKernel", start_ns - 5 * US, US);
+        self.host(
+            HostEventKind::Runtime,
+            "cudaLaunchKernel",
+            start_ns - 5 * US,
+            US,
+        );
         let collective = name
             .starts_with("nccl")
             .then(|| self.trace.names.intern("allreduce"));
@@ -138,7 +143,11 @@ fn streams_and_threads_become_lanes_with_categories_and_steps() {
     };
     assert_eq!(
         lanes,
-        vec![(0, 0, stream(7)), (0, 1, stream(13)), (0, HOST_LANE_BASE, thread)]
+        vec![
+            (0, 0, stream(7)),
+            (0, 1, stream(13)),
+            (0, HOST_LANE_BASE, thread)
+        ]
     );
     let first = &t.spans_of(Rank(0))[0];
     assert_eq!((first.start_ns, first.category), (0, Category::Host));
@@ -162,23 +171,41 @@ fn all_reduces_match_across_ranks_by_sequence_number() {
         .timeline
         .spans
         .iter()
-        .filter_map(|s| s.attrs.collective.map(|c| (s.rank.0, c.seq, c.kind, c.group)))
+        .filter_map(|s| {
+            s.attrs
+                .collective
+                .map(|c| (s.rank.0, c.seq, c.kind, c.group))
+        })
         .collect();
     assert_eq!(seqs.len(), 6);
-    assert!(seqs.iter().all(|(_, _, k, g)| *k == CollectiveKind::AllReduce && *g == 0));
+    assert!(
+        seqs.iter()
+            .all(|(_, _, k, g)| *k == CollectiveKind::AllReduce && *g == 0)
+    );
     let rank1: Vec<u64> = seqs.iter().filter(|s| s.0 == 1).map(|s| s.1).collect();
     assert_eq!(rank1, vec![0, 1, 2]);
     // The all-reduces end together on both ranks: no clock correction is needed.
-    assert!(kt.clocks.iter().all(|c| c.offset_ns == 0), "{:?}", kt.clocks);
+    assert!(
+        kt.clocks.iter().all(|c| c.offset_ns == 0),
+        "{:?}",
+        kt.clocks
+    );
 }
 
 #[test]
 fn the_rank_with_three_times_the_compute_is_the_straggler() {
     let report = report::pinch_report(&job(300));
     let c = &report.collectives[0];
-    assert_eq!((c.kind, c.count, c.span_count, c.participants), (CollectiveKind::AllReduce, 3, 6, 2));
+    assert_eq!(
+        (c.kind, c.count, c.span_count, c.participants),
+        (CollectiveKind::AllReduce, 3, 6, 2)
+    );
     assert_eq!(c.last_arrival_rank, Some(1));
-    assert_eq!((c.algbw_gbps, c.busbw_gbps), (None, None), "sizes are unknown");
+    assert_eq!(
+        (c.algbw_gbps, c.busbw_gbps),
+        (None, None),
+        "sizes are unknown"
+    );
     let late = &report.stragglers.ranks[1];
     assert_eq!((late.rank, late.times_last), (1, 3));
     assert_eq!(late.mean_lateness_ns, Some(200_000.0));
@@ -198,7 +225,10 @@ fn the_rank_with_three_times_the_compute_is_the_straggler() {
 fn balanced_ranks_have_no_straggler_and_the_breakdown_is_the_devices() {
     let report = report::pinch_report(&job(100));
     assert!(
-        report.findings.iter().all(|f| f.kind != FindingKind::Straggler),
+        report
+            .findings
+            .iter()
+            .all(|f| f.kind != FindingKind::Straggler),
         "{:#?}",
         report.findings
     );
@@ -223,7 +253,10 @@ fn a_rank_with_host_events_only_has_no_measurements() {
     }
     let report = report::pinch_report(&job);
     assert_eq!(report.ranks.len(), 2);
-    assert_eq!((report.ranks[1].wall_ns, report.ranks[1].span_count), (None, 0));
+    assert_eq!(
+        (report.ranks[1].wall_ns, report.ranks[1].span_count),
+        (None, 0)
+    );
     assert_eq!(report.collectives[0].ranks, vec![0]);
 }
 
@@ -257,4 +290,17 @@ fn names_resolve_through_each_rank_table() {
     };
     assert_eq!(kernel(0), kernel(1));
     assert_eq!(kernel(1).as_deref(), Some("volta_sgemm_128x64_nn"));
+}
+
+#[test]
+fn absurd_times_are_clamped_at_the_horizon_and_counted() {
+    let mut job = job(100);
+    let far = i64::MAX / 2;
+    job.ranks[0].trace.streams[0].events[0].duration_ns = far as u64;
+    job.ranks[0].trace.streams[0].events[1].start_ns = far;
+    let report = report::pinch_report(&job);
+    assert_eq!(report.clamped_spans, 2);
+    let wall = report.ranks[0].wall_ns.unwrap_or_default();
+    let horizon = i64::MAX.unsigned_abs() / 31;
+    assert!(wall <= horizon, "{wall} past {horizon}");
 }
