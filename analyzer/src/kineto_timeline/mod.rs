@@ -26,13 +26,14 @@ pub mod report;
 
 pub use report::{KinetoPinchReport, SkippedDetector, kineto_detectors, pinch_report, report_of};
 
-use crate::align::{Alignment, NodeClockReport};
+use crate::align::{Alignment, NodeClockReport, align};
 use crate::facts::RunFacts;
 use crate::hta::{KernelType, kernel_type};
 use crate::run::{LogState, NodeData, RunData};
-use crate::timeline::{Timeline, merge_with};
+use crate::timeline::{NameId, TimedSpan, Timeline};
 use pinch_traces::kineto::{
-    DeviceEvent, DeviceEventKind, HostEvent, HostEventKind, KinetoRun, RankTrace,
+    DeviceEvent, DeviceEventKind, HostEvent, HostEventKind, KinetoRun, NameId as KinetoNameId,
+    RankTrace,
 };
 use pinch_traces::{
     Category, ClockAnchor, CollectiveAttrs, Lane, NodeEntry, NodeId, OpId, RunManifest, Span,
@@ -107,20 +108,10 @@ impl KinetoTimeline {
 
 /// Puts a Kineto job on pinch's timeline, aligning ranks as `alignment` says.
 pub fn kineto_timeline(run: &KinetoRun, alignment: Alignment) -> KinetoTimeline {
-    let origin_ns = run
-        .ranks
-        .iter()
-        .filter_map(|r| earliest_ns(r))
-        .min()
-        .unwrap_or(0);
+    let clock = JobClock::of(run);
     let world_size = run
         .world_size
         .unwrap_or_else(|| u32::try_from(run.ranks.len()).unwrap_or(u32::MAX));
-    let events: usize = run.ranks.iter().map(|r| r.trace.event_count()).sum();
-    let clock = JobClock {
-        origin_ns,
-        horizon_ns: i64::MAX.unsigned_abs() / (events as u64 + 1),
-    };
     let mut lanes = Vec::new();
     let mut clamped_spans = 0;
     let nodes: Vec<NodeData> = run
@@ -133,23 +124,104 @@ pub fn kineto_timeline(run: &KinetoRun, alignment: Alignment) -> KinetoTimeline 
             node
         })
         .collect();
-    let run_data = RunData {
-        manifest: manifest(&nodes, origin_ns),
-        nodes,
+    let clocks = align_ranks(&nodes, clock, alignment);
+    let timeline = timed(run, &nodes, &clocks, clock);
+    // Every rank is a node of its own, with or without spans.
+    let facts = RunFacts {
+        rank_nodes: nodes
+            .iter()
+            .flat_map(|n| n.placed_ranks.iter().map(|r| (*r, n.node)))
+            .collect(),
+        ..RunFacts::default()
     };
-    let (timeline, clocks) = merge_with(&run_data, alignment);
-    let mut facts = RunFacts::from_timeline(&timeline);
-    for node in &run_data.nodes {
-        facts
-            .rank_nodes
-            .extend(node.placed_ranks.iter().map(|r| (*r, node.node)));
-    }
     KinetoTimeline {
         timeline,
         facts,
         lanes,
         clocks,
         clamped_spans,
+    }
+}
+
+/// How `align` puts each rank on the job's time base: it reads only collective spans, so only
+/// those are handed to it.
+fn align_ranks(nodes: &[NodeData], clock: JobClock, alignment: Alignment) -> Vec<NodeClockReport> {
+    let collective_nodes: Vec<NodeData> = nodes
+        .iter()
+        .map(|n| {
+            let mut only = NodeData::without_log(&node_entry(n), String::new());
+            only.log = LogState::Whole;
+            only.anchor = n.anchor;
+            only.spans = n
+                .spans
+                .iter()
+                .filter(|s| s.attrs.collective.is_some())
+                .copied()
+                .collect();
+            only
+        })
+        .collect();
+    let anchors: Vec<ClockAnchor> = nodes.iter().map(|_| clock.anchor()).collect();
+    let run = RunData {
+        manifest: manifest(&collective_nodes, clock.origin_ns),
+        nodes: collective_nodes,
+    };
+    align(&run, &anchors, alignment)
+}
+
+/// Every rank's spans on the timeline: names resolved into one table, each rank moved by its
+/// clock's offset, times counted from the earliest span.
+fn timed(
+    run: &KinetoRun,
+    nodes: &[NodeData],
+    clocks: &[NodeClockReport],
+    clock: JobClock,
+) -> Timeline {
+    let mut names = Interner::default();
+    let mut spans = Vec::with_capacity(nodes.iter().map(|n| n.spans.len()).sum());
+    for ((rank, node), node_clock) in run.ranks.iter().zip(nodes).zip(clocks) {
+        let table: Vec<NameId> = (0..rank.trace.names.len())
+            .map(|i| names.intern(rank.trace.names.get(KinetoNameId(i as u32))))
+            .collect();
+        spans.extend(node.spans.iter().map(|s| {
+            TimedSpan {
+                rank: s.rank,
+                node: node.node,
+                lane: s.lane,
+                category: s.category,
+                name: table.get(s.op.0 as usize).copied().unwrap_or(NameId(0)),
+                // Below the horizon, so within i64.
+                start_ns: i64::try_from(s.start_ns)
+                    .unwrap_or(i64::MAX)
+                    .saturating_add(node_clock.offset_ns),
+                duration_ns: s.duration_ns,
+                attrs: s.attrs,
+            }
+        }));
+    }
+    // Offsets may move a rank before the earliest event: the origin is the earliest span.
+    let first_ns = spans.iter().map(|s| s.start_ns).min().unwrap_or(0);
+    for s in &mut spans {
+        s.start_ns = s.start_ns.saturating_sub(first_ns);
+    }
+    let origin_unix_ns = i128::from(clock.origin_ns) + i128::from(first_ns);
+    Timeline::from_parts(origin_unix_ns, names.names, spans, Vec::new())
+}
+
+/// One name table for the job: each distinct string once.
+#[derive(Default)]
+struct Interner<'a> {
+    names: Vec<String>,
+    ids: HashMap<&'a str, NameId>,
+}
+
+impl<'a> Interner<'a> {
+    fn intern(&mut self, name: &'a str) -> NameId {
+        let next = NameId(u32::try_from(self.names.len()).unwrap_or(u32::MAX));
+        *self.ids.entry(name).or_insert_with(|| {
+            self.names.push(name.to_string());
+            next
+        })
     }
 }
 
@@ -161,6 +233,24 @@ struct JobClock {
 }
 
 impl JobClock {
+    fn of(run: &KinetoRun) -> JobClock {
+        let origin_ns = run.ranks.iter().filter_map(earliest_ns).min().unwrap_or(0);
+        let events: usize = run.ranks.iter().map(|r| r.trace.event_count()).sum();
+        JobClock {
+            origin_ns,
+            horizon_ns: i64::MAX.unsigned_abs() / (events as u64 + 1),
+        }
+    }
+
+    /// Every rank's anchor: the traces share one clock until `align` says otherwise.
+    fn anchor(self) -> ClockAnchor {
+        ClockAnchor {
+            mono_ns: 0,
+            wall_ns: u64::try_from(self.origin_ns).unwrap_or(0),
+            read_uncertainty_ns: 0,
+        }
+    }
+
     /// An event's start and duration on the job's time base, and whether they were clamped.
     fn place(self, start_ns: i64, duration_ns: u64) -> (u64, u64, bool) {
         // Never negative: the origin is the earliest event.
@@ -186,7 +276,7 @@ fn earliest_ns(rank: &RankTrace) -> Option<i64> {
     device.chain(host).min()
 }
 
-/// A run manifest around the ranks' nodes: what `merge_with` reads of it is the node list.
+/// A run manifest around the ranks' nodes (`align` reads only the nodes).
 fn manifest(nodes: &[NodeData], origin_ns: i64) -> RunManifest {
     RunManifest {
         format_version: pinch_traces::manifest::MANIFEST_VERSION,
@@ -223,24 +313,11 @@ fn rank_node(rank: &RankTrace, clock: JobClock, world_size: u32) -> (NodeData, V
     };
     let mut node = NodeData::without_log(&entry, String::new());
     node.log = LogState::Whole;
-    // Every rank gets the same anchor: the traces share one clock until `align` says otherwise.
-    node.anchor = Some(ClockAnchor {
-        mono_ns: 0,
-        wall_ns: u64::try_from(clock.origin_ns).unwrap_or(0),
-        read_uncertainty_ns: 0,
-    });
+    node.anchor = Some(clock.anchor());
     let builder = RankSpans::new(rank, clock, world_size);
     let (spans, lanes) = builder.spans();
     let clamped = builder.clamped.get();
     node.spans = spans;
-    let names = &rank.trace.names;
-    node.op_names = (0..names.len())
-        .map(|i| {
-            let id = u32::try_from(i).unwrap_or(u32::MAX);
-            let name = names.get(pinch_traces::kineto::NameId(id));
-            ((rank.rank, OpId(id)), name.to_string())
-        })
-        .collect();
     (node, lanes, clamped)
 }
 
@@ -322,23 +399,30 @@ impl<'a> RankSpans<'a> {
                 spans.push(span);
             }
         }
-        let mut host_lanes: HashMap<(Option<i64>, Option<i64>), Lane> = HashMap::new();
+        // A process has a handful of threads: a list beats hashing every event.
+        let mut threads: Vec<(Option<i64>, Option<i64>)> = Vec::new();
         for event in trace.host_events() {
-            let next = Lane(HOST_LANE_BASE.saturating_add(host_lanes.len() as u32));
-            let lane = *host_lanes.entry((event.pid, event.tid)).or_insert_with(|| {
-                lanes.push(LaneInfo {
-                    rank: self.rank.rank.0,
-                    lane: next.0,
-                    kind: LaneKind::Host {
-                        pid: event.pid,
-                        tid: event.tid,
-                    },
+            let thread = (event.pid, event.tid);
+            let index = threads
+                .iter()
+                .position(|t| *t == thread)
+                .unwrap_or_else(|| {
+                    threads.push(thread);
+                    lanes.push(self.host_lane(threads.len() - 1, thread));
+                    threads.len() - 1
                 });
-                next
-            });
+            let lane = Lane(HOST_LANE_BASE.saturating_add(index as u32));
             spans.push(self.host_span(lane, event));
         }
         (spans, lanes)
+    }
+
+    fn host_lane(&self, index: usize, (pid, tid): (Option<i64>, Option<i64>)) -> LaneInfo {
+        LaneInfo {
+            rank: self.rank.rank.0,
+            lane: HOST_LANE_BASE.saturating_add(index as u32),
+            kind: LaneKind::Host { pid, tid },
+        }
     }
 
     /// The streams that carry communication kernels, each numbered by its place among them
