@@ -364,7 +364,7 @@ fn hta_temporal(csv: &str) -> Vec<(f64, f64, f64)> {
     csv.lines()
         .skip(1)
         .map(|line| {
-            let cells: Vec<f64> = line.split(',').map(|c| c.parse().unwrap()).collect();
+            let cells: Vec<f64> = line.split(',').filter_map(|c| c.parse().ok()).collect();
             (cells[5], cells[6], cells[7])
         })
         .collect()
