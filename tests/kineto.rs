@@ -417,3 +417,76 @@ fn pinchs_breakdown_agrees_with_hta_within_a_few_points() {
         assert!(report["pinch"]["findings"].is_array(), "{set}");
     }
 }
+
+/// Two ranks, three steps: a compute kernel of `rank1_compute_us` on rank 1 (100 us on rank 0),
+/// then an all-reduce kernel on stream 13 that ends for both at 350 us into the step.
+fn straggling_trace(rank: u32, compute_us: u32) -> String {
+    let mut events = Vec::new();
+    for step in 0..3u32 {
+        let t0 = 1_000 + step * 1_000;
+        let arrive = t0 + compute_us;
+        events.push(format!(
+            r#"{{"ph": "X", "cat": "user_annotation", "name": "ProfilerStep#{step}", "pid": 1, "tid": 1, "ts": {}, "dur": 1000}}"#,
+            t0 - 10
+        ));
+        for (stream, name, ts, dur, extra) in [
+            (7, "volta_sgemm_128x64_nn", t0, compute_us, ""),
+            (
+                13,
+                "ncclDevKernel_AllReduce_Sum_f32_RING_LL",
+                arrive,
+                t0 + 350 - arrive,
+                r#", "Collective name": "allreduce""#,
+            ),
+        ] {
+            events.push(format!(
+                r#"{{"ph": "X", "cat": "kernel", "name": "{name}", "pid": 0, "tid": {stream}, "ts": {ts}, "dur": {dur}, "args": {{"stream": {stream}, "device": 0{extra}}}}}"#
+            ));
+        }
+    }
+    format!(
+        r#"{{"distributedInfo": {{"backend": "nccl", "rank": {rank}, "world_size": 2}}, "traceEvents": [{}]}}"#,
+        events.join(",\n")
+    )
+}
+
+fn pinch_findings(rank1_compute_us: u32) -> serde_json::Value {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "rank0.json", &straggling_trace(0, 100));
+    write(
+        dir.path(),
+        "rank1.json",
+        &straggling_trace(1, rank1_compute_us),
+    );
+    let assert = pinch()
+        .arg("analyze")
+        .arg(dir.path())
+        .arg("--json")
+        .assert()
+        .success();
+    let report: serde_json::Value = serde_json::from_slice(&assert.get_output().stdout).unwrap();
+    report["pinch"]["findings"].clone()
+}
+
+#[test]
+fn a_rank_computing_three_times_as_long_is_the_straggler_at_the_all_reduces() {
+    let findings = pinch_findings(300);
+    let stragglers: Vec<&serde_json::Value> = findings
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == "straggler")
+        .collect();
+    assert_eq!(stragglers.len(), 1, "{findings:#}");
+    assert_eq!(stragglers[0]["location"]["ranks"], serde_json::json!([1]));
+    assert_eq!(stragglers[0]["evidence"]["times_last"], 3.0);
+    let balanced = pinch_findings(100);
+    assert!(
+        balanced
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f["kind"] != "straggler"),
+        "{balanced:#}"
+    );
+}
