@@ -40,7 +40,8 @@ use pinch_traces::{
     SpanAttrs, Versions, WorkloadSpec,
 };
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 
 /// The first host lane: device lanes are numbered below it, host threads from it.
 pub const HOST_LANE_BASE: u32 = 1 << 16;
@@ -112,26 +113,31 @@ pub fn kineto_timeline(run: &KinetoRun, alignment: Alignment) -> KinetoTimeline 
     let world_size = run
         .world_size
         .unwrap_or_else(|| u32::try_from(run.ranks.len()).unwrap_or(u32::MAX));
+    let mut names = Interner::default();
+    let mut spans = Vec::with_capacity(run.ranks.iter().map(|r| r.trace.event_count()).sum());
+    let mut ranges = Vec::with_capacity(run.ranks.len());
     let mut lanes = Vec::new();
     let mut clamped_spans = 0;
-    let nodes: Vec<NodeData> = run
-        .ranks
-        .iter()
-        .map(|r| {
-            let (node, rank_lanes, clamped) = rank_node(r, clock, world_size);
-            lanes.extend(rank_lanes);
-            clamped_spans += clamped;
-            node
-        })
-        .collect();
-    let clocks = align_ranks(&nodes, clock, alignment);
-    let timeline = timed(run, &nodes, &clocks, clock);
+    for rank in &run.ranks {
+        let table: Vec<NameId> = (0..rank.trace.names.len())
+            .map(|i| names.intern(rank.trace.names.get(KinetoNameId(i as u32))))
+            .collect();
+        let builder = RankSpans::new(rank, clock, world_size);
+        let from = spans.len();
+        lanes.extend(builder.spans(&table, &mut spans));
+        clamped_spans += builder.clamped.get();
+        ranges.push(from..spans.len());
+    }
+    let clocks = align_ranks(run, &spans, &ranges, clock, alignment);
+    for (range, c) in ranges.iter().zip(&clocks) {
+        for s in &mut spans[range.clone()] {
+            s.start_ns = s.start_ns.saturating_add(c.offset_ns);
+        }
+    }
+    let timeline = timeline_of(spans, names.names, clock);
     // Every rank is a node of its own, with or without spans.
     let facts = RunFacts {
-        rank_nodes: nodes
-            .iter()
-            .flat_map(|n| n.placed_ranks.iter().map(|r| (*r, n.node)))
-            .collect(),
+        rank_nodes: run.ranks.iter().map(|r| (r.rank, node_of(r))).collect(),
         ..RunFacts::default()
     };
     KinetoTimeline {
@@ -143,69 +149,83 @@ pub fn kineto_timeline(run: &KinetoRun, alignment: Alignment) -> KinetoTimeline 
     }
 }
 
-/// How `align` puts each rank on the job's time base: it reads only collective spans, so only
-/// those are handed to it.
-fn align_ranks(nodes: &[NodeData], clock: JobClock, alignment: Alignment) -> Vec<NodeClockReport> {
-    let collective_nodes: Vec<NodeData> = nodes
+fn node_of(rank: &RankTrace) -> NodeId {
+    NodeId(rank.rank.0)
+}
+
+/// How `align` puts each rank on the job's time base. It reads only collective spans, so each
+/// rank's node holds only those.
+fn align_ranks(
+    run: &KinetoRun,
+    spans: &[TimedSpan],
+    ranges: &[std::ops::Range<usize>],
+    clock: JobClock,
+    alignment: Alignment,
+) -> Vec<NodeClockReport> {
+    let nodes: Vec<NodeData> = run
+        .ranks
         .iter()
-        .map(|n| {
-            let mut only = NodeData::without_log(&node_entry(n), String::new());
-            only.log = LogState::Whole;
-            only.anchor = n.anchor;
-            only.spans = n
-                .spans
+        .zip(ranges)
+        .map(|(rank, range)| {
+            let entry = NodeEntry {
+                node: node_of(rank),
+                host: String::new(),
+                ranks: vec![rank.rank],
+                log_file: rank.path.display().to_string(),
+            };
+            let mut node = NodeData::without_log(&entry, String::new());
+            node.log = LogState::Whole;
+            node.anchor = Some(clock.anchor());
+            node.spans = spans[range.clone()]
                 .iter()
                 .filter(|s| s.attrs.collective.is_some())
-                .copied()
+                .map(untimed)
                 .collect();
-            only
+            node
         })
         .collect();
     let anchors: Vec<ClockAnchor> = nodes.iter().map(|_| clock.anchor()).collect();
     let run = RunData {
-        manifest: manifest(&collective_nodes, clock.origin_ns),
-        nodes: collective_nodes,
+        manifest: manifest(&nodes, clock.origin_ns),
+        nodes,
     };
     align(&run, &anchors, alignment)
 }
 
-/// Every rank's spans on the timeline: names resolved into one table, each rank moved by its
-/// clock's offset, times counted from the earliest span.
-fn timed(
-    run: &KinetoRun,
-    nodes: &[NodeData],
-    clocks: &[NodeClockReport],
-    clock: JobClock,
-) -> Timeline {
-    let mut names = Interner::default();
-    let mut spans = Vec::with_capacity(nodes.iter().map(|n| n.spans.len()).sum());
-    for ((rank, node), node_clock) in run.ranks.iter().zip(nodes).zip(clocks) {
-        let table: Vec<NameId> = (0..rank.trace.names.len())
-            .map(|i| names.intern(rank.trace.names.get(KinetoNameId(i as u32))))
-            .collect();
-        spans.extend(node.spans.iter().map(|s| {
-            TimedSpan {
-                rank: s.rank,
-                node: node.node,
-                lane: s.lane,
-                category: s.category,
-                name: table.get(s.op.0 as usize).copied().unwrap_or(NameId(0)),
-                // Below the horizon, so within i64.
-                start_ns: i64::try_from(s.start_ns)
-                    .unwrap_or(i64::MAX)
-                    .saturating_add(node_clock.offset_ns),
-                duration_ns: s.duration_ns,
-                attrs: s.attrs,
-            }
-        }));
+/// A span of the timeline as a node log's span (its name is not needed by `align`).
+fn untimed(s: &TimedSpan) -> Span {
+    Span {
+        rank: s.rank,
+        lane: s.lane,
+        category: s.category,
+        op: OpId(s.name.0),
+        // Not yet offset, so never negative.
+        start_ns: u64::try_from(s.start_ns).unwrap_or(0),
+        duration_ns: s.duration_ns,
+        attrs: s.attrs,
     }
-    // Offsets may move a rank before the earliest event: the origin is the earliest span.
+}
+
+/// The timeline of spans in rank order (each rank's by start), with times counted from the
+/// earliest span: offsets may have moved a rank before the job's earliest event.
+fn timeline_of(mut spans: Vec<TimedSpan>, names: Vec<String>, clock: JobClock) -> Timeline {
     let first_ns = spans.iter().map(|s| s.start_ns).min().unwrap_or(0);
     for s in &mut spans {
         s.start_ns = s.start_ns.saturating_sub(first_ns);
     }
     let origin_unix_ns = i128::from(clock.origin_ns) + i128::from(first_ns);
-    Timeline::from_parts(origin_unix_ns, names.names, spans, Vec::new())
+    if spans.is_sorted_by_key(|s| (s.rank, s.start_ns)) {
+        // Already in the timeline's order (ranks come sorted, each rank's spans merged by
+        // start): no need for `from_parts`' sort and its scratch copy.
+        Timeline {
+            origin_unix_ns,
+            names,
+            spans,
+            series: Vec::new(),
+        }
+    } else {
+        Timeline::from_parts(origin_unix_ns, names, spans, Vec::new())
+    }
 }
 
 /// One name table for the job: each distinct string once.
@@ -302,25 +322,6 @@ fn node_entry(node: &NodeData) -> NodeEntry {
     }
 }
 
-/// One rank's trace as a node whose monotonic clock reads nanoseconds since `origin_ns`, and
-/// the lanes it has.
-fn rank_node(rank: &RankTrace, clock: JobClock, world_size: u32) -> (NodeData, Vec<LaneInfo>, u64) {
-    let entry = NodeEntry {
-        node: NodeId(rank.rank.0),
-        host: String::new(),
-        ranks: vec![rank.rank],
-        log_file: rank.path.display().to_string(),
-    };
-    let mut node = NodeData::without_log(&entry, String::new());
-    node.log = LogState::Whole;
-    node.anchor = Some(clock.anchor());
-    let builder = RankSpans::new(rank, clock, world_size);
-    let (spans, lanes) = builder.spans();
-    let clamped = builder.clamped.get();
-    node.spans = spans;
-    (node, lanes, clamped)
-}
-
 /// Turns one rank's events into spans.
 struct RankSpans<'a> {
     rank: &'a RankTrace,
@@ -371,50 +372,110 @@ impl<'a> RankSpans<'a> {
         (time_ns < *end).then_some(*n)
     }
 
-    fn spans(&self) -> (Vec<Span>, Vec<LaneInfo>) {
+    /// Appends the rank's spans to `out` in start order (a merge of its streams' and host
+    /// lists' events, each sorted by start), names resolved through `names`; returns its lanes.
+    fn spans(&self, names: &[NameId], out: &mut Vec<TimedSpan>) -> Vec<LaneInfo> {
         let trace = &self.rank.trace;
-        let mut spans = Vec::with_capacity(trace.event_count());
-        let mut lanes = Vec::new();
+        let streams = trace.streams.len();
+        let host = [&trace.cpu_ops[..], &trace.runtime[..]];
+        let start_of = |run: usize, i: usize| match run.checked_sub(streams) {
+            None => trace.streams[run].events.get(i).map(|e| e.start_ns),
+            Some(h) => host[h].get(i).map(|e| e.start_ns),
+        };
+        let mut lanes = self.device_lanes();
         let comm_groups = self.comm_groups();
-        for (index, stream) in trace.streams.iter().enumerate() {
-            let lane = Lane(u32::try_from(index).unwrap_or(HOST_LANE_BASE - 1));
-            lanes.push(LaneInfo {
+        let mut seqs = vec![0u64; streams];
+        let mut threads: Vec<(Option<i64>, Option<i64>)> = Vec::new();
+        let mut next = vec![0usize; streams + host.len()];
+        let mut heap: BinaryHeap<Reverse<(i64, usize)>> = (0..next.len())
+            .filter_map(|run| Some(Reverse((start_of(run, 0)?, run))))
+            .collect();
+        while let Some(Reverse((_, run))) = heap.pop() {
+            let i = next[run];
+            next[run] += 1;
+            if let Some(start) = start_of(run, i + 1) {
+                heap.push(Reverse((start, run)));
+            }
+            let span = match run.checked_sub(streams) {
+                None => trace.streams[run].events.get(i).map(|event| {
+                    self.stream_span(run, event, comm_groups.get(&run), &mut seqs[run])
+                }),
+                Some(h) => host[h].get(i).map(|event| {
+                    let lane = self.thread_lane(event, &mut threads, &mut lanes);
+                    self.host_span(lane, event)
+                }),
+            };
+            out.extend(span.map(|s| self.timed(s, names)));
+        }
+        lanes
+    }
+
+    /// A device event's span, with its collective's data when it is one (the `seq`-th of its
+    /// stream's group).
+    fn stream_span(
+        &self,
+        index: usize,
+        event: &DeviceEvent,
+        group: Option<&u32>,
+        seq: &mut u64,
+    ) -> Span {
+        let lane = Lane(u32::try_from(index).unwrap_or(HOST_LANE_BASE - 1));
+        let mut span = self.device_span(lane, event);
+        if span.category == Category::Communication
+            && let Some(group) = group
+        {
+            span.attrs.collective = self.collective(event, *group, *seq);
+            *seq += u64::from(span.attrs.collective.is_some());
+        }
+        span
+    }
+
+    fn timed(&self, s: Span, names: &[NameId]) -> TimedSpan {
+        TimedSpan {
+            rank: s.rank,
+            node: node_of(self.rank),
+            lane: s.lane,
+            category: s.category,
+            name: names.get(s.op.0 as usize).copied().unwrap_or(NameId(0)),
+            // Below the horizon, so within i64.
+            start_ns: i64::try_from(s.start_ns).unwrap_or(i64::MAX),
+            duration_ns: s.duration_ns,
+            attrs: s.attrs,
+        }
+    }
+
+    fn device_lanes(&self) -> Vec<LaneInfo> {
+        let streams = self.rank.trace.streams.iter().enumerate();
+        streams
+            .map(|(index, stream)| LaneInfo {
                 rank: self.rank.rank.0,
-                lane: lane.0,
+                lane: u32::try_from(index).unwrap_or(HOST_LANE_BASE - 1),
                 kind: LaneKind::Device {
                     device: stream.device,
                     stream: stream.stream,
                 },
+            })
+            .collect()
+    }
+
+    /// The lane of a host event's thread, adding it on first sight (a process has a handful of
+    /// threads: a list beats hashing every event).
+    fn thread_lane(
+        &self,
+        event: &HostEvent,
+        threads: &mut Vec<(Option<i64>, Option<i64>)>,
+        lanes: &mut Vec<LaneInfo>,
+    ) -> Lane {
+        let thread = (event.pid, event.tid);
+        let index = threads
+            .iter()
+            .position(|t| *t == thread)
+            .unwrap_or_else(|| {
+                threads.push(thread);
+                lanes.push(self.host_lane(threads.len() - 1, thread));
+                threads.len() - 1
             });
-            let group = comm_groups.get(&index).copied();
-            let mut seq = 0;
-            for event in &stream.events {
-                let mut span = self.device_span(lane, event);
-                if span.category == Category::Communication
-                    && let Some(group) = group
-                {
-                    span.attrs.collective = self.collective(event, group, seq);
-                    seq += u64::from(span.attrs.collective.is_some());
-                }
-                spans.push(span);
-            }
-        }
-        // A process has a handful of threads: a list beats hashing every event.
-        let mut threads: Vec<(Option<i64>, Option<i64>)> = Vec::new();
-        for event in trace.host_events() {
-            let thread = (event.pid, event.tid);
-            let index = threads
-                .iter()
-                .position(|t| *t == thread)
-                .unwrap_or_else(|| {
-                    threads.push(thread);
-                    lanes.push(self.host_lane(threads.len() - 1, thread));
-                    threads.len() - 1
-                });
-            let lane = Lane(HOST_LANE_BASE.saturating_add(index as u32));
-            spans.push(self.host_span(lane, event));
-        }
-        (spans, lanes)
+        Lane(HOST_LANE_BASE.saturating_add(index as u32))
     }
 
     fn host_lane(&self, index: usize, (pid, tid): (Option<i64>, Option<i64>)) -> LaneInfo {
