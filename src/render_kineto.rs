@@ -47,7 +47,11 @@ pub fn render_pinch(report: &KinetoPinchReport) -> String {
         ));
     }
     if !report.collectives.is_empty() {
-        sections.push(collectives_table_of(&report.collectives));
+        sections.push(format!(
+            "Message sizes are not read from Kineto traces: a size of 0 B is unknown, and so are \
+             the bandwidths.\n{}",
+            collectives_table_of(&report.collectives)
+        ));
     }
     if report.stragglers.collectives > 0 {
         sections.push(stragglers_table(&report.stragglers));
