@@ -451,7 +451,7 @@ fn straggling_trace(rank: u32, compute_us: u32) -> String {
 }
 
 fn pinch_findings(rank1_compute_us: u32) -> serde_json::Value {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("a temporary directory");
     write(dir.path(), "rank0.json", &straggling_trace(0, 100));
     write(
         dir.path(),
@@ -464,7 +464,8 @@ fn pinch_findings(rank1_compute_us: u32) -> serde_json::Value {
         .arg("--json")
         .assert()
         .success();
-    let report: serde_json::Value = serde_json::from_slice(&assert.get_output().stdout).unwrap();
+    let report: serde_json::Value =
+        serde_json::from_slice(&assert.get_output().stdout).expect("--json writes JSON");
     report["pinch"]["findings"].clone()
 }
 
