@@ -120,6 +120,11 @@ fn right(text: String) -> Cell {
 }
 
 fn ranks_table(report: &Report) -> String {
+    ranks_table_of(&report.ranks)
+}
+
+/// The ranks table of any list of ranks (a pinch run's, or a PyTorch job's).
+pub fn ranks_table_of(ranks: &[RankReport]) -> String {
     let mut t = table(&[
         "rank",
         "node",
@@ -133,7 +138,7 @@ fn ranks_table(report: &Report) -> String {
         "comm overlap",
         "dropped",
     ]);
-    for r in &report.ranks {
+    for r in ranks {
         t.add_row(rank_row(r));
     }
     format!("Ranks: share of wall time (overlaps counted once, compute first)\n{t}")
@@ -170,11 +175,21 @@ fn roofline_cell(roofline: pinch_analyzer::OpRoofline) -> String {
 }
 
 fn ops_table(report: &Report) -> String {
+    let t = ops_rows(&report.ranks);
+    let roofs = match report.ranks.iter().find_map(|r| r.roofs) {
+        Some(_) => "roofline: class, and achieved share of the roof at the op's flops per byte",
+        None => "roofline: no calibration on this host (run `pinch calibrate` once)",
+    };
+    format!("Top ops per rank ({roofs})\n{t}")
+}
+
+/// The top ops of each rank, as a table without its caption.
+pub fn ops_rows(ranks: &[RankReport]) -> Table {
     let mut t = table(&[
         "rank", "op", "category", "count", "total", "share", "median", "GFLOP/s", "GB/s",
         "roofline",
     ]);
-    for r in &report.ranks {
+    for r in ranks {
         for op in r.top_ops.iter().take(OPS_SHOWN) {
             t.add_row(vec![
                 right(r.rank.to_string()),
@@ -190,11 +205,7 @@ fn ops_table(report: &Report) -> String {
             ]);
         }
     }
-    let roofs = match report.ranks.iter().find_map(|r| r.roofs) {
-        Some(_) => "roofline: class, and achieved share of the roof at the op's flops per byte",
-        None => "roofline: no calibration on this host (run `pinch calibrate` once)",
-    };
-    format!("Top ops per rank ({roofs})\n{t}")
+    t
 }
 
 /// Collective groups printed (report.json has them all).
@@ -209,6 +220,11 @@ fn link_cell(c: &pinch_analyzer::CollectiveReport) -> String {
 }
 
 fn collectives_table(report: &Report) -> String {
+    collectives_table_of(&report.collectives)
+}
+
+/// The collectives table of any list of collective groups.
+pub fn collectives_table_of(collectives: &[pinch_analyzer::CollectiveReport]) -> String {
     let mut t = table(&[
         "collective",
         "size",
@@ -222,7 +238,7 @@ fn collectives_table(report: &Report) -> String {
         "waiting",
         "of link peak",
     ]);
-    for c in report.collectives.iter().take(COLLECTIVE_ROWS) {
+    for c in collectives.iter().take(COLLECTIVE_ROWS) {
         let size = if c.sizes_vary {
             format!("≤{}", fmt_bytes(c.size_class_bytes))
         } else {
@@ -245,7 +261,7 @@ fn collectives_table(report: &Report) -> String {
             right(link_cell(c)),
         ]);
     }
-    let more = match report.collectives.len().saturating_sub(COLLECTIVE_ROWS) {
+    let more = match collectives.len().saturating_sub(COLLECTIVE_ROWS) {
         0 => String::new(),
         n => format!("\n  {n} more, shorter in total, in report.json"),
     };
@@ -257,7 +273,7 @@ fn collectives_table(report: &Report) -> String {
 }
 
 /// Per rank, how often it arrived last at a collective and what its lateness cost the others.
-fn stragglers_table(s: &StragglerReport) -> String {
+pub fn stragglers_table(s: &StragglerReport) -> String {
     let mut t = table(&[
         "rank",
         "collectives",
@@ -455,7 +471,7 @@ fn sources_of(report: &Report, node: u32) -> String {
     }
 }
 
-fn findings_text(findings: &[Finding]) -> String {
+pub fn findings_text(findings: &[Finding]) -> String {
     if findings.is_empty() {
         return "Findings\n  none: nothing stands out".into();
     }

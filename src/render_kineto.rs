@@ -1,9 +1,14 @@
 //! HTA's analyses of Kineto traces as a person reads them: a header, then tables (in the style
 //! of `render`) of each rank's GPU time, kernel time by type, and idle time per stream.
 
-use crate::render::{fmt_ns, fmt_pct, table};
+use crate::render::{
+    collectives_table_of, findings_text, fmt_ns, fmt_pct, ops_rows, ranks_table_of,
+    stragglers_table, table,
+};
 use comfy_table::{Cell, CellAlignment};
 use pinch_analyzer::hta::{HtaReport, IdleShare, RankAnalysis, StreamIdle, TimeBase, types};
+use pinch_analyzer::kineto_timeline::KinetoPinchReport;
+use pinch_analyzer::{Finding, RankReport};
 use pinch_traces::kineto::KinetoRun;
 
 pub fn render(run: &KinetoRun, report: &HtaReport) -> String {
@@ -15,6 +20,108 @@ pub fn render(run: &KinetoRun, report: &HtaReport) -> String {
         sections.push(idle_table(report));
     }
     sections.join("\n\n") + "\n"
+}
+
+/// pinch's own analyses of the traces, after HTA's: the tables of `pinch analyze RUN` on each
+/// rank's device lanes, then the findings.
+pub fn render_pinch(report: &KinetoPinchReport) -> String {
+    let ranks = short_op_names(&report.ranks);
+    let findings = short_finding_names(&report.findings);
+    let mut sections = vec![
+        format!(
+            "pinch's analyses ({} device and {} host spans; wall = first kernel start to last \
+             kernel end, idle = no kernel, copy or fill on any stream; exact times, every step)",
+            report.device_spans, report.host_spans
+        ),
+        ranks_table_of(&ranks),
+        format!(
+            "Top kernels per rank (no flop or byte counts in Kineto traces; names shortened, \
+             whole in --json)\n{}",
+            ops_rows(&ranks)
+        ),
+    ];
+    if report.clamped_spans > 0 {
+        sections.push(format!(
+            "{} spans end past the timeline's horizon and were cut short there",
+            report.clamped_spans
+        ));
+    }
+    if !report.collectives.is_empty() {
+        sections.push(format!(
+            "Message sizes are not read from Kineto traces: a size of 0 B is unknown, and so are \
+             the bandwidths.\n{}",
+            collectives_table_of(&report.collectives)
+        ));
+    }
+    if report.stragglers.collectives > 0 {
+        sections.push(stragglers_table(&report.stragglers));
+    }
+    sections.push(findings_text(&findings));
+    let skipped: Vec<String> = report
+        .skipped_detectors
+        .iter()
+        .map(|s| format!("  - {}: {}", kind_name(s.kind), s.reason))
+        .collect();
+    sections.push(format!(
+        "Not judged on Kineto traces\n{}",
+        skipped.join("\n")
+    ));
+    sections.join("\n\n") + "\n"
+}
+
+/// Longest kernel name the tables show.
+const NAME_CHARS: usize = 80;
+
+/// A C++ kernel name a table can hold: no `void `, no argument list, at most `NAME_CHARS`.
+fn short_name(name: &str) -> String {
+    let name = name.strip_prefix("void ").unwrap_or(name);
+    let mut depth = 0i32;
+    let mut end = name.len();
+    for (i, c) in name.char_indices() {
+        match c {
+            '<' => depth += 1,
+            '>' => depth -= 1,
+            '(' if depth <= 0 && i > 0 => {
+                end = i;
+                break;
+            }
+            _ => {}
+        }
+    }
+    let head = &name[..end];
+    if head.chars().count() <= NAME_CHARS {
+        return head.to_string();
+    }
+    let cut: String = head.chars().take(NAME_CHARS - 1).collect();
+    cut + "…"
+}
+
+fn short_op_names(ranks: &[RankReport]) -> Vec<RankReport> {
+    let mut ranks = ranks.to_vec();
+    for op in ranks.iter_mut().flat_map(|r| r.top_ops.iter_mut()) {
+        op.name = short_name(&op.name);
+    }
+    ranks
+}
+
+fn short_finding_names(findings: &[Finding]) -> Vec<Finding> {
+    let mut findings = findings.to_vec();
+    for f in &mut findings {
+        for op in &mut f.location.ops {
+            let short = short_name(op);
+            f.summary = f.summary.replace(op.as_str(), &short);
+            *op = short;
+        }
+    }
+    findings
+}
+
+/// A finding kind as report.json spells it.
+fn kind_name(kind: pinch_analyzer::FindingKind) -> String {
+    serde_json::to_value(kind)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
 }
 
 fn header(run: &KinetoRun, report: &HtaReport) -> String {
@@ -156,4 +263,21 @@ fn idle_row(rank: u32, s: &StreamIdle) -> Vec<Cell> {
         share(&s.kernel_wait),
         share(&s.other),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_names_lose_their_arguments_and_fit_a_table() {
+        assert_eq!(
+            short_name("void at::native::kernel<4, f<float>(int)>(int, float*)"),
+            "at::native::kernel<4, f<float>(int)>"
+        );
+        assert_eq!(short_name("ampere_sgemm_32x32_nn"), "ampere_sgemm_32x32_nn");
+        let long = short_name(&"x".repeat(200));
+        assert_eq!(long.chars().count(), NAME_CHARS);
+        assert!(long.ends_with('…'));
+    }
 }

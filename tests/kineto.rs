@@ -310,9 +310,184 @@ fn every_shared_trace_reads_without_error() {
             .arg(shared.join("traces").join(folder))
             .assert()
             .success();
-        assert!(
-            stdout_of(&assert).contains("Kineto traces: 1 rank"),
-            "{folder}"
-        );
+        let out = stdout_of(&assert);
+        assert!(out.contains("Kineto traces: 1 rank"), "{folder}");
+        assert!(out.contains("pinch's analyses"), "{folder}");
     }
+}
+
+#[test]
+fn pinchs_own_analyses_follow_the_hta_tables() {
+    let dir = job();
+    let assert = pinch().arg("analyze").arg(dir.path()).assert().success();
+    let out = stdout_of(&assert);
+    // pinch keeps the second step: span 0..370 us, of which compute 150, communication 30
+    // (the NCCL kernel outside the sgemm), memory 20, idle 170.
+    for want in [
+        "pinch's analyses",
+        "370.0 µs",
+        "40.5%",
+        "45.9%",
+        "all_reduce",
+        "the GPU runs no kernel, copy or fill on any stream for 46% of the kernel span on every rank",
+        "Not judged on Kineto traces",
+    ] {
+        assert!(out.contains(want), "'{want}' missing from:\n{out}");
+    }
+    let json = pinch()
+        .arg("analyze")
+        .arg(dir.path())
+        .arg("--json")
+        .assert()
+        .success();
+    let report: serde_json::Value = serde_json::from_slice(&json.get_output().stdout).unwrap();
+    let pinch = &report["pinch"];
+    assert_eq!(pinch["ranks"][1]["breakdown_ns"]["compute"], 150_000);
+    assert_eq!(pinch["ranks"][1]["breakdown_ns"]["idle"], 170_000);
+    assert_eq!(pinch["collectives"][0]["kind"], "all_reduce");
+    assert_eq!(
+        pinch["collectives"][0]["count"], 1,
+        "matched across the ranks"
+    );
+    assert_eq!(pinch["stragglers"]["collectives"], 1);
+    assert_eq!(pinch["findings"][0]["kind"], "idle");
+    assert_eq!(pinch["lanes"][0]["kind"], "device");
+    assert!(
+        pinch["skipped_detectors"]
+            .as_array()
+            .is_some_and(|s| !s.is_empty())
+    );
+}
+
+/// HTA's per-rank (idle %, compute %, non-compute %) from its temporal_breakdown.csv.
+fn hta_temporal(csv: &str) -> Vec<(f64, f64, f64)> {
+    csv.lines()
+        .skip(1)
+        .map(|line| {
+            let cells: Vec<f64> = line.split(',').filter_map(|c| c.parse().ok()).collect();
+            (cells[5], cells[6], cells[7])
+        })
+        .collect()
+}
+
+#[test]
+fn pinchs_breakdown_agrees_with_hta_within_a_few_points() {
+    let Some(shared) = shared() else { return };
+    let sets = [
+        ("trace_filter", "trace_filter"),
+        ("nccl_parser_config", "nccl_parser_config"),
+        ("ns_resolution_trace", "ns_resolution_trace"),
+        ("alexnet", "critical_path/alexnet"),
+    ];
+    for (set, folder) in sets {
+        let assert = pinch()
+            .arg("analyze")
+            .arg(shared.join("traces").join(folder))
+            .arg("--json")
+            .assert()
+            .success();
+        let report: serde_json::Value =
+            serde_json::from_slice(&assert.get_output().stdout).unwrap();
+        let csv = shared
+            .join("hta-expected")
+            .join(set)
+            .join("temporal_breakdown.csv");
+        let hta = hta_temporal(&std::fs::read_to_string(csv).unwrap());
+        let ranks = report["pinch"]["ranks"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(ranks.len(), hta.len(), "{set}");
+        for (rank, (idle, compute, non_compute)) in ranks.iter().zip(hta) {
+            let b = &rank["breakdown_pct"];
+            let pct = |k: &str| b[k].as_f64().unwrap();
+            let ours_non_compute = pct("communication") + pct("memory") + pct("wait");
+            for (what, ours, theirs) in [
+                ("idle", pct("idle"), idle),
+                ("compute", pct("compute"), compute),
+                ("non-compute", ours_non_compute, non_compute),
+            ] {
+                assert!(
+                    (ours - theirs).abs() <= 3.0,
+                    "{set} rank {}: {what} {ours:.2}% against HTA's {theirs:.2}%",
+                    rank["rank"]
+                );
+            }
+        }
+        assert!(report["pinch"]["findings"].is_array(), "{set}");
+    }
+}
+
+/// Two ranks, three steps: a compute kernel of `rank1_compute_us` on rank 1 (100 us on rank 0),
+/// then an all-reduce kernel on stream 13 that ends for both at 350 us into the step.
+fn straggling_trace(rank: u32, compute_us: u32) -> String {
+    let mut events = Vec::new();
+    for step in 0..3u32 {
+        let t0 = 1_000 + step * 1_000;
+        let arrive = t0 + compute_us;
+        events.push(format!(
+            r#"{{"ph": "X", "cat": "user_annotation", "name": "ProfilerStep#{step}", "pid": 1, "tid": 1, "ts": {}, "dur": 1000}}"#,
+            t0 - 10
+        ));
+        for (stream, name, ts, dur, extra) in [
+            (7, "volta_sgemm_128x64_nn", t0, compute_us, ""),
+            (
+                13,
+                "ncclDevKernel_AllReduce_Sum_f32_RING_LL",
+                arrive,
+                t0 + 350 - arrive,
+                r#", "Collective name": "allreduce""#,
+            ),
+        ] {
+            events.push(format!(
+                r#"{{"ph": "X", "cat": "kernel", "name": "{name}", "pid": 0, "tid": {stream}, "ts": {ts}, "dur": {dur}, "args": {{"stream": {stream}, "device": 0{extra}}}}}"#
+            ));
+        }
+    }
+    format!(
+        r#"{{"distributedInfo": {{"backend": "nccl", "rank": {rank}, "world_size": 2}}, "traceEvents": [{}]}}"#,
+        events.join(",\n")
+    )
+}
+
+fn pinch_findings(rank1_compute_us: u32) -> serde_json::Value {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    write(dir.path(), "rank0.json", &straggling_trace(0, 100));
+    write(
+        dir.path(),
+        "rank1.json",
+        &straggling_trace(1, rank1_compute_us),
+    );
+    let assert = pinch()
+        .arg("analyze")
+        .arg(dir.path())
+        .arg("--json")
+        .assert()
+        .success();
+    let report: serde_json::Value =
+        serde_json::from_slice(&assert.get_output().stdout).expect("--json writes JSON");
+    report["pinch"]["findings"].clone()
+}
+
+#[test]
+fn a_rank_computing_three_times_as_long_is_the_straggler_at_the_all_reduces() {
+    let findings = pinch_findings(300);
+    let stragglers: Vec<&serde_json::Value> = findings
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == "straggler")
+        .collect();
+    assert_eq!(stragglers.len(), 1, "{findings:#}");
+    assert_eq!(stragglers[0]["location"]["ranks"], serde_json::json!([1]));
+    assert_eq!(stragglers[0]["evidence"]["times_last"], 3.0);
+    let balanced = pinch_findings(100);
+    assert!(
+        balanced
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f["kind"] != "straggler"),
+        "{balanced:#}"
+    );
 }

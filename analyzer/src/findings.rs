@@ -2,6 +2,7 @@
 //! location, the numbers behind it and a suggestion. Like tokio-console's `Warn` trait, each
 //! kind of finding is a `Detector`, and a summary reads right with its numbers in it.
 
+mod gpu_idle;
 mod health;
 mod imbalance;
 mod links;
@@ -14,6 +15,7 @@ use crate::analysis::AnalysisInput;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
+pub use gpu_idle::GpuIdle;
 pub use health::{DroppedSpans, IncompleteRun};
 pub use imbalance::{ExpertImbalanceDetector, ReplicaQueueing};
 pub use links::SlowLink;
@@ -107,10 +109,12 @@ pub fn all_detectors() -> Vec<Box<dyn Detector>> {
 /// Runs every detector; findings sorted by level, then severity, most urgent first: a critical
 /// finding at a small share still outranks a description of where most time goes.
 pub fn detect_all(input: &AnalysisInput<'_>) -> Vec<Finding> {
-    let mut findings: Vec<Finding> = all_detectors()
-        .iter()
-        .flat_map(|d| d.detect(input))
-        .collect();
+    detect_with(&all_detectors(), input)
+}
+
+/// Runs the given detectors, findings sorted as `detect_all` sorts them.
+pub fn detect_with(detectors: &[Box<dyn Detector>], input: &AnalysisInput<'_>) -> Vec<Finding> {
+    let mut findings: Vec<Finding> = detectors.iter().flat_map(|d| d.detect(input)).collect();
     findings.sort_by(|a, b| {
         b.level
             .cmp(&a.level)

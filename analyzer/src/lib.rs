@@ -19,6 +19,7 @@ pub mod hta;
 pub mod idle;
 pub mod imbalance;
 pub mod intervals;
+pub mod kineto_timeline;
 pub mod load;
 pub mod phases;
 pub mod report;
@@ -44,7 +45,9 @@ pub use critical_path::{
 };
 pub use error::AnalyzerError;
 pub use facts::{Problem, ProblemKind, RunFacts};
-pub use findings::{Detector, Finding, FindingKind, Level, Location, all_detectors, detect_all};
+pub use findings::{
+    Detector, Finding, FindingKind, Level, Location, all_detectors, detect_all, detect_with,
+};
 pub use idle::{IdleBreakdownNs, IdleOps, idle_breakdown};
 pub use imbalance::{
     ExpertImbalance, ExpertLoad, ImbalanceReport, LayerExpertLoad, RankExpertLoad,

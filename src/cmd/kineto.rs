@@ -1,4 +1,5 @@
-//! `pinch analyze TRACES`: PyTorch profiler (Kineto) traces through HTA's analyses. Tables or
+//! `pinch analyze TRACES`: PyTorch profiler (Kineto) traces through HTA's analyses, then pinch's own
+//! on its timeline of the traces. Tables or
 //! JSON on stdout, warnings on stderr, HTA's CSV files on request.
 
 use crate::cli::AnalyzeArgs;
@@ -6,6 +7,7 @@ use crate::exit::bad_input;
 use crate::render_kineto;
 use anyhow::Context;
 use pinch_analyzer::hta::{self, HtaOptions, HtaReport, TimeBase};
+use pinch_analyzer::kineto_timeline::{KinetoPinchReport, pinch_report};
 use pinch_traces::kineto::{KinetoRun, RankSource, read_run};
 use serde::Serialize;
 use std::io::Write;
@@ -25,13 +27,14 @@ pub fn analyze(files: &[PathBuf], args: &AnalyzeArgs) -> anyhow::Result<()> {
         ..HtaOptions::default()
     };
     let report = hta::analyze(&run, &options);
+    let pinch = pinch_report(&run);
     if let Some(dir) = &args.hta_csv {
         write_csv(dir, &report)?;
     }
     let text = if args.json {
-        serde_json::to_string_pretty(&JsonOutput::new(&run, &report))? + "\n"
+        serde_json::to_string_pretty(&JsonOutput::new(&run, &report, &pinch))? + "\n"
     } else {
-        render_kineto::render(&run, &report)
+        render_kineto::render(&run, &report) + "\n" + &render_kineto::render_pinch(&pinch)
     };
     let mut out = std::io::stdout().lock();
     out.write_all(text.as_bytes())?;
@@ -57,6 +60,8 @@ struct JsonOutput<'a> {
     warnings: Vec<String>,
     #[serde(flatten)]
     analysis: &'a HtaReport,
+    /// pinch's own analyses on its timeline of the traces.
+    pinch: &'a KinetoPinchReport,
 }
 
 #[derive(Serialize)]
@@ -71,7 +76,7 @@ struct TraceJson {
 }
 
 impl<'a> JsonOutput<'a> {
-    fn new(run: &KinetoRun, analysis: &'a HtaReport) -> Self {
+    fn new(run: &KinetoRun, analysis: &'a HtaReport, pinch: &'a KinetoPinchReport) -> Self {
         let traces = run
             .ranks
             .iter()
@@ -91,6 +96,7 @@ impl<'a> JsonOutput<'a> {
             traces,
             warnings: run.warnings.iter().map(ToString::to_string).collect(),
             analysis,
+            pinch,
         }
     }
 }

@@ -1,0 +1,131 @@
+//! pinch's own analyses of a Kineto job: the per-rank breakdown and top kernels, collectives,
+//! stragglers and findings, measured on the device view of `KinetoTimeline` so that they read
+//! as HTA's do on GPU traces (wall time = first kernel start to last kernel end; idle = no
+//! device event on any stream).
+//!
+//! Detectors that need what Kineto traces do not carry are skipped, and the report says which
+//! and why (`SkippedDetector`).
+
+use super::{KinetoTimeline, LaneInfo, kineto_timeline};
+use crate::align::{Alignment, NodeClockReport};
+use crate::analysis::{AnalysisInput, RankReport};
+use crate::collectives::CollectiveReport;
+use crate::findings::{
+    Detector, Finding, FindingKind, GpuIdle, LoadImbalance, ShareDetector, Straggler, detect_with,
+};
+use crate::stragglers::StragglerReport;
+use pinch_traces::kineto::KinetoRun;
+use serde::{Deserialize, Serialize};
+
+/// pinch's analyses of a Kineto job (the `pinch` section of `pinch analyze TRACES --json`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KinetoPinchReport {
+    /// Per rank, on its device lanes: breakdown, overlap and top kernels.
+    pub ranks: Vec<RankReport>,
+    /// Communication kernels matched across ranks by (stream order, sequence number).
+    pub collectives: Vec<CollectiveReport>,
+    /// Who started each collective's kernel last.
+    pub stragglers: StragglerReport,
+    pub findings: Vec<Finding>,
+    /// The detectors not run on Kineto data, and why.
+    pub skipped_detectors: Vec<SkippedDetector>,
+    /// How each rank's clock was put on the job's time base (node = rank).
+    pub clocks: Vec<NodeClockReport>,
+    /// What each rank's lanes are: device streams and host threads.
+    pub lanes: Vec<LaneInfo>,
+    /// Spans on device lanes and on host lanes, over all ranks.
+    pub device_spans: u64,
+    pub host_spans: u64,
+    /// Spans cut short at the timeline's horizon (absurd times only; see `kineto_timeline`).
+    pub clamped_spans: u64,
+}
+
+/// A detector pinch does not run on Kineto traces.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkippedDetector {
+    pub kind: FindingKind,
+    pub reason: String,
+}
+
+/// The detectors that make sense on a device timeline: where time goes (compute,
+/// communication, device idle), stragglers at collectives, and compute imbalance.
+pub fn kineto_detectors() -> Vec<Box<dyn Detector>> {
+    vec![
+        Box::new(ShareDetector::communication()),
+        Box::new(ShareDetector::compute()),
+        Box::new(GpuIdle),
+        Box::new(Straggler),
+        Box::new(LoadImbalance),
+    ]
+}
+
+/// The detectors `kineto_detectors` leaves out, and why.
+fn skipped_detectors() -> Vec<SkippedDetector> {
+    let skipped = |kind, reason: &str| SkippedDetector {
+        kind,
+        reason: reason.to_string(),
+    };
+    vec![
+        skipped(
+            FindingKind::HostBound,
+            "host work is on host lanes, not in the device breakdown; a device starved by its \
+             host shows as idle",
+        ),
+        skipped(
+            FindingKind::WaitBound,
+            "device synchronizations are short waits of the device itself, not peers' lateness",
+        ),
+        skipped(
+            FindingKind::PipelineBubble,
+            "Kineto kernels do not tell waiting for a peer from moving data",
+        ),
+        skipped(
+            FindingKind::MemoryBandwidthBound,
+            "Kineto kernels carry no flop or byte counts and no roofs are calibrated",
+        ),
+        skipped(
+            FindingKind::IncompleteRun,
+            "a Kineto trace that cannot be read whole is refused by the reader",
+        ),
+        skipped(
+            FindingKind::DroppedSpans,
+            "Kineto traces do not count dropped events",
+        ),
+    ]
+}
+
+/// Builds the timeline (ranks aligned by their collectives) and runs pinch's analyses on it.
+pub fn pinch_report(run: &KinetoRun) -> KinetoPinchReport {
+    report_of(&kineto_timeline(run, Alignment::Collectives))
+}
+
+/// pinch's analyses of a Kineto job already on the timeline.
+pub fn report_of(kt: &KinetoTimeline) -> KinetoPinchReport {
+    let device = kt.device_timeline();
+    let mut input = AnalysisInput::new(&device, &kt.facts);
+    for c in &mut input.collectives {
+        drop_unknown_bandwidth(c);
+    }
+    let findings = detect_with(&kineto_detectors(), &input);
+    KinetoPinchReport {
+        device_spans: device.spans.len() as u64,
+        host_spans: (kt.timeline.spans.len() - device.spans.len()) as u64,
+        clamped_spans: kt.clamped_spans,
+        ranks: input.ranks,
+        collectives: input.collectives,
+        stragglers: input.stragglers,
+        findings,
+        skipped_detectors: skipped_detectors(),
+        clocks: kt.clocks.clone(),
+        lanes: kt.lanes.clone(),
+    }
+}
+
+/// Without message sizes (pinch's Kineto model has none) a bandwidth would read 0 GB/s: leave
+/// it out instead.
+fn drop_unknown_bandwidth(c: &mut CollectiveReport) {
+    if c.message_bytes == 0 {
+        c.algbw_gbps = None;
+        c.busbw_gbps = None;
+    }
+}
