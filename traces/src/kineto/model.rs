@@ -41,6 +41,11 @@ impl Names {
         self.index.get(name).copied()
     }
 
+    /// The strings in id order (the first is `NameId(0)`).
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.strings.iter().map(String::as_str)
+    }
+
     pub fn len(&self) -> usize {
         self.strings.len()
     }
