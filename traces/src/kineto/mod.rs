@@ -20,3 +20,5 @@ pub use read::{
     KinetoError, KinetoRun, KinetoWarning, RankSource, RankTrace, assemble, is_trace_name,
     read_run, read_trace, trace_files,
 };
+#[doc(hidden)]
+pub use split::split_parses_for_fuzzing;

@@ -44,9 +44,14 @@ pub fn may_split() -> bool {
 }
 
 /// Parses plain JSON text, in two halves when it is big enough.
-pub fn parse_plain(mut text: Vec<u8>) -> Loaded {
+pub fn parse_plain(text: Vec<u8>) -> Loaded {
+    parse_plain_from(text, MIN_SPLIT_BYTES)
+}
+
+/// `parse_plain` for texts of at least `min_bytes`.
+fn parse_plain_from(mut text: Vec<u8>, min_bytes: usize) -> Loaded {
     let wanted = text.len() / 2;
-    let cut = (text.len() >= MIN_SPLIT_BYTES)
+    let cut = (text.len() >= min_bytes)
         .then(|| find_cut(&text, wanted))
         .flatten();
     let Some(cut) = cut else {
@@ -54,7 +59,7 @@ pub fn parse_plain(mut text: Vec<u8>) -> Loaded {
     };
     // The tail opens in place when the white space has a byte to spare for its `[`.
     let in_place = cut.brace - cut.comma >= 3;
-    let copied = (!in_place).then(|| open_tail(&text, cut));
+    let copied = (!in_place).then(|| open_tail(&text, cut, text.len()));
     let saved = [text[cut.comma], text[cut.comma + 1], text[cut.brace - 1]];
     close_head(&mut text, cut);
     if in_place {
@@ -73,20 +78,63 @@ pub fn parse_plain(mut text: Vec<u8>) -> Loaded {
 }
 
 /// The tail's text on its own: `[` and the text from the cut's brace on.
-fn open_tail(text: &[u8], cut: Cut) -> Vec<u8> {
-    let mut tail = Vec::with_capacity(text.len() - cut.brace + 1);
+/// `total_bytes`: the length of the whole text, so that the tail can be inflated in place.
+fn open_tail(text: &[u8], cut: Cut, total_bytes: usize) -> Vec<u8> {
+    let mut tail = text_buffer(total_bytes.max(text.len()) - cut.brace + 1);
     tail.push(b'[');
     tail.extend_from_slice(&text[cut.brace..]);
     tail
 }
 
+/// An empty buffer for `bytes` of text. A big one asks the kernel for 2 MiB pages: filling
+/// 15 MB of text in 4 KiB pages costs thousands of page faults, as much time as inflating it.
+fn text_buffer(bytes: usize) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(bytes);
+    if bytes >= HUGE_PAGE_BYTES * 2 {
+        advise_huge_pages(&mut buf);
+    }
+    buf
+}
+
+const HUGE_PAGE_BYTES: usize = 2 << 20;
+
+#[cfg(target_os = "linux")]
+fn advise_huge_pages(buf: &mut Vec<u8>) {
+    const PAGE_BYTES: usize = 4096;
+    let start = buf.as_mut_ptr() as usize;
+    let first = start.next_multiple_of(PAGE_BYTES);
+    let end = (start + buf.capacity()) / PAGE_BYTES * PAGE_BYTES;
+    if end > first {
+        // SAFETY: the whole pages of the range lie inside the Vec's own allocation, and
+        // MADV_HUGEPAGE changes only how the kernel backs them, never what they hold. A
+        // kernel that refuses (no transparent huge pages) leaves them as they were.
+        unsafe {
+            libc::madvise(first as *mut libc::c_void, end - first, libc::MADV_HUGEPAGE);
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn advise_huge_pages(_buf: &mut Vec<u8>) {}
+
 /// Inflates gzip data whose text is about `size_bytes` long and parses it, the head on a
 /// second thread as soon as it is inflated.
 pub fn inflate_and_parse(gzip: &[u8], size_bytes: usize) -> io::Result<Loaded> {
+    inflate_and_parse_from(gzip, size_bytes, MIN_SPLIT_BYTES / 2)
+}
+
+/// `inflate_and_parse` that splits when the head holds at least `min_head_bytes`.
+fn inflate_and_parse_from(
+    gzip: &[u8],
+    size_bytes: usize,
+    min_head_bytes: usize,
+) -> io::Result<Loaded> {
     let mut decoder = MultiGzDecoder::new(gzip);
-    let mut head = vec![0; size_bytes / 1000 * GZIP_HEAD_PER_MILLE];
+    let head_bytes = size_bytes.saturating_mul(GZIP_HEAD_PER_MILLE) / 1000;
+    let mut head = text_buffer(head_bytes);
+    head.resize(head_bytes, 0);
     let filled = fill(&mut decoder, &mut head)?;
-    let cut = (filled == head.len() && filled >= MIN_SPLIT_BYTES / 2)
+    let cut = (filled == head.len() && filled >= min_head_bytes)
         .then(|| find_cut(&head, filled))
         .flatten();
     let Some(cut) = cut else {
@@ -94,8 +142,7 @@ pub fn inflate_and_parse(gzip: &[u8], size_bytes: usize) -> io::Result<Loaded> {
         decoder.read_to_end(&mut head)?;
         return Ok(Loaded::Text(head));
     };
-    let mut tail = open_tail(&head, cut);
-    tail.reserve(size_bytes.saturating_sub(head.len()));
+    let mut tail = open_tail(&head, cut, size_bytes);
     let saved = [head[cut.comma], head[cut.comma + 1]];
     close_head(&mut head, cut);
     let (head_part, inflated, tail_part) = std::thread::scope(|scope| {
@@ -112,6 +159,21 @@ pub fn inflate_and_parse(gzip: &[u8], size_bytes: usize) -> io::Result<Loaded> {
     head.truncate(cut.brace);
     head.extend_from_slice(&tail[1..]);
     Ok(Loaded::Text(head))
+}
+
+/// For fuzzing: reads `text` as plain JSON, and `gzip` (its gzipped form) as a gzip file, each
+/// split in two however short. Returns the traces the split parses gave, none where they fell
+/// back to the one-thread parse; the caller compares them with `parse_trace`'s.
+#[doc(hidden)]
+pub fn split_parses_for_fuzzing(text: &[u8], gzip: &[u8]) -> Vec<KinetoTrace> {
+    let mut traces = Vec::new();
+    if let Loaded::Parsed(trace) = parse_plain_from(text.to_vec(), 0) {
+        traces.push(trace);
+    }
+    if let Ok(Loaded::Parsed(trace)) = inflate_and_parse_from(gzip, text.len(), 0) {
+        traces.push(trace);
+    }
+    traces
 }
 
 /// Ends the head text right after the cut's first event: `...}]}`.
