@@ -140,7 +140,7 @@ pub fn read_trace(path: &Path) -> Result<KinetoTrace, KinetoError> {
 /// Reads one trace file, a big one on two threads if `split`.
 fn read_one(path: &Path, split: bool) -> Result<KinetoTrace, KinetoError> {
     let trace = match load(path, split)? {
-        Loaded::Parsed(trace) => trace,
+        Loaded::Parsed(trace) => *trace,
         Loaded::Text(text) => parse_text(path, &text)?,
     };
     if trace.event_count() == 0 {

@@ -26,7 +26,7 @@ const CUT_SEARCH_BYTES: usize = 1 << 16;
 
 /// What reading produced: a trace, or the whole text for the one-thread parse.
 pub enum Loaded {
-    Parsed(KinetoTrace),
+    Parsed(Box<KinetoTrace>),
     Text(Vec<u8>),
 }
 
@@ -71,7 +71,7 @@ fn parse_plain_from(mut text: Vec<u8>, min_bytes: usize) -> Loaded {
         (head.join().ok().flatten(), tail)
     });
     if let (Some(head), Some(tail)) = (head, tail) {
-        return Loaded::Parsed(parse::join(head, tail));
+        return Loaded::Parsed(Box::new(parse::join(head, tail)));
     }
     [text[cut.comma], text[cut.comma + 1], text[cut.brace - 1]] = saved;
     Loaded::Text(text)
@@ -153,7 +153,7 @@ fn inflate_and_parse_from(
     });
     inflated?;
     if let (Some(head_part), Some(tail_part)) = (head_part, tail_part) {
-        return Ok(Loaded::Parsed(parse::join(head_part, tail_part)));
+        return Ok(Loaded::Parsed(Box::new(parse::join(head_part, tail_part))));
     }
     [head[cut.comma], head[cut.comma + 1]] = saved;
     head.truncate(cut.brace);
@@ -168,10 +168,10 @@ fn inflate_and_parse_from(
 pub fn split_parses_for_fuzzing(text: &[u8], gzip: &[u8]) -> Vec<KinetoTrace> {
     let mut traces = Vec::new();
     if let Loaded::Parsed(trace) = parse_plain_from(text.to_vec(), 0) {
-        traces.push(trace);
+        traces.push(*trace);
     }
     if let Ok(Loaded::Parsed(trace)) = inflate_and_parse_from(gzip, text.len(), 0) {
-        traces.push(trace);
+        traces.push(*trace);
     }
     traces
 }
@@ -360,7 +360,7 @@ mod tests {
         let want = one_thread(&text);
         for hint in [text.len() / 3, text.len() * 2, 10] {
             let got = match inflate_and_parse(&gzip(&text), hint).expect("inflates") {
-                Loaded::Parsed(trace) => trace,
+                Loaded::Parsed(trace) => *trace,
                 Loaded::Text(t) => {
                     assert_eq!(t, text.as_bytes(), "hint {hint}");
                     parse_trace(&t).expect("parses")
