@@ -29,14 +29,20 @@ fn kineto_seeds_are_traces_with_device_and_host_events() {
     let pretty = kineto("kineto/pretty.json");
     assert_eq!(pretty.rank.map(|r| r.0), Some(0));
     let kernel = &pretty.streams[0].events[0];
-    assert_eq!(kernel.collective.map(|c| pretty.names.get(c)), Some("allreduce"));
+    assert_eq!(
+        kernel.collective.map(|c| pretty.names.get(c)),
+        Some("allreduce")
+    );
 }
 
 #[test]
 fn the_node_log_seed_is_whole_and_its_cut_copy_is_recovered() {
     let whole = read_node_log(&seed("nodelog/run-1node-2req.pnl")).expect("whole log");
     assert_eq!(whole.truncation, None);
-    assert!(matches!(whole.records.first(), Some(Record::NodeStart { .. })));
+    assert!(matches!(
+        whole.records.first(),
+        Some(Record::NodeStart { .. })
+    ));
     assert!(matches!(whole.records.last(), Some(Record::NodeEnd { .. })));
     let cut = read_node_log(&seed("nodelog/cut-2000.pnl")).expect("cut log");
     let truncation = cut.truncation.expect("the cut is reported");

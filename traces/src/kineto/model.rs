@@ -6,7 +6,7 @@
 //! wants HTA's whole microseconds rounds for itself.
 
 use crate::ids::Rank;
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 /// A name interned in one trace's `Names`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -16,7 +16,7 @@ pub struct NameId(pub u32);
 #[derive(Clone, Debug, Default)]
 pub struct Names {
     strings: Vec<String>,
-    index: HashMap<String, NameId>,
+    index: FxHashMap<String, NameId>,
 }
 
 impl Names {

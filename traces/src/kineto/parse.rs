@@ -10,11 +10,11 @@ use super::model::{
     HostEventKind, KinetoTrace, NameId, Skipped,
 };
 use crate::ids::Rank;
+use rustc_hash::FxHashMap;
 use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::fmt;
 
 /// Why text could not be read as a Kineto trace (the caller adds the file's name).
@@ -331,7 +331,7 @@ struct Builder {
     /// Whether the last top-level key read was `traceEvents`: a head part must end in it.
     last_key_was_events: bool,
     /// Where each (device, stream) sits in `trace.streams`.
-    lanes: HashMap<(Option<u32>, Option<u32>), usize>,
+    lanes: FxHashMap<(Option<u32>, Option<u32>), usize>,
 }
 
 impl Builder {
