@@ -13,7 +13,9 @@ fuzz_target!(|data: &[u8]| {
     let mut framed = b"PINCHLOG".to_vec();
     framed.extend_from_slice(&NODE_LOG_VERSION.to_le_bytes());
     framed.extend_from_slice(&[0; 4]);
-    let Ok(len) = u32::try_from(data.len()) else { return };
+    let Ok(len) = u32::try_from(data.len()) else {
+        return;
+    };
     framed.extend_from_slice(&len.to_le_bytes());
     framed.extend_from_slice(&crc32fast::hash(data).to_le_bytes());
     framed.extend_from_slice(data);
