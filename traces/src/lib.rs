@@ -24,7 +24,7 @@ pub use manifest::{
 };
 pub use nodelog::{
     FrameReader, NODE_LOG_VERSION, NodeLog, NodeLogError, NodeLogWriter, RankExit, Record,
-    Truncation, read_node_log,
+    Truncation, read_node_log, read_node_log_from,
 };
 pub use request::RequestRecord;
 pub use span::{Category, CollectiveAttrs, CollectiveKind, Span, SpanAttrs};

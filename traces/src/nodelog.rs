@@ -254,9 +254,9 @@ impl<R: Read> FrameReader<R> {
                 &format!("frame length '{len}' is not plausible"),
             );
         }
-        let mut payload = vec![0u8; len as usize];
-        let got_payload = self.read(&mut payload)?;
-        if got_payload < payload.len() {
+        let payload = self.read_payload(len)?;
+        let got_payload = payload.len();
+        if got_payload < len as usize {
             let consumed = (got + got_payload) as u64;
             return self.cut(frame_offset, consumed, "the log ends inside a record");
         }
@@ -275,6 +275,21 @@ impl<R: Read> FrameReader<R> {
                 &format!("a record does not decode: {e}"),
             ),
         }
+    }
+
+    /// Up to `len` bytes: memory grows with what the input holds, so a cut log whose last
+    /// frame claims 64 MiB does not cost 64 MiB.
+    fn read_payload(&mut self, len: u32) -> Result<Vec<u8>, NodeLogError> {
+        let mut payload = Vec::with_capacity((len as usize).min(1 << 16));
+        let got = (&mut self.input)
+            .take(u64::from(len))
+            .read_to_end(&mut payload)
+            .map_err(|source| NodeLogError::Read {
+                path: self.path.clone(),
+                source,
+            })?;
+        self.offset += got as u64;
+        Ok(payload)
     }
 
     fn read(&mut self, buf: &mut [u8]) -> Result<usize, NodeLogError> {
@@ -321,7 +336,12 @@ pub fn read_node_log(path: &Path) -> Result<NodeLog, NodeLogError> {
         path: path.to_path_buf(),
         source,
     })?;
-    let mut reader = FrameReader::new(BufReader::new(file), path)?;
+    read_node_log_from(BufReader::new(file), path)
+}
+
+/// Reads a whole node log from any byte source; `path` only names it in errors.
+pub fn read_node_log_from(input: impl Read, path: &Path) -> Result<NodeLog, NodeLogError> {
+    let mut reader = FrameReader::new(input, path)?;
     let mut records = Vec::new();
     loop {
         match reader.next_frame()? {

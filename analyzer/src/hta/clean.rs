@@ -10,9 +10,10 @@
 
 use super::kernel_type::{KernelType, kernel_type};
 use pinch_traces::Rank;
-use pinch_traces::kineto::{DeviceEventKind, HostEvent, KinetoRun, KinetoTrace};
+use pinch_traces::kineto::{DeviceEventKind, HostEvent, KinetoRun, KinetoTrace, NameId};
+use rustc_hash::{FxHashMap, FxHashSet};
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 /// How event times are read.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -146,22 +147,38 @@ fn profiler_step_names(run: &KinetoRun) -> usize {
     let mut names: HashSet<&str> = HashSet::new();
     for r in &run.ranks {
         let t = &r.trace;
+        let steps = StepNames::of(t);
         let host = t.host_events().map(|e| e.name);
         let device = t.device_events().map(|(_, e)| e.name);
         names.extend(
             host.chain(device)
-                .map(|n| t.names.get(n))
-                .filter(|n| is_step(n)),
+                .filter(|n| steps.contains(n))
+                .map(|n| t.names.get(n)),
         );
     }
     names.len()
 }
 
+/// Which of a trace's names hold `ProfilerStep`, by id: each name is searched once, not once
+/// per event that bears it.
+struct StepNames(Vec<bool>);
+
+impl StepNames {
+    fn of(trace: &KinetoTrace) -> Self {
+        Self(trace.names.iter().map(is_step).collect())
+    }
+
+    fn contains(&self, name: &NameId) -> bool {
+        self.0.get(name.0 as usize).copied().unwrap_or(false)
+    }
+}
+
 /// The start of the rank's last `ProfilerStep` on the host.
 fn last_step_start(trace: &KinetoTrace, time_base: TimeBase) -> Option<i64> {
+    let steps = StepNames::of(trace);
     trace
         .host_events()
-        .filter(|e| is_step(trace.names.get(e.name)))
+        .filter(|e| steps.contains(&e.name))
         .map(|e| time_base.start(e))
         .max()
 }
@@ -173,14 +190,14 @@ fn clean_rank(
     last_step: Option<i64>,
 ) -> CleanRank {
     let before_last = |start: i64| last_step.is_none_or(|last| start < last);
-    let kept_links: Option<HashSet<u64>> = last_step.map(|_| {
+    let kept_links: Option<FxHashSet<u64>> = last_step.map(|_| {
         trace
             .host_events()
             .filter(|e| before_last(time_base.start(e)))
             .filter_map(|e| e.correlation)
             .collect()
     });
-    let launches: HashMap<u64, i64> = trace
+    let launches: FxHashMap<u64, i64> = trace
         .host_events()
         .filter_map(|e| e.correlation.map(|c| (c, time_base.start(e))))
         .collect();

@@ -3,11 +3,13 @@
 //! analyzer's HTA-style analyses take as input.
 //!
 //! `model` is the data, `parse` turns text into it in one pass, `read` handles files (gzip or
-//! plain, one or a directory of them) and checks that the ranks of a job agree.
+//! plain, one or a directory of them) and checks that the ranks of a job agree; `split` parses
+//! one big file on two threads.
 
 pub mod model;
 pub mod parse;
 pub mod read;
+mod split;
 
 pub use model::{
     DeviceEvent, DeviceEventKind, DeviceStream, Flow, FlowKind, FlowPhase, HostEvent,
@@ -18,3 +20,5 @@ pub use read::{
     KinetoError, KinetoRun, KinetoWarning, RankSource, RankTrace, assemble, is_trace_name,
     read_run, read_trace, trace_files,
 };
+#[doc(hidden)]
+pub use split::split_parses_for_fuzzing;

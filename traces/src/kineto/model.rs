@@ -6,7 +6,7 @@
 //! wants HTA's whole microseconds rounds for itself.
 
 use crate::ids::Rank;
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 /// A name interned in one trace's `Names`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -16,7 +16,7 @@ pub struct NameId(pub u32);
 #[derive(Clone, Debug, Default)]
 pub struct Names {
     strings: Vec<String>,
-    index: HashMap<String, NameId>,
+    index: FxHashMap<String, NameId>,
 }
 
 impl Names {
@@ -39,6 +39,11 @@ impl Names {
     /// The id of `name` if the trace holds it.
     pub fn lookup(&self, name: &str) -> Option<NameId> {
         self.index.get(name).copied()
+    }
+
+    /// The strings in id order (the first is `NameId(0)`).
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.strings.iter().map(String::as_str)
     }
 
     pub fn len(&self) -> usize {

@@ -7,14 +7,14 @@
 
 use super::model::{
     DeviceEvent, DeviceEventKind, DeviceStream, Flow, FlowKind, FlowPhase, HostEvent,
-    HostEventKind, KinetoTrace, NameId,
+    HostEventKind, KinetoTrace, NameId, Skipped,
 };
 use crate::ids::Rank;
+use rustc_hash::FxHashMap;
 use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::fmt;
 
 /// Why text could not be read as a Kineto trace (the caller adds the file's name).
@@ -265,7 +265,8 @@ impl<'de> Visitor<'de> for TraceSeed<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         while let Some(key) = map.next_key::<Str>()? {
-            match key.0.as_ref() {
+            let key = key.0.as_ref();
+            match key {
                 "traceEvents" => map.next_value_seed(EventsSeed(&mut *self.0))?,
                 "distributedInfo" => {
                     let info = map.next_value::<Option<RawDistributed>>()?;
@@ -275,6 +276,7 @@ impl<'de> Visitor<'de> for TraceSeed<'_> {
                     map.next_value::<IgnoredAny>()?;
                 }
             }
+            self.0.last_key_was_events = key == "traceEvents";
         }
         Ok(())
     }
@@ -324,13 +326,18 @@ struct Timed<'e> {
 struct Builder {
     trace: KinetoTrace,
     saw_events: bool,
+    /// Whether a non-null `distributedInfo` was read (a later part's replaces an earlier's).
+    saw_distributed: bool,
+    /// Whether the last top-level key read was `traceEvents`: a head part must end in it.
+    last_key_was_events: bool,
     /// Where each (device, stream) sits in `trace.streams`.
-    lanes: HashMap<(Option<u32>, Option<u32>), usize>,
+    lanes: FxHashMap<(Option<u32>, Option<u32>), usize>,
 }
 
 impl Builder {
     fn distributed(&mut self, info: Option<RawDistributed>) {
         let Some(info) = info else { return };
+        self.saw_distributed = true;
         let small = |v: &Option<LenientInt>| int(v).and_then(|v| u32::try_from(v).ok());
         self.trace.rank = small(&info.rank).map(Rank);
         self.trace.world_size = small(&info.world_size);
@@ -425,16 +432,21 @@ impl Builder {
     }
 
     fn push_device(&mut self, device: Option<u32>, stream: Option<u32>, event: DeviceEvent) {
+        let at = self.lane(device, stream);
+        self.trace.streams[at].events.push(event);
+    }
+
+    /// Where (device, stream) sits in `trace.streams`, adding it on first sight.
+    fn lane(&mut self, device: Option<u32>, stream: Option<u32>) -> usize {
         let streams = &mut self.trace.streams;
-        let at = *self.lanes.entry((device, stream)).or_insert_with(|| {
+        *self.lanes.entry((device, stream)).or_insert_with(|| {
             streams.push(DeviceStream {
                 device,
                 stream,
                 events: Vec::new(),
             });
             streams.len() - 1
-        });
-        streams[at].events.push(event);
+        })
     }
 
     fn flow(&mut self, ph: &str, event: &RawEvent) {
@@ -470,6 +482,121 @@ impl Builder {
         self.trace.cpu_ops.sort_by_key(|e| e.start_ns);
         self.trace.runtime.sort_by_key(|e| e.start_ns);
         self.trace
+    }
+}
+
+impl Builder {
+    /// Appends what `later` read from the text after this builder's, so that the result is
+    /// what one builder reading both texts in turn would hold: names and streams keep their
+    /// order of first sight, events their file order.
+    fn merge(&mut self, later: Builder) {
+        let ids: Vec<NameId> = later
+            .trace
+            .names
+            .iter()
+            .map(|name| self.trace.names.intern(name))
+            .collect();
+        let remap = |id: NameId| ids.get(id.0 as usize).copied().unwrap_or(id);
+        for stream in later.trace.streams {
+            let at = self.lane(stream.device, stream.stream);
+            let events = stream.events.into_iter().map(|e| DeviceEvent {
+                name: remap(e.name),
+                collective: e.collective.map(remap),
+                ..e
+            });
+            self.trace.streams[at].events.extend(events);
+        }
+        let host = |e: HostEvent| HostEvent {
+            name: remap(e.name),
+            ..e
+        };
+        let trace = &mut self.trace;
+        trace
+            .cpu_ops
+            .extend(later.trace.cpu_ops.into_iter().map(host));
+        trace
+            .runtime
+            .extend(later.trace.runtime.into_iter().map(host));
+        trace.flows.extend(later.trace.flows);
+        add_skipped(&mut trace.skipped, &later.trace.skipped);
+        if later.saw_distributed {
+            trace.rank = later.trace.rank;
+            trace.world_size = later.trace.world_size;
+            trace.backend = later.trace.backend;
+            self.saw_distributed = true;
+        }
+        self.saw_events |= later.saw_events;
+        self.last_key_was_events = later.last_key_was_events;
+    }
+}
+
+fn add_skipped(sum: &mut Skipped, more: &Skipped) {
+    sum.no_time += more.no_time;
+    sum.no_category += more.no_category;
+    sum.profiler_spans += more.profiler_spans;
+    sum.other_phases += more.other_phases;
+}
+
+/// A piece of one trace's text parsed on its own (see `split`): the pieces of a text, joined
+/// in order, make the trace that parsing the whole text makes.
+pub(super) struct Part(Builder);
+
+/// Parses the text before a cut between two events, closed with `]}` right after the first of
+/// them. `None` unless that is a whole trace object whose last key is `traceEvents`: only then
+/// did the cut fall between two elements of that list.
+pub(super) fn parse_head(text: &[u8]) -> Option<Part> {
+    let text = std::str::from_utf8(text).ok()?;
+    let mut builder = Builder::default();
+    run(&mut builder, serde_json::Deserializer::from_str(text)).ok()?;
+    builder.last_key_was_events.then_some(Part(builder))
+}
+
+/// Parses the text after a cut, opened with `[` right before the second event: the rest of
+/// `traceEvents`, then the rest of the top-level object (more keys, or just its `}`).
+pub(super) fn parse_tail(text: &[u8]) -> Option<Part> {
+    let text = std::str::from_utf8(text).ok()?;
+    let mut list = serde_json::Deserializer::from_str(text).into_iter::<EventList>();
+    let EventList(mut builder) = list.next()?.ok()?;
+    let rest = text
+        .get(list.byte_offset()..)?
+        .trim_start_matches(is_json_space);
+    if let Some(end) = rest.strip_prefix('}') {
+        return end
+            .trim_matches(is_json_space)
+            .is_empty()
+            .then_some(Part(builder));
+    }
+    // `, "key": ...}` becomes an object of its own; a key must follow the comma, as `, }` is
+    // no JSON though `{ }` would be.
+    let keys = rest.strip_prefix(',')?;
+    if !keys.trim_start_matches(is_json_space).starts_with('"') {
+        return None;
+    }
+    let object = format!("{{{keys}");
+    run(&mut builder, serde_json::Deserializer::from_str(&object)).ok()?;
+    Some(Part(builder))
+}
+
+/// The trace of a text parsed in two parts, the head first.
+pub(super) fn join(head: Part, tail: Part) -> KinetoTrace {
+    let mut builder = head.0;
+    builder.merge(tail.0);
+    builder.finish()
+}
+
+/// JSON's white space (narrower than Unicode's or `is_ascii_whitespace`'s).
+pub(super) fn is_json_space(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\n' | '\r')
+}
+
+/// A list of events parsed into a builder of its own.
+struct EventList(Builder);
+
+impl<'de> Deserialize<'de> for EventList {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mut builder = Builder::default();
+        EventsSeed(&mut builder).deserialize(d)?;
+        Ok(EventList(builder))
     }
 }
 

@@ -4,12 +4,13 @@
 //! A file is decompressed into memory whole and parsed from there: serde_json parses a slice
 //! several times faster than a reader, and its strings can then be borrowed instead of copied.
 //! The text costs memory for as long as its file is parsed (files are parsed on up to as many
-//! threads as there are cores).
+//! threads as there are cores; a single big file is cut in two and parsed on two, see `split`).
 
 use super::model::KinetoTrace;
 use super::parse::{ParseFailure, parse_trace};
+use super::split::{self, Loaded};
 use crate::ids::Rank;
-use flate2::read::MultiGzDecoder;
+use flate2::bufread::MultiGzDecoder;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io::Read;
@@ -133,8 +134,54 @@ pub struct KinetoRun {
 
 /// Reads one trace file, gzip (found by its magic bytes, whatever the name) or plain JSON.
 pub fn read_trace(path: &Path) -> Result<KinetoTrace, KinetoError> {
-    let text = read_text(path)?;
-    let trace = parse_trace(&text).map_err(|failure| match failure {
+    read_one(path, split::may_split())
+}
+
+/// Reads one trace file, a big one on two threads if `split`.
+fn read_one(path: &Path, split: bool) -> Result<KinetoTrace, KinetoError> {
+    let trace = match load(path, split)? {
+        Loaded::Parsed(trace) => *trace,
+        Loaded::Text(text) => parse_text(path, &text)?,
+    };
+    if trace.event_count() == 0 {
+        return Err(KinetoError::Empty {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(trace)
+}
+
+/// The file's text, or already its trace when it was big enough to parse on two threads.
+fn load(path: &Path, split: bool) -> Result<Loaded, KinetoError> {
+    let bytes = std::fs::read(path).map_err(|source| KinetoError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if !bytes.starts_with(&[0x1f, 0x8b]) {
+        return Ok(if split {
+            split::parse_plain(bytes)
+        } else {
+            Loaded::Text(bytes)
+        });
+    }
+    let size_bytes = gzip_size_hint(&bytes);
+    let decompress = |source| KinetoError::Decompress {
+        path: path.to_path_buf(),
+        source,
+    };
+    if split && size_bytes >= split::MIN_SPLIT_BYTES {
+        return split::inflate_and_parse(&bytes, size_bytes).map_err(decompress);
+    }
+    let mut text = Vec::with_capacity(size_bytes);
+    MultiGzDecoder::new(bytes.as_slice())
+        .read_to_end(&mut text)
+        .map_err(decompress)?;
+    Ok(Loaded::Text(text))
+}
+
+/// Parses a whole text on this thread, naming the file in any error.
+fn parse_text(path: &Path, text: &[u8]) -> Result<KinetoTrace, KinetoError> {
+    parse_trace(text).map_err(|failure| match failure {
         ParseFailure::Json(source) if source.is_eof() => KinetoError::Truncated {
             path: path.to_path_buf(),
             source,
@@ -151,31 +198,7 @@ pub fn read_trace(path: &Path) -> Result<KinetoTrace, KinetoError> {
             path: path.to_path_buf(),
             reason,
         },
-    })?;
-    if trace.event_count() == 0 {
-        return Err(KinetoError::Empty {
-            path: path.to_path_buf(),
-        });
-    }
-    Ok(trace)
-}
-
-fn read_text(path: &Path) -> Result<Vec<u8>, KinetoError> {
-    let bytes = std::fs::read(path).map_err(|source| KinetoError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    if !bytes.starts_with(&[0x1f, 0x8b]) {
-        return Ok(bytes);
-    }
-    let mut text = Vec::with_capacity(gzip_size_hint(&bytes));
-    MultiGzDecoder::new(bytes.as_slice())
-        .read_to_end(&mut text)
-        .map_err(|source| KinetoError::Decompress {
-            path: path.to_path_buf(),
-            source,
-        })?;
-    Ok(text)
+    })
 }
 
 /// The uncompressed size a gzip member records in its last 4 bytes (mod 4 GiB), capped so a
@@ -235,6 +258,7 @@ fn read_all(files: &[PathBuf]) -> Result<Vec<KinetoTrace>, KinetoError> {
     if threads <= 1 {
         return files.iter().map(|f| read_trace(f)).collect();
     }
+    // Each file on a core of its own: none is split.
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<Option<Result<KinetoTrace, KinetoError>>>> =
         Mutex::new(files.iter().map(|_| None).collect());
@@ -244,7 +268,7 @@ fn read_all(files: &[PathBuf]) -> Result<Vec<KinetoTrace>, KinetoError> {
                 loop {
                     let at = next.fetch_add(1, Ordering::Relaxed);
                     let Some(file) = files.get(at) else { break };
-                    let result = read_trace(file);
+                    let result = read_one(file, false);
                     if let Ok(mut slots) = results.lock() {
                         slots[at] = Some(result);
                     }
