@@ -76,6 +76,7 @@ impl Builder {
             duration_ns: duration_ns as u64,
             correlation: Some(self.correlation),
             collective,
+            comm: None,
         };
         self.trace.streams[stream].events.push(event);
     }
