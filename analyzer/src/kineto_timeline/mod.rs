@@ -558,9 +558,7 @@ impl<'a> RankSpans<'a> {
             peer: None,
             // 0 when the args give no size (older traces): the Kineto report then leaves
             // bandwidths out (see `report`).
-            message_bytes: args
-                .and_then(|a| comm::message_bytes(kind, a))
-                .unwrap_or(0),
+            message_bytes: args.and_then(|a| comm::message_bytes(kind, a)).unwrap_or(0),
             wait_ns: None,
         })
     }

@@ -5,8 +5,8 @@
 use super::*;
 use crate::findings::{Finding, FindingKind, Level};
 use pinch_traces::kineto::{
-    CommArgs, CommArgsId, DeviceStream, GroupId, KinetoTrace, KinetoWarning, NameId,
-    ProcessGroup, RankSource, RankTrace,
+    CommArgs, CommArgsId, DeviceStream, GroupId, KinetoTrace, KinetoWarning, NameId, ProcessGroup,
+    RankSource, RankTrace,
 };
 use pinch_traces::{CollectiveKind, Rank};
 use std::path::PathBuf;
