@@ -265,6 +265,16 @@ fn idle_row(rank: u32, s: &StreamIdle) -> Vec<Cell> {
     ]
 }
 
+/// The collectives table's heading; it says what 0 B means only where a size is missing.
+fn collectives_heading(collectives: &[CollectiveReport]) -> &'static str {
+    if collectives.iter().any(|c| c.message_bytes == 0) {
+        "Here a size of 0 B is unknown, and so are its bandwidths: only newer traces carry \
+         PyTorch's collective args."
+    } else {
+        "Message sizes are read from the kernels' args and counted as nccl-tests does."
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -279,15 +289,5 @@ mod tests {
         let long = short_name(&"x".repeat(200));
         assert_eq!(long.chars().count(), NAME_CHARS);
         assert!(long.ends_with('…'));
-    }
-}
-
-/// The collectives table's heading; it says what 0 B means only where a size is missing.
-fn collectives_heading(collectives: &[CollectiveReport]) -> &'static str {
-    if collectives.iter().any(|c| c.message_bytes == 0) {
-        "A size of 0 B is unknown, and so are its bandwidths: only newer traces carry PyTorch's \
-         collective args."
-    } else {
-        "Message sizes are read from the kernels' args and counted as nccl-tests does."
     }
 }

@@ -338,6 +338,14 @@ fn nccl_parser_config_all_reduces_have_sizes_and_bus_bandwidth() {
         assert_eq!(c["participants"], 2, "{c}");
         assert!(c["busbw_gbps"].as_f64().is_some_and(|bw| bw > 0.0), "{c}");
     }
+    let text = pinch()
+        .arg("analyze")
+        .arg(shared.join("traces/nccl_parser_config"))
+        .assert()
+        .success();
+    let out = stdout_of(&text);
+    assert!(out.contains("read from the kernels' args"), "{out}");
+    assert!(!out.contains("0 B is unknown"), "{out}");
 }
 
 #[test]
@@ -353,6 +361,7 @@ fn pinchs_own_analyses_follow_the_hta_tables() {
         "40.5%",
         "45.9%",
         "all_reduce",
+        "a size of 0 B is unknown",
         "the GPU runs no kernel, copy or fill on any stream for 46% of the kernel span on every rank",
         "Not judged on Kineto traces",
     ] {
