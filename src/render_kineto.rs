@@ -8,7 +8,7 @@ use crate::render::{
 use comfy_table::{Cell, CellAlignment};
 use pinch_analyzer::hta::{HtaReport, IdleShare, RankAnalysis, StreamIdle, TimeBase, types};
 use pinch_analyzer::kineto_timeline::KinetoPinchReport;
-use pinch_analyzer::{Finding, RankReport};
+use pinch_analyzer::{CollectiveReport, Finding, RankReport};
 use pinch_traces::kineto::KinetoRun;
 
 pub fn render(run: &KinetoRun, report: &HtaReport) -> String {
@@ -48,8 +48,8 @@ pub fn render_pinch(report: &KinetoPinchReport) -> String {
     }
     if !report.collectives.is_empty() {
         sections.push(format!(
-            "Message sizes are not read from Kineto traces: a size of 0 B is unknown, and so are \
-             the bandwidths.\n{}",
+            "{}\n{}",
+            collectives_heading(&report.collectives),
             collectives_table_of(&report.collectives)
         ));
     }
@@ -263,6 +263,16 @@ fn idle_row(rank: u32, s: &StreamIdle) -> Vec<Cell> {
         share(&s.kernel_wait),
         share(&s.other),
     ]
+}
+
+/// The collectives table's heading; it says what 0 B means only where a size is missing.
+fn collectives_heading(collectives: &[CollectiveReport]) -> &'static str {
+    if collectives.iter().any(|c| c.message_bytes == 0) {
+        "Here a size of 0 B is unknown, and so are its bandwidths: only newer traces carry \
+         PyTorch's collective args."
+    } else {
+        "Message sizes are read from the kernels' args and counted as nccl-tests does."
+    }
 }
 
 #[cfg(test)]

@@ -317,6 +317,38 @@ fn every_shared_trace_reads_without_error() {
 }
 
 #[test]
+fn nccl_parser_config_all_reduces_have_sizes_and_bus_bandwidth() {
+    let Some(shared) = shared() else { return };
+    let json = pinch()
+        .arg("analyze")
+        .arg(shared.join("traces/nccl_parser_config"))
+        .arg("--json")
+        .assert()
+        .success();
+    let report: serde_json::Value = serde_json::from_slice(&json.get_output().stdout).unwrap();
+    let collectives = report["pinch"]["collectives"].as_array().unwrap();
+    let all_reduces: Vec<&serde_json::Value> = collectives
+        .iter()
+        .filter(|c| c["kind"] == "all_reduce")
+        .collect();
+    assert!(!all_reduces.is_empty(), "{collectives:#?}");
+    for c in all_reduces {
+        // The trace's all-reduces are of 2.0 to 7.9 M floats on the 2-rank default group.
+        assert!(c["message_bytes"].as_u64().unwrap() >= 8_000_000, "{c}");
+        assert_eq!(c["participants"], 2, "{c}");
+        assert!(c["busbw_gbps"].as_f64().is_some_and(|bw| bw > 0.0), "{c}");
+    }
+    let text = pinch()
+        .arg("analyze")
+        .arg(shared.join("traces/nccl_parser_config"))
+        .assert()
+        .success();
+    let out = stdout_of(&text);
+    assert!(out.contains("read from the kernels' args"), "{out}");
+    assert!(!out.contains("0 B is unknown"), "{out}");
+}
+
+#[test]
 fn pinchs_own_analyses_follow_the_hta_tables() {
     let dir = job();
     let assert = pinch().arg("analyze").arg(dir.path()).assert().success();
@@ -329,6 +361,7 @@ fn pinchs_own_analyses_follow_the_hta_tables() {
         "40.5%",
         "45.9%",
         "all_reduce",
+        "a size of 0 B is unknown",
         "the GPU runs no kernel, copy or fill on any stream for 46% of the kernel span on every rank",
         "Not judged on Kineto traces",
     ] {

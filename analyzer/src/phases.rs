@@ -645,6 +645,7 @@ mod tests {
             id: 0,
             replica: 1,
             arrival_ns: base,
+            scheduled_ns: None,
             token_times_ns: vec![base + 700, base + 300],
             prompt_tokens: 2,
             tokens: vec![1, 2],

@@ -29,6 +29,8 @@ fn assert_same(a: &KinetoTrace, b: &KinetoTrace) {
     assert_eq!(a.cpu_ops, b.cpu_ops);
     assert_eq!(a.runtime, b.runtime);
     assert_eq!(a.flows, b.flows);
+    assert_eq!(a.comm_args, b.comm_args);
+    assert_eq!(a.groups, b.groups);
     assert_eq!(a.skipped, b.skipped);
     assert_eq!((a.rank, a.world_size), (b.rank, b.world_size));
     assert_eq!(a.backend, b.backend);

@@ -1,14 +1,69 @@
-//! Which collective a communication kernel ran, and how it is matched across ranks.
+//! Which collective a communication kernel ran, how big it was, and how it is matched across
+//! ranks.
 //!
 //! The kind comes from `args["Collective name"]` where the trace has it (newer PyTorch), else
 //! from the kernel's name (`ncclKernel_AllReduce_RING_LL_Sum_float`, `ncclDevKernel_SendRecv`,
-//! `hcom_allReduce_`). The process group is not in pinch's Kineto model, so a rank's
+//! `hcom_allReduce_`).
+//!
+//! The process group is `args["Process Group Name"]` where the trace has it: PyTorch names a
+//! group alike on all its ranks, so the name numbers it (`JobGroups`), and the sequence number
+//! is the n-th collective of that group on the rank. Older traces name no group, so a rank's
 //! communication streams stand for its communicators: PyTorch gives each process group its own
 //! NCCL stream, and ranks running the same program create them in the same order, so the n-th
-//! communication stream of one rank (by stream number) is the n-th of every other. The sequence
-//! number is then the n-th collective on that stream, the same on every participant.
+//! communication stream of one rank (by stream number) is the n-th of every other; those get
+//! the numbers after the named groups'.
+//!
+//! The size is nccl-tests' "size", the user's buffer: `In msg nelems` × the dtype's bytes, but
+//! the output for an all-gather (the gathered buffer), so that `bus_factor` applies as there.
 
 use pinch_traces::CollectiveKind;
+use pinch_traces::kineto::{CommArgs, KinetoRun};
+use std::collections::HashMap;
+
+/// The process groups named by any rank's trace, numbered the same way for every rank.
+#[derive(Clone, Debug, Default)]
+pub struct JobGroups {
+    ids: HashMap<String, u32>,
+}
+
+impl JobGroups {
+    /// Numbers the names in order (shorter first, so "2" comes before "10").
+    pub fn of(run: &KinetoRun) -> JobGroups {
+        let mut names: Vec<&str> = run
+            .ranks
+            .iter()
+            .flat_map(|r| r.trace.groups.iter().map(|g| g.name.as_str()))
+            .collect();
+        names.sort_unstable_by_key(|n| (n.len(), *n));
+        names.dedup();
+        let ids = names
+            .into_iter()
+            .zip(0..)
+            .map(|(name, id)| (name.to_owned(), id))
+            .collect();
+        JobGroups { ids }
+    }
+
+    /// The number of the group named `name`.
+    pub fn id(&self, name: &str) -> Option<u32> {
+        self.ids.get(name).copied()
+    }
+
+    /// How many groups are named: stream-guessed groups are numbered from here.
+    pub fn count(&self) -> u32 {
+        u32::try_from(self.ids.len()).unwrap_or(u32::MAX)
+    }
+}
+
+/// nccl-tests' "size" of a collective from its args: the gathered output of an all-gather,
+/// else the input (all of it for a reduce-scatter). `None` when the count or dtype is unknown.
+pub fn message_bytes(kind: CollectiveKind, args: &CommArgs) -> Option<u64> {
+    let elements = match kind {
+        CollectiveKind::AllGather => args.out_msg_nelems,
+        _ => args.in_msg_nelems,
+    }?;
+    elements.checked_mul(u64::from(args.element_bytes?))
+}
 
 /// The kind of collective a name says, if it says one pinch knows. Reduce, gather and scatter
 /// (to one root) have no pinch kind: their kernels stay communication without collective data.
@@ -46,12 +101,12 @@ pub fn collective_kind(collective: Option<&str>, kernel: &str) -> Option<Collect
         .or_else(|| kind_from_name(kernel))
 }
 
-/// How many ranks take part: two for point-to-point, else the job's world size (the group's
-/// size is not in pinch's Kineto model).
-pub fn participants(kind: CollectiveKind, world_size: u32) -> u32 {
+/// How many ranks take part: two for point-to-point, else the group's size when the args
+/// give it, else the job's world size.
+pub fn participants(kind: CollectiveKind, group_size: Option<u32>, world_size: u32) -> u32 {
     match kind {
         CollectiveKind::Send | CollectiveKind::Recv => 2,
-        _ => world_size,
+        _ => group_size.filter(|n| *n > 0).unwrap_or(world_size),
     }
 }
 
@@ -107,8 +162,33 @@ mod tests {
     }
 
     #[test]
-    fn point_to_point_has_two_participants() {
-        assert_eq!(participants(Send, 128), 2);
-        assert_eq!(participants(AllReduce, 8), 8);
+    fn point_to_point_has_two_participants_others_their_group() {
+        assert_eq!(participants(Send, Some(8), 128), 2);
+        assert_eq!(participants(AllReduce, None, 8), 8);
+        assert_eq!(participants(AllReduce, Some(4), 8), 4);
+        assert_eq!(participants(AllReduce, Some(0), 8), 8);
+    }
+
+    #[test]
+    fn sizes_are_nccl_tests_buffers() {
+        let args = CommArgs {
+            in_msg_nelems: Some(1_000),
+            out_msg_nelems: Some(8_000),
+            element_bytes: Some(2),
+            ..CommArgs::default()
+        };
+        assert_eq!(message_bytes(AllGather, &args), Some(16_000));
+        assert_eq!(message_bytes(AllReduce, &args), Some(2_000));
+        let scatter = CommArgs {
+            in_msg_nelems: Some(8_000),
+            out_msg_nelems: Some(1_000),
+            ..args
+        };
+        assert_eq!(message_bytes(ReduceScatter, &scatter), Some(16_000));
+        let no_dtype = CommArgs {
+            element_bytes: None,
+            ..args
+        };
+        assert_eq!(message_bytes(AllReduce, &no_dtype), None);
     }
 }

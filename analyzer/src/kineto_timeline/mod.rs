@@ -119,6 +119,7 @@ pub fn kineto_timeline(run: &KinetoRun, alignment: Alignment) -> KinetoTimeline 
         .world_size
         .unwrap_or_else(|| u32::try_from(run.ranks.len()).unwrap_or(u32::MAX));
     let mut names = Interner::default();
+    let groups = comm::JobGroups::of(run);
     let mut spans = Vec::with_capacity(run.ranks.iter().map(|r| r.trace.event_count()).sum());
     let mut ranges = Vec::with_capacity(run.ranks.len());
     let mut lanes = Vec::new();
@@ -127,7 +128,7 @@ pub fn kineto_timeline(run: &KinetoRun, alignment: Alignment) -> KinetoTimeline 
         let table: Vec<NameId> = (0..rank.trace.names.len())
             .map(|i| names.intern(rank.trace.names.get(KinetoNameId(i as u32))))
             .collect();
-        let builder = RankSpans::new(rank, clock, world_size);
+        let builder = RankSpans::new(rank, clock, world_size, &groups);
         let from = spans.len();
         lanes.extend(builder.spans(&table, &mut spans));
         clamped_spans += builder.clamped.get();
@@ -332,6 +333,8 @@ struct RankSpans<'a> {
     rank: &'a RankTrace,
     clock: JobClock,
     world_size: u32,
+    /// The job's named process groups.
+    groups: &'a comm::JobGroups,
     /// Spans `clock` cut short so far.
     clamped: std::cell::Cell<u64>,
     /// `ProfilerStep#N` annotations as (start, end, N), by start.
@@ -341,7 +344,12 @@ struct RankSpans<'a> {
 }
 
 impl<'a> RankSpans<'a> {
-    fn new(rank: &'a RankTrace, clock: JobClock, world_size: u32) -> RankSpans<'a> {
+    fn new(
+        rank: &'a RankTrace,
+        clock: JobClock,
+        world_size: u32,
+        groups: &'a comm::JobGroups,
+    ) -> RankSpans<'a> {
         let trace = &rank.trace;
         let mut steps: Vec<(i64, i64, u32)> = trace
             .cpu_ops
@@ -362,6 +370,7 @@ impl<'a> RankSpans<'a> {
             rank,
             clock,
             world_size,
+            groups,
             clamped: std::cell::Cell::new(0),
             steps,
             launches,
@@ -389,7 +398,8 @@ impl<'a> RankSpans<'a> {
         };
         let mut lanes = self.device_lanes();
         let comm_groups = self.comm_groups();
-        let mut seqs = vec![0u64; streams];
+        // Per group, the collectives seen so far on this rank.
+        let mut seqs: HashMap<u32, u64> = HashMap::new();
         let mut threads: Vec<(Option<i64>, Option<i64>)> = Vec::new();
         let mut next = vec![0usize; streams + host.len()];
         let mut heap: BinaryHeap<Reverse<(i64, usize)>> = (0..next.len())
@@ -403,7 +413,7 @@ impl<'a> RankSpans<'a> {
             }
             let span = match run.checked_sub(streams) {
                 None => trace.streams[run].events.get(i).map(|event| {
-                    self.stream_span(run, event, comm_groups.get(&run), &mut seqs[run])
+                    self.stream_span(run, event, comm_groups.get(&run).copied(), &mut seqs)
                 }),
                 Some(h) => host[h].get(i).map(|event| {
                     let lane = self.thread_lane(event, &mut threads, &mut lanes);
@@ -415,24 +425,32 @@ impl<'a> RankSpans<'a> {
         lanes
     }
 
-    /// A device event's span, with its collective's data when it is one (the `seq`-th of its
-    /// stream's group).
+    /// A device event's span, with its collective's data when it is one (the n-th of its
+    /// group: the one its args name, else its stream's, `stream_group`).
     fn stream_span(
         &self,
         index: usize,
         event: &DeviceEvent,
-        group: Option<&u32>,
-        seq: &mut u64,
+        stream_group: Option<u32>,
+        seqs: &mut HashMap<u32, u64>,
     ) -> Span {
         let lane = Lane(u32::try_from(index).unwrap_or(HOST_LANE_BASE - 1));
         let mut span = self.device_span(lane, event);
         if span.category == Category::Communication
-            && let Some(group) = group
+            && let Some(group) = self.named_group(event).or(stream_group)
         {
-            span.attrs.collective = self.collective(event, *group, *seq);
+            let seq = seqs.entry(group).or_default();
+            span.attrs.collective = self.collective(event, group, *seq);
             *seq += u64::from(span.attrs.collective.is_some());
         }
         span
+    }
+
+    /// The job-wide number of the process group a kernel's args name.
+    fn named_group(&self, event: &DeviceEvent) -> Option<u32> {
+        let trace = &self.rank.trace;
+        let group = trace.group(trace.comm_args(event)?.group?)?;
+        self.groups.id(&group.name)
     }
 
     fn timed(&self, s: Span, names: &[NameId]) -> TimedSpan {
@@ -492,7 +510,8 @@ impl<'a> RankSpans<'a> {
     }
 
     /// The streams that carry communication kernels, each numbered by its place among them
-    /// (by device and stream number): the rank's communicators, as the module doc explains.
+    /// (by device and stream number) after the named groups: the rank's communicators where
+    /// the args name none, as `comm`'s doc explains.
     fn comm_groups(&self) -> HashMap<usize, u32> {
         let trace = &self.rank.trace;
         let mut comm: Vec<(Option<u32>, Option<u32>, usize)> = trace
@@ -505,7 +524,10 @@ impl<'a> RankSpans<'a> {
         comm.sort_unstable();
         comm.iter()
             .enumerate()
-            .map(|(group, (_, _, index))| (*index, u32::try_from(group).unwrap_or(u32::MAX)))
+            .map(|(group, (_, _, index))| {
+                let group = u32::try_from(group).unwrap_or(u32::MAX);
+                (*index, self.groups.count().saturating_add(group))
+            })
             .collect()
     }
 
@@ -520,18 +542,23 @@ impl<'a> RankSpans<'a> {
     }
 
     fn collective(&self, event: &DeviceEvent, group: u32, seq: u64) -> Option<CollectiveAttrs> {
-        let names = &self.rank.trace.names;
-        let collective = event.collective.map(|c| names.get(c));
-        let kind = comm::collective_kind(collective, names.get(event.name))?;
+        let trace = &self.rank.trace;
+        let collective = event.collective.map(|c| trace.names.get(c));
+        let kind = comm::collective_kind(collective, trace.names.get(event.name))?;
+        let args = trace.comm_args(event);
         Some(CollectiveAttrs {
             kind,
             group,
             seq,
-            participants: comm::participants(kind, self.world_size),
+            participants: comm::participants(
+                kind,
+                args.and_then(|a| a.group_size),
+                self.world_size,
+            ),
             peer: None,
-            // Message sizes are not in pinch's Kineto model: 0 means unknown here, and the
-            // Kineto report leaves bandwidths out (see `report`).
-            message_bytes: 0,
+            // 0 when the args give no size (older traces): the Kineto report then leaves
+            // bandwidths out (see `report`).
+            message_bytes: args.and_then(|a| comm::message_bytes(kind, a)).unwrap_or(0),
             wait_ns: None,
         })
     }

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 pub struct KinetoPinchReport {
     /// Per rank, on its device lanes: breakdown, overlap and top kernels.
     pub ranks: Vec<RankReport>,
-    /// Communication kernels matched across ranks by (stream order, sequence number).
+    /// Communication kernels matched across ranks by (process group, sequence number).
     pub collectives: Vec<CollectiveReport>,
     /// Who started each collective's kernel last.
     pub stragglers: StragglerReport,
@@ -121,8 +121,8 @@ pub fn report_of(kt: &KinetoTimeline) -> KinetoPinchReport {
     }
 }
 
-/// Without message sizes (pinch's Kineto model has none) a bandwidth would read 0 GB/s: leave
-/// it out instead.
+/// Without message sizes (traces older than PyTorch 2.x's collective args) a bandwidth would
+/// read 0 GB/s: leave it out instead.
 fn drop_unknown_bandwidth(c: &mut CollectiveReport) {
     if c.message_bytes == 0 {
         c.algbw_gbps = None;

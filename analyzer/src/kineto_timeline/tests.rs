@@ -5,7 +5,8 @@
 use super::*;
 use crate::findings::{Finding, FindingKind, Level};
 use pinch_traces::kineto::{
-    DeviceStream, KinetoTrace, KinetoWarning, NameId, RankSource, RankTrace,
+    CommArgs, CommArgsId, DeviceStream, GroupId, KinetoTrace, KinetoWarning, NameId, ProcessGroup,
+    RankSource, RankTrace,
 };
 use pinch_traces::{CollectiveKind, Rank};
 use std::path::PathBuf;
@@ -76,6 +77,7 @@ impl Builder {
             duration_ns: duration_ns as u64,
             correlation: Some(self.correlation),
             collective,
+            comm: None,
         };
         self.trace.streams[stream].events.push(event);
     }
@@ -192,6 +194,64 @@ fn all_reduces_match_across_ranks_by_sequence_number() {
     );
 }
 
+/// `job`, its all-reduces carrying PyTorch 2.x's args: 1 Mi floats on group "7" of 2 ranks.
+/// Rank 0 also names group "5" first, so the job's numbering must not be either rank's.
+fn job_with_args(slow_us: i64) -> KinetoRun {
+    let mut run = job(slow_us);
+    for r in &mut run.ranks {
+        let t = &mut r.trace;
+        let names: &[&str] = if r.rank.0 == 0 { &["5", "7"] } else { &["7"] };
+        t.groups = names
+            .iter()
+            .map(|name| ProcessGroup {
+                name: (*name).into(),
+                description: None,
+                ranks: Some(vec![0, 1]),
+            })
+            .collect();
+        t.comm_args.push(CommArgs {
+            in_msg_nelems: Some(1 << 20),
+            out_msg_nelems: Some(1 << 20),
+            group_size: Some(2),
+            element_bytes: Some(4),
+            group: Some(GroupId(names.len() as u32 - 1)),
+        });
+        for e in &mut t.streams[1].events {
+            e.comm = Some(CommArgsId(0));
+        }
+    }
+    run
+}
+
+#[test]
+fn collective_args_give_sizes_groups_and_bandwidths() {
+    let run = job_with_args(300);
+    let kt = kineto_timeline(&run, Alignment::Collectives);
+    let attrs: Vec<(u32, CollectiveAttrs)> = kt
+        .timeline
+        .spans
+        .iter()
+        .filter_map(|s| Some((s.rank.0, s.attrs.collective?)))
+        .collect();
+    assert_eq!(attrs.len(), 6);
+    for (rank, c) in &attrs {
+        assert_eq!(
+            (c.group, c.participants, c.message_bytes),
+            (1, 2, 4 << 20),
+            "group '7' is the job's second on rank {rank}"
+        );
+    }
+    let seqs: Vec<(u32, u64)> = attrs.iter().map(|(r, c)| (*r, c.seq)).collect();
+    assert_eq!(seqs, [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]);
+    let report = report::report_of(&kt);
+    let c = &report.collectives[0];
+    assert_eq!(c.message_bytes, 4 << 20);
+    // 4 MiB in the median kernel's 50 us (rank 1's; rank 0's waits 250 us).
+    let algbw = c.algbw_gbps.unwrap_or_default();
+    assert!(algbw > 0.0, "{c:?}");
+    assert_eq!(c.busbw_gbps, Some(algbw), "all-reduce on 2 ranks: factor 1");
+}
+
 #[test]
 fn the_rank_with_three_times_the_compute_is_the_straggler() {
     let report = report::pinch_report(&job(300));
@@ -204,7 +264,7 @@ fn the_rank_with_three_times_the_compute_is_the_straggler() {
     assert_eq!(
         (c.algbw_gbps, c.busbw_gbps),
         (None, None),
-        "sizes are unknown"
+        "sizes are unknown without collective args"
     );
     let late = &report.stragglers.ranks[1];
     assert_eq!((late.rank, late.times_last), (1, 3));

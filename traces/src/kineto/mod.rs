@@ -12,8 +12,9 @@ pub mod read;
 mod split;
 
 pub use model::{
-    DeviceEvent, DeviceEventKind, DeviceStream, Flow, FlowKind, FlowPhase, HostEvent,
-    HostEventKind, KinetoTrace, NameId, Names, Skipped,
+    CommArgs, CommArgsId, DeviceEvent, DeviceEventKind, DeviceStream, Flow, FlowKind, FlowPhase,
+    GroupId, HostEvent, HostEventKind, KinetoTrace, NameId, Names, ProcessGroup, Skipped,
+    dtype_bytes,
 };
 pub use parse::{ParseFailure, parse_trace};
 pub use read::{

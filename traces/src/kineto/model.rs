@@ -81,12 +81,63 @@ pub struct DeviceEvent {
     pub correlation: Option<u64>,
     /// The collective a communication kernel ran (`args["Collective name"]`, newer traces).
     pub collective: Option<NameId>,
+    /// Its sizes and process group, in `KinetoTrace::comm_args`, when the args give any.
+    pub comm: Option<CommArgsId>,
 }
 
 impl DeviceEvent {
     pub fn end_ns(&self) -> i64 {
         self.start_ns.saturating_add_unsigned(self.duration_ns)
     }
+}
+
+/// An entry of `KinetoTrace::comm_args`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CommArgsId(pub u32);
+
+/// An entry of `KinetoTrace::groups`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct GroupId(pub u32);
+
+/// What a communication kernel's args say of its collective (PyTorch 2.x writes them on NCCL
+/// kernels). Kept beside the events, so that the many events without them cost one `Option`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CommArgs {
+    /// `In msg nelems`: elements in the input buffer.
+    pub in_msg_nelems: Option<u64>,
+    /// `Out msg nelems`: elements in the output buffer.
+    pub out_msg_nelems: Option<u64>,
+    /// `Group size`: ranks in the process group.
+    pub group_size: Option<u32>,
+    /// The size of one element of `dtype` (`Float` is 4); `None` for a type pinch does not know.
+    pub element_bytes: Option<u32>,
+    /// `Process Group Name`.
+    pub group: Option<GroupId>,
+}
+
+/// A process group as a trace names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcessGroup {
+    /// `Process Group Name`: the same on every rank of the group (`"0"` is the default group).
+    pub name: String,
+    /// `Process Group Description` (`default_pg`), when given.
+    pub description: Option<String>,
+    /// `Process Group Ranks` (`"[0, 1]"`) as global ranks, when given and readable.
+    pub ranks: Option<Vec<u32>>,
+}
+
+/// The bytes of one element of a PyTorch dtype, by the name Kineto writes (`Float`, `BFloat16`).
+pub fn dtype_bytes(dtype: &str) -> Option<u32> {
+    let bytes = match dtype {
+        "Bool" | "Byte" | "Char" | "Float8_e4m3fn" | "Float8_e5m2" | "Float8_e4m3fnuz"
+        | "Float8_e5m2fnuz" | "QInt8" | "QUInt8" => 1,
+        "Short" | "Half" | "BFloat16" | "UInt16" => 2,
+        "Int" | "Float" | "UInt32" | "ComplexHalf" | "QInt32" => 4,
+        "Long" | "Double" | "UInt64" | "ComplexFloat" => 8,
+        "ComplexDouble" => 16,
+        _ => return None,
+    };
+    Some(bytes)
 }
 
 /// The events of one stream of one device, sorted by start.
@@ -198,6 +249,10 @@ pub struct KinetoTrace {
     /// Runtime and driver calls, sorted by start.
     pub runtime: Vec<HostEvent>,
     pub flows: Vec<Flow>,
+    /// The collective args of communication kernels (`DeviceEvent::comm`).
+    pub comm_args: Vec<CommArgs>,
+    /// The process groups those args name, each once.
+    pub groups: Vec<ProcessGroup>,
     pub skipped: Skipped,
 }
 
@@ -216,6 +271,16 @@ impl KinetoTrace {
     /// Every event kept: device and host events and flow ends.
     pub fn event_count(&self) -> usize {
         self.device_event_count() + self.cpu_ops.len() + self.runtime.len() + self.flows.len()
+    }
+
+    /// The collective args of a device event, when it has them.
+    pub fn comm_args(&self, event: &DeviceEvent) -> Option<&CommArgs> {
+        self.comm_args.get(event.comm?.0 as usize)
+    }
+
+    /// A process group of this trace.
+    pub fn group(&self, id: GroupId) -> Option<&ProcessGroup> {
+        self.groups.get(id.0 as usize)
     }
 
     /// Host events of both kinds: operators and annotations, then runtime calls.

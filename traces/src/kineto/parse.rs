@@ -6,8 +6,8 @@
 //! interned as they arrive.
 
 use super::model::{
-    DeviceEvent, DeviceEventKind, DeviceStream, Flow, FlowKind, FlowPhase, HostEvent,
-    HostEventKind, KinetoTrace, NameId, Skipped,
+    CommArgs, CommArgsId, DeviceEvent, DeviceEventKind, DeviceStream, Flow, FlowKind, FlowPhase,
+    GroupId, HostEvent, HostEventKind, KinetoTrace, NameId, ProcessGroup, Skipped, dtype_bytes,
 };
 use crate::ids::Rank;
 use rustc_hash::FxHashMap;
@@ -200,6 +200,77 @@ impl<'de> Visitor<'de> for LenientIntVisitor {
     }
 }
 
+/// A text argument; a number is read as its digits (a group named `0` or `"0"` is one group),
+/// anything else as no text.
+struct LenientStr<'a>(Option<Cow<'a, str>>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for LenientStr<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(LenientStrVisitor)
+    }
+}
+
+struct LenientStrVisitor;
+
+impl<'de> Visitor<'de> for LenientStrVisitor {
+    type Value = LenientStr<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<LenientStr<'de>, E> {
+        Ok(LenientStr(Some(Cow::Borrowed(v))))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<LenientStr<'de>, E> {
+        Ok(LenientStr(Some(Cow::Owned(v.to_owned()))))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<LenientStr<'de>, E> {
+        Ok(LenientStr(Some(Cow::Owned(v.to_string()))))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<LenientStr<'de>, E> {
+        Ok(LenientStr(Some(Cow::Owned(v.to_string()))))
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<LenientStr<'de>, E> {
+        Ok(LenientStr(None))
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<LenientStr<'de>, E> {
+        Ok(LenientStr(None))
+    }
+
+    fn visit_unit<E>(self) -> Result<LenientStr<'de>, E> {
+        Ok(LenientStr(None))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<LenientStr<'de>, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(LenientStr(None))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<LenientStr<'de>, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(LenientStr(None))
+    }
+}
+
+fn text<'v>(value: &'v Option<LenientStr>) -> Option<&'v str> {
+    value.as_ref().and_then(|v| v.0.as_deref())
+}
+
+/// `"[0, 1, 2]"` as ranks; `None` unless every item is a rank (PyTorch may elide long lists).
+fn ranks_list(text: &str) -> Option<Vec<u32>> {
+    let inner = text.trim().strip_prefix('[')?.strip_suffix(']')?.trim();
+    if inner.is_empty() {
+        return Some(Vec::new());
+    }
+    inner.split(',').map(|r| r.trim().parse().ok()).collect()
+}
+
 fn int(value: &Option<LenientInt>) -> Option<i64> {
     value.as_ref().and_then(|v| v.0)
 }
@@ -235,6 +306,30 @@ struct RawArgs<'a> {
     external_id: Option<LenientInt>,
     #[serde(rename = "Collective name", borrow)]
     collective: Option<Str<'a>>,
+    #[serde(rename = "In msg nelems")]
+    in_msg_nelems: Option<LenientInt>,
+    #[serde(rename = "Out msg nelems")]
+    out_msg_nelems: Option<LenientInt>,
+    #[serde(rename = "Group size")]
+    group_size: Option<LenientInt>,
+    #[serde(borrow)]
+    dtype: Option<LenientStr<'a>>,
+    #[serde(rename = "Process Group Name", borrow)]
+    group_name: Option<LenientStr<'a>>,
+    #[serde(rename = "Process Group Description", borrow)]
+    group_description: Option<LenientStr<'a>>,
+    #[serde(rename = "Process Group Ranks", borrow)]
+    group_ranks: Option<LenientStr<'a>>,
+}
+
+impl RawArgs<'_> {
+    /// Whether the args say anything of a collective's sizes or group (few events do).
+    fn has_comm(&self) -> bool {
+        self.in_msg_nelems.is_some()
+            || self.out_msg_nelems.is_some()
+            || self.group_size.is_some()
+            || self.group_name.is_some()
+    }
 }
 
 #[derive(Deserialize)]
@@ -409,8 +504,49 @@ impl Builder {
             duration_ns: timed.duration_ns,
             correlation: args.and_then(|a| unsigned(&a.correlation)),
             collective,
+            comm: args.filter(|a| a.has_comm()).map(|a| self.comm(a)),
         };
         self.push_device(device, stream, event);
+    }
+
+    /// Stores a communication kernel's sizes and group.
+    fn comm(&mut self, args: &RawArgs) -> CommArgsId {
+        let group = text(&args.group_name).map(|name| {
+            let description = text(&args.group_description).map(str::to_owned);
+            let ranks = text(&args.group_ranks).and_then(ranks_list);
+            self.group(ProcessGroup {
+                name: name.to_owned(),
+                description,
+                ranks,
+            })
+        });
+        self.push_comm(CommArgs {
+            in_msg_nelems: unsigned(&args.in_msg_nelems),
+            out_msg_nelems: unsigned(&args.out_msg_nelems),
+            group_size: unsigned(&args.group_size).and_then(|n| u32::try_from(n).ok()),
+            element_bytes: text(&args.dtype).and_then(dtype_bytes),
+            group,
+        })
+    }
+
+    fn push_comm(&mut self, args: CommArgs) -> CommArgsId {
+        let comm_args = &mut self.trace.comm_args;
+        comm_args.push(args);
+        CommArgsId(u32::try_from(comm_args.len() - 1).unwrap_or(u32::MAX))
+    }
+
+    /// The id of a group by its name, adding it on first sight (the first sight's description
+    /// and ranks are kept). A job has a handful of groups: a list beats hashing.
+    fn group(&mut self, group: ProcessGroup) -> GroupId {
+        let groups = &mut self.trace.groups;
+        let at = groups
+            .iter()
+            .position(|g| g.name == group.name)
+            .unwrap_or_else(|| {
+                groups.push(group);
+                groups.len() - 1
+            });
+        GroupId(u32::try_from(at).unwrap_or(u32::MAX))
     }
 
     fn host(&mut self, timed: Timed, raw: &RawEvent, args: Option<&RawArgs>) {
@@ -497,11 +633,14 @@ impl Builder {
             .map(|name| self.trace.names.intern(name))
             .collect();
         let remap = |id: NameId| ids.get(id.0 as usize).copied().unwrap_or(id);
+        let comm_ids = self.merge_comm(later.trace.groups, later.trace.comm_args);
+        let remap_comm = |id: CommArgsId| comm_ids.get(id.0 as usize).copied().unwrap_or(id);
         for stream in later.trace.streams {
             let at = self.lane(stream.device, stream.stream);
             let events = stream.events.into_iter().map(|e| DeviceEvent {
                 name: remap(e.name),
                 collective: e.collective.map(remap),
+                comm: e.comm.map(remap_comm),
                 ..e
             });
             self.trace.streams[at].events.extend(events);
@@ -527,6 +666,20 @@ impl Builder {
         }
         self.saw_events |= later.saw_events;
         self.last_key_was_events = later.last_key_was_events;
+    }
+}
+
+impl Builder {
+    /// Appends a later part's collective args, its groups matched to ours by name; returns
+    /// the new id of each of its args.
+    fn merge_comm(&mut self, groups: Vec<ProcessGroup>, args: Vec<CommArgs>) -> Vec<CommArgsId> {
+        let group_ids: Vec<GroupId> = groups.into_iter().map(|g| self.group(g)).collect();
+        args.into_iter()
+            .map(|a| {
+                let group = a.group.and_then(|g| group_ids.get(g.0 as usize).copied());
+                self.push_comm(CommArgs { group, ..a })
+            })
+            .collect()
     }
 }
 
@@ -640,7 +793,7 @@ mod tests {
       "traceEvents": [
         {"ph": "X", "cat": "cpu_op", "name": "aten::mm", "pid": 10, "tid": 11, "ts": 100, "dur": 50, "args": {"External id": 4}},
         {"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "pid": 10, "tid": 11, "ts": 110.5, "dur": 5.25, "args": {"correlation": 77, "External id": 4}},
-        {"ph": "X", "cat": "kernel", "name": "ncclDevKernel_AllReduce", "pid": 0, "tid": 7, "ts": 300.001, "dur": 20, "args": {"stream": 7, "device": 0, "correlation": 77, "Collective name": "allreduce"}},
+        {"ph": "X", "cat": "kernel", "name": "ncclDevKernel_AllReduce", "pid": 0, "tid": 7, "ts": 300.001, "dur": 20, "args": {"stream": 7, "device": 0, "correlation": 77, "Collective name": "allreduce", "In msg nelems": 6637568, "Out msg nelems": 6637568, "Group size": 2, "dtype": "BFloat16", "Process Group Name": "0", "Process Group Description": "default_pg", "Process Group Ranks": "[0, 1]"}},
         {"ph": "X", "cat": "kernel", "name": "gemm \"tn\"", "pid": 0, "tid": 7, "ts": 200, "dur": 20, "args": {"stream": 7, "device": 0, "correlation": 78}},
         {"ph": "X", "cat": "gpu_memcpy", "name": "Memcpy HtoD", "pid": 0, "tid": 9, "ts": 250, "dur": 3, "args": {"stream": "9", "device": 0}},
         {"ph": "X", "cat": "cuda_sync", "name": "Context Sync", "pid": 0, "tid": 1, "ts": 330, "dur": 1, "args": {"stream": -1, "device": 0}},
@@ -703,6 +856,47 @@ mod tests {
         assert_eq!(t.streams[1].events[0].kind, DeviceEventKind::Memcpy);
         assert_eq!(t.streams[2].events[0].kind, DeviceEventKind::Sync);
         assert_eq!(t.device_event_count(), 4);
+    }
+
+    #[test]
+    fn collective_args_give_sizes_and_an_interned_group() {
+        let t = parse(SMALL);
+        let all_reduce = &t.streams[0].events[1];
+        let args = t.comm_args(all_reduce).copied();
+        assert_eq!(
+            args,
+            Some(CommArgs {
+                in_msg_nelems: Some(6_637_568),
+                out_msg_nelems: Some(6_637_568),
+                group_size: Some(2),
+                element_bytes: Some(2),
+                group: Some(GroupId(0)),
+            })
+        );
+        assert_eq!(
+            t.groups,
+            [ProcessGroup {
+                name: "0".into(),
+                description: Some("default_pg".into()),
+                ranks: Some(vec![0, 1]),
+            }]
+        );
+        assert_eq!(t.streams[0].events[0].comm, None, "a gemm has no args");
+    }
+
+    #[test]
+    fn odd_collective_args_are_absent_not_errors() {
+        let t = parse(
+            r#"{"traceEvents": [{"ph": "X", "cat": "kernel", "name": "k", "ts": 1, "dur": 1,
+              "args": {"stream": 1, "Group size": "x", "dtype": "Quux", "Process Group Name": 3,
+                       "Process Group Ranks": "[0, 1, ...]", "In msg nelems": -4}}]}"#,
+        );
+        let e = &t.streams[0].events[0];
+        let args = t.comm_args(e).copied().unwrap_or_default();
+        assert_eq!((args.group_size, args.element_bytes), (None, None));
+        assert_eq!(args.in_msg_nelems, None);
+        assert_eq!(t.groups[0].name, "3");
+        assert_eq!(t.groups[0].ranks, None);
     }
 
     #[test]

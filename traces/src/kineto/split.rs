@@ -247,7 +247,11 @@ mod tests {
             let (cat, args) = match i % 3 {
                 0 => (
                     "kernel",
-                    format!("\"stream\": {}, \"correlation\": {i}", 7 + i % 2),
+                    format!(
+                        "\"stream\": {}, \"correlation\": {i}, \"In msg nelems\": {i}, \"dtype\": \"Float\", \"Process Group Name\": \"{}\"",
+                        7 + i % 2,
+                        i % 5
+                    ),
                 ),
                 1 => ("cuda_runtime", format!("\"correlation\": {i}")),
                 _ => (
@@ -287,6 +291,8 @@ mod tests {
         assert_eq!(a.cpu_ops, b.cpu_ops);
         assert_eq!(a.runtime, b.runtime);
         assert_eq!(a.flows, b.flows);
+        assert_eq!(a.comm_args, b.comm_args);
+        assert_eq!(a.groups, b.groups);
         assert_eq!(a.skipped, b.skipped);
         assert_eq!(
             (a.rank, a.world_size, &a.backend),
