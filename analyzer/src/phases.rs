@@ -650,7 +650,6 @@ mod tests {
             prompt_tokens: 2,
             tokens: vec![1, 2],
             preemptions: 0,
-            scheduled_ns: None,
         });
         let (timeline, clocks) = crate::timeline::merge_with(&run, Alignment::AnchorsOnly);
         let tokens = replica_tokens(&run, &timeline, &clocks);
