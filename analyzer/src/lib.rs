@@ -13,6 +13,7 @@ pub mod collectives;
 pub mod error;
 pub mod facts;
 pub mod findings;
+mod frames;
 pub mod hta;
 pub mod intervals;
 pub mod load;
@@ -45,8 +46,12 @@ pub use run::{LogState, NodeData, RankLife, RunData};
 pub use serving::{
     Goodput, LatencyStats, ReplicaServing, ServingReport, Slo, SloError, serving_report,
 };
-pub use store::{StoreError, StoredTable, analyze_and_store, store_tables};
+pub use store::{
+    Rewrite, StoreError, StoredTable, TablesOutcome, analyze_and_store, analyze_run, store_tables,
+};
 pub use stragglers::{
     RankLateness, SeqLateness, StragglerReport, lateness_by_seq, straggler_report,
 };
-pub use timeline::{NameId, Series, TimedSpan, Timeline, merge, merge_with, node_clocks};
+pub use timeline::{
+    NameId, Series, TimedSpan, Timeline, merge, merge_taking_spans, merge_with, node_clocks,
+};

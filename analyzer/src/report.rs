@@ -114,7 +114,17 @@ pub fn report_with_clocks(
     facts: &RunFacts,
     clocks: &[NodeClockReport],
 ) -> Report {
-    let mut input = AnalysisInput::new(timeline, facts);
+    report_from_input(run, timeline, facts, clocks, AnalysisInput::new(timeline, facts))
+}
+
+/// `report_with_clocks` from the measurements already taken.
+pub(crate) fn report_from_input(
+    run: &RunData,
+    timeline: &Timeline,
+    facts: &RunFacts,
+    clocks: &[NodeClockReport],
+    mut input: AnalysisInput<'_>,
+) -> Report {
     let parameters = &run.manifest.workload.parameters;
     place_under_roofs(&mut input.ranks, parameters, facts);
     let links = parameters
