@@ -1,7 +1,8 @@
 //! Writes a synthetic run directory (manifest plus one node log per node) of any size, for the
-//! analyzer's scale benchmark (`scripts/bench-analyze-scale`).
+//! analyzer's scale benchmark (`scripts/bench-analyze-scale`). It lives beside the node-log
+//! format rather than in the analyzer so that building it never rebuilds polars.
 //!
-//! `cargo run --release -p pinch-analyzer --example synth-run -- DIR --ranks 64 --spans 50000000`
+//! `cargo run --release -p pinch-traces --example synth-run -- DIR --ranks 64 --spans 50000000`
 //!
 //! The run looks like tensor-parallel decoding, one tensor-parallel group per node, pipelined
 //! across nodes: per layer, four compute ops carrying flops and bytes, a KV-cache copy and an
@@ -20,12 +21,34 @@ use pinch_traces::{
     DeviceDef, DeviceId, Lane, NodeEntry, NodeId, NodeLogWriter, OpId, Rank, RankExit, Record,
     RunManifest, Span, SpanAttrs, Unit, Versions, WorkloadSpec,
 };
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
+
+/// SplitMix64: a few lines of jitter for a benchmark input. The `rand` crate as a dependency
+/// of this example would change the features polars is built with, and so rebuild polars.
+struct Jitter(u64);
+
+impl Jitter {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `range` (its length must not be 0).
+    fn random_range(&mut self, range: std::ops::Range<u64>) -> u64 {
+        range.start + self.next() % (range.end - range.start)
+    }
+
+    /// Uniform in [low, high).
+    fn factor(&mut self, low: f64, high: f64) -> f64 {
+        low + (self.next() >> 11) as f64 / (1u64 << 53) as f64 * (high - low)
+    }
+}
 
 const SPANS_PER_RECORD: usize = 4_096;
 const LAYERS: u32 = 16;
@@ -158,7 +181,7 @@ struct Synth {
     nodes: Vec<NodeOut>,
     /// Per rank, when it is free to start its next op.
     free_at_ns: Vec<u64>,
-    rng: ChaCha8Rng,
+    rng: Jitter,
     step: u32,
     /// Per tensor-parallel group (node), the next sequence number; the step group's after.
     seqs: Vec<u64>,
@@ -171,7 +194,7 @@ impl Synth {
         manifest: &RunManifest,
         seed: u64,
     ) -> Result<Synth, Box<dyn std::error::Error>> {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut rng = Jitter(seed);
         let mut nodes = Vec::new();
         for entry in &manifest.nodes {
             let file = File::create(dir.join(&entry.log_file))?;
@@ -363,7 +386,7 @@ impl Synth {
                     device: DeviceId(0),
                     counter: CounterId(counter),
                     time_ns: node.mono(at),
-                    value: value * self.rng.random_range(0.8..1.2),
+                    value: value * self.rng.factor(0.8, 1.2),
                 });
             }
             at += SAMPLE_EVERY_NS;
