@@ -412,9 +412,10 @@ pub fn analyze_run(
     dir: &Path,
     rewrite: Rewrite,
 ) -> (Report, TablesOutcome) {
-    let facts = crate::facts::RunFacts::from_run(&run);
     let (timeline, clocks) =
         crate::timeline::merge_taking_spans(&mut run, crate::align::Alignment::Collectives);
+    // After the merge, a node's ranks come from the few it remembers, not from its spans.
+    let facts = crate::facts::RunFacts::from_run(&run);
     let frame = SpanFrame::build(&timeline);
     let input = AnalysisInput::with_frame(&timeline, &facts, frame.as_ref().ok());
     let report = report_from_input(&run, &timeline, &facts, &clocks, input);

@@ -277,7 +277,8 @@ fn anchors(run: &RunData) -> Vec<ClockAnchor> {
 /// record), one that puts the node's earliest span at the run's start.
 pub(crate) fn node_anchor(node: &NodeData, manifest: &RunManifest) -> ClockAnchor {
     let rank_anchor = node.ranks.values().find_map(|life| life.anchor);
-    node.anchor.or(rank_anchor).unwrap_or(ClockAnchor {
+    // Lazily: the fallback scans every span of the node.
+    node.anchor.or(rank_anchor).unwrap_or_else(|| ClockAnchor {
         mono_ns: node.spans.iter().map(|s| s.start_ns).min().unwrap_or(0),
         wall_ns: manifest.started_at_unix_ns,
         read_uncertainty_ns: 0,
