@@ -18,8 +18,8 @@
 use crate::collectives::releases_together;
 use crate::run::RunData;
 use pinch_traces::{ClockAnchor, Rank};
-use serde::{Deserialize, Serialize};
 use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// How a node's times were put on the run's time base.
@@ -94,7 +94,10 @@ fn presences(
         .enumerate()
         .flat_map_iter(|(index, (node, anchor))| {
             node.spans.iter().filter_map(move |span| {
-                let c = span.attrs.collective.filter(|c| releases_together(c.kind))?;
+                let c = span
+                    .attrs
+                    .collective
+                    .filter(|c| releases_together(c.kind))?;
                 let start = anchor.to_wall_ns(span.start_ns);
                 let end = anchor.to_wall_ns(span.start_ns.saturating_add(span.duration_ns));
                 Some(((c.group, c.seq), index, span.rank, start, end))

@@ -333,7 +333,12 @@ mod tests {
         for rank in 0..3u32 {
             for i in 0..40u64 {
                 let category = [Compute, Memory, Host][(i % 3) as usize];
-                let mut s = span(rank, category, (i * 100) as i64, 10 + (i * 7 + u64::from(rank)) % 23);
+                let mut s = span(
+                    rank,
+                    category,
+                    (i * 100) as i64,
+                    10 + (i * 7 + u64::from(rank)) % 23,
+                );
                 s.name = NameId(((i + u64::from(rank)) % 4) as u32);
                 s.attrs.flops = (i % 2 == 0).then_some(1_000 + i);
                 s.attrs.bytes = (i % 5 == 0).then_some(64 * i);

@@ -200,8 +200,11 @@ fn kind_code(kind: CollectiveKind) -> u32 {
 /// One pass over a chunk of spans, filling every column at once.
 fn span_chunk(spans: &[TimedSpan]) -> PolarsResult<DataFrame> {
     let n = spans.len();
-    let (mut rank, mut name, mut category) =
-        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut rank, mut name, mut category) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
     let (mut start, mut duration) = (Vec::with_capacity(n), Vec::with_capacity(n));
     let (mut flops, mut bytes) = (Vec::with_capacity(n), Vec::with_capacity(n));
     for s in spans {

@@ -114,7 +114,13 @@ pub fn report_with_clocks(
     facts: &RunFacts,
     clocks: &[NodeClockReport],
 ) -> Report {
-    report_from_input(run, timeline, facts, clocks, AnalysisInput::new(timeline, facts))
+    report_from_input(
+        run,
+        timeline,
+        facts,
+        clocks,
+        AnalysisInput::new(timeline, facts),
+    )
 }
 
 /// `report_with_clocks` from the measurements already taken.

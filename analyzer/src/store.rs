@@ -533,11 +533,24 @@ mod tests {
             .iter()
             .map(|n| n.to_string())
             .collect();
-        assert_eq!(names[..6], ["node", "rank", "lane", "category", "op", "start_ns"]);
+        assert_eq!(
+            names[..6],
+            ["node", "rank", "lane", "category", "op", "start_ns"]
+        );
         assert_eq!(names.len(), 21);
         let timeline = crate::timeline::merge(&run);
-        let ops: Vec<Option<&str>> = spans.column("op").unwrap().str().unwrap().into_iter().collect();
-        let expected: Vec<Option<&str>> = timeline.spans.iter().map(|s| Some(timeline.name(s.name))).collect();
+        let ops: Vec<Option<&str>> = spans
+            .column("op")
+            .unwrap()
+            .str()
+            .unwrap()
+            .into_iter()
+            .collect();
+        let expected: Vec<Option<&str>> = timeline
+            .spans
+            .iter()
+            .map(|s| Some(timeline.name(s.name)))
+            .collect();
         assert_eq!(ops, expected);
     }
 

@@ -537,7 +537,11 @@ mod tests {
         let (expected, clocks) = merge_with(&run, Alignment::Collectives);
         let (got, taken_clocks) = merge_taking_spans(&mut run, Alignment::Collectives);
         assert_eq!((got, taken_clocks), (expected, clocks));
-        assert!(run.nodes.iter().all(|n| n.spans.is_empty() && n.has_spans()));
+        assert!(
+            run.nodes
+                .iter()
+                .all(|n| n.spans.is_empty() && n.has_spans())
+        );
         let ranks_after: Vec<Vec<Rank>> = run.nodes.iter().map(|n| n.all_ranks()).collect();
         assert_eq!(ranks_after, ranks_before);
     }

@@ -341,8 +341,10 @@ impl Synth {
             let next = self.nodes[(n + 1) % count].ranks[i];
             let prev = self.nodes[(n + count - 1) % count].ranks[i];
             let seq = u64::from(self.step);
-            for (op, kind, peer) in [(7, CollectiveKind::Send, next), (8, CollectiveKind::Recv, prev)]
-            {
+            for (op, kind, peer) in [
+                (7, CollectiveKind::Send, next),
+                (8, CollectiveKind::Recv, prev),
+            ] {
                 let attrs = SpanAttrs {
                     collective: Some(CollectiveAttrs {
                         kind,
