@@ -89,7 +89,6 @@ fn cut_in_header(path: &Path, entry: &NodeEntry) -> Option<NodeData> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::run::LogState;
     use crate::testkit;
     use pinch_traces::{NodeLogWriter, Rank, Record};
 
