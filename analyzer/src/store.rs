@@ -539,13 +539,7 @@ mod tests {
         );
         assert_eq!(names.len(), 21);
         let timeline = crate::timeline::merge(&run);
-        let ops: Vec<Option<&str>> = spans
-            .column("op")
-            .unwrap()
-            .str()
-            .unwrap()
-            .into_iter()
-            .collect();
+        let ops: Vec<Option<&str>> = spans.column("op").unwrap().str().unwrap().iter().collect();
         let expected: Vec<Option<&str>> = timeline
             .spans
             .iter()
