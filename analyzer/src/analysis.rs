@@ -6,6 +6,7 @@ use crate::collectives::{CollectiveReport, collective_reports};
 use crate::critical_path::{CriticalPathReport, critical_path_from};
 use crate::exchanges::{Collectives, Messages};
 use crate::facts::RunFacts;
+use crate::frames::{OpStats, SpanFrame};
 use crate::idle::{IdleBreakdownNs, IdleOps, idle_breakdown};
 use crate::imbalance::ImbalanceReport;
 use crate::roofline::{Ceilings, OpRoofline};
@@ -14,6 +15,7 @@ use crate::stragglers::{StragglerReport, straggler_report};
 use crate::timeline::{NameId, TimedSpan, Timeline};
 use crate::traffic::{CommSettings, TrafficReport, traffic_from};
 use pinch_traces::{Category, NodeId, Rank, RankExit};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -105,19 +107,52 @@ pub struct RankReport {
 /// Every rank known to the facts or present in the timeline, in order, each on its node: the
 /// manifest's placement, else the node whose log carried the rank's spans.
 pub fn rank_reports(timeline: &Timeline, facts: &RunFacts) -> Vec<RankReport> {
+    rank_reports_with(timeline, facts, SpanFrame::build(timeline).ok().as_ref())
+}
+
+fn rank_reports_with(
+    timeline: &Timeline,
+    facts: &RunFacts,
+    frame: Option<&SpanFrame>,
+) -> Vec<RankReport> {
     let mut placed: BTreeMap<Rank, NodeId> = timeline
         .ranks()
         .into_iter()
         .filter_map(|rank| Some((rank, timeline.spans_of(rank).first()?.node)))
         .collect();
     placed.extend(facts.rank_nodes.iter().map(|(&rank, &node)| (rank, node)));
+    let ops = frame.and_then(ops_by_rank);
+    let placed: Vec<(Rank, NodeId)> = placed.into_iter().collect();
     placed
-        .into_iter()
-        .map(|(rank, node)| rank_report(timeline, facts, rank, node))
+        .into_par_iter()
+        .map(|(rank, node)| {
+            let top = |wall_ns: u64| match &ops {
+                Some(ops) => top_ops_of(timeline, ops.get(&rank), wall_ns),
+                None => top_ops(timeline, timeline.spans_of(rank), wall_ns),
+            };
+            rank_report(timeline, facts, rank, node, top)
+        })
         .collect()
 }
 
-fn rank_report(timeline: &Timeline, facts: &RunFacts, rank: Rank, node: NodeId) -> RankReport {
+/// The per-op table from polars, split by rank; `None` when polars failed, and the ops are
+/// then measured span by span instead.
+fn ops_by_rank(frame: &SpanFrame) -> Option<BTreeMap<Rank, Vec<OpStats>>> {
+    let stats = frame.op_stats().ok()?;
+    let mut by_rank: BTreeMap<Rank, Vec<OpStats>> = BTreeMap::new();
+    for op in stats {
+        by_rank.entry(op.rank).or_default().push(op);
+    }
+    Some(by_rank)
+}
+
+fn rank_report(
+    timeline: &Timeline,
+    facts: &RunFacts,
+    rank: Rank,
+    node: NodeId,
+    top_ops: impl Fn(u64) -> Vec<OpReport>,
+) -> RankReport {
     let spans = timeline.spans_of(rank);
     let breakdown_ns = (!spans.is_empty()).then(|| breakdown(spans));
     let wall_ns = breakdown_ns.map(|b| b.wall_ns());
@@ -130,7 +165,7 @@ fn rank_report(timeline: &Timeline, facts: &RunFacts, rank: Rank, node: NodeId) 
         breakdown_pct: breakdown_ns.and_then(|b| b.to_pct()),
         comm_overlap_pct: comm_overlap_pct(spans),
         idle_breakdown: idle_breakdown(spans, IdleOps::of(timeline)),
-        top_ops: top_ops(timeline, spans, wall_ns.unwrap_or(0)),
+        top_ops: top_ops(wall_ns.unwrap_or(0)),
         roofs: None,
         dropped_spans: facts.dropped_spans.get(&rank).copied(),
         complete: facts.is_complete(rank),
@@ -138,7 +173,39 @@ fn rank_report(timeline: &Timeline, facts: &RunFacts, rank: Rank, node: NodeId) 
     }
 }
 
-/// The ops with the most total time, at most `TOP_OPS`.
+/// The ops with the most total time, at most `TOP_OPS`, from the per-op table.
+fn top_ops_of(timeline: &Timeline, ops: Option<&Vec<OpStats>>, wall_ns: u64) -> Vec<OpReport> {
+    let mut ops: Vec<OpReport> = ops
+        .into_iter()
+        .flatten()
+        .map(|op| OpReport {
+            name: timeline.name(op.name).to_string(),
+            category: op.category,
+            count: op.count,
+            total_ns: op.total_ns,
+            share_pct: pct(op.total_ns as f64, wall_ns as f64).unwrap_or(0.0),
+            median_ns: op.median_ns,
+            flops: op.flops.map(|(sum, _)| sum),
+            bytes: op.bytes.map(|(sum, _)| sum),
+            achieved_gflops: op.flops.and_then(per_ns),
+            achieved_gbps: op.bytes.and_then(per_ns),
+            roofline: None,
+        })
+        .collect();
+    longest_first(&mut ops);
+    ops
+}
+
+fn longest_first(ops: &mut Vec<OpReport>) {
+    ops.sort_by(|a, b| {
+        b.total_ns
+            .cmp(&a.total_ns)
+            .then_with(|| a.name.cmp(&b.name))
+    });
+    ops.truncate(TOP_OPS);
+}
+
+/// The ops with the most total time, at most `TOP_OPS`, measured span by span.
 fn top_ops(timeline: &Timeline, spans: &[TimedSpan], wall_ns: u64) -> Vec<OpReport> {
     let mut by_name: BTreeMap<NameId, Vec<&TimedSpan>> = BTreeMap::new();
     for s in spans {
@@ -148,12 +215,7 @@ fn top_ops(timeline: &Timeline, spans: &[TimedSpan], wall_ns: u64) -> Vec<OpRepo
         .into_values()
         .filter_map(|spans| op_report(timeline, &spans, wall_ns))
         .collect();
-    ops.sort_by(|a, b| {
-        b.total_ns
-            .cmp(&a.total_ns)
-            .then_with(|| a.name.cmp(&b.name))
-    });
-    ops.truncate(TOP_OPS);
+    longest_first(&mut ops);
     ops
 }
 
@@ -219,16 +281,48 @@ impl<'a> AnalysisInput<'a> {
         facts: &'a RunFacts,
         settings: CommSettings,
     ) -> AnalysisInput<'a> {
-        // Matched once, for both the traffic matrix and the critical path.
-        let exchanges = (Collectives::new(timeline), Messages::new(timeline));
+        let frame = SpanFrame::build(timeline).ok();
+        AnalysisInput::with_frame(timeline, facts, frame.as_ref(), settings)
+    }
+
+    /// `with_comm_settings`, with the spans frame already built (`None` when polars could not
+    /// build it).
+    pub(crate) fn with_frame(
+        timeline: &'a Timeline,
+        facts: &'a RunFacts,
+        frame: Option<&SpanFrame>,
+        settings: CommSettings,
+    ) -> AnalysisInput<'a> {
+        let ((ranks, (collectives, stragglers)), (traffic, critical_path)) = rayon::join(
+            || {
+                rayon::join(
+                    || rank_reports_with(timeline, facts, frame),
+                    || {
+                        rayon::join(
+                            || collective_reports(timeline),
+                            || straggler_report(timeline),
+                        )
+                    },
+                )
+            },
+            || {
+                // Matched once, for both the traffic matrix and the critical path.
+                let collectives = Collectives::new(timeline);
+                let messages = Messages::new(timeline);
+                (
+                    traffic_from(timeline, facts, settings, &collectives, &messages),
+                    critical_path_from(timeline, &collectives, &messages),
+                )
+            },
+        );
         AnalysisInput {
             timeline,
             facts,
-            ranks: rank_reports(timeline, facts),
-            collectives: collective_reports(timeline),
-            stragglers: straggler_report(timeline),
-            traffic: traffic_from(timeline, facts, settings, &exchanges.0, &exchanges.1),
-            critical_path: critical_path_from(timeline, &exchanges.0, &exchanges.1),
+            ranks,
+            collectives,
+            stragglers,
+            traffic,
+            critical_path,
             imbalance: ImbalanceReport::default(),
         }
     }
@@ -274,6 +368,35 @@ mod tests {
         assert_eq!((compute.bytes, compute.achieved_gbps), (None, None));
         assert_eq!(r.top_ops[0].category, Category::Communication);
         assert_eq!(r.comm_overlap_pct, Some(0.0));
+    }
+
+    #[test]
+    fn the_polars_per_op_table_agrees_with_the_span_by_span_count() {
+        let mut spans = Vec::new();
+        for rank in 0..3u32 {
+            for i in 0..40u64 {
+                let category = [Compute, Memory, Host][(i % 3) as usize];
+                let mut s = span(
+                    rank,
+                    category,
+                    (i * 100) as i64,
+                    10 + (i * 7 + u64::from(rank)) % 23,
+                );
+                s.name = NameId(((i + u64::from(rank)) % 4) as u32);
+                s.attrs.flops = (i % 2 == 0).then_some(1_000 + i);
+                s.attrs.bytes = (i % 5 == 0).then_some(64 * i);
+                spans.push(s);
+            }
+        }
+        let t = timeline(spans);
+        let frame = SpanFrame::build(&t).unwrap();
+        let ops = ops_by_rank(&frame).unwrap();
+        for rank in t.ranks() {
+            let wall_ns = breakdown(t.spans_of(rank)).wall_ns();
+            let expected = top_ops(&t, t.spans_of(rank), wall_ns);
+            assert_eq!(top_ops_of(&t, ops.get(&rank), wall_ns), expected);
+            assert_eq!(expected.len(), 4);
+        }
     }
 
     #[test]

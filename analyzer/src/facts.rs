@@ -179,7 +179,7 @@ fn node_problems(node: &NodeData) -> Vec<Problem> {
         LogState::Whole if node.end_ns.is_none() => problems.push(of_node(ProblemKind::NoNodeEnd)),
         LogState::Whole => {}
     }
-    if node.anchor.is_none() && !node.spans.is_empty() {
+    if node.anchor.is_none() && node.has_spans() {
         problems.push(of_node(ProblemKind::NoClockAnchor));
     }
     problems.extend(node.all_ranks().into_iter().filter_map(|rank| {

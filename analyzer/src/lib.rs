@@ -15,6 +15,7 @@ pub mod error;
 mod exchanges;
 pub mod facts;
 pub mod findings;
+mod frames;
 pub mod hta;
 pub mod idle;
 pub mod imbalance;
@@ -64,11 +65,15 @@ pub use run::{LogState, NodeData, RankLife, RunData};
 pub use serving::{
     Goodput, LatencyStats, ReplicaServing, ServingReport, Slo, SloError, serving_report,
 };
-pub use store::{StoreError, StoredTable, analyze_and_store, store_tables};
+pub use store::{
+    Rewrite, StoreError, StoredTable, TablesOutcome, analyze_and_store, analyze_run, store_tables,
+};
 pub use stragglers::{
     RankLateness, SeqLateness, StragglerReport, lateness_by_seq, straggler_report,
 };
-pub use timeline::{NameId, Series, TimedSpan, Timeline, merge, merge_with, node_clocks};
+pub use timeline::{
+    NameId, Series, TimedSpan, Timeline, merge, merge_taking_spans, merge_with, node_clocks,
+};
 pub use traffic::{
     AllReduceAlgorithm, CommSettings, LinkTraffic, PairTraffic, TrafficReport, traffic_report,
 };

@@ -5,15 +5,20 @@
 //! A log that is not a node log, or of another format version, is an error.
 
 use crate::error::AnalyzerError;
-use crate::run::{NodeData, RunData};
-use pinch_traces::{NodeEntry, NodeLogError, RunManifest, Truncation, read_node_log};
-use std::io::ErrorKind;
+use crate::run::{LogState, NodeData, RunData};
+use pinch_traces::nodelog::Frame;
+use pinch_traces::{FrameReader, NodeEntry, NodeLogError, RunManifest, Truncation};
+use rayon::prelude::*;
+use std::io::{BufReader, ErrorKind};
 use std::path::Path;
+
+/// Read buffer per node log: large reads keep decoding, not system calls, the cost.
+const READ_BUFFER_BYTES: usize = 1 << 20;
 
 /// The node log header's size: a file shorter than this was cut before its first record.
 const NODE_LOG_HEADER_BYTES: u64 = 16;
 
-/// Reads `manifest.json` and every node log it names.
+/// Reads `manifest.json` and every node log it names (several logs at once, one per core).
 pub fn load_run(dir: &Path) -> Result<RunData, AnalyzerError> {
     if !dir.exists() {
         return Err(AnalyzerError::MissingRun(dir.to_path_buf()));
@@ -21,16 +26,41 @@ pub fn load_run(dir: &Path) -> Result<RunData, AnalyzerError> {
     let manifest = RunManifest::load(dir)?;
     let nodes = manifest
         .nodes
-        .iter()
+        .par_iter()
         .map(|entry| load_node(dir, entry))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(RunData { manifest, nodes })
 }
 
+/// Files each record of a log as it is decoded, so a node's records are never held twice (as
+/// records, then split by kind).
+fn read_node(path: &Path, entry: &NodeEntry) -> Result<NodeData, NodeLogError> {
+    let file = std::fs::File::open(path).map_err(|source| NodeLogError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let input = BufReader::with_capacity(READ_BUFFER_BYTES, file);
+    let mut reader = FrameReader::new(input, path)?;
+    let mut node = NodeData::without_log(entry, String::new());
+    loop {
+        match reader.next_frame()? {
+            Frame::Record(record) => node.apply(record),
+            Frame::End => {
+                node.log = LogState::Whole;
+                return Ok(node);
+            }
+            Frame::Cut(truncation) => {
+                node.log = LogState::Cut(truncation);
+                return Ok(node);
+            }
+        }
+    }
+}
+
 fn load_node(dir: &Path, entry: &NodeEntry) -> Result<NodeData, AnalyzerError> {
     let path = dir.join(&entry.log_file);
-    match read_node_log(&path) {
-        Ok(log) => Ok(NodeData::from_log(entry, log)),
+    match read_node(&path, entry) {
+        Ok(node) => Ok(node),
         Err(NodeLogError::Open { source, .. }) if source.kind() == ErrorKind::NotFound => Ok(
             NodeData::without_log(entry, format!("log '{}' does not exist", entry.log_file)),
         ),
@@ -59,7 +89,6 @@ fn cut_in_header(path: &Path, entry: &NodeEntry) -> Option<NodeData> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::run::LogState;
     use crate::testkit;
     use pinch_traces::{NodeLogWriter, Rank, Record};
 

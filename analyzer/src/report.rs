@@ -129,9 +129,28 @@ pub fn report_with_clocks(
     facts: &RunFacts,
     clocks: &[NodeClockReport],
 ) -> Report {
+    report_from_input(
+        run,
+        timeline,
+        facts,
+        clocks,
+        AnalysisInput::with_comm_settings(
+            timeline,
+            facts,
+            CommSettings::from_parameters(&run.manifest.workload.parameters),
+        ),
+    )
+}
+
+/// `report_with_clocks` from the measurements already taken.
+pub(crate) fn report_from_input(
+    run: &RunData,
+    timeline: &Timeline,
+    facts: &RunFacts,
+    clocks: &[NodeClockReport],
+    mut input: AnalysisInput<'_>,
+) -> Report {
     let parameters = &run.manifest.workload.parameters;
-    let comm = CommSettings::from_parameters(parameters);
-    let mut input = AnalysisInput::with_comm_settings(timeline, facts, comm);
     place_under_roofs(&mut input.ranks, parameters, facts);
     let links = parameters
         .get("calibration")

@@ -6,7 +6,7 @@ use pinch_traces::{
     ExpertTokens, NodeEntry, NodeId, NodeLog, OpId, Rank, RankExit, Record, RequestRecord,
     RunManifest, Span, Truncation,
 };
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// A whole run: the manifest and one `NodeData` per manifest node, in manifest order.
 #[derive(Clone, Debug, PartialEq)]
@@ -51,6 +51,9 @@ pub struct NodeData {
     /// From `Record::NodeStart`; `None` when the log has no such record.
     pub anchor: Option<ClockAnchor>,
     pub spans: Vec<Span>,
+    /// The ranks of spans that were moved out of `spans` onto a timeline
+    /// (`timeline::merge_taking_spans`), so that `all_ranks` still names them.
+    pub moved_span_ranks: BTreeSet<Rank>,
     pub samples: Vec<CounterSample>,
     pub op_names: BTreeMap<(Rank, OpId), String>,
     pub counters: BTreeMap<CounterId, CounterDef>,
@@ -80,6 +83,7 @@ impl NodeData {
             placed_ranks: entry.ranks.clone(),
             anchor: None,
             spans: Vec::new(),
+            moved_span_ranks: BTreeSet::new(),
             samples: Vec::new(),
             op_names: BTreeMap::new(),
             counters: BTreeMap::new(),
@@ -164,12 +168,37 @@ impl NodeData {
 
     /// Every rank this node knows of: placed by the manifest, or seen in its records.
     pub fn all_ranks(&self) -> Vec<Rank> {
-        let mut ranks: Vec<Rank> = self.placed_ranks.clone();
+        let mut ranks: BTreeSet<Rank> = self.placed_ranks.iter().copied().collect();
         ranks.extend(self.ranks.keys().copied());
-        ranks.extend(self.spans.iter().map(|s| s.rank));
-        ranks.sort();
-        ranks.dedup();
-        ranks
+        ranks.extend(&self.moved_span_ranks);
+        // A node's spans come in long runs of one rank, so skipping repeats of the last rank
+        // keeps this a scan, not a set insertion per span.
+        let mut last = None;
+        for span in &self.spans {
+            if last != Some(span.rank) {
+                last = Some(span.rank);
+                ranks.insert(span.rank);
+            }
+        }
+        ranks.into_iter().collect()
+    }
+
+    /// Whether the log carried any span (still here or moved onto a timeline).
+    pub fn has_spans(&self) -> bool {
+        !self.spans.is_empty() || !self.moved_span_ranks.is_empty()
+    }
+
+    /// Moves the spans out (onto a timeline), remembering their ranks for `all_ranks`.
+    pub fn take_spans(&mut self) -> Vec<Span> {
+        let spans = std::mem::take(&mut self.spans);
+        let mut last = None;
+        for span in &spans {
+            if last != Some(span.rank) {
+                last = Some(span.rank);
+                self.moved_span_ranks.insert(span.rank);
+            }
+        }
+        spans
     }
 }
 

@@ -3,13 +3,15 @@
 //! (docs/parquet.md has the schema). polars builds and writes them; no polars type leaves this
 //! module.
 
+use crate::analysis::AnalysisInput;
 use crate::findings::Finding;
-use crate::report::Report;
+use crate::frames::{CollectiveFrame, Instance, SpanFrame};
+use crate::report::{Report, report_from_input};
 use crate::timeline::{TimedSpan, Timeline};
+use crate::traffic::CommSettings;
 use polars::prelude::{
     Column, DataFrame, NamedFrom, ParquetCompression, ParquetWriter, PolarsError, Series,
 };
-use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
@@ -44,16 +46,45 @@ pub fn store_tables(
     report: &Report,
     dir: &Path,
 ) -> Result<Vec<StoredTable>, StoreError> {
+    match SpanFrame::build(timeline) {
+        Ok(frame) => store_tables_with(timeline, &frame, report, dir),
+        Err(e) => Err(StoreError::Write {
+            path: dir.join(SPANS_FILE),
+            message: e.to_string(),
+        }),
+    }
+}
+
+/// `store_tables` with the spans frame the analysis already built.
+pub(crate) fn store_tables_with(
+    timeline: &Timeline,
+    frame: &SpanFrame,
+    report: &Report,
+    dir: &Path,
+) -> Result<Vec<StoredTable>, StoreError> {
+    let mut stored = vec![write_spans(&dir.join(SPANS_FILE), timeline, frame)?];
     let tables = [
-        (SPANS_FILE, spans_table(timeline)),
         (COUNTERS_FILE, counters_table(timeline)),
         (COLLECTIVES_FILE, collectives_table(timeline)),
         (FINDINGS_FILE, findings_table(&report.findings)),
     ];
-    tables
-        .into_iter()
-        .map(|(file, table)| write_table(&dir.join(file), table))
-        .collect()
+    for (file, table) in tables {
+        stored.push(write_table(&dir.join(file), table)?);
+    }
+    Ok(stored)
+}
+
+/// Zstandard at polars' default level.
+fn compression() -> ParquetCompression {
+    ParquetCompression::Zstd(None)
+}
+
+fn create(path: &Path) -> Result<BufWriter<File>, StoreError> {
+    let file = File::create(path).map_err(|source| StoreError::Create {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(BufWriter::new(file))
 }
 
 fn write_table(
@@ -65,17 +96,48 @@ fn write_table(
         message: e.to_string(),
     };
     let mut frame = table.map_err(failed)?;
-    let file = File::create(path).map_err(|source| StoreError::Create {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    ParquetWriter::new(BufWriter::new(file))
-        .with_compression(ParquetCompression::Zstd(None))
+    ParquetWriter::new(create(path)?)
+        .with_compression(compression())
         .finish(&mut frame)
         .map_err(failed)?;
     Ok(StoredTable {
         path: path.to_path_buf(),
         rows: frame.height(),
+    })
+}
+
+/// Writes the spans table one row group at a time: each is a slice of the analysis frame
+/// widened by the reader-only columns of those rows, so the widened table is never whole in
+/// memory. The next group is built while the last one is compressed.
+fn write_spans(
+    path: &Path,
+    timeline: &Timeline,
+    frame: &SpanFrame,
+) -> Result<StoredTable, StoreError> {
+    let failed = |e: PolarsError| StoreError::Write {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    };
+    let rows = timeline.spans.len();
+    let starts: Vec<usize> = (0..rows.max(1)).step_by(EXPORT_CHUNK_ROWS).collect();
+    let mut batch = spans_batch(timeline, frame, 0).map_err(failed)?;
+    let mut writer = ParquetWriter::new(create(path)?)
+        .with_compression(compression())
+        .batched(batch.schema())
+        .map_err(failed)?;
+    for next in starts.iter().skip(1) {
+        let (written, built) = rayon::join(
+            || writer.write_batch(&batch),
+            || spans_batch(timeline, frame, *next),
+        );
+        written.map_err(failed)?;
+        batch = built.map_err(failed)?;
+    }
+    writer.write_batch(&batch).map_err(failed)?;
+    writer.finish().map_err(failed)?;
+    Ok(StoredTable {
+        path: path.to_path_buf(),
+        rows,
     })
 }
 
@@ -88,55 +150,104 @@ where
     Column::from(Series::new(name.into(), values))
 }
 
-/// A column of one field of every span.
-fn span_column<T, P>(spans: &[TimedSpan], name: &str, field: impl Fn(&TimedSpan) -> T) -> Column
-where
-    Series: NamedFrom<Vec<T>, P>,
-    P: ?Sized,
-{
-    column(name, spans.iter().map(field).collect::<Vec<T>>())
+/// Rows `from..` (at most `EXPORT_CHUNK_ROWS`) of the spans table: the analysis frame's
+/// columns, widened by the ones only readers need, in the documented order.
+fn spans_batch(
+    timeline: &Timeline,
+    frame: &SpanFrame,
+    from: usize,
+) -> Result<DataFrame, PolarsError> {
+    let to = timeline.spans.len().min(from + EXPORT_CHUNK_ROWS);
+    let spans = timeline.spans.get(from..to).unwrap_or_default();
+    let extra = export_chunk(timeline, spans)?;
+    let part = frame.frame.slice(from as i64, spans.len());
+    let wide = part.hstack(extra.columns())?;
+    let names = [
+        "node",
+        "rank",
+        "lane",
+        "category_name",
+        "op",
+        "start_ns",
+        "duration_ns",
+        "start_unix_ns",
+        "step",
+        "layer",
+        "micro_batch",
+        "request_id",
+        "flops",
+        "bytes",
+        "collective_kind",
+        "collective_group",
+        "collective_seq",
+        "participants",
+        "peer",
+        "message_bytes",
+        "wait_ns",
+    ];
+    let mut table = wide.select(names)?;
+    table.rename("category_name", "category".into())?;
+    // The batched writer needs every column cut into the same chunks.
+    table.align_chunks();
+    Ok(table)
 }
 
-fn spans_table(timeline: &Timeline) -> Result<DataFrame, PolarsError> {
-    let spans = &timeline.spans;
+/// Rows of export columns built on one core at a time.
+const EXPORT_CHUNK_ROWS: usize = 1 << 20;
+
+/// The spans columns the analysis frame lacks, for one chunk of spans, in one pass.
+fn export_chunk(timeline: &Timeline, spans: &[TimedSpan]) -> Result<DataFrame, PolarsError> {
     let origin_ns = i64::try_from(timeline.origin_unix_ns).unwrap_or(i64::MAX);
-    let collective = |s: &TimedSpan| s.attrs.collective;
+    let n = spans.len();
+    let mut node = Vec::with_capacity(n);
+    let mut lane = Vec::with_capacity(n);
+    let mut category = Vec::with_capacity(n);
+    let mut op = Vec::with_capacity(n);
+    let mut start_unix = Vec::with_capacity(n);
+    let (mut step, mut layer) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut micro_batch, mut request) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut kind, mut group) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut seq, mut participants) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut peer, mut message_bytes) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let mut wait = Vec::with_capacity(n);
+    for s in spans {
+        let c = s.attrs.collective;
+        node.push(s.node.0);
+        lane.push(s.lane.0);
+        category.push(s.category.name());
+        op.push(timeline.name(s.name));
+        start_unix.push(origin_ns.saturating_add(s.start_ns));
+        step.push(s.attrs.step);
+        layer.push(s.attrs.layer);
+        micro_batch.push(s.attrs.micro_batch);
+        request.push(s.attrs.request_id);
+        kind.push(c.map(|c| c.kind.name()));
+        group.push(c.map(|c| c.group));
+        seq.push(c.map(|c| c.seq));
+        participants.push(c.map(|c| c.participants));
+        peer.push(c.and_then(|c| c.peer).map(|p| p.0));
+        message_bytes.push(c.map(|c| c.message_bytes));
+        wait.push(c.and_then(|c| c.wait_ns));
+    }
     let columns = vec![
-        span_column(spans, "node", |s| s.node.0),
-        span_column(spans, "rank", |s| s.rank.0),
-        span_column(spans, "lane", |s| s.lane.0),
-        span_column(spans, "category", |s| s.category.name()),
-        span_column(spans, "op", |s| timeline.name(s.name).to_string()),
-        span_column(spans, "start_ns", |s| s.start_ns),
-        span_column(spans, "duration_ns", |s| s.duration_ns),
-        span_column(spans, "start_unix_ns", |s| {
-            origin_ns.saturating_add(s.start_ns)
-        }),
-        span_column(spans, "step", |s| s.attrs.step),
-        span_column(spans, "layer", |s| s.attrs.layer),
-        span_column(spans, "micro_batch", |s| s.attrs.micro_batch),
-        span_column(spans, "request_id", |s| s.attrs.request_id),
-        span_column(spans, "flops", |s| s.attrs.flops),
-        span_column(spans, "bytes", |s| s.attrs.bytes),
-        span_column(spans, "collective_kind", |s| {
-            collective(s).map(|c| c.kind.name())
-        }),
-        span_column(spans, "collective_group", |s| {
-            collective(s).map(|c| c.group)
-        }),
-        span_column(spans, "collective_seq", |s| collective(s).map(|c| c.seq)),
-        span_column(spans, "participants", |s| {
-            collective(s).map(|c| c.participants)
-        }),
-        span_column(spans, "peer", |s| {
-            collective(s).and_then(|c| c.peer).map(|p| p.0)
-        }),
-        span_column(spans, "message_bytes", |s| {
-            collective(s).map(|c| c.message_bytes)
-        }),
-        span_column(spans, "wait_ns", |s| collective(s).and_then(|c| c.wait_ns)),
+        column("node", node),
+        column("lane", lane),
+        column("category_name", category),
+        column("op", op),
+        column("start_unix_ns", start_unix),
+        column("step", step),
+        column("layer", layer),
+        column("micro_batch", micro_batch),
+        column("request_id", request),
+        column("collective_kind", kind),
+        column("collective_group", group),
+        column("collective_seq", seq),
+        column("participants", participants),
+        column("peer", peer),
+        column("message_bytes", message_bytes),
+        column("wait_ns", wait),
     ];
-    DataFrame::new(spans.len(), columns)
+    DataFrame::new(n, columns)
 }
 
 fn counters_table(timeline: &Timeline) -> Result<DataFrame, PolarsError> {
@@ -169,105 +280,53 @@ fn counters_table(timeline: &Timeline) -> Result<DataFrame, PolarsError> {
     DataFrame::new(rows, columns)
 }
 
-/// One collective as it ran: its participants' spans matched by (communicator, sequence number).
-#[derive(Debug, Default)]
-struct Instance {
-    kind: &'static str,
-    message_bytes: u64,
-    participants: u32,
-    ranks: u32,
-    first_start_ns: i64,
-    last_start_ns: i64,
-    last_rank: u32,
-    last_end_ns: i64,
-    wait_ns: Option<u64>,
-}
-
-fn collective_instances(timeline: &Timeline) -> BTreeMap<(u32, u64), Instance> {
-    let mut instances: BTreeMap<(u32, u64), Instance> = BTreeMap::new();
-    for span in &timeline.spans {
-        let Some(c) = span.attrs.collective else {
-            continue;
-        };
-        let entry = instances.entry((c.group, c.seq));
-        let instance = entry.or_insert_with(|| Instance {
-            kind: c.kind.name(),
-            message_bytes: c.message_bytes,
-            participants: c.participants,
-            first_start_ns: span.start_ns,
-            last_start_ns: span.start_ns,
-            last_rank: span.rank.0,
-            last_end_ns: span.end_ns(),
-            ..Instance::default()
-        });
-        instance.ranks += 1;
-        instance.message_bytes = instance.message_bytes.max(c.message_bytes);
-        instance.first_start_ns = instance.first_start_ns.min(span.start_ns);
-        if span.start_ns > instance.last_start_ns {
-            instance.last_start_ns = span.start_ns;
-            instance.last_rank = span.rank.0;
-        }
-        instance.last_end_ns = instance.last_end_ns.max(span.end_ns());
-        if let Some(wait) = c.wait_ns {
-            *instance.wait_ns.get_or_insert(0) += wait;
-        }
-    }
-    instances
+/// Every collective instance, matched by (communicator, sequence number) in a polars group-by.
+fn collective_instances(timeline: &Timeline) -> Result<Vec<Instance>, PolarsError> {
+    CollectiveFrame::build(timeline)?.instances()
 }
 
 /// One time of a collective instance, wide enough for a difference of two `i64`s.
-type InstanceField = dyn Fn(&(u32, u64), &Instance) -> Option<i128>;
+type InstanceField = dyn Fn(&Instance) -> Option<i128>;
 
 fn collectives_table(timeline: &Timeline) -> Result<DataFrame, PolarsError> {
-    let instances = collective_instances(timeline);
-    let rows: Vec<(&(u32, u64), &Instance)> = instances.iter().collect();
+    let rows = collective_instances(timeline)?;
     let field = |name: &str, f: &InstanceField| {
         let values: Vec<Option<i64>> = rows
             .iter()
-            .map(|(k, i)| f(k, i).and_then(|v| i64::try_from(v).ok()))
+            .map(|i| f(i).and_then(|v| i64::try_from(v).ok()))
             .collect();
         column(name, values)
     };
     let columns = vec![
-        column(
-            "group",
-            rows.iter().map(|((g, _), _)| *g).collect::<Vec<u32>>(),
-        ),
-        column(
-            "seq",
-            rows.iter().map(|((_, s), _)| *s).collect::<Vec<u64>>(),
-        ),
+        column("group", rows.iter().map(|i| i.group).collect::<Vec<u32>>()),
+        column("seq", rows.iter().map(|i| i.seq).collect::<Vec<u64>>()),
         column(
             "kind",
-            rows.iter().map(|(_, i)| i.kind).collect::<Vec<&str>>(),
+            rows.iter().map(|i| i.kind.name()).collect::<Vec<&str>>(),
         ),
         column(
             "message_bytes",
-            rows.iter()
-                .map(|(_, i)| i.message_bytes)
-                .collect::<Vec<u64>>(),
+            rows.iter().map(|i| i.message_bytes).collect::<Vec<u64>>(),
         ),
         column(
             "participants",
-            rows.iter()
-                .map(|(_, i)| i.participants)
-                .collect::<Vec<u32>>(),
+            rows.iter().map(|i| i.participants).collect::<Vec<u32>>(),
         ),
         column(
             "ranks_seen",
-            rows.iter().map(|(_, i)| i.ranks).collect::<Vec<u32>>(),
+            rows.iter().map(|i| i.ranks).collect::<Vec<u32>>(),
         ),
-        field("first_start_ns", &|_, i| Some(i128::from(i.first_start_ns))),
-        field("last_start_ns", &|_, i| Some(i128::from(i.last_start_ns))),
-        field("arrival_skew_ns", &|_, i| {
+        field("first_start_ns", &|i| Some(i128::from(i.first_start_ns))),
+        field("last_start_ns", &|i| Some(i128::from(i.last_start_ns))),
+        field("arrival_skew_ns", &|i| {
             Some(i128::from(i.last_start_ns) - i128::from(i.first_start_ns))
         }),
         column(
             "last_arrival_rank",
-            rows.iter().map(|(_, i)| i.last_rank).collect::<Vec<u32>>(),
+            rows.iter().map(|i| i.last_rank).collect::<Vec<u32>>(),
         ),
-        field("last_end_ns", &|_, i| Some(i128::from(i.last_end_ns))),
-        field("wait_ns_total", &|_, i| i.wait_ns.map(i128::from)),
+        field("last_end_ns", &|i| Some(i128::from(i.last_end_ns))),
+        field("wait_ns_total", &|i| i.wait_ns.map(i128::from)),
     ];
     DataFrame::new(rows.len(), columns)
 }
@@ -318,9 +377,85 @@ pub fn analyze_and_store(
 ) -> Result<(Report, Vec<StoredTable>), StoreError> {
     let (timeline, clocks) = crate::timeline::merge_with(run, crate::align::Alignment::Collectives);
     let facts = crate::facts::RunFacts::from_run(run);
-    let report = crate::report::report_with_clocks(run, &timeline, &facts, &clocks);
-    let tables = store_tables(&timeline, &report, dir)?;
+    let frame = SpanFrame::build(&timeline).map_err(|e| StoreError::Write {
+        path: dir.join(SPANS_FILE),
+        message: e.to_string(),
+    })?;
+    let input = AnalysisInput::with_frame(&timeline, &facts, Some(&frame), comm_settings(run));
+    let report = report_from_input(run, &timeline, &facts, &clocks, input);
+    let tables = store_tables_with(&timeline, &frame, &report, dir)?;
     Ok((report, tables))
+}
+
+/// When `analyze_run` writes the tables.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rewrite {
+    Always,
+    /// Only when a table is missing or older than the manifest or a node log: the tables are
+    /// a pure function of those files, and rewriting tens of millions of rows costs more than
+    /// the whole analysis.
+    WhenStale,
+}
+
+/// What `analyze_run` did about the tables.
+#[derive(Debug)]
+pub enum TablesOutcome {
+    Written(Vec<StoredTable>),
+    /// Every table was newer than the run's files, so none was written.
+    Current,
+    Failed(StoreError),
+}
+
+/// Analyzes a run read from `dir`, consuming it (each node's spans are freed as they join the
+/// timeline, so the run's spans and the timeline's are never both held whole), and writes its
+/// tables into `dir` as `rewrite` says. The report does not depend on the tables.
+pub fn analyze_run(
+    mut run: crate::run::RunData,
+    dir: &Path,
+    rewrite: Rewrite,
+) -> (Report, TablesOutcome) {
+    let (timeline, clocks) =
+        crate::timeline::merge_taking_spans(&mut run, crate::align::Alignment::Collectives);
+    // After the merge, a node's ranks come from the few it remembers, not from its spans.
+    let facts = crate::facts::RunFacts::from_run(&run);
+    let frame = SpanFrame::build(&timeline);
+    let input =
+        AnalysisInput::with_frame(&timeline, &facts, frame.as_ref().ok(), comm_settings(&run));
+    let report = report_from_input(&run, &timeline, &facts, &clocks, input);
+    let outcome = if rewrite == Rewrite::WhenStale && tables_current(&run, dir) {
+        TablesOutcome::Current
+    } else {
+        let stored = frame
+            .map_err(|e| StoreError::Write {
+                path: dir.join(SPANS_FILE),
+                message: e.to_string(),
+            })
+            .and_then(|frame| store_tables_with(&timeline, &frame, &report, dir));
+        match stored {
+            Ok(tables) => TablesOutcome::Written(tables),
+            Err(e) => TablesOutcome::Failed(e),
+        }
+    };
+    (report, outcome)
+}
+
+/// Whether every table exists and is newer than the manifest and every node log.
+fn tables_current(run: &crate::run::RunData, dir: &Path) -> bool {
+    let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    let mut inputs = vec![dir.join(pinch_traces::manifest::MANIFEST_FILE)];
+    inputs.extend(run.nodes.iter().map(|n| dir.join(&n.log_file)));
+    let newest_input = inputs.iter().filter_map(|p| modified(p)).max();
+    let tables = [SPANS_FILE, COUNTERS_FILE, COLLECTIVES_FILE, FINDINGS_FILE];
+    let oldest_table = tables.iter().map(|t| modified(&dir.join(t))).min();
+    match (newest_input, oldest_table) {
+        (Some(input), Some(Some(table))) => table > input,
+        _ => false,
+    }
+}
+
+/// How the run's comm layer was set up, from its manifest.
+fn comm_settings(run: &crate::run::RunData) -> CommSettings {
+    CommSettings::from_parameters(&run.manifest.workload.parameters)
 }
 
 #[cfg(test)]
@@ -372,9 +507,53 @@ mod tests {
         assert_eq!(counters.height(), samples);
 
         let collectives = read(&dir.path().join(COLLECTIVES_FILE));
-        assert_eq!(collectives.height(), collective_instances(&timeline).len());
+        assert_eq!(
+            collectives.height(),
+            collective_instances(&timeline).unwrap().len()
+        );
         let findings = read(&dir.path().join(FINDINGS_FILE));
         assert_eq!(findings.height(), report.findings.len());
+    }
+
+    #[test]
+    fn analyze_run_writes_missing_tables_then_leaves_current_ones() {
+        let run = testkit::run_with_spans(&[&[0], &[1]]);
+        let dir = tempfile::tempdir().unwrap();
+        run.manifest.store(dir.path()).unwrap();
+        let (expected, _) = analyze_and_store(&run, tempfile::tempdir().unwrap().path()).unwrap();
+        let (report, first) = analyze_run(run.clone(), dir.path(), Rewrite::WhenStale);
+        assert_eq!(report, expected);
+        assert!(matches!(first, TablesOutcome::Written(t) if t.len() == 4));
+        let (_, second) = analyze_run(run.clone(), dir.path(), Rewrite::WhenStale);
+        assert!(matches!(second, TablesOutcome::Current), "{second:?}");
+        let (_, forced) = analyze_run(run, dir.path(), Rewrite::Always);
+        assert!(matches!(forced, TablesOutcome::Written(_)));
+    }
+
+    #[test]
+    fn the_spans_table_keeps_the_documented_column_order_and_names_ops() {
+        let run = testkit::run_with_spans(&[&[0], &[1]]);
+        let dir = tempfile::tempdir().unwrap();
+        analyze_and_store(&run, dir.path()).unwrap();
+        let spans = read(&dir.path().join(SPANS_FILE));
+        let names: Vec<String> = spans
+            .get_column_names()
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(
+            names[..6],
+            ["node", "rank", "lane", "category", "op", "start_ns"]
+        );
+        assert_eq!(names.len(), 21);
+        let timeline = crate::timeline::merge(&run);
+        let ops: Vec<Option<&str>> = spans.column("op").unwrap().str().unwrap().iter().collect();
+        let expected: Vec<Option<&str>> = timeline
+            .spans
+            .iter()
+            .map(|s| Some(timeline.name(s.name)))
+            .collect();
+        assert_eq!(ops, expected);
     }
 
     #[test]

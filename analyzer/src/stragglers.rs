@@ -11,6 +11,7 @@
 use crate::collectives::{arrivals_by_seq, releases_together};
 use crate::timeline::{TimedSpan, Timeline};
 use pinch_traces::{CollectiveKind, Rank};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -78,14 +79,25 @@ pub fn lateness_by_seq(timeline: &Timeline) -> Vec<SeqLateness> {
                 .is_some_and(|c| releases_together(c.kind))
         })
         .collect();
-    let kinds: BTreeMap<(u32, u64), CollectiveKind> = spans
-        .iter()
-        .filter_map(|s| s.attrs.collective.map(|c| ((c.group, c.seq), c.kind)))
-        .collect();
+    let kinds = kinds_by_seq(&spans);
     arrivals_by_seq(&spans)
         .into_iter()
         .filter(|(_, starts)| starts.len() >= 2)
         .filter_map(|(key, starts)| Some(seq_lateness(*kinds.get(&key)?, key, &starts)))
+        .collect()
+}
+
+/// Per (group, seq), the kind its last span in timeline order names.
+fn kinds_by_seq(spans: &[&TimedSpan]) -> BTreeMap<(u32, u64), CollectiveKind> {
+    let mut keyed: Vec<((u32, u64), usize, CollectiveKind)> = spans
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| s.attrs.collective.map(|c| ((c.group, c.seq), i, c.kind)))
+        .collect();
+    keyed.par_sort_unstable_by_key(|(key, i, _)| (*key, *i));
+    keyed
+        .chunk_by(|a, b| a.0 == b.0)
+        .filter_map(|seq| seq.last().map(|(key, _, kind)| (*key, *kind)))
         .collect()
 }
 

@@ -8,8 +8,10 @@
 use crate::align::{Alignment, NodeClockReport, align};
 use crate::run::{NodeData, RunData};
 use pinch_traces::{
-    Category, ClockAnchor, CounterSample, Lane, NodeId, OpId, Rank, RunManifest, SpanAttrs, Unit,
+    Category, ClockAnchor, CounterSample, Lane, NodeId, OpId, Rank, RunManifest, Span, SpanAttrs,
+    Unit,
 };
+use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap};
 
 /// An index into `Timeline::names`.
@@ -107,38 +109,155 @@ pub fn merge(run: &RunData) -> Timeline {
 /// Puts every node of a run on one time base as `alignment` says, and tells how each node was
 /// aligned (one entry per node of the run, in order).
 pub fn merge_with(run: &RunData, alignment: Alignment) -> (Timeline, Vec<NodeClockReport>) {
-    let anchors = anchors(run);
-    let clocks = align(run, &anchors, alignment);
-    let node_clocks: Vec<(ClockAnchor, i64)> = anchors
-        .iter()
-        .zip(&clocks)
-        .map(|(a, c)| (*a, c.offset_ns))
-        .collect();
-    let origin_unix_ns = run
-        .nodes
-        .iter()
-        .zip(&node_clocks)
-        .flat_map(|(n, (a, offset))| {
-            n.spans
-                .iter()
-                .map(move |s| a.to_wall_ns(s.start_ns) + i128::from(*offset))
-        })
-        .min()
-        .unwrap_or(i128::from(run.manifest.started_at_unix_ns));
-    let mut names = Interner::default();
-    let mut spans = Vec::new();
-    let mut series = Vec::new();
-    for (node, (anchor, offset_ns)) in run.nodes.iter().zip(node_clocks) {
-        let clock = NodeClock {
-            anchor,
-            offset_ns,
-            origin_unix_ns,
-        };
-        spans.extend(node_spans(node, clock, &mut names));
-        series.extend(node_series(node, clock));
+    let (mut builder, clocks) = Builder::new(run, alignment);
+    for node in &run.nodes {
+        builder.add_node(node, &node.spans);
     }
-    let timeline = Timeline::from_parts(origin_unix_ns, names.names, spans, series);
-    (timeline, clocks)
+    (builder.finish(), clocks)
+}
+
+/// `merge_with`, moving each node's spans out of `run` as they join the timeline, so that a
+/// large run never holds its decoded spans and its timeline whole at once. The run keeps every
+/// other record; `NodeData::all_ranks` still names the ranks whose spans moved.
+pub fn merge_taking_spans(
+    run: &mut RunData,
+    alignment: Alignment,
+) -> (Timeline, Vec<NodeClockReport>) {
+    let (mut builder, clocks) = Builder::new(run, alignment);
+    for index in 0..run.nodes.len() {
+        let spans = run.nodes[index].take_spans();
+        builder.add_node(&run.nodes[index], &spans);
+    }
+    (builder.finish(), clocks)
+}
+
+/// The timeline as it is built node by node: spans go in grouped by rank within each node, and
+/// `finish` sorts each group by start.
+struct Builder {
+    clocks: Vec<NodeClock>,
+    origin_unix_ns: i128,
+    names: Interner,
+    spans: Vec<TimedSpan>,
+    /// Where each (node, rank) group of `spans` ends.
+    group_ends: Vec<usize>,
+    series: Vec<Series>,
+    next_node: usize,
+}
+
+impl Builder {
+    fn new(run: &RunData, alignment: Alignment) -> (Builder, Vec<NodeClockReport>) {
+        let anchors = anchors(run);
+        let reports = align(run, &anchors, alignment);
+        let node_clocks: Vec<(ClockAnchor, i64)> = anchors
+            .iter()
+            .zip(&reports)
+            .map(|(a, c)| (*a, c.offset_ns))
+            .collect();
+        let origin_unix_ns = run
+            .nodes
+            .iter()
+            .zip(&node_clocks)
+            .filter_map(|(n, (a, offset))| {
+                let earliest = n.spans.iter().map(|s| s.start_ns).min()?;
+                Some(a.to_wall_ns(earliest) + i128::from(*offset))
+            })
+            .min()
+            .unwrap_or(i128::from(run.manifest.started_at_unix_ns));
+        let clocks = node_clocks
+            .into_iter()
+            .map(|(anchor, offset_ns)| NodeClock {
+                anchor,
+                offset_ns,
+                origin_unix_ns,
+            })
+            .collect();
+        let total: usize = run.nodes.iter().map(|n| n.spans.len()).sum();
+        let builder = Builder {
+            clocks,
+            origin_unix_ns,
+            names: Interner::default(),
+            spans: Vec::with_capacity(total),
+            group_ends: Vec::new(),
+            series: Vec::new(),
+            next_node: 0,
+        };
+        (builder, reports)
+    }
+
+    /// Adds the next node of the run (nodes come in run order) with its spans.
+    fn add_node(&mut self, node: &NodeData, spans: &[Span]) {
+        let clock = self.clocks[self.next_node];
+        self.next_node += 1;
+        for (rank, indices) in by_rank(spans) {
+            let mut names = OpNames::new(node, rank);
+            for i in indices {
+                let s = &spans[i];
+                self.spans.push(TimedSpan {
+                    rank: s.rank,
+                    node: node.node,
+                    lane: s.lane,
+                    category: s.category,
+                    name: names.resolve(s.op, &mut self.names),
+                    start_ns: clock.to_timeline_ns(s.start_ns),
+                    duration_ns: s.duration_ns,
+                    attrs: s.attrs,
+                });
+            }
+            self.group_ends.push(self.spans.len());
+        }
+        self.series.extend(node_series(node, clock));
+    }
+
+    /// Sorts each group by start (both cores), then the whole when groups of one rank came from
+    /// several nodes; the result is the stable sort by (rank, start) of the spans in run order.
+    fn finish(mut self) -> Timeline {
+        let mut groups: Vec<&mut [TimedSpan]> = Vec::with_capacity(self.group_ends.len());
+        let mut rest: &mut [TimedSpan] = &mut self.spans;
+        let mut at = 0;
+        for &end in &self.group_ends {
+            let (group, tail) = std::mem::take(&mut rest).split_at_mut(end - at);
+            groups.push(group);
+            rest = tail;
+            at = end;
+        }
+        groups
+            .into_par_iter()
+            .for_each(|g| g.sort_by_key(|s| s.start_ns));
+        let key = |s: &TimedSpan| (s.rank, s.start_ns);
+        let in_order = self.group_ends.iter().all(|&end| {
+            end == 0
+                || end == self.spans.len()
+                || key(&self.spans[end - 1]) <= key(&self.spans[end])
+        });
+        if !in_order {
+            self.spans.par_sort_by_key(key);
+        }
+        Timeline {
+            origin_unix_ns: self.origin_unix_ns,
+            names: self.names.names,
+            spans: self.spans,
+            series: self.series,
+        }
+    }
+}
+
+/// Per rank in order, the indices of its spans in log order (a counting sort: stable).
+fn by_rank(spans: &[Span]) -> Vec<(Rank, Vec<usize>)> {
+    let mut groups: Vec<(Rank, Vec<usize>)> = Vec::new();
+    let mut slot_of: BTreeMap<Rank, usize> = BTreeMap::new();
+    let mut current = usize::MAX;
+    for (i, s) in spans.iter().enumerate() {
+        // Spans come in runs of one rank: look the group up only where the rank changes.
+        if groups.get(current).is_none_or(|(rank, _)| *rank != s.rank) {
+            current = *slot_of.entry(s.rank).or_insert_with(|| {
+                groups.push((s.rank, Vec::new()));
+                groups.len() - 1
+            });
+        }
+        groups[current].1.push(i);
+    }
+    groups.sort_by_key(|(rank, _)| *rank);
+    groups
 }
 
 /// How `merge_with` would align each node of the run (in order), without merging.
@@ -158,7 +277,8 @@ fn anchors(run: &RunData) -> Vec<ClockAnchor> {
 /// record), one that puts the node's earliest span at the run's start.
 pub(crate) fn node_anchor(node: &NodeData, manifest: &RunManifest) -> ClockAnchor {
     let rank_anchor = node.ranks.values().find_map(|life| life.anchor);
-    node.anchor.or(rank_anchor).unwrap_or(ClockAnchor {
+    // Lazily: the fallback scans every span of the node.
+    node.anchor.or(rank_anchor).unwrap_or_else(|| ClockAnchor {
         mono_ns: node.spans.iter().map(|s| s.start_ns).min().unwrap_or(0),
         wall_ns: manifest.started_at_unix_ns,
         read_uncertainty_ns: 0,
@@ -200,28 +320,43 @@ impl Interner {
     }
 }
 
-fn node_spans(node: &NodeData, clock: NodeClock, names: &mut Interner) -> Vec<TimedSpan> {
-    let mut resolved: HashMap<(Rank, OpId), NameId> = HashMap::new();
-    let mut name_of = |rank: Rank, op: OpId| {
-        *resolved.entry((rank, op)).or_insert_with(|| {
-            let name = node.op_names.get(&(rank, op));
-            names.intern(name.map_or(&format!("unnamed op {}", op.0), |n| n))
-        })
-    };
-    node.spans
-        .iter()
-        .map(|s| TimedSpan {
-            rank: s.rank,
-            node: node.node,
-            lane: s.lane,
-            category: s.category,
-            name: name_of(s.rank, s.op),
-            start_ns: clock.to_timeline_ns(s.start_ns),
-            duration_ns: s.duration_ns,
-            attrs: s.attrs,
-        })
-        .collect()
+/// One rank's op names on the timeline, looked up by `OpId` in a dense table: at millions of
+/// spans a hash lookup per span costs more than all the rest of the conversion.
+struct OpNames<'a> {
+    node: &'a NodeData,
+    rank: Rank,
+    ids: Vec<Option<NameId>>,
 }
+
+impl<'a> OpNames<'a> {
+    fn new(node: &'a NodeData, rank: Rank) -> OpNames<'a> {
+        OpNames {
+            node,
+            rank,
+            ids: Vec::new(),
+        }
+    }
+
+    fn resolve(&mut self, op: OpId, names: &mut Interner) -> NameId {
+        let slot = op.0 as usize;
+        if let Some(Some(id)) = self.ids.get(slot) {
+            return *id;
+        }
+        let name = self.node.op_names.get(&(self.rank, op));
+        let id = names.intern(name.map_or(&format!("unnamed op {}", op.0), |n| n));
+        // Op ids are small and dense in practice; a huge one only costs its hash-free lookup.
+        if slot < DENSE_OP_IDS {
+            if self.ids.len() <= slot {
+                self.ids.resize(slot + 1, None);
+            }
+            self.ids[slot] = Some(id);
+        }
+        id
+    }
+}
+
+/// Op ids below this get a slot in `OpNames`' table.
+const DENSE_OP_IDS: usize = 1 << 16;
 
 /// Groups a node's samples into one series per (counter, device), each sorted by time.
 fn node_series(node: &NodeData, clock: NodeClock) -> Vec<Series> {
@@ -364,6 +499,51 @@ mod tests {
         assert_eq!(s.unit, Some(Unit::Percent));
         assert_eq!(s.times_ns, vec![-50, 50]);
         assert_eq!(s.values, vec![10.0, 20.0]);
+    }
+
+    #[test]
+    fn ranks_split_over_nodes_still_sort_stably_by_rank_then_start() {
+        let mut run = two_node_run();
+        // Rank 1's spans also on node 0, rank 0's also on node 1, with ties on start.
+        run.nodes[0].spans.push(span(1, 7, 1_300, 5));
+        run.nodes[0].spans.push(span(0, 7, 1_100, 7));
+        run.nodes[1].spans.insert(0, span(0, 2, 50_250, 9));
+        let t = merge(&run);
+        let mut expected = t.spans.clone();
+        expected.sort_by_key(|s| (s.rank, s.start_ns));
+        assert_eq!(t.spans, expected);
+        let got: Vec<(u32, i64, u64)> = t
+            .spans
+            .iter()
+            .map(|s| (s.rank.0, s.start_ns, s.duration_ns))
+            .collect();
+        // Ties keep run order: node 0's two spans at 50 in log order.
+        let expected_rows = vec![
+            (0, 50, 100),
+            (0, 50, 7),
+            (0, 200, 9),
+            (0, 250, 100),
+            (1, 0, 10),
+            (1, 150, 10),
+            (1, 250, 5),
+        ];
+        assert_eq!(got, expected_rows);
+    }
+
+    #[test]
+    fn taking_the_spans_merges_the_same_and_keeps_the_ranks() {
+        let mut run = two_node_run();
+        let ranks_before: Vec<Vec<Rank>> = run.nodes.iter().map(|n| n.all_ranks()).collect();
+        let (expected, clocks) = merge_with(&run, Alignment::Collectives);
+        let (got, taken_clocks) = merge_taking_spans(&mut run, Alignment::Collectives);
+        assert_eq!((got, taken_clocks), (expected, clocks));
+        assert!(
+            run.nodes
+                .iter()
+                .all(|n| n.spans.is_empty() && n.has_spans())
+        );
+        let ranks_after: Vec<Vec<Rank>> = run.nodes.iter().map(|n| n.all_ranks()).collect();
+        assert_eq!(ranks_after, ranks_before);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use crate::cli::AnalyzeArgs;
 use crate::cmd::kineto;
 use crate::exit::bad_input;
 use crate::render;
-use pinch_analyzer::{Report, RunData, load_run};
+use pinch_analyzer::{Report, Rewrite, RunData, TablesOutcome, analyze_run, load_run};
 use pinch_traces::kineto::{is_trace_name, trace_files};
 use std::path::{Path, PathBuf};
 
@@ -66,10 +66,15 @@ fn has_traces(dir: &Path) -> bool {
     })
 }
 
-/// Loads a run directory and analyzes it, writing its Parquet tables again beside the manifest
-/// (a warning, not a failure, where the directory is read-only).
+/// Loads a run directory and analyzes it, writing its Parquet tables beside the manifest where
+/// they are missing or older than the run's files (a warning, not a failure, where the
+/// directory is read-only).
 pub fn report_of(run_dir: &Path) -> anyhow::Result<Report> {
-    Ok(crate::cmd::run::analyze_and_store(&load(run_dir)?, run_dir))
+    let (report, tables) = analyze_run(load(run_dir)?, run_dir, Rewrite::WhenStale);
+    if let TablesOutcome::Failed(e) = tables {
+        eprintln!("pinch: warning: the run's tables are not stored: {e}");
+    }
+    Ok(report)
 }
 
 /// Reads a run directory's manifest and node logs. Problems with the directory itself are bad
