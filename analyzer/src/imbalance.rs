@@ -385,7 +385,7 @@ mod tests {
     use super::*;
     use crate::facts::RunFacts;
     use crate::testkit::{self, span, timeline};
-    use pinch_traces::{Category, CollectiveAttrs, CollectiveKind, Rank};
+    use pinch_traces::{Category, Rank};
     use serde_json::json;
 
     fn record(
@@ -449,17 +449,7 @@ mod tests {
     }
 
     fn recv(rank: u32, start_ns: i64, duration_ns: u64, wait_ns: u64) -> crate::TimedSpan {
-        let mut s = span(rank, Category::Communication, start_ns, duration_ns);
-        s.attrs.collective = Some(CollectiveAttrs {
-            kind: CollectiveKind::Recv,
-            group: 9,
-            seq: start_ns as u64,
-            participants: 2,
-            peer: Some(Rank(0)),
-            message_bytes: 64,
-            wait_ns: Some(wait_ns),
-        });
-        s
+        testkit::recv(rank, 0, start_ns, duration_ns, wait_ns)
     }
 
     #[test]

@@ -366,3 +366,18 @@ pub fn p2p(
     });
     s
 }
+
+/// A receive on `rank` from `peer` that waited `wait_ns` of its `duration_ns`.
+pub fn recv(rank: u32, peer: u32, start_ns: i64, duration_ns: u64, wait_ns: u64) -> TimedSpan {
+    let mut s = span(rank, Category::Communication, start_ns, duration_ns);
+    s.attrs.collective = Some(pinch_traces::CollectiveAttrs {
+        kind: pinch_traces::CollectiveKind::Recv,
+        group: 9,
+        seq: start_ns as u64,
+        participants: 2,
+        peer: Some(pinch_traces::Rank(peer)),
+        message_bytes: 4096,
+        wait_ns: Some(wait_ns),
+    });
+    s
+}

@@ -168,22 +168,12 @@ mod tests {
     use super::*;
     use crate::analysis::AnalysisInput;
     use crate::facts::RunFacts;
-    use crate::testkit::{span, timeline};
+    use crate::testkit::{self, span, timeline};
     use crate::timeline::TimedSpan;
-    use pinch_traces::{Category, CollectiveAttrs, Rank};
+    use pinch_traces::Category;
 
     fn recv(rank: u32, start_ns: i64, duration_ns: u64, wait_ns: u64) -> TimedSpan {
-        let mut s = span(rank, Category::Communication, start_ns, duration_ns);
-        s.attrs.collective = Some(CollectiveAttrs {
-            kind: CollectiveKind::Recv,
-            group: 9,
-            seq: start_ns as u64,
-            participants: 2,
-            peer: Some(Rank(1 - rank)),
-            message_bytes: 4096,
-            wait_ns: Some(wait_ns),
-        });
-        s
+        testkit::recv(rank, 1 - rank, start_ns, duration_ns, wait_ns)
     }
 
     fn findings(spans: Vec<TimedSpan>) -> Vec<Finding> {
