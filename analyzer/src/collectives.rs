@@ -61,6 +61,18 @@ pub struct LinkCeiling {
     pub peak_gbps: f64,
 }
 
+/// The calibrated peak of `transport` in the calibration's `links` array (`transport`,
+/// `peak_bandwidth_gbps`); `None` when the transport was not calibrated or its peak is not
+/// positive.
+pub(crate) fn link_peak_gbps(links: &[serde_json::Value], transport: &str) -> Option<f64> {
+    let link = links
+        .iter()
+        .find(|l| l.get("transport").and_then(|t| t.as_str()) == Some(transport))?;
+    link.get("peak_bandwidth_gbps")?
+        .as_f64()
+        .filter(|g| *g > 0.0)
+}
+
 /// Gives each collective group the slowest link its ranks' data crossed (TCP as soon as two of
 /// them sit on different nodes, shared memory otherwise) and the share of that link's peak its
 /// bus bandwidth reached. `links` is the calibration's `links` array; `node_of` places ranks.
@@ -69,14 +81,7 @@ pub fn rate_against_links(
     links: &[serde_json::Value],
     node_of: impl Fn(u32) -> Option<u32>,
 ) {
-    let peak = |transport: &str| {
-        let link = links
-            .iter()
-            .find(|l| l.get("transport").and_then(|t| t.as_str()) == Some(transport))?;
-        link.get("peak_bandwidth_gbps")?
-            .as_f64()
-            .filter(|g| *g > 0.0)
-    };
+    let peak = |transport: &str| link_peak_gbps(links, transport);
     for report in reports {
         let mut nodes: Vec<Option<u32>> = report.ranks.iter().map(|&r| node_of(r)).collect();
         nodes.sort_unstable();

@@ -199,14 +199,7 @@ pub(crate) fn traffic_from(
 /// Gives each link its transport's calibrated peak and the share of it the link reached.
 /// `links` is the calibration's `links` array (`transport`, `peak_bandwidth_gbps`).
 pub fn rate_links(report: &mut TrafficReport, links: &[serde_json::Value]) {
-    let peak = |transport: &str| {
-        let link = links
-            .iter()
-            .find(|l| l.get("transport").and_then(|t| t.as_str()) == Some(transport))?;
-        link.get("peak_bandwidth_gbps")?
-            .as_f64()
-            .filter(|g| *g > 0.0)
-    };
+    let peak = |transport: &str| crate::collectives::link_peak_gbps(links, transport);
     for link in &mut report.links {
         link.peak_gbps = link.transport.as_deref().and_then(peak);
         link.peak_pct = link
