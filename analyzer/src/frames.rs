@@ -11,9 +11,10 @@
 use crate::timeline::{NameId, TimedSpan, Timeline};
 use pinch_traces::{Category, CollectiveKind, Rank};
 use polars::prelude::{
-    Column, DataFrame, DataType, IntoLazy, NamedFrom, PolarsResult, QuantileMethod, Series, col,
-    len, lit, when,
+    Column, DataFrame, DataType, Int64Chunked, IntoLazy, IntoSeries, NamedFrom, PolarsResult,
+    QuantileMethod, Series, UInt32Chunked, UInt64Chunked, col, len, lit, when,
 };
+use polars_arrow::bitmap::Bitmap;
 use rayon::prelude::*;
 
 /// Rows built on one core at a time; a frame is these chunks stacked (polars keeps them as
@@ -81,27 +82,46 @@ pub(crate) struct Instance {
 }
 
 impl SpanFrame {
+    /// One pass over the spans on every core, each core filling its rows of every column; the
+    /// columns are single chunks, so no query has to rechunk them.
     pub(crate) fn build(timeline: &Timeline) -> PolarsResult<SpanFrame> {
-        let chunks = timeline
-            .spans
-            .par_chunks(CHUNK_ROWS)
-            .map(span_chunk)
-            .collect::<PolarsResult<Vec<DataFrame>>>()?;
+        let n = timeline.spans.len();
+        let mut columns = SpanColumns::zeroed(n);
+        columns
+            .chunks_mut()
+            .into_par_iter()
+            .zip(timeline.spans.par_chunks(CHUNK_ROWS))
+            .for_each(|(mut out, spans)| out.fill(spans));
         Ok(SpanFrame {
-            frame: stack(chunks, span_chunk(&[])?)?,
+            frame: columns.into_frame()?,
         })
     }
 
     /// Per (rank, op): count, total, median, and flops and bytes over the spans that carry them;
     /// by rank, then op id.
     pub(crate) fn op_stats(&self) -> PolarsResult<Vec<OpStats>> {
-        let known = |c: &str| col("duration_ns").filter(col(c).is_not_null()).sum();
+        // Durations of the spans that carry a count, null elsewhere: summed per group, the
+        // time the counts were measured over.
+        let known = |c: &str| {
+            when(col(c).is_not_null())
+                .then(col("duration_ns"))
+                .otherwise(lit(polars::prelude::Null {}))
+                .alias(format!("{c}_ns"))
+        };
+        // One u64 key per (rank, op): a single-column group-by hashes integers instead of
+        // encoding rows.
+        let key = (col("rank").cast(DataType::UInt64) * lit(1u64 << 32)
+            + col("name").cast(DataType::UInt64))
+        .alias("key");
         let out = self
             .frame
             .clone()
             .lazy()
-            .group_by([col("rank"), col("name")])
+            .with_columns([key, known("flops"), known("bytes")])
+            .group_by([col("key")])
             .agg([
+                col("rank").first().alias("rank"),
+                col("name").first().alias("name"),
                 col("category").first().alias("category"),
                 len().cast(DataType::UInt64).alias("count"),
                 col("duration_ns").sum().alias("total_ns"),
@@ -111,12 +131,12 @@ impl SpanFrame {
                     .alias("median_ns"),
                 col("flops").sum().alias("flops"),
                 col("flops").count().cast(DataType::UInt64).alias("flops_n"),
-                known("flops").alias("flops_ns"),
+                col("flops_ns").sum().alias("flops_ns"),
                 col("bytes").sum().alias("bytes"),
                 col("bytes").count().cast(DataType::UInt64).alias("bytes_n"),
-                known("bytes").alias("bytes_ns"),
+                col("bytes_ns").sum().alias("bytes_ns"),
             ])
-            .sort(["rank", "name"], Default::default())
+            .sort(["key"], Default::default())
             .collect()?;
         op_rows(&out)
     }
@@ -197,35 +217,122 @@ fn kind_code(kind: CollectiveKind) -> u32 {
     KINDS.iter().position(|k| *k == kind).unwrap_or_default() as u32
 }
 
-/// One pass over a chunk of spans, filling every column at once.
-fn span_chunk(spans: &[TimedSpan]) -> PolarsResult<DataFrame> {
-    let n = spans.len();
-    let (mut rank, mut name, mut category) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    let (mut start, mut duration) = (Vec::with_capacity(n), Vec::with_capacity(n));
-    let (mut flops, mut bytes) = (Vec::with_capacity(n), Vec::with_capacity(n));
-    for s in spans {
-        rank.push(s.rank.0);
-        name.push(s.name.0);
-        category.push(category_code(s.category));
-        start.push(s.start_ns);
-        duration.push(s.duration_ns);
-        flops.push(s.attrs.flops);
-        bytes.push(s.attrs.bytes);
+/// The spans frame's columns as plain vectors, zeroed (untouched pages) until filled.
+struct SpanColumns {
+    rank: Vec<u32>,
+    name: Vec<u32>,
+    category: Vec<u32>,
+    start: Vec<i64>,
+    duration: Vec<u64>,
+    flops: Vec<u64>,
+    bytes: Vec<u64>,
+    /// Validity bits of `flops` and `bytes`, least significant bit first, as arrow lays them.
+    flops_valid: Vec<u8>,
+    bytes_valid: Vec<u8>,
+}
+
+/// One core's rows of every column.
+struct ColumnsChunk<'a> {
+    rank: &'a mut [u32],
+    name: &'a mut [u32],
+    category: &'a mut [u32],
+    start: &'a mut [i64],
+    duration: &'a mut [u64],
+    flops: &'a mut [u64],
+    bytes: &'a mut [u64],
+    flops_valid: &'a mut [u8],
+    bytes_valid: &'a mut [u8],
+}
+
+impl SpanColumns {
+    fn zeroed(n: usize) -> SpanColumns {
+        let bits = n.div_ceil(8);
+        SpanColumns {
+            rank: vec![0; n],
+            name: vec![0; n],
+            category: vec![0; n],
+            start: vec![0; n],
+            duration: vec![0; n],
+            flops: vec![0; n],
+            bytes: vec![0; n],
+            flops_valid: vec![0; bits],
+            bytes_valid: vec![0; bits],
+        }
     }
-    let columns = vec![
-        column("rank", rank),
-        column("name", name),
-        column("category", category),
-        column("start_ns", start),
-        column("duration_ns", duration),
-        column("flops", flops),
-        column("bytes", bytes),
-    ];
-    DataFrame::new(n, columns)
+
+    /// The columns cut into `CHUNK_ROWS` rows (a multiple of 8, so validity bytes split too).
+    fn chunks_mut(&mut self) -> Vec<ColumnsChunk<'_>> {
+        const BITS: usize = CHUNK_ROWS / 8;
+        let mut columns = (
+            self.rank.chunks_mut(CHUNK_ROWS),
+            self.name.chunks_mut(CHUNK_ROWS),
+            self.category.chunks_mut(CHUNK_ROWS),
+            self.start.chunks_mut(CHUNK_ROWS),
+            self.duration.chunks_mut(CHUNK_ROWS),
+            self.flops.chunks_mut(CHUNK_ROWS),
+            self.bytes.chunks_mut(CHUNK_ROWS),
+            self.flops_valid.chunks_mut(BITS),
+            self.bytes_valid.chunks_mut(BITS),
+        );
+        std::iter::from_fn(|| {
+            Some(ColumnsChunk {
+                rank: columns.0.next()?,
+                name: columns.1.next()?,
+                category: columns.2.next()?,
+                start: columns.3.next()?,
+                duration: columns.4.next()?,
+                flops: columns.5.next()?,
+                bytes: columns.6.next()?,
+                flops_valid: columns.7.next()?,
+                bytes_valid: columns.8.next()?,
+            })
+        })
+        .collect()
+    }
+
+    fn into_frame(self) -> PolarsResult<DataFrame> {
+        let n = self.rank.len();
+        let nullable = |name: &str, values: Vec<u64>, valid: Vec<u8>| {
+            let validity = Bitmap::from_u8_vec(valid, n);
+            let validity = (validity.unset_bits() > 0).then_some(validity);
+            Column::from(
+                UInt64Chunked::from_vec_validity(name.into(), values, validity).into_series(),
+            )
+        };
+        let columns = vec![
+            Column::from(UInt32Chunked::from_vec("rank".into(), self.rank).into_series()),
+            Column::from(UInt32Chunked::from_vec("name".into(), self.name).into_series()),
+            Column::from(UInt32Chunked::from_vec("category".into(), self.category).into_series()),
+            Column::from(Int64Chunked::from_vec("start_ns".into(), self.start).into_series()),
+            Column::from(
+                UInt64Chunked::from_vec("duration_ns".into(), self.duration).into_series(),
+            ),
+            nullable("flops", self.flops, self.flops_valid),
+            nullable("bytes", self.bytes, self.bytes_valid),
+        ];
+        DataFrame::new(n, columns)
+    }
+}
+
+impl ColumnsChunk<'_> {
+    fn fill(&mut self, spans: &[TimedSpan]) {
+        for (i, s) in spans.iter().enumerate() {
+            self.rank[i] = s.rank.0;
+            self.name[i] = s.name.0;
+            self.category[i] = category_code(s.category);
+            self.start[i] = s.start_ns;
+            self.duration[i] = s.duration_ns;
+            let bit = 1u8 << (i % 8);
+            if let Some(flops) = s.attrs.flops {
+                self.flops[i] = flops;
+                self.flops_valid[i / 8] |= bit;
+            }
+            if let Some(bytes) = s.attrs.bytes {
+                self.bytes[i] = bytes;
+                self.bytes_valid[i / 8] |= bit;
+            }
+        }
+    }
 }
 
 /// One pass over a chunk of spans, keeping the collective ones.
@@ -331,7 +438,29 @@ fn instance_rows(out: &DataFrame) -> PolarsResult<Vec<Instance>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testkit::{collective, timeline};
+    use crate::testkit::{collective, span, timeline};
+
+    #[test]
+    fn columns_filled_chunk_by_chunk_keep_every_value_and_null() {
+        // More rows than one chunk, and a count that is not a multiple of 8.
+        let n = CHUNK_ROWS + 13;
+        let spans: Vec<TimedSpan> = (0..n)
+            .map(|i| {
+                let mut s = span(0, Category::Compute, i as i64, 1);
+                s.attrs.flops = (i % 3 == 0).then_some(i as u64);
+                s
+            })
+            .collect();
+        let frame = SpanFrame::build(&timeline(spans)).unwrap().frame;
+        let flops = frame.column("flops").unwrap().u64().unwrap().clone();
+        assert_eq!(flops.len(), n);
+        let expected: Vec<Option<u64>> = (0..n).map(|i| (i % 3 == 0).then_some(i as u64)).collect();
+        assert!(flops.iter().eq(expected.into_iter()));
+        let bytes = frame.column("bytes").unwrap();
+        assert_eq!(bytes.null_count(), n);
+        let starts = frame.column("start_ns").unwrap().i64().unwrap().clone();
+        assert_eq!(starts.get(n - 1), Some(n as i64 - 1));
+    }
 
     #[test]
     fn an_instance_names_its_first_last_arrival_and_sums_known_waits() {

@@ -188,17 +188,11 @@ impl NodeData {
         !self.spans.is_empty() || !self.moved_span_ranks.is_empty()
     }
 
-    /// Moves the spans out (onto a timeline), remembering their ranks for `all_ranks`.
-    pub fn take_spans(&mut self) -> Vec<Span> {
-        let spans = std::mem::take(&mut self.spans);
-        let mut last = None;
-        for span in &spans {
-            if last != Some(span.rank) {
-                last = Some(span.rank);
-                self.moved_span_ranks.insert(span.rank);
-            }
-        }
-        spans
+    /// Moves the spans out (onto a timeline); `ranks` are the ranks they carried, which
+    /// `all_ranks` goes on naming.
+    pub fn take_spans(&mut self, ranks: impl IntoIterator<Item = Rank>) -> Vec<Span> {
+        self.moved_span_ranks.extend(ranks);
+        std::mem::take(&mut self.spans)
     }
 }
 

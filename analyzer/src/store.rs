@@ -436,6 +436,8 @@ pub fn analyze_run(
             Err(e) => TablesOutcome::Failed(e),
         }
     };
+    // Unmapping the timeline takes a good part of a second that the report need not wait for.
+    rayon::spawn(move || drop(timeline));
     (report, outcome)
 }
 

@@ -5,11 +5,12 @@
 //! (its origin). Where nodes share collectives, `align` corrects each node's anchored times so
 //! that their collective completions line up. Op names, interned per rank in the logs, resolve to one global string table.
 
+mod merge;
+
 use crate::align::{Alignment, NodeClockReport, align};
 use crate::run::{NodeData, RunData};
 use pinch_traces::{
-    Category, ClockAnchor, CounterSample, Lane, NodeId, OpId, Rank, RunManifest, Span, SpanAttrs,
-    Unit,
+    Category, ClockAnchor, CounterSample, Lane, NodeId, Rank, RunManifest, Span, SpanAttrs, Unit,
 };
 use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap};
@@ -109,155 +110,123 @@ pub fn merge(run: &RunData) -> Timeline {
 /// Puts every node of a run on one time base as `alignment` says, and tells how each node was
 /// aligned (one entry per node of the run, in order).
 pub fn merge_with(run: &RunData, alignment: Alignment) -> (Timeline, Vec<NodeClockReport>) {
-    let (mut builder, clocks) = Builder::new(run, alignment);
-    for node in &run.nodes {
-        builder.add_node(node, &node.spans);
-    }
-    (builder.finish(), clocks)
+    let anchors = anchors(run);
+    let reports = align(run, &anchors, alignment);
+    let spans: Vec<&[Span]> = run.nodes.iter().map(|n| n.spans.as_slice()).collect();
+    let surveys = spans.par_iter().map(|s| merge::survey(s)).collect();
+    (
+        merge_nodes(run, &spans, surveys, &anchors, &reports),
+        reports,
+    )
 }
 
-/// `merge_with`, moving each node's spans out of `run` as they join the timeline, so that a
-/// large run never holds its decoded spans and its timeline whole at once. The run keeps every
-/// other record; `NodeData::all_ranks` still names the ranks whose spans moved.
+/// `merge_with`, moving the nodes' spans out of `run`: the run keeps every other record, and
+/// `NodeData::all_ranks` still names the ranks whose spans moved. The decoded spans are freed
+/// on another thread while the caller goes on.
 pub fn merge_taking_spans(
     run: &mut RunData,
     alignment: Alignment,
 ) -> (Timeline, Vec<NodeClockReport>) {
-    let (mut builder, clocks) = Builder::new(run, alignment);
-    for index in 0..run.nodes.len() {
-        let spans = run.nodes[index].take_spans();
-        builder.add_node(&run.nodes[index], &spans);
-    }
-    (builder.finish(), clocks)
+    let anchors = anchors(run);
+    let reports = align(run, &anchors, alignment);
+    let surveys: Vec<merge::NodeSurvey> = run
+        .nodes
+        .par_iter()
+        .map(|n| merge::survey(&n.spans))
+        .collect();
+    let taken: Vec<Vec<Span>> = run
+        .nodes
+        .iter_mut()
+        .zip(&surveys)
+        .map(|(node, survey)| node.take_spans(survey.ranks()))
+        .collect();
+    let spans: Vec<&[Span]> = taken.iter().map(Vec::as_slice).collect();
+    let timeline = merge_nodes(run, &spans, surveys, &anchors, &reports);
+    // Unmapping gigabytes takes a good part of a second that nothing needs to wait for.
+    rayon::spawn(move || drop(taken));
+    (timeline, reports)
 }
 
-/// The timeline as it is built node by node: spans go in grouped by rank within each node, and
-/// `finish` sorts each group by start.
-struct Builder {
-    clocks: Vec<NodeClock>,
-    origin_unix_ns: i128,
-    names: Interner,
-    spans: Vec<TimedSpan>,
-    /// Where each (node, rank) group of `spans` ends.
-    group_ends: Vec<usize>,
-    series: Vec<Series>,
-    next_node: usize,
-}
-
-impl Builder {
-    fn new(run: &RunData, alignment: Alignment) -> (Builder, Vec<NodeClockReport>) {
-        let anchors = anchors(run);
-        let reports = align(run, &anchors, alignment);
-        let node_clocks: Vec<(ClockAnchor, i64)> = anchors
-            .iter()
-            .zip(&reports)
-            .map(|(a, c)| (*a, c.offset_ns))
-            .collect();
-        let origin_unix_ns = run
-            .nodes
-            .iter()
-            .zip(&node_clocks)
-            .filter_map(|(n, (a, offset))| {
-                let earliest = n.spans.iter().map(|s| s.start_ns).min()?;
-                Some(a.to_wall_ns(earliest) + i128::from(*offset))
-            })
-            .min()
-            .unwrap_or(i128::from(run.manifest.started_at_unix_ns));
-        let clocks = node_clocks
-            .into_iter()
-            .map(|(anchor, offset_ns)| NodeClock {
-                anchor,
-                offset_ns,
-                origin_unix_ns,
-            })
-            .collect();
-        let total: usize = run.nodes.iter().map(|n| n.spans.len()).sum();
-        let builder = Builder {
-            clocks,
+/// The timeline of the run's nodes, `spans[n]` being node n's spans and `surveys[n]` their
+/// survey: names interned once, then converted on every core and each (node, rank) group sorted.
+fn merge_nodes(
+    run: &RunData,
+    spans: &[&[Span]],
+    mut surveys: Vec<merge::NodeSurvey>,
+    anchors: &[ClockAnchor],
+    reports: &[NodeClockReport],
+) -> Timeline {
+    let origin_unix_ns = anchors
+        .iter()
+        .zip(reports)
+        .zip(&surveys)
+        .filter_map(|((anchor, report), survey)| {
+            Some(anchor.to_wall_ns(survey.earliest_ns?) + i128::from(report.offset_ns))
+        })
+        .min()
+        .unwrap_or(i128::from(run.manifest.started_at_unix_ns));
+    let clocks: Vec<NodeClock> = anchors
+        .iter()
+        .zip(reports)
+        .map(|(anchor, report)| NodeClock {
+            anchor: *anchor,
+            offset_ns: report.offset_ns,
             origin_unix_ns,
-            names: Interner::default(),
-            spans: Vec::with_capacity(total),
-            group_ends: Vec::new(),
-            series: Vec::new(),
-            next_node: 0,
-        };
-        (builder, reports)
-    }
-
-    /// Adds the next node of the run (nodes come in run order) with its spans.
-    fn add_node(&mut self, node: &NodeData, spans: &[Span]) {
-        let clock = self.clocks[self.next_node];
-        self.next_node += 1;
-        for (rank, indices) in by_rank(spans) {
-            let mut names = OpNames::new(node, rank);
-            for i in indices {
-                let s = &spans[i];
-                self.spans.push(TimedSpan {
-                    rank: s.rank,
-                    node: node.node,
-                    lane: s.lane,
-                    category: s.category,
-                    name: names.resolve(s.op, &mut self.names),
-                    start_ns: clock.to_timeline_ns(s.start_ns),
-                    duration_ns: s.duration_ns,
-                    attrs: s.attrs,
-                });
-            }
-            self.group_ends.push(self.spans.len());
-        }
-        self.series.extend(node_series(node, clock));
-    }
-
-    /// Sorts each group by start (both cores), then the whole when groups of one rank came from
-    /// several nodes; the result is the stable sort by (rank, start) of the spans in run order.
-    fn finish(mut self) -> Timeline {
-        let mut groups: Vec<&mut [TimedSpan]> = Vec::with_capacity(self.group_ends.len());
-        let mut rest: &mut [TimedSpan] = &mut self.spans;
-        let mut at = 0;
-        for &end in &self.group_ends {
-            let (group, tail) = std::mem::take(&mut rest).split_at_mut(end - at);
-            groups.push(group);
-            rest = tail;
-            at = end;
-        }
-        groups
-            .into_par_iter()
-            .for_each(|g| g.sort_by_key(|s| s.start_ns));
-        let key = |s: &TimedSpan| (s.rank, s.start_ns);
-        let in_order = self.group_ends.iter().all(|&end| {
-            end == 0
-                || end == self.spans.len()
-                || key(&self.spans[end - 1]) <= key(&self.spans[end])
-        });
-        if !in_order {
-            self.spans.par_sort_by_key(key);
-        }
-        Timeline {
-            origin_unix_ns: self.origin_unix_ns,
-            names: self.names.names,
-            spans: self.spans,
-            series: self.series,
-        }
+        })
+        .collect();
+    let nodes: Vec<&NodeData> = run.nodes.iter().collect();
+    let mut names = Interner::default();
+    merge::intern_names(&nodes, &mut surveys, &mut names);
+    let parts: Vec<merge::NodePart<'_>> = nodes
+        .iter()
+        .zip(spans)
+        .zip(&surveys)
+        .zip(&clocks)
+        .map(|(((node, spans), survey), clock)| merge::NodePart {
+            node,
+            spans,
+            survey,
+            clock: *clock,
+        })
+        .collect();
+    let mut timed = Vec::new();
+    let group_ends = merge::convert(&parts, &mut timed);
+    sort_groups(&mut timed, &group_ends);
+    Timeline {
+        origin_unix_ns,
+        names: names.names,
+        spans: timed,
+        series: nodes
+            .iter()
+            .zip(&clocks)
+            .flat_map(|(node, clock)| node_series(node, *clock))
+            .collect(),
     }
 }
 
-/// Per rank in order, the indices of its spans in log order (a counting sort: stable).
-fn by_rank(spans: &[Span]) -> Vec<(Rank, Vec<usize>)> {
-    let mut groups: Vec<(Rank, Vec<usize>)> = Vec::new();
-    let mut slot_of: BTreeMap<Rank, usize> = BTreeMap::new();
-    let mut current = usize::MAX;
-    for (i, s) in spans.iter().enumerate() {
-        // Spans come in runs of one rank: look the group up only where the rank changes.
-        if groups.get(current).is_none_or(|(rank, _)| *rank != s.rank) {
-            current = *slot_of.entry(s.rank).or_insert_with(|| {
-                groups.push((s.rank, Vec::new()));
-                groups.len() - 1
-            });
-        }
-        groups[current].1.push(i);
+/// Sorts each (node, rank) group by start (both cores), then the whole when groups of one
+/// rank came from several nodes; the result is the stable sort by (rank, start) of the spans
+/// in run order.
+fn sort_groups(spans: &mut [TimedSpan], group_ends: &[usize]) {
+    let mut groups: Vec<&mut [TimedSpan]> = Vec::with_capacity(group_ends.len());
+    let mut rest: &mut [TimedSpan] = spans;
+    let mut at = 0;
+    for &end in group_ends {
+        let (group, tail) = std::mem::take(&mut rest).split_at_mut(end - at);
+        groups.push(group);
+        rest = tail;
+        at = end;
     }
-    groups.sort_by_key(|(rank, _)| *rank);
     groups
+        .into_par_iter()
+        .for_each(|g| g.sort_by_key(|s| s.start_ns));
+    let key = |s: &TimedSpan| (s.rank, s.start_ns);
+    let in_order = group_ends
+        .iter()
+        .all(|&end| end == 0 || end == spans.len() || key(&spans[end - 1]) <= key(&spans[end]));
+    if !in_order {
+        spans.par_sort_by_key(key);
+    }
 }
 
 /// How `merge_with` would align each node of the run (in order), without merging.
@@ -320,44 +289,6 @@ impl Interner {
     }
 }
 
-/// One rank's op names on the timeline, looked up by `OpId` in a dense table: at millions of
-/// spans a hash lookup per span costs more than all the rest of the conversion.
-struct OpNames<'a> {
-    node: &'a NodeData,
-    rank: Rank,
-    ids: Vec<Option<NameId>>,
-}
-
-impl<'a> OpNames<'a> {
-    fn new(node: &'a NodeData, rank: Rank) -> OpNames<'a> {
-        OpNames {
-            node,
-            rank,
-            ids: Vec::new(),
-        }
-    }
-
-    fn resolve(&mut self, op: OpId, names: &mut Interner) -> NameId {
-        let slot = op.0 as usize;
-        if let Some(Some(id)) = self.ids.get(slot) {
-            return *id;
-        }
-        let name = self.node.op_names.get(&(self.rank, op));
-        let id = names.intern(name.map_or(&format!("unnamed op {}", op.0), |n| n));
-        // Op ids are small and dense in practice; a huge one only costs its hash-free lookup.
-        if slot < DENSE_OP_IDS {
-            if self.ids.len() <= slot {
-                self.ids.resize(slot + 1, None);
-            }
-            self.ids[slot] = Some(id);
-        }
-        id
-    }
-}
-
-/// Op ids below this get a slot in `OpNames`' table.
-const DENSE_OP_IDS: usize = 1 << 16;
-
 /// Groups a node's samples into one series per (counter, device), each sorted by time.
 fn node_series(node: &NodeData, clock: NodeClock) -> Vec<Series> {
     let mut groups: BTreeMap<(u32, u32), Vec<&CounterSample>> = BTreeMap::new();
@@ -394,7 +325,9 @@ fn node_series(node: &NodeData, clock: NodeClock) -> Vec<Series> {
 mod tests {
     use super::*;
     use crate::testkit;
-    use pinch_traces::{CounterDef, CounterId, DeviceDef, DeviceId, Span, SpanAttrs as Attrs};
+    use pinch_traces::{
+        CounterDef, CounterId, DeviceDef, DeviceId, OpId, Span, SpanAttrs as Attrs,
+    };
 
     fn span(rank: u32, op: u32, start_ns: u64, duration_ns: u64) -> Span {
         Span {
