@@ -113,7 +113,7 @@ fn stages_text(stages: &[StageBubble]) -> String {
     }
     format!(
         "Pipeline bubble per stage (receive waiting plus idle time, over the stage's wall \
-         time)\n{t}"
+         time after loading its weights)\n{t}"
     )
 }
 
@@ -175,6 +175,7 @@ mod tests {
                 idle_ns: 100_000,
                 bubble_ns: 600_000,
                 bubble_pct: Some(30.0),
+                startup_ns: 0,
                 compute_ns: 2_400_000,
                 layers: Some(4),
                 micro_batches: Some(24),

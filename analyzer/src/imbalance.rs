@@ -152,8 +152,13 @@ pub struct StageBubble {
     pub idle_ns: u64,
     /// `recv_wait_ns + idle_ns`.
     pub bubble_ns: u64,
-    /// `bubble_ns` over `wall_ns`, percent; `None` for a wall time of 0.
+    /// `bubble_ns` over the stage's working time (`wall_ns` less `startup_ns`), percent; `None`
+    /// when that is 0.
     pub bubble_pct: Option<f64>,
+    /// Time its ranks spent loading weights (`weights.init` spans), summed: before the first
+    /// step, no pipeline runs, so the bubble is measured without it.
+    #[serde(default)]
+    pub startup_ns: u64,
     /// Its ranks' compute time (exclusive, as the breakdown counts it), summed.
     #[serde(default)]
     pub compute_ns: u64,
@@ -175,6 +180,11 @@ impl StageBubble {
     pub fn micro_batches_per_step(&self) -> Option<f64> {
         let (micro_batches, steps) = (self.micro_batches?, self.steps?);
         (steps > 0).then(|| micro_batches as f64 / steps as f64)
+    }
+
+    /// The stage's time after its weights were loaded: what its bubble is a share of.
+    pub fn working_ns(&self) -> u64 {
+        self.wall_ns.saturating_sub(self.startup_ns)
     }
 
     /// Its ranks' mean compute time.
@@ -349,6 +359,7 @@ pub(crate) fn stage_bubbles(input: &AnalysisInput<'_>, degrees: Degrees) -> Vec<
         return Vec::new();
     }
     let waiting = receive_waiting(input);
+    let weights = crate::phases::StepOps::of(input.timeline).weights_init;
     let mut stages: BTreeMap<u32, StageBubble> = BTreeMap::new();
     for (rank, breakdown) in input.measured_ranks() {
         let stage = degrees.stage_of(rank.rank);
@@ -360,6 +371,7 @@ pub(crate) fn stage_bubbles(input: &AnalysisInput<'_>, degrees: Degrees) -> Vec<
             idle_ns: 0,
             bubble_ns: 0,
             bubble_pct: None,
+            startup_ns: 0,
             compute_ns: 0,
             layers: None,
             micro_batches: None,
@@ -370,10 +382,14 @@ pub(crate) fn stage_bubbles(input: &AnalysisInput<'_>, degrees: Degrees) -> Vec<
         s.recv_wait_ns += waiting.get(&rank.rank).map_or(0, |w| w.wait_ns);
         s.idle_ns += breakdown.idle;
         s.compute_ns += breakdown.compute;
+        s.startup_ns += weights.map_or(0, |op| {
+            let spans = input.timeline.spans_of(pinch_traces::Rank(rank.rank));
+            spans.iter().filter(|x| x.name == op).map(|x| x.duration_ns).sum()
+        });
     }
     for s in stages.values_mut() {
         s.bubble_ns = s.recv_wait_ns + s.idle_ns;
-        s.bubble_pct = crate::stats::pct(s.bubble_ns as f64, s.wall_ns as f64);
+        s.bubble_pct = crate::stats::pct(s.bubble_ns as f64, s.working_ns() as f64);
         // Tensor-parallel peers run the same layers and micro-batches: the first rank tells.
         if let Some(&first) = s.ranks.first() {
             let work = StageWork::of(input.timeline.spans_of(pinch_traces::Rank(first)));
@@ -545,6 +561,25 @@ mod tests {
         assert_eq!((s.recv_wait_ns, s.idle_ns, s.bubble_ns), (300, 150, 450));
         assert_eq!(s.bubble_pct, Some(45.0));
         assert!(stage_bubbles(&input, Degrees { tp: 1, pp: 1 }).is_empty());
+    }
+
+    #[test]
+    fn loading_weights_is_no_part_of_the_stage_bubble() {
+        // Rank 1 loads weights for 500 ns, then waits 100 ns of its 500 ns of steps.
+        let mut weights = span(1, Category::Host, 0, 500);
+        weights.name = crate::timeline::NameId(6);
+        let mut t = timeline(vec![
+            span(0, Category::Compute, 0, 1_000),
+            weights,
+            recv(1, 500, 200, 100),
+            span(1, Category::Compute, 700, 300),
+        ]);
+        t.names.push(crate::phases::steps::WEIGHTS_INIT_OP.to_string());
+        let facts = RunFacts::from_timeline(&t);
+        let stages = stage_bubbles(&AnalysisInput::new(&t, &facts), Degrees { tp: 1, pp: 2 });
+        let s = &stages[1];
+        assert_eq!((s.wall_ns, s.startup_ns, s.bubble_ns), (1_000, 500, 100));
+        assert_eq!(s.bubble_pct, Some(20.0));
     }
 
     fn request(

@@ -8,7 +8,7 @@
 
 use super::{Finding, FindingKind};
 use crate::intervals::{Interval, overlap_ns};
-use crate::phases::PhaseReport;
+use crate::phases::{PhaseKind, PhaseReport};
 use crate::timeline::{TimedSpan, Timeline};
 use pinch_traces::{Category, Rank};
 use std::collections::BTreeSet;
@@ -16,6 +16,11 @@ use std::collections::BTreeSet;
 /// The counter and device names CPU utilization is read from (as the phases read them).
 const CPU_COUNTER: &str = "cpu.utilization";
 const CPU_DEVICE_PREFIX: &str = "cpu";
+
+/// What to do when the host time is mostly startup: it is no part of serving.
+const STARTUP_SUGGESTION: &str = "most of the host time is startup (loading or generating the \
+    weights), which a longer run amortizes: measure a longer run (more requests), or load \
+    weights from safetensors (--weights) rather than generating them";
 
 /// Adds to every host-bound finding the phase its ranks' host time concentrates in, with
 /// per-phase evidence; leaves the finding as it is when the run has no phases.
@@ -161,6 +166,9 @@ fn cite(
         pct(host_ns, split.host_ns()).unwrap_or(0.0),
         pct(host_ns, rank_ns).unwrap_or(0.0),
     );
+    if phase.kind == PhaseKind::Startup {
+        finding.suggestion = STARTUP_SUGGESTION.to_string();
+    }
     if let Some(cpu) = cpu_pct(phase, &finding.location.nodes) {
         finding.summary += &format!(", CPU {cpu:.0}%");
         if let Some(cores) = cores {
@@ -203,7 +211,7 @@ mod tests {
     use super::*;
     use crate::findings::{Detector, Level, ShareDetector};
     use crate::intervals::length_ns;
-    use crate::phases::{NodePhase, PhaseKind, Stretch};
+    use crate::phases::{NodePhase, Stretch};
     use crate::testkit::{span, timeline};
     use crate::timeline::Series;
     use pinch_traces::{NodeId, Unit};
@@ -281,6 +289,23 @@ mod tests {
         assert_eq!(f.evidence["decode_host_ns"], 500.0);
         assert_eq!(f.evidence["decode_cpu_utilization_pct"], 98.0);
         assert_eq!(f.evidence["cpu_cores"], 2.0);
+    }
+
+    #[test]
+    fn host_time_in_startup_gets_its_own_suggestion() {
+        let t = host_heavy();
+        let facts = crate::facts::RunFacts::from_timeline(&t);
+        let mut findings = ShareDetector::host().detect(&crate::AnalysisInput::new(&t, &facts));
+        let phases = [phase(PhaseKind::Startup, 0, 2_000, None)];
+        cite_phases(&mut findings, &t, &phases);
+        assert!(
+            findings[0]
+                .summary
+                .ends_with("concentrates in startup (100% of it): host 30% of rank time there"),
+            "{}",
+            findings[0].summary
+        );
+        assert_eq!(findings[0].suggestion, STARTUP_SUGGESTION);
     }
 
     #[test]

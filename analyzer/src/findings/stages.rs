@@ -9,7 +9,7 @@
 //! beyond it (a slow stage, gaps between steps) asks for action.
 
 use super::pipeline::{BUBBLE_WARNING_PCT, receive_waiting};
-use super::{Detector, Finding, FindingKind, Level, Location, fmt_ns, nodes_of, severity};
+use super::{Finding, FindingKind, Level, Location, fmt_ns, nodes_of, severity};
 use crate::analysis::AnalysisInput;
 use crate::imbalance::StageBubble;
 use std::collections::{BTreeMap, BTreeSet};
@@ -86,7 +86,8 @@ struct StageNumbers {
 
 impl StageNumbers {
     fn of(stage: &StageBubble, stages: usize) -> StageNumbers {
-        let share = |ns: u64| crate::stats::pct(ns as f64, stage.wall_ns as f64).unwrap_or(0.0);
+        let working_ns = stage.working_ns() as f64;
+        let share = |ns: u64| crate::stats::pct(ns as f64, working_ns).unwrap_or(0.0);
         let bubble_pct = stage.bubble_pct.unwrap_or(0.0);
         let ideal_pct = stage
             .micro_batches_per_step()
@@ -193,6 +194,7 @@ fn evidence(
         ("recv_wait_ns", stage.recv_wait_ns as f64),
         ("idle_ns", stage.idle_ns as f64),
         ("wall_ns", stage.wall_ns as f64),
+        ("startup_ns", stage.startup_ns as f64),
         ("excess_bubble_pct", n.excess_pp),
         ("threshold_pct", BUBBLE_WARNING_PCT),
     ]
@@ -254,6 +256,7 @@ fn suggestion(
 mod tests {
     use super::*;
     use crate::facts::RunFacts;
+    use crate::findings::Detector;
     use crate::imbalance::{Degrees, stage_bubbles};
     use crate::testkit::{self, span, timeline};
     use crate::timeline::{TimedSpan, Timeline};
