@@ -130,7 +130,10 @@ fn a_slow_stage_leaves_the_other_in_a_bubble_that_names_it() {
     assert!(summary.starts_with("pipeline stage 0 (rank 0)"), "{f:#}");
     assert!(summary.contains("stage 1 computes"), "{f:#}");
     let suggestion = f["suggestion"].as_str().unwrap_or_default();
-    assert!(suggestion.contains("move layers from stage 1 to stage 0"), "{f:#}");
+    assert!(
+        suggestion.contains("move layers from stage 1 to stage 0"),
+        "{f:#}"
+    );
 }
 
 #[test]
@@ -142,9 +145,9 @@ fn a_balanced_pipeline_has_no_bubble_finding_above_info() {
     assert!(loud.is_empty(), "{loud:#?}");
     // The per-rank finding gives way to the stage findings: none names a rank alone.
     assert!(
-        bubbles
-            .iter()
-            .all(|f| f["summary"].as_str().is_some_and(|s| s.starts_with("pipeline stage"))),
+        bubbles.iter().all(|f| f["summary"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("pipeline stage"))),
         "{bubbles:#?}"
     );
     // A host-bound finding, where the run is one, says in which phase the host time lies.

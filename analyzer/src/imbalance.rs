@@ -384,7 +384,11 @@ pub(crate) fn stage_bubbles(input: &AnalysisInput<'_>, degrees: Degrees) -> Vec<
         s.compute_ns += breakdown.compute;
         s.startup_ns += weights.map_or(0, |op| {
             let spans = input.timeline.spans_of(pinch_traces::Rank(rank.rank));
-            spans.iter().filter(|x| x.name == op).map(|x| x.duration_ns).sum()
+            spans
+                .iter()
+                .filter(|x| x.name == op)
+                .map(|x| x.duration_ns)
+                .sum()
         });
     }
     for s in stages.values_mut() {
@@ -574,7 +578,8 @@ mod tests {
             recv(1, 500, 200, 100),
             span(1, Category::Compute, 700, 300),
         ]);
-        t.names.push(crate::phases::steps::WEIGHTS_INIT_OP.to_string());
+        t.names
+            .push(crate::phases::steps::WEIGHTS_INIT_OP.to_string());
         let facts = RunFacts::from_timeline(&t);
         let stages = stage_bubbles(&AnalysisInput::new(&t, &facts), Degrees { tp: 1, pp: 2 });
         let s = &stages[1];

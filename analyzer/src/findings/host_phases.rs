@@ -152,9 +152,15 @@ fn cite(
             }
         };
         put(format!("{name}_host_pct"), pct(*host, *rank));
-        put(format!("{name}_host_share_pct"), pct(*host, split.host_ns()));
+        put(
+            format!("{name}_host_share_pct"),
+            pct(*host, split.host_ns()),
+        );
         put(format!("{name}_host_ns"), Some(*host as f64));
-        put(format!("{name}_cpu_utilization_pct"), cpu_pct(p, &finding.location.nodes));
+        put(
+            format!("{name}_cpu_utilization_pct"),
+            cpu_pct(p, &finding.location.nodes),
+        );
     }
     let cores = cpu_cores(timeline, &finding.location.nodes);
     if let Some(cores) = cores {
@@ -214,8 +220,8 @@ mod tests {
     use crate::phases::{NodePhase, Stretch};
     use crate::testkit::{span, timeline};
     use crate::timeline::Series;
-    use pinch_traces::{NodeId, Unit};
     use Category::*;
+    use pinch_traces::{NodeId, Unit};
 
     fn phase(kind: PhaseKind, start_ns: i64, duration_ns: u64, cpu: Option<f64>) -> PhaseReport {
         PhaseReport {
@@ -329,6 +335,9 @@ mod tests {
         assert_eq!(exclusive_host(&spans), vec![(0, 20), (30, 50), (200, 210)]);
         assert_eq!(length_ns(&exclusive_host(&spans)), 50);
         assert_eq!(minus(&[(0, 10)], &[]), vec![(0, 10)]);
-        assert_eq!(minus(&[(0, 10), (20, 30)], &[(5, 25)]), vec![(0, 5), (25, 30)]);
+        assert_eq!(
+            minus(&[(0, 10), (20, 30)], &[(5, 25)]),
+            vec![(0, 5), (25, 30)]
+        );
     }
 }

@@ -60,10 +60,15 @@ pub(super) fn ideal_bubble_pct(stages: usize, micro_batches_per_step: f64) -> Op
 /// more: (stage, its compute per rank, how many times the least loaded stage's it is).
 fn slowest_stage(stages: &[StageBubble]) -> Option<(&StageBubble, f64)> {
     let per_rank = |s: &&StageBubble| s.compute_ns_per_rank();
-    let slowest = stages
+    let slowest = stages.iter().max_by(|a, b| {
+        per_rank(a)
+            .unwrap_or(0.0)
+            .total_cmp(&per_rank(b).unwrap_or(0.0))
+    })?;
+    let fastest = stages
         .iter()
-        .max_by(|a, b| per_rank(a).unwrap_or(0.0).total_cmp(&per_rank(b).unwrap_or(0.0)))?;
-    let fastest = stages.iter().filter_map(|s| per_rank(&s)).reduce(f64::min)?;
+        .filter_map(|s| per_rank(&s))
+        .reduce(f64::min)?;
     let ratio = per_rank(&slowest)? / fastest;
     (fastest > 0.0 && ratio >= UNBALANCED_RATIO).then_some((slowest, ratio))
 }
@@ -298,7 +303,13 @@ mod tests {
                 spans.push(layer_op(1, step, mb, 3, start + half as i64, ns1 - half));
             }
             let from = a1 + ns0 as i64;
-            spans.push(testkit::recv(0, 1, from, (end - from) as u64, (end - from) as u64));
+            spans.push(testkit::recv(
+                0,
+                1,
+                from,
+                (end - from) as u64,
+                (end - from) as u64,
+            ));
             t = end;
         }
         timeline(spans)
@@ -328,8 +339,14 @@ mod tests {
             assert_eq!(f.level, Level::Info, "{f:#?}");
             assert_eq!(f.evidence["micro_batches"], 20.0);
             assert_eq!(f.evidence["micro_batches_per_step"], 2.0);
-            assert!((f.evidence["bubble_pct"] - 100.0 / 3.0).abs() < 1.0, "{f:#?}");
-            assert!(f.suggestion.starts_with("split each step into more micro-batches"));
+            assert!(
+                (f.evidence["bubble_pct"] - 100.0 / 3.0).abs() < 1.0,
+                "{f:#?}"
+            );
+            assert!(
+                f.suggestion
+                    .starts_with("split each step into more micro-batches")
+            );
             assert!(!f.evidence.contains_key("slowest_stage"), "{f:#?}");
         }
         assert_eq!(findings[0].evidence["layers"], 2.0);
@@ -361,10 +378,17 @@ mod tests {
             "{}",
             f.summary
         );
-        assert!(f.summary.ends_with("; stage 1 computes 4.0× as long per rank as the least \
-             loaded stage"), "{}", f.summary);
         assert!(
-            f.suggestion.contains("stage 1 (2 layers) has too many layers")
+            f.summary.ends_with(
+                "; stage 1 computes 4.0× as long per rank as the least \
+             loaded stage"
+            ),
+            "{}",
+            f.summary
+        );
+        assert!(
+            f.suggestion
+                .contains("stage 1 (2 layers) has too many layers")
                 && f.suggestion.contains("move layers from stage 1 to stage 0"),
             "{}",
             f.suggestion
@@ -380,6 +404,10 @@ mod tests {
         let plain = super::super::PipelineBubble.detect(&input);
         assert_eq!(plain.len(), 1, "{plain:#?}");
         assert!(plain[0].summary.starts_with("pipeline bubble: rank(s) 0 "));
-        assert!(findings_of(&t).iter().all(|f| f.summary.starts_with("pipeline stage")));
+        assert!(
+            findings_of(&t)
+                .iter()
+                .all(|f| f.summary.starts_with("pipeline stage"))
+        );
     }
 }
