@@ -11,6 +11,7 @@ use crate::intervals::{Interval, overlap_ns};
 use crate::phases::{PhaseKind, PhaseReport};
 use crate::timeline::{TimedSpan, Timeline};
 use pinch_traces::{Category, Rank};
+use rayon::prelude::*;
 use std::collections::BTreeSet;
 
 /// The counter and device names CPU utilization is read from (as the phases read them).
@@ -46,16 +47,16 @@ struct PhaseSplit<'p> {
 impl<'p> PhaseSplit<'p> {
     fn of(timeline: &Timeline, ranks: &[u32], phases: &'p [PhaseReport]) -> PhaseSplit<'p> {
         let stretches: Vec<Vec<Interval>> = phases.iter().map(stretches_of).collect();
+        // Ranks are independent: each is one pass over its own spans, on its own thread.
+        let per_rank: Vec<Vec<(u64, u64)>> = ranks
+            .par_iter()
+            .map(|&rank| rank_split(timeline.spans_of(Rank(rank)), &stretches))
+            .collect();
         let mut split: Vec<(&PhaseReport, u64, u64)> = phases.iter().map(|p| (p, 0, 0)).collect();
-        for &rank in ranks {
-            let spans = timeline.spans_of(Rank(rank));
-            let host = exclusive_host(spans);
-            let Some(extent) = extent(spans) else {
-                continue;
-            };
-            for ((_, host_ns, rank_ns), own) in split.iter_mut().zip(&stretches) {
-                *host_ns += overlap_ns(&host, own);
-                *rank_ns += overlap_ns(&[extent], own);
+        for rank in &per_rank {
+            for ((_, host_ns, rank_ns), (host, time)) in split.iter_mut().zip(rank) {
+                *host_ns += host;
+                *rank_ns += time;
             }
         }
         PhaseSplit { phases: split }
@@ -70,6 +71,18 @@ impl<'p> PhaseSplit<'p> {
         let top = self.phases.iter().max_by_key(|p| p.1).copied()?;
         (top.1 > 0).then_some(top)
     }
+}
+
+/// One rank's host time and time in each phase (all zero for a rank without spans).
+fn rank_split(spans: &[TimedSpan], stretches: &[Vec<Interval>]) -> Vec<(u64, u64)> {
+    let Some(extent) = extent(spans) else {
+        return vec![(0, 0); stretches.len()];
+    };
+    let host = exclusive_host(spans);
+    stretches
+        .iter()
+        .map(|own| (overlap_ns(&host, own), overlap_ns(&[extent], own)))
+        .collect()
 }
 
 fn stretches_of(phase: &PhaseReport) -> Vec<Interval> {
