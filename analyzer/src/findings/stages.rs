@@ -146,9 +146,9 @@ fn stage_finding(
     }
 }
 
-/// "pipeline stage 0 (rank 0) has nothing to do 62% of its time: 55% waiting in receives, 7%
-/// idle, over 24 micro-batches in 12 steps (a balanced pipeline would leave 33%); stage 1
-/// computes 2.9× as long"
+/// "pipeline stage 0 (rank 0) has nothing to do 72% of its time: 72% waiting in receives for
+/// another stage, 0% idle, over 25 micro-batches in 13 steps (a balanced pipeline would leave
+/// 34%), 1.32 s in all; stage 1 computes 3.9× as long per rank as the least loaded stage"
 fn summary(stage: &StageBubble, n: &StageNumbers, waits_on: Option<(&StageBubble, f64)>) -> String {
     let mut text = format!(
         "pipeline stage {} ({}) has nothing to do {:.0}% of its time: {:.0}% waiting in \
@@ -175,12 +175,11 @@ fn summary(stage: &StageBubble, n: &StageNumbers, waits_on: Option<(&StageBubble
     text
 }
 
+/// "rank 3" or "ranks 2, 3".
 fn ranks_list(ranks: &[u32]) -> String {
     let list: Vec<String> = ranks.iter().map(u32::to_string).collect();
-    match ranks {
-        [_] => format!("rank {}", list.join("")),
-        _ => format!("ranks {}", list.join(", ")),
-    }
+    let noun = if ranks.len() == 1 { "rank" } else { "ranks" };
+    format!("{noun} {}", list.join(", "))
 }
 
 fn evidence(
@@ -328,6 +327,8 @@ mod tests {
         assert_eq!(ideal_bubble_pct(4, 4.0).map(|p| p.round()), Some(43.0));
         assert_eq!(ideal_bubble_pct(1, 2.0), Some(0.0));
         assert_eq!(ideal_bubble_pct(0, 2.0), None);
+        assert_eq!(ranks_list(&[2, 3]), "ranks 2, 3");
+        assert_eq!(ranks_list(&[0]), "rank 0");
     }
 
     #[test]
