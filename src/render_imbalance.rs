@@ -85,9 +85,20 @@ fn layers_table(e: &ExpertImbalance) -> Table {
 }
 
 fn stages_text(stages: &[StageBubble]) -> String {
-    let mut t = table(&["stage", "ranks", "wall", "recv wait", "idle", "bubble"]);
+    let mut t = table(&[
+        "stage",
+        "ranks",
+        "wall",
+        "recv wait",
+        "idle",
+        "bubble",
+        "compute/rank",
+        "layers",
+        "micro-batches",
+    ]);
     for s in stages {
         let ranks: Vec<String> = s.ranks.iter().map(u32::to_string).collect();
+        let compute = s.compute_ns_per_rank();
         t.add_row(vec![
             right(s.stage.to_string()),
             Cell::new(ranks.join(", ")),
@@ -95,11 +106,14 @@ fn stages_text(stages: &[StageBubble]) -> String {
             right(fmt_ns(s.recv_wait_ns)),
             right(fmt_ns(s.idle_ns)),
             right(s.bubble_pct.map_or("-".into(), fmt_pct)),
+            right(compute.map_or("-".into(), |c| fmt_ns(c.round() as u64))),
+            right(s.layers.map_or("-".into(), |l| l.to_string())),
+            right(s.micro_batches.map_or("-".into(), |m| m.to_string())),
         ]);
     }
     format!(
         "Pipeline bubble per stage (receive waiting plus idle time, over the stage's wall \
-         time)\n{t}"
+         time after loading its weights)\n{t}"
     )
 }
 
@@ -161,6 +175,11 @@ mod tests {
                 idle_ns: 100_000,
                 bubble_ns: 600_000,
                 bubble_pct: Some(30.0),
+                startup_ns: 0,
+                compute_ns: 2_400_000,
+                layers: Some(4),
+                micro_batches: Some(24),
+                steps: Some(12),
             }],
             replicas: Some(ReplicaImbalance {
                 per_replica: (0..2)
@@ -183,6 +202,7 @@ mod tests {
         let text = imbalance_text(&report).unwrap_or_default();
         assert!(text.contains("Pipeline bubble per stage"), "{text}");
         assert!(text.contains("2, 3") && text.contains("30.0%"), "{text}");
+        assert!(text.contains("1.20 ms") && text.contains("24"), "{text}");
         assert!(
             text.contains("Replica load: requests max 3, mean 3 (1.00×)"),
             "{text}"

@@ -1,6 +1,9 @@
 //! End-to-end: expert routing skewed by the fault knob (`--expert-skew`) on an expert-parallel
 //! MoE run is reported as expert load imbalance naming the hot expert and the rank holding it;
 //! the same run unskewed has no imbalance finding above info. Both report the expert counts.
+//! A pipeline-parallel run with one stage slowed (`--slow-rank`) is reported as a pipeline
+//! bubble on the other stage, naming the slow one; the same run unslowed has no bubble finding
+//! above info.
 
 // Test helpers panic with the value in view, as the tests themselves do.
 #![allow(clippy::unwrap_used)]
@@ -90,4 +93,68 @@ fn even_routing_has_no_expert_imbalance() {
         replicas[0]["queue_ns_mean"].as_f64().is_some(),
         "{replicas:#}"
     );
+}
+
+/// Runs pp=2 (one rank per stage) with `extra`, prints its bubble findings, returns report.json.
+fn pipeline_run(extra: &[&str]) -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let args: Vec<&str> = ["--parallel=pp=2"].iter().chain(extra).copied().collect();
+    run(&out, &args).success();
+    let report = report_json(&out);
+    for f in findings_of(&report, "pipeline_bubble") {
+        println!("[{}] {}", f["level"], f["summary"]);
+    }
+    report
+}
+
+#[test]
+fn a_slow_stage_leaves_the_other_in_a_bubble_that_names_it() {
+    let _turn = ONE_RUN_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let report = pipeline_run(&["--slow-rank=1=3"]);
+    let stages = report["imbalance"]["stages"].as_array().cloned().unwrap();
+    assert_eq!(stages.len(), 2, "{stages:#?}");
+    assert!(stages[0]["micro_batches"].as_u64() > Some(0), "{stages:#?}");
+    let loud: Vec<Value> = findings_of(&report, "pipeline_bubble")
+        .into_iter()
+        .filter(|f| f["level"] != "info")
+        .collect();
+    let [f] = &loud[..] else {
+        panic!("one stage's bubble asks for action: {loud:#?}")
+    };
+    assert_eq!(f["location"]["ranks"], serde_json::json!([0]), "{f:#}");
+    assert_eq!(f["evidence"]["stage"], 0.0, "{f:#}");
+    assert_eq!(f["evidence"]["slowest_stage"], 1.0, "{f:#}");
+    assert!(f["evidence"]["micro_batches"].as_f64() > Some(0.0), "{f:#}");
+    let summary = f["summary"].as_str().unwrap_or_default();
+    assert!(summary.starts_with("pipeline stage 0 (rank 0)"), "{f:#}");
+    assert!(summary.contains("stage 1 computes"), "{f:#}");
+    let suggestion = f["suggestion"].as_str().unwrap_or_default();
+    assert!(
+        suggestion.contains("move layers from stage 1 to stage 0"),
+        "{f:#}"
+    );
+}
+
+#[test]
+fn a_balanced_pipeline_has_no_bubble_finding_above_info() {
+    let _turn = ONE_RUN_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let report = pipeline_run(&[]);
+    let bubbles = findings_of(&report, "pipeline_bubble");
+    let loud: Vec<&Value> = bubbles.iter().filter(|f| f["level"] != "info").collect();
+    assert!(loud.is_empty(), "{loud:#?}");
+    // The per-rank finding gives way to the stage findings: none names a rank alone.
+    assert!(
+        bubbles.iter().all(|f| f["summary"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("pipeline stage"))),
+        "{bubbles:#?}"
+    );
+    // A host-bound finding, where the run is one, says in which phase the host time lies.
+    for f in findings_of(&report, "host_bound") {
+        let summary = f["summary"].as_str().unwrap_or_default();
+        assert!(summary.contains("; host time concentrates in "), "{f:#}");
+        let evidence = f["evidence"].as_object().cloned().unwrap_or_default();
+        assert!(evidence.contains_key("startup_host_pct"), "{f:#}");
+    }
 }

@@ -4,12 +4,14 @@
 
 mod gpu_idle;
 mod health;
+mod host_phases;
 mod imbalance;
 mod links;
 mod pipeline;
 mod ranks;
 mod roofline;
 mod share;
+mod stages;
 
 use crate::analysis::AnalysisInput;
 use serde::{Deserialize, Serialize};
@@ -17,6 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 pub use gpu_idle::GpuIdle;
 pub use health::{DroppedSpans, IncompleteRun};
+pub use host_phases::cite_phases;
 pub use imbalance::{ExpertImbalanceDetector, ReplicaQueueing};
 pub use links::SlowLink;
 pub use pipeline::PipelineBubble;

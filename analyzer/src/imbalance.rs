@@ -152,8 +152,45 @@ pub struct StageBubble {
     pub idle_ns: u64,
     /// `recv_wait_ns + idle_ns`.
     pub bubble_ns: u64,
-    /// `bubble_ns` over `wall_ns`, percent; `None` for a wall time of 0.
+    /// `bubble_ns` over the stage's working time (`wall_ns` less `startup_ns`), percent; `None`
+    /// when that is 0.
     pub bubble_pct: Option<f64>,
+    /// Time its ranks spent loading weights (`weights.init` spans), summed: before the first
+    /// step, no pipeline runs, so the bubble is measured without it.
+    #[serde(default)]
+    pub startup_ns: u64,
+    /// Its ranks' compute time (exclusive, as the breakdown counts it), summed.
+    #[serde(default)]
+    pub compute_ns: u64,
+    /// The model layers its spans name (distinct `layer` attributes of its first rank); `None`
+    /// when no span names a layer.
+    #[serde(default)]
+    pub layers: Option<u32>,
+    /// The micro-batches it ran: distinct (step, micro-batch) pairs of its first rank's spans;
+    /// `None` when no span names a micro-batch.
+    #[serde(default)]
+    pub micro_batches: Option<u64>,
+    /// The steps those micro-batches belong to.
+    #[serde(default)]
+    pub steps: Option<u64>,
+}
+
+impl StageBubble {
+    /// Mean micro-batches per step; `None` when unknown.
+    pub fn micro_batches_per_step(&self) -> Option<f64> {
+        let (micro_batches, steps) = (self.micro_batches?, self.steps?);
+        (steps > 0).then(|| micro_batches as f64 / steps as f64)
+    }
+
+    /// The stage's time after its weights were loaded: what its bubble is a share of.
+    pub fn working_ns(&self) -> u64 {
+        self.wall_ns.saturating_sub(self.startup_ns)
+    }
+
+    /// Its ranks' mean compute time.
+    pub fn compute_ns_per_rank(&self) -> Option<f64> {
+        (!self.ranks.is_empty()).then(|| self.compute_ns as f64 / self.ranks.len() as f64)
+    }
 }
 
 /// How requests spread over the data-parallel replicas.
@@ -317,11 +354,12 @@ fn layer_loads(grid: &ExpertGrid) -> Vec<LayerExpertLoad> {
 }
 
 /// Per stage, its ranks' receive waiting and idle time over their wall time (pipelined runs).
-fn stage_bubbles(input: &AnalysisInput<'_>, degrees: Degrees) -> Vec<StageBubble> {
+pub(crate) fn stage_bubbles(input: &AnalysisInput<'_>, degrees: Degrees) -> Vec<StageBubble> {
     if degrees.pp < 2 {
         return Vec::new();
     }
     let waiting = receive_waiting(input);
+    let weights = crate::phases::StepOps::of(input.timeline).weights_init;
     let mut stages: BTreeMap<u32, StageBubble> = BTreeMap::new();
     for (rank, breakdown) in input.measured_ranks() {
         let stage = degrees.stage_of(rank.rank);
@@ -333,17 +371,72 @@ fn stage_bubbles(input: &AnalysisInput<'_>, degrees: Degrees) -> Vec<StageBubble
             idle_ns: 0,
             bubble_ns: 0,
             bubble_pct: None,
+            startup_ns: 0,
+            compute_ns: 0,
+            layers: None,
+            micro_batches: None,
+            steps: None,
         });
         s.ranks.push(rank.rank);
         s.wall_ns += breakdown.wall_ns();
         s.recv_wait_ns += waiting.get(&rank.rank).map_or(0, |w| w.wait_ns);
         s.idle_ns += breakdown.idle;
+        s.compute_ns += breakdown.compute;
+        s.startup_ns += weights.map_or(0, |op| {
+            let spans = input.timeline.spans_of(pinch_traces::Rank(rank.rank));
+            spans
+                .iter()
+                .filter(|x| x.name == op)
+                .map(|x| x.duration_ns)
+                .sum()
+        });
     }
     for s in stages.values_mut() {
         s.bubble_ns = s.recv_wait_ns + s.idle_ns;
-        s.bubble_pct = crate::stats::pct(s.bubble_ns as f64, s.wall_ns as f64);
+        s.bubble_pct = crate::stats::pct(s.bubble_ns as f64, s.working_ns() as f64);
+        // Tensor-parallel peers run the same layers and micro-batches: the first rank tells.
+        if let Some(&first) = s.ranks.first() {
+            let work = StageWork::of(input.timeline.spans_of(pinch_traces::Rank(first)));
+            s.layers = (!work.layers.is_empty()).then_some(work.layers.len() as u32);
+            s.micro_batches = (work.micro_batches > 0).then_some(work.micro_batches);
+            s.steps = (work.micro_batches > 0).then_some(work.steps.len() as u64);
+        }
     }
     stages.into_values().collect()
+}
+
+/// What one rank's spans say of its stage's work: the layers they name and the micro-batches
+/// (and their steps) they ran.
+#[derive(Debug, Default)]
+struct StageWork {
+    layers: BTreeSet<u32>,
+    steps: BTreeSet<u32>,
+    micro_batches: u64,
+}
+
+impl StageWork {
+    fn of(spans: &[crate::TimedSpan]) -> StageWork {
+        let mut work = StageWork::default();
+        let mut seen: BTreeSet<(u32, u32)> = BTreeSet::new();
+        let (mut last, mut last_layer): (Option<(u32, u32)>, Option<u32>) = (None, None);
+        for span in spans {
+            // A layer's ops run together: insert only when the layer changes.
+            if let Some(layer) = span.attrs.layer.filter(|l| last_layer != Some(*l)) {
+                work.layers.insert(layer);
+                last_layer = Some(layer);
+            }
+            let (Some(step), Some(mb)) = (span.attrs.step, span.attrs.micro_batch) else {
+                continue;
+            };
+            // A micro-batch's spans run together: look it up only when it changes.
+            if last != Some((step, mb)) && seen.insert((step, mb)) {
+                work.steps.insert(step);
+            }
+            last = Some((step, mb));
+        }
+        work.micro_batches = seen.len() as u64;
+        work
+    }
 }
 
 fn replica_imbalance(requests: &[&RequestRecord], degrees: Degrees) -> Option<ReplicaImbalance> {
@@ -472,6 +565,26 @@ mod tests {
         assert_eq!((s.recv_wait_ns, s.idle_ns, s.bubble_ns), (300, 150, 450));
         assert_eq!(s.bubble_pct, Some(45.0));
         assert!(stage_bubbles(&input, Degrees { tp: 1, pp: 1 }).is_empty());
+    }
+
+    #[test]
+    fn loading_weights_is_no_part_of_the_stage_bubble() {
+        // Rank 1 loads weights for 500 ns, then waits 100 ns of its 500 ns of steps.
+        let mut weights = span(1, Category::Host, 0, 500);
+        weights.name = crate::timeline::NameId(6);
+        let mut t = timeline(vec![
+            span(0, Category::Compute, 0, 1_000),
+            weights,
+            recv(1, 500, 200, 100),
+            span(1, Category::Compute, 700, 300),
+        ]);
+        t.names
+            .push(crate::phases::steps::WEIGHTS_INIT_OP.to_string());
+        let facts = RunFacts::from_timeline(&t);
+        let stages = stage_bubbles(&AnalysisInput::new(&t, &facts), Degrees { tp: 1, pp: 2 });
+        let s = &stages[1];
+        assert_eq!((s.wall_ns, s.startup_ns, s.bubble_ns), (1_000, 500, 100));
+        assert_eq!(s.bubble_pct, Some(20.0));
     }
 
     fn request(

@@ -7,7 +7,7 @@ use crate::analysis::{AnalysisInput, RankReport};
 use crate::collectives::{CollectiveReport, rate_against_links};
 use crate::critical_path::CriticalPathReport;
 use crate::facts::RunFacts;
-use crate::findings::{Finding, detect_all};
+use crate::findings::{Finding, cite_phases, detect_all};
 use crate::imbalance::{ImbalanceReport, imbalance_report};
 use crate::phases::{PhaseInput, PhaseReport, phase_reports, replica_tokens, tcp_link_bytes_per_s};
 use crate::roofline::{classify, rank_ceilings};
@@ -162,8 +162,9 @@ pub(crate) fn report_from_input(
         rate_links(&mut input.traffic, links);
     }
     input.imbalance = imbalance_report(run, &input);
-    let findings = detect_all(&input);
+    let mut findings = detect_all(&input);
     let phases = run_phases(run, timeline, clocks);
+    cite_phases(&mut findings, timeline, &phases);
     let clock_of = |node: &NodeData| clocks.iter().find(|c| c.node == node.node.0).cloned();
     Report {
         schema_version: REPORT_SCHEMA_VERSION,

@@ -1,7 +1,12 @@
 //! The pipeline bubble: a stage that waits for its neighbour's activations has nothing to do.
 //! A receive's `wait_ns` is the time until the sender arrived, so in a pipeline-parallel run the
 //! receive waiting of a rank, over its wall time, is the share of it the bubble took.
+//!
+//! Where the run's layout gives its stages (the imbalance report's stage table), the finding is
+//! per stage instead (see `stages`): the stage bubble adds idle time and the micro-batches, and
+//! the per-rank finding would report the same waiting twice, so it gives way.
 
+use super::stages::{ranks_in_stage_bubbles, stage_findings};
 use super::{Detector, Finding, FindingKind, Level, Location, fmt_ns, nodes_of, severity};
 use crate::analysis::AnalysisInput;
 use pinch_traces::CollectiveKind;
@@ -9,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 /// A rank waiting on receives for more than this share of its wall time has a bubble worth a
 /// warning...
-const BUBBLE_WARNING_PCT: f64 = 20.0;
+pub(super) const BUBBLE_WARNING_PCT: f64 = 20.0;
 /// ...and above this, a critical one.
 const BUBBLE_CRITICAL_PCT: f64 = 50.0;
 
@@ -21,7 +26,7 @@ pub struct PipelineBubble;
 pub(crate) struct Waiting {
     pub(crate) wait_ns: u64,
     receives: u64,
-    ops: BTreeSet<String>,
+    pub(super) ops: BTreeSet<String>,
 }
 
 impl Detector for PipelineBubble {
@@ -30,6 +35,9 @@ impl Detector for PipelineBubble {
     }
 
     fn detect(&self, input: &AnalysisInput<'_>) -> Vec<Finding> {
+        if !input.imbalance.stages.is_empty() {
+            return stage_findings(input);
+        }
         let waiting = receive_waiting(input);
         let shares = bubble_shares(input, &waiting);
         let flagged = flagged_ranks(&shares);
@@ -44,7 +52,10 @@ impl Detector for PipelineBubble {
 /// finding explains, so the communication finding does not count it again.
 pub(super) fn waiting_in_bubbles(input: &AnalysisInput<'_>) -> BTreeMap<u32, u64> {
     let waiting = receive_waiting(input);
-    let flagged = flagged_ranks(&bubble_shares(input, &waiting));
+    let flagged: Vec<u32> = match input.imbalance.stages.is_empty() {
+        true => flagged_ranks(&bubble_shares(input, &waiting)),
+        false => ranks_in_stage_bubbles(input).into_iter().collect(),
+    };
     waiting
         .into_iter()
         .filter(|(rank, _)| flagged.contains(rank))
