@@ -35,7 +35,6 @@ use crate::exchanges::{Collectives, Member};
 use crate::timeline::TimedSpan;
 use crate::traffic::{AllReduceAlgorithm, LinkTraffic};
 use pinch_traces::{CollectiveKind, Rank};
-use std::collections::BTreeMap;
 
 /// A link whose rate is below its transport's median link rate divided by this is slow. On a
 /// busy 2-core host, healthy links of one run differ by up to about 2× (a receiver descheduled

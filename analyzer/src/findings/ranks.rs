@@ -452,17 +452,17 @@ mod tests {
         assert!(detect(&Straggler, &timeline(spans)).is_empty());
     }
 
-    /// Four ranks, twenty steps; at each, `late(step)` names the rank that computes 3 µs longer
-    /// and arrives last.
+    /// Four ranks, twenty back-to-back steps of 13.1 µs; at each, `late(step)` names the rank
+    /// that computes 3 µs longer than the others' 10 µs and arrives last at the all-reduce.
     fn rotating(late: impl Fn(u64) -> u32) -> Timeline {
         let mut spans: Vec<TimedSpan> = Vec::new();
         for step in 0..20u64 {
-            let t0 = (step * 10_000) as i64;
+            let t0 = (step * 13_100) as i64;
             for rank in 0..4u32 {
-                let compute_ns = if rank == late(step) { 8_000 } else { 5_000 };
+                let compute_ns = if rank == late(step) { 13_000 } else { 10_000 };
                 spans.push(span(rank, Compute, t0, compute_ns));
                 let start = t0 + compute_ns as i64;
-                let end = t0 + 8_500;
+                let end = t0 + 13_100;
                 spans.push(collective(rank, step, start, (end - start) as u64, 1 << 20));
             }
         }
@@ -473,7 +473,7 @@ mod tests {
     fn issue_5_lateness_that_moves_between_ranks_is_no_straggler() {
         // Each rank in turn, and rank 1 at 14 of 20 steps with the others late as long at their
         // turns: the tests before issue 5 (last at twice its share, costing the others ten times
-        // what it waits) named rank 1, at a fifth of the others' time.
+        // what it waits) named rank 1, at 16% of the others' time.
         for late in [
             Box::new(|step: u64| (step % 4) as u32) as Box<dyn Fn(u64) -> u32>,
             Box::new(|step: u64| if step % 10 < 7 { 1 } else { (step % 3) as u32 * 2 }),
