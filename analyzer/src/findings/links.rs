@@ -132,7 +132,10 @@ fn confirm_two_way(input: &AnalysisInput<'_>, candidates: &mut [Slow<'_>]) {
             .max()
             .unwrap_or(i64::MIN);
         for (slow, count) in candidates.iter().zip(counts.iter_mut()) {
-            let [a, b] = slow.link.ranks.map(|r| receive_ns(spans, members, r, last_arrival));
+            let [a, b] = slow
+                .link
+                .ranks
+                .map(|r| receive_ns(spans, members, r, last_arrival));
             let (Some(a), Some(b)) = (a, b) else {
                 continue;
             };
@@ -163,7 +166,12 @@ fn two_way_bytes(spans: &[TimedSpan], members: &[Member], algo: AllReduceAlgorit
 }
 
 /// The time `rank` spent getting its data after the last member arrived, when it took part.
-fn receive_ns(spans: &[TimedSpan], members: &[Member], rank: u32, last_arrival: i64) -> Option<u64> {
+fn receive_ns(
+    spans: &[TimedSpan],
+    members: &[Member],
+    rank: u32,
+    last_arrival: i64,
+) -> Option<u64> {
     let at = members.binary_search_by_key(&Rank(rank), |m| m.rank).ok()?;
     let s = &spans[members[at].index as usize];
     u64::try_from(s.end_ns().saturating_sub(last_arrival.max(s.start_ns))).ok()
