@@ -52,15 +52,14 @@ fn a_delayed_link_is_named_and_the_undelayed_run_names_none() {
 
     assert_eq!(slow[0]["level"], "critical", "{slow:#?}");
 
-    // Four ranks on this 2-core host are oversubscribed: a receiver descheduled when its data
-    // arrives makes a healthy link look slow, at times enough for a warning (a known weakness
-    // of receiver-side rates on a saturated host). A healthy link must never look as costly as
-    // the delayed one.
+    // Four ranks on this 2-core host are oversubscribed: a receiver the host does not run when
+    // its data arrives is slow from every peer for a while. Two ranks that are so at their own
+    // moments are not a slow link between them (issue 5): the healthy run has none above info.
     let undelayed = dir.path().join("undelayed");
     run(&undelayed, FOUR_RANKS).success();
     let report = report_json(&undelayed);
     let slow = slow_links(&report);
-    assert!(slow.iter().all(|f| f["level"] != "critical"), "{slow:#?}");
+    assert!(slow.iter().all(|f| f["level"] == "info"), "{slow:#?}");
 }
 
 #[test]

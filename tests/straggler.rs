@@ -7,6 +7,7 @@ mod common;
 use common::{report_json, run};
 use serde_json::Value;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The two runs take turns: the slowed rank spins, and run beside the unslowed one on a small
 /// host it would make a real straggler of one of its ranks.
@@ -61,4 +62,39 @@ fn the_same_run_unslowed_has_no_straggler() {
     let stragglers = findings_of(&report, "straggler");
     assert!(stragglers.is_empty(), "{stragglers:#?}");
     assert!(report["stragglers"]["collectives"].as_u64() > Some(0));
+}
+
+/// Runs `work` while two threads spin, one per core of a 2-core host: a busy host.
+fn under_busy_loops<T>(work: impl FnOnce() -> T) -> T {
+    static STOP: AtomicBool = AtomicBool::new(false);
+    STOP.store(false, Ordering::Relaxed);
+    let spinners: Vec<_> = (0..2)
+        .map(|_| {
+            std::thread::spawn(|| {
+                while !STOP.load(Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
+        })
+        .collect();
+    let out = work();
+    STOP.store(true, Ordering::Relaxed);
+    for s in spinners {
+        assert!(s.join().is_ok(), "a busy loop panicked");
+    }
+    out
+}
+
+#[test]
+fn issue_5_the_unslowed_run_on_a_busy_host_has_no_straggler() {
+    let _turn = ONE_RUN_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    under_busy_loops(|| run(&out, &[]).success());
+    let report = report_json(&out);
+    let stragglers = findings_of(&report, "straggler");
+    assert!(
+        stragglers.iter().all(|f| f["level"] == "info"),
+        "{stragglers:#?}"
+    );
 }

@@ -4,6 +4,7 @@
 
 mod gpu_idle;
 mod health;
+mod host_load;
 mod host_phases;
 mod imbalance;
 mod links;
@@ -24,7 +25,7 @@ pub use imbalance::{ExpertImbalanceDetector, ReplicaQueueing};
 pub use links::SlowLink;
 pub use pipeline::PipelineBubble;
 pub(crate) use pipeline::receive_waiting;
-pub use ranks::{LoadImbalance, Straggler};
+pub use ranks::{HostContention, LoadImbalance, Straggler};
 pub use roofline::MemoryBandwidthBound;
 pub use share::ShareDetector;
 
@@ -106,6 +107,7 @@ pub fn all_detectors() -> Vec<Box<dyn Detector>> {
         Box::new(IncompleteRun),
         Box::new(DroppedSpans),
         Box::new(SlowLink),
+        Box::new(HostContention),
     ]
 }
 

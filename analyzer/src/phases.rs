@@ -10,7 +10,7 @@
 //! steps) belongs to the phase before it. All stretches of one kind make one `PhaseReport`, whose
 //! counters are integrated over exactly those stretches (see `counters`).
 
-mod counters;
+pub(crate) mod counters;
 pub mod steps;
 
 use crate::align::NodeClockReport;

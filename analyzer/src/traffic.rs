@@ -57,7 +57,7 @@ pub enum AllReduceAlgorithm {
 
 impl AllReduceAlgorithm {
     /// Whether an all-reduce of `message_bytes` over `n` members runs as a ring.
-    fn is_ring(self, message_bytes: u64, n: u64) -> bool {
+    pub(crate) fn is_ring(self, message_bytes: u64, n: u64) -> bool {
         match self {
             AllReduceAlgorithm::Ring => true,
             AllReduceAlgorithm::OneShot => false,

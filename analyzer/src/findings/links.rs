@@ -16,11 +16,25 @@
 //! share a rank with it, whose slowness it explains (0-3 and 1-3 above): so two slow links
 //! sharing a rank show as one, and two disjoint ones among four ranks slow every link and show
 //! as none; the matrix still shows them.
+//!
+//! Slow ends are not a slow link, though (issue 5): on a host with more runnable ranks than cores
+//! (four ranks on two), a receiver descheduled while its data arrives is slow from every peer at
+//! that collective, and two ranks that each are so at more than half of the collectives have
+//! the slow medians of a slow link without one. What tells them apart is *when*: a slow link
+//! slows both its ends at the same transfers, every time; ranks the host does not run are slow
+//! each at its own moments (two ranks sharing a core are even slow by turns). So a candidate is
+//! confirmed transfer by transfer where both directions were timed at once (each member of a
+//! one-shot all-reduce, all-gather, reduce-scatter or all-to-all receives from every other):
+//! such a transfer is slow only when its faster direction is below the threshold, and the link
+//! is slow only when at least half its two-way transfers are. A link with too few two-way
+//! transfers (pipeline sends, broadcasts) keeps the verdict of its medians.
 
 use super::{Detector, Finding, FindingKind, Level, Location, fmt_ns, nodes_of, severity};
 use crate::analysis::AnalysisInput;
-use crate::traffic::LinkTraffic;
-use std::collections::BTreeMap;
+use crate::exchanges::{Collectives, Member};
+use crate::timeline::TimedSpan;
+use crate::traffic::{AllReduceAlgorithm, LinkTraffic};
+use pinch_traces::{CollectiveKind, Rank};
 
 /// A link whose rate is below its transport's median link rate divided by this is slow. On a
 /// busy 2-core host, healthy links of one run differ by up to about 2× (a receiver descheduled
@@ -39,6 +53,10 @@ const MIN_TRANSFERS: u64 = 10;
 const MIN_SEVERITY: f64 = 0.05;
 /// The share of its ranks' time at which a slow link is critical.
 const CRITICAL_SEVERITY: f64 = 0.25;
+/// Of a link's two-way transfers, the share at which both ends must have received slowly for
+/// the slowness to be the link's (see the module doc): a link delay slows nearly all of them;
+/// two ranks descheduled at random, each at 60% of the collectives, only about a third.
+const BOTH_SLOW_SHARE: f64 = 0.5;
 
 /// A link between two ranks much slower than the others of its transport.
 #[derive(Clone, Copy, Debug)]
@@ -68,11 +86,95 @@ impl Detector for SlowLink {
             .iter()
             .filter_map(|m| below_alike(m, &measured))
             .collect();
-        unexplained(candidates)
-            .iter()
+        let mut slow = unexplained(candidates);
+        confirm_two_way(input, &mut slow);
+        slow.iter()
+            .filter(|s| s.both_slow.is_none_or(|b| b.confirms()))
             .filter_map(|slow| slow_finding(input, slow))
             .collect()
     }
+}
+
+/// Of a link's two-way transfers, how many there were and at how many both ends were slow.
+#[derive(Clone, Copy, Debug, Default)]
+struct BothSlow {
+    transfers: u64,
+    slow: u64,
+}
+
+impl BothSlow {
+    /// Whether enough two-way transfers were slow at both ends for the link to be slow.
+    fn confirms(self) -> bool {
+        self.slow as f64 >= BOTH_SLOW_SHARE * self.transfers as f64
+    }
+
+    fn slow_pct(self) -> f64 {
+        100.0 * self.slow as f64 / self.transfers.max(1) as f64
+    }
+}
+
+/// Counts, for each candidate, its two-way transfers and those slow at both ends; a candidate
+/// with fewer than `MIN_TRANSFERS` of them is left unjudged (`both_slow` stays `None`). One pass
+/// over the collectives, a binary search per candidate end per collective.
+fn confirm_two_way(input: &AnalysisInput<'_>, candidates: &mut [Slow<'_>]) {
+    if candidates.is_empty() {
+        return;
+    }
+    let spans = &input.timeline.spans;
+    let mut counts = vec![BothSlow::default(); candidates.len()];
+    for members in Collectives::new(input.timeline).each() {
+        let Some(bytes_per_peer) = two_way_bytes(spans, members, input.traffic.all_reduce) else {
+            continue;
+        };
+        let last_arrival = members
+            .iter()
+            .map(|m| spans[m.index as usize].start_ns)
+            .max()
+            .unwrap_or(i64::MIN);
+        for (slow, count) in candidates.iter().zip(counts.iter_mut()) {
+            let [a, b] = slow
+                .link
+                .ranks
+                .map(|r| receive_ns(spans, members, r, last_arrival));
+            let (Some(a), Some(b)) = (a, b) else {
+                continue;
+            };
+            // The faster direction's rate, GB/s: each direction's is a lower bound on the link's.
+            let gbps = bytes_per_peer as f64 / a.min(b).max(1) as f64;
+            count.transfers += 1;
+            count.slow += u64::from(gbps * SLOW_LINK_FACTOR < slow.median);
+        }
+    }
+    for (slow, count) in candidates.iter_mut().zip(counts) {
+        slow.both_slow = (count.transfers >= MIN_TRANSFERS).then_some(count);
+    }
+}
+
+/// The bytes each member of a collective receives from each other one, when every member
+/// receives from every other at once (see `traffic.rs`); `None` for other collectives.
+fn two_way_bytes(spans: &[TimedSpan], members: &[Member], algo: AllReduceAlgorithm) -> Option<u64> {
+    let c = spans[members.first()?.index as usize].attrs.collective?;
+    let n = u64::from(c.participants).max(members.len() as u64);
+    match c.kind {
+        CollectiveKind::AllReduce if !algo.is_ring(c.message_bytes, n) => Some(c.message_bytes),
+        CollectiveKind::AllGather | CollectiveKind::ReduceScatter | CollectiveKind::AllToAll => {
+            Some(c.message_bytes / n)
+        }
+        _ => None,
+    }
+    .filter(|&bytes| bytes > 0)
+}
+
+/// The time `rank` spent getting its data after the last member arrived, when it took part.
+fn receive_ns(
+    spans: &[TimedSpan],
+    members: &[Member],
+    rank: u32,
+    last_arrival: i64,
+) -> Option<u64> {
+    let at = members.binary_search_by_key(&Rank(rank), |m| m.rank).ok()?;
+    let s = &spans[members[at].index as usize];
+    u64::try_from(s.end_ns().saturating_sub(last_arrival.max(s.start_ns))).ok()
 }
 
 /// A link with a typical rate, and the size of the transfers it is typical of.
@@ -106,6 +208,7 @@ fn below_alike<'a>(m: &Measured<'a>, all: &[Measured<'a>]) -> Option<Slow<'a>> {
         median,
         transport: m.transport,
         compared: rates.len(),
+        both_slow: None,
     })
 }
 
@@ -134,6 +237,8 @@ struct Slow<'a> {
     median: f64,
     transport: &'a str,
     compared: usize,
+    /// Its two-way transfers, and how many were slow at both ends; `None` when it had too few.
+    both_slow: Option<BothSlow>,
 }
 
 impl Slow<'_> {
@@ -185,7 +290,7 @@ fn slow_finding(input: &AnalysisInput<'_>, slow: &Slow<'_>) -> Option<Finding> {
             links: vec![link.link.clone()],
             ..Location::default()
         },
-        evidence: BTreeMap::from([
+        evidence: [
             ("link_gbps".to_string(), slow.gbps),
             ("median_gbps".to_string(), slow.median),
             ("times_slower".to_string(), times_slower),
@@ -196,7 +301,15 @@ fn slow_finding(input: &AnalysisInput<'_>, slow: &Slow<'_>) -> Option<Finding> {
             ("time_ns".to_string(), link.time_ns as f64),
             ("excess_ns".to_string(), slow.excess_ns()),
             ("ranks_wall_ns".to_string(), walls_ns as f64),
-        ]),
+        ]
+        .into_iter()
+        .chain(slow.both_slow.into_iter().flat_map(|b| {
+            [
+                ("two_way_transfers".to_string(), b.transfers as f64),
+                ("both_slow_pct".to_string(), b.slow_pct()),
+            ]
+        }))
+        .collect(),
         suggestion: format!(
             "check the link between ranks {a} and {b}: on real hardware a degraded NIC, cable or \
              switch port, or traffic shaping (compare with `pinch calibrate`'s link figures); \
@@ -270,6 +383,42 @@ mod tests {
         let found = findings(&timeline(spans));
         let links: Vec<&[String]> = found.iter().map(|f| f.location.links.as_slice()).collect();
         assert_eq!(links, vec![["0-1".to_string()].as_slice()], "{found:#?}");
+    }
+
+    /// Twenty one-shot all-reduces of 1 KiB over four ranks that arrive together; rank `r`
+    /// takes 2 µs to get its data where `slow(r, seq)`, else 200 ns.
+    fn four_ranks(slow: impl Fn(u32, i64) -> bool) -> Timeline {
+        let mut spans = Vec::new();
+        for seq in 0..20 {
+            let t0 = seq * 10_000;
+            for rank in 0..4 {
+                let took = if slow(rank, seq) { 2_000 } else { 200 };
+                let mut s = collective(rank, seq as u64, t0, took, 1_024);
+                if let Some(c) = s.attrs.collective.as_mut() {
+                    (c.kind, c.participants) = (CollectiveKind::AllReduce, 4);
+                }
+                spans.push(s);
+            }
+        }
+        timeline(spans)
+    }
+
+    #[test]
+    fn issue_5_two_ranks_slow_at_different_collectives_are_no_slow_link() {
+        // Ranks 0 and 1 each slow at 12 of 20 collectives, both at 4: their medians are a slow
+        // link's, but a descheduled receiver's, not the link's.
+        let t = four_ranks(|rank, seq| match rank {
+            0 => seq % 5 < 3,
+            1 => seq % 5 >= 2,
+            _ => false,
+        });
+        assert!(findings(&t).is_empty(), "{:#?}", findings(&t));
+        let together = four_ranks(|rank, seq| rank < 2 && seq % 5 < 3);
+        let found = findings(&together);
+        assert_eq!(found.len(), 1, "{found:#?}");
+        assert_eq!(found[0].location.links, vec!["0-1".to_string()]);
+        assert_eq!(found[0].evidence.get("two_way_transfers"), Some(&20.0));
+        assert_eq!(found[0].evidence.get("both_slow_pct"), Some(&60.0));
     }
 
     #[test]

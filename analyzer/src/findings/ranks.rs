@@ -1,10 +1,13 @@
 //! Detectors that compare ranks with each other: a straggler the others keep waiting for at
 //! collectives (from who arrived last at each one), and compute spread unevenly across ranks.
 
-use super::{Detector, Finding, FindingKind, Level, Location, fmt_ns, mean, nodes_of, severity};
+use super::{
+    Detector, Finding, FindingKind, Level, Location, fmt_ns, host_load, mean, nodes_of, severity,
+};
 use crate::analysis::{AnalysisInput, RankReport};
+use crate::stats::median;
 use crate::stragglers::{RankLateness, lateness_by_seq};
-use pinch_traces::Category;
+use pinch_traces::{Category, NodeId, Rank};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// A rank the others keep waiting for: it arrives last at collectives more often than its share,
@@ -15,9 +18,11 @@ pub struct Straggler;
 /// A straggler is last at this multiple of its fair share (1 / participants) of collectives at
 /// least...
 const STRAGGLER_LAST_SHARES: f64 = 2.0;
-/// ...though never required to be last at more than two thirds of them (of two ranks taking
-/// turns on a busy host, the one with a little more host work is last at up to 60%)...
-const STRAGGLER_LAST_PCT_CAP: f64 = 200.0 / 3.0;
+/// ...though never required to be last at more than 60% of them: under load, a rank slowed
+/// threefold was last at only 67% to 75% of its collectives (at 156 of 234, a cap of two thirds
+/// missed it by rounding). Two ranks taking turns on a busy host can be last as unevenly; the
+/// jitter and CPU tests below tell them apart...
+const STRAGGLER_LAST_PCT_CAP: f64 = 60.0;
 /// ...its lateness costs the others at least this multiple of what theirs costs it (ranks that
 /// take turns arriving last cost each other about as much)...
 const STRAGGLER_COST_RATIO: f64 = 2.0;
@@ -27,6 +32,18 @@ const STRAGGLER_COST_RATIO: f64 = 2.0;
 const STRAGGLER_MIN_SHARE: f64 = 0.15;
 /// The share of the others' time at which a straggler is critical.
 const STRAGGLER_CRITICAL_SHARE: f64 = 0.25;
+/// A straggler's median lateness when last is at least this multiple of the run's jitter: the
+/// median lateness of the other ranks at the collectives *they* were last at. (Medians, as a few
+/// long deschedulings sway a mean.) Measured on the 2-core host with other builds running: a
+/// rank slowed threefold was late by 4.8 to 10.8 times the other's median, once 2.0 times with
+/// busy loops on both cores; in healthy default runs, quiet or under busy loops, each rank's
+/// turns last were as late as the other's (0.84 to 1.19 times).
+const STRAGGLER_JITTER_FACTOR: f64 = 1.5;
+/// On a node whose cores were saturated, a straggler used more than this multiple of its peers'
+/// mean CPU time: a rank late because it has more to do uses more CPU; one late because the host
+/// did not run it uses no more than they do. (The rank slowed threefold used 2.5× its peer's CPU
+/// time; healthy ranks were within 11% of their peers' mean.)
+const STRAGGLER_OWN_WORK_CPU_RATIO: f64 = 1.25;
 
 /// A rank the straggler detector flags, with what it measured.
 #[derive(Debug)]
@@ -36,6 +53,10 @@ pub(super) struct Straggling<'a> {
     pub others_wall_ns: u64,
     /// `cost_to_others_ns` over `others_wall_ns`.
     pub share: f64,
+    /// Its median lateness at the collectives it was last at, and the other ranks' at theirs
+    /// (the run's jitter); `None` where there were none.
+    pub median_ns: Option<u64>,
+    pub others_median_ns: Option<u64>,
 }
 
 impl Detector for Straggler {
@@ -53,7 +74,22 @@ impl Detector for Straggler {
 
 /// The ranks that pass every straggler test.
 pub(super) fn stragglers<'a>(input: &'a AnalysisInput<'_>) -> Vec<Straggling<'a>> {
-    input
+    late_often(input)
+        .into_iter()
+        .filter(|s| its_own_lateness(input, s))
+        .collect()
+}
+
+/// Whether a rank the others keep waiting for is late by its own doing: its lateness stands out
+/// from the run's jitter, and the host did not starve it (see issue 5).
+fn its_own_lateness(input: &AnalysisInput<'_>, s: &Straggling<'_>) -> bool {
+    above_jitter(s) && !starved_by_host(input, s.lateness.rank)
+}
+
+/// The ranks that are last often, cost the others more than they cost it, and at a large share
+/// of the others' time: stragglers, unless their lateness is the host's.
+fn late_often<'a>(input: &'a AnalysisInput<'_>) -> Vec<Straggling<'a>> {
+    let late: Vec<Straggling<'a>> = input
         .stragglers
         .ranks
         .iter()
@@ -72,9 +108,70 @@ pub(super) fn stragglers<'a>(input: &'a AnalysisInput<'_>) -> Vec<Straggling<'a>
                 lateness: l,
                 others_wall_ns,
                 share,
+                median_ns: None,
+                others_median_ns: None,
             })
         })
-        .collect()
+        .collect();
+    with_median_lateness(input, late)
+}
+
+/// Fills in each rank's median lateness and the others', from one pass over the collectives,
+/// taken only when some rank is late often.
+fn with_median_lateness<'a>(
+    input: &AnalysisInput<'_>,
+    mut late: Vec<Straggling<'a>>,
+) -> Vec<Straggling<'a>> {
+    if late.is_empty() {
+        return late;
+    }
+    let seqs = lateness_by_seq(input.timeline);
+    for s in late.iter_mut() {
+        let (mut own, mut others) = (Vec::new(), Vec::new());
+        for seq in &seqs {
+            match seq.last_rank {
+                Some(last) if last == s.lateness.rank => own.push(seq.lateness_ns),
+                Some(_) => others.push(seq.lateness_ns),
+                None => {}
+            }
+        }
+        (s.median_ns, s.others_median_ns) = (median(own), median(others));
+    }
+    late
+}
+
+/// Whether the rank's lateness stands out from the run's jitter (see `STRAGGLER_JITTER_FACTOR`);
+/// a rank no other was ever later than stands out.
+fn above_jitter(s: &Straggling<'_>) -> bool {
+    match (s.median_ns, s.others_median_ns) {
+        (Some(own_ns), Some(jitter_ns)) => {
+            own_ns as f64 >= STRAGGLER_JITTER_FACTOR * jitter_ns as f64
+        }
+        (Some(_), None) => true,
+        (None, _) => false,
+    }
+}
+
+/// Whether the rank's node had its cores saturated while the rank used no more CPU than its
+/// peers: then the host, not the rank's own work, made it late. `false` without the counters.
+fn starved_by_host(input: &AnalysisInput<'_>, rank: u32) -> bool {
+    let Some(node) = input.ranks.iter().find(|r| r.rank == rank).map(|r| r.node) else {
+        return false;
+    };
+    let saturated = host_load::node_cpu_pct(input.timeline, NodeId(node))
+        .is_some_and(|pct| pct >= host_load::SATURATED_PCT);
+    let own = host_load::rank_cpu_ns(input.timeline, Rank(rank));
+    let peers: Vec<f64> = input
+        .stragglers
+        .ranks
+        .iter()
+        .filter(|o| o.rank != rank)
+        .filter_map(|o| host_load::rank_cpu_ns(input.timeline, Rank(o.rank)))
+        .collect();
+    match (saturated, own, mean(&peers)) {
+        (true, Some(own), Some(peers)) => own <= STRAGGLER_OWN_WORK_CPU_RATIO * peers,
+        _ => false,
+    }
 }
 
 /// Whether a rank last at `last_pct` of its collectives, where chance would make it last at
@@ -127,7 +224,7 @@ fn straggler_finding(input: &AnalysisInput<'_>, s: &Straggling<'_>) -> Finding {
             ops: collective_ops(input, l.rank),
             ..Location::default()
         },
-        evidence: BTreeMap::from([
+        evidence: [
             ("collectives".to_string(), l.collectives as f64),
             ("times_last".to_string(), l.times_last as f64),
             ("last_pct".to_string(), last_pct),
@@ -135,7 +232,13 @@ fn straggler_finding(input: &AnalysisInput<'_>, s: &Straggling<'_>) -> Finding {
             ("cost_to_others_ns".to_string(), l.cost_to_others_ns as f64),
             ("waited_for_others_ns".to_string(), l.waited_ns as f64),
             ("others_wall_ns".to_string(), s.others_wall_ns as f64),
-        ]),
+        ]
+        .into_iter()
+        .chain(
+            s.others_median_ns
+                .map(|ns| ("others_median_lateness_ns".to_string(), ns as f64)),
+        )
+        .collect(),
         suggestion: format!(
             "find what makes rank {} late before each collective: compare its compute and host \
              time with its peers', and look for other load on its node (CPU utilization, other \
@@ -156,6 +259,80 @@ fn collective_ops(input: &AnalysisInput<'_>, rank: u32) -> Vec<String> {
         .map(|op| op.name.as_str())
         .collect();
     names.into_iter().map(String::from).collect()
+}
+
+/// Ranks kept waiting at collectives by the host, not by one rank's work (issue 5): a rank is
+/// last often and costs the others much, but its lateness is no more than the run's jitter or
+/// the saturated host did not run it. Said at `info` level, as a description of how the timings
+/// were taken, in place of a straggler finding.
+#[derive(Clone, Copy, Debug)]
+pub struct HostContention;
+
+impl Detector for HostContention {
+    fn kind(&self) -> FindingKind {
+        FindingKind::HostBound
+    }
+
+    fn detect(&self, input: &AnalysisInput<'_>) -> Vec<Finding> {
+        late_often(input)
+            .iter()
+            .filter(|s| !its_own_lateness(input, s))
+            .map(|s| contention_finding(input, s))
+            .collect()
+    }
+}
+
+fn contention_finding(input: &AnalysisInput<'_>, s: &Straggling<'_>) -> Finding {
+    let l = s.lateness;
+    let node = input
+        .ranks
+        .iter()
+        .find(|r| r.rank == l.rank)
+        .map(|r| r.node);
+    let cpu_pct = node.and_then(|n| host_load::node_cpu_pct(input.timeline, NodeId(n)));
+    let (own_ns, jitter_ns) = (s.median_ns, s.others_median_ns);
+    let busy = cpu_pct.map_or(String::new(), |pct| format!(" on cores {pct:.0}% busy"));
+    let evidence = [
+        ("last_pct".to_string(), l.last_pct),
+        ("median_lateness_ns".to_string(), own_ns.map(|ns| ns as f64)),
+        (
+            "others_median_lateness_ns".to_string(),
+            jitter_ns.map(|ns| ns as f64),
+        ),
+        ("node_cpu_pct".to_string(), cpu_pct),
+        (
+            "cost_to_others_ns".to_string(),
+            Some(l.cost_to_others_ns as f64),
+        ),
+    ];
+    Finding {
+        kind: FindingKind::HostBound,
+        level: Level::Info,
+        severity: severity(s.share),
+        summary: format!(
+            "ranks wait for each other at collectives{busy}, but not for one straggler: rank {} \
+             is last at {:.0}% of its {} collectives, {} late at the median against {} when \
+             another rank is last; the host's scheduling, not its work, makes it late",
+            l.rank,
+            l.last_pct.unwrap_or(0.0),
+            l.collectives,
+            fmt_ns(own_ns.unwrap_or(0) as f64),
+            jitter_ns.map_or("nothing".to_string(), |ns| fmt_ns(ns as f64)),
+        ),
+        location: Location {
+            nodes: nodes_of(input, &[l.rank]),
+            ranks: vec![l.rank],
+            ..Location::default()
+        },
+        evidence: evidence
+            .into_iter()
+            .filter_map(|(name, value)| Some((name, value?)))
+            .collect(),
+        suggestion: "time the run on a host with a core for each rank and nothing else running \
+            (other processes, or more ranks than cores, make ranks late by turns); the waiting \
+            at collectives then shows what the workload itself costs"
+            .to_string(),
+    }
 }
 
 /// One rank computes much longer than the mean: the others wait for it at every step.
@@ -306,6 +483,119 @@ mod tests {
             }
         }
         assert!(detect(&Straggler, &timeline(spans)).is_empty());
+    }
+
+    /// Four ranks, twenty back-to-back steps of 13.1 µs; at each, `late(step)` names the rank
+    /// that computes 3 µs longer than the others' 10 µs and arrives last at the all-reduce.
+    fn rotating(late: impl Fn(u64) -> u32) -> Timeline {
+        let mut spans: Vec<TimedSpan> = Vec::new();
+        for step in 0..20u64 {
+            let t0 = (step * 13_100) as i64;
+            for rank in 0..4u32 {
+                let compute_ns = if rank == late(step) { 13_000 } else { 10_000 };
+                spans.push(span(rank, Compute, t0, compute_ns));
+                let start = t0 + compute_ns as i64;
+                let end = t0 + 13_100;
+                spans.push(collective(rank, step, start, (end - start) as u64, 1 << 20));
+            }
+        }
+        timeline(spans)
+    }
+
+    #[test]
+    fn issue_5_lateness_that_moves_between_ranks_is_no_straggler() {
+        // Each rank in turn, and rank 1 at 14 of 20 steps with the others late as long at their
+        // turns: the tests before issue 5 (last at twice its share, costing the others ten times
+        // what it waits) named rank 1, at 16% of the others' time.
+        for late in [
+            Box::new(|step: u64| (step % 4) as u32) as Box<dyn Fn(u64) -> u32>,
+            Box::new(|step: u64| {
+                if step % 10 < 7 {
+                    1
+                } else {
+                    (step % 3) as u32 * 2
+                }
+            }),
+        ] {
+            let t = rotating(late);
+            let facts = RunFacts::from_timeline(&t);
+            let findings = crate::findings::detect_all(&AnalysisInput::new(&t, &facts));
+            let loud: Vec<&Finding> = findings.iter().filter(|f| f.level > Level::Info).collect();
+            assert!(loud.is_empty(), "{loud:#?}");
+        }
+        let rank1 = rotating(|step| {
+            if step % 10 < 7 {
+                1
+            } else {
+                (step % 3) as u32 * 2
+            }
+        });
+        let facts = RunFacts::from_timeline(&rank1);
+        let input = AnalysisInput::new(&rank1, &facts);
+        let l = &input.stragglers.ranks[1];
+        assert_eq!((l.times_last, l.cost_to_others_ns), (14, 14 * 3 * 3_000));
+        let said = HostContention.detect(&input);
+        assert_eq!(said.len(), 1, "{said:#?}");
+        assert_eq!(
+            (said[0].level, &said[0].location.ranks),
+            (Level::Info, &vec![1])
+        );
+        assert!(
+            said[0].summary.starts_with(
+                "ranks wait for each other at collectives, but not for one straggler: rank 1 is \
+                 last at 70% of its 20 collectives, 3.0 µs late at the median against 3.0 µs"
+            ),
+            "{}",
+            said[0].summary
+        );
+    }
+
+    /// `straggling(2_000)` with the host's counters: cores `busy_pct` busy, and rank 2 using
+    /// `cpu_ratio` times the CPU time of each other rank.
+    fn on_a_host(busy_pct: f64, cpu_ratio: f64) -> Timeline {
+        use crate::findings::host_load::tests::series;
+        let mut t = straggling(2_000);
+        let busy = vec![busy_pct; 1_000];
+        t.series = vec![
+            series("cpu.utilization", "cpu0", &busy),
+            series("cpu.utilization", "cpu1", &busy),
+        ];
+        for rank in 0..4 {
+            let cpu_ns = if rank == 2 {
+                50_000.0 * cpu_ratio
+            } else {
+                50_000.0
+            };
+            t.series.push(series(
+                "process.cpu_time",
+                &format!("rank{rank}"),
+                &[1.0, cpu_ns],
+            ));
+        }
+        t
+    }
+
+    #[test]
+    fn issue_5_a_late_rank_the_saturated_host_did_not_run_is_no_straggler() {
+        assert!(detect(&Straggler, &on_a_host(99.0, 1.0)).is_empty());
+        let said = detect(&HostContention, &on_a_host(99.0, 1.0));
+        assert_eq!(said.len(), 1, "{said:#?}");
+        assert!(
+            said[0].summary.contains(" on cores 99% busy, "),
+            "{}",
+            said[0].summary
+        );
+        assert!(detect(&HostContention, &on_a_host(99.0, 1.4)).is_empty());
+        assert_eq!(
+            detect(&Straggler, &on_a_host(99.0, 1.4)).len(),
+            1,
+            "its own work"
+        );
+        assert_eq!(
+            detect(&Straggler, &on_a_host(60.0, 1.0)).len(),
+            1,
+            "cores to spare"
+        );
     }
 
     #[test]
