@@ -6,7 +6,7 @@
 //! Detectors that need what Kineto traces do not carry are skipped, and the report says which
 //! and why (`SkippedDetector`).
 
-use super::{KinetoTimeline, LaneInfo, kineto_timeline};
+use super::{KinetoTimeline, LaneInfo, is_device_lane, kineto_device_timeline};
 use crate::align::{Alignment, NodeClockReport};
 use crate::analysis::{AnalysisInput, RankReport};
 use crate::collectives::CollectiveReport;
@@ -14,8 +14,10 @@ use crate::findings::{
     Detector, Finding, FindingKind, GpuIdle, LoadImbalance, ShareDetector, Straggler, detect_with,
 };
 use crate::stragglers::StragglerReport;
+use crate::timeline::Timeline;
 use pinch_traces::kineto::KinetoRun;
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 
 /// pinch's analyses of a Kineto job (the `pinch` section of `pinch analyze TRACES --json`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -96,12 +98,12 @@ fn skipped_detectors() -> Vec<SkippedDetector> {
 
 /// Builds the timeline (ranks aligned by their collectives) and runs pinch's analyses on it.
 pub fn pinch_report(run: &KinetoRun) -> KinetoPinchReport {
-    report_of(&kineto_timeline(run, Alignment::Collectives))
+    report_of(&kineto_device_timeline(run, Alignment::Collectives))
 }
 
 /// pinch's analyses of a Kineto job already on the timeline.
 pub fn report_of(kt: &KinetoTimeline) -> KinetoPinchReport {
-    let device = kt.device_timeline();
+    let device = device_view(kt);
     let mut input = AnalysisInput::new(&device, &kt.facts);
     for c in &mut input.collectives {
         drop_unknown_bandwidth(c);
@@ -109,7 +111,7 @@ pub fn report_of(kt: &KinetoTimeline) -> KinetoPinchReport {
     let findings = detect_with(&kineto_detectors(), &input);
     KinetoPinchReport {
         device_spans: device.spans.len() as u64,
-        host_spans: (kt.timeline.spans.len() - device.spans.len()) as u64,
+        host_spans: kt.host_spans,
         clamped_spans: kt.clamped_spans,
         ranks: input.ranks,
         collectives: input.collectives,
@@ -118,6 +120,15 @@ pub fn report_of(kt: &KinetoTimeline) -> KinetoPinchReport {
         skipped_detectors: skipped_detectors(),
         clocks: kt.clocks.clone(),
         lanes: kt.lanes.clone(),
+    }
+}
+
+/// The device spans of the timeline: itself when it holds no others (`kineto_device_timeline`).
+fn device_view(kt: &KinetoTimeline) -> Cow<'_, Timeline> {
+    if kt.timeline.spans.iter().all(|s| is_device_lane(s.lane)) {
+        Cow::Borrowed(&kt.timeline)
+    } else {
+        Cow::Owned(kt.device_timeline())
     }
 }
 
