@@ -25,11 +25,15 @@
 //!
 //! Cost: one pass per rank merging its streams' and host lists' events (each sorted by start)
 //! straight into the timeline's order, so no sort and no intermediate copy of the spans.
+//! `kineto_device_timeline` builds the device spans alone (what pinch's analyses read), a
+//! sixth of the events of a typical trace; host events are then only counted.
 
 pub mod comm;
 pub mod report;
 
-pub use report::{KinetoPinchReport, SkippedDetector, kineto_detectors, pinch_report, report_of};
+pub use report::{
+    KinetoCollective, KinetoPinchReport, SkippedDetector, kineto_detectors, pinch_report, report_of,
+};
 
 use crate::align::{Alignment, NodeClockReport, align};
 use crate::facts::RunFacts;
@@ -41,10 +45,10 @@ use pinch_traces::kineto::{
     RankTrace,
 };
 use pinch_traces::{
-    Category, ClockAnchor, CollectiveAttrs, Lane, NodeEntry, NodeId, OpId, RunManifest, Span,
+    Category, ClockAnchor, CollectiveAttrs, Lane, NodeEntry, NodeId, OpId, Rank, RunManifest, Span,
     SpanAttrs, Versions, WorkloadSpec,
 };
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
@@ -92,6 +96,9 @@ pub struct KinetoTimeline {
     pub clamped_spans: u64,
     /// Host events over all ranks, whether or not `timeline` holds their spans.
     pub host_spans: u64,
+    /// The collectives, as (rank, group, seq), whose kernels' args give no size (older
+    /// traces): their spans carry `message_bytes` 0, which here means unknown.
+    pub unknown_sizes: FxHashSet<(Rank, u32, u64)>,
 }
 
 impl KinetoTimeline {
@@ -147,6 +154,7 @@ fn build(run: &KinetoRun, alignment: Alignment, keep: Keep) -> KinetoTimeline {
     let mut ranges = Vec::with_capacity(run.ranks.len());
     let mut lanes = Vec::new();
     let (mut clamped_spans, mut host_spans) = (0, 0);
+    let mut unknown_sizes = FxHashSet::default();
     // Per rank, the start of its first host span, which `keep` may leave out.
     let mut first_host = Vec::with_capacity(run.ranks.len());
     for rank in &run.ranks {
@@ -158,6 +166,7 @@ fn build(run: &KinetoRun, alignment: Alignment, keep: Keep) -> KinetoTimeline {
         lanes.extend(builder.spans(&table, &mut spans));
         clamped_spans += builder.clamped.get();
         host_spans += builder.host_spans.get();
+        unknown_sizes.extend(builder.unknown_sizes.take());
         first_host.push(builder.first_host_ns.get());
         ranges.push(from..spans.len());
     }
@@ -185,6 +194,7 @@ fn build(run: &KinetoRun, alignment: Alignment, keep: Keep) -> KinetoTimeline {
         clocks,
         clamped_spans,
         host_spans,
+        unknown_sizes,
     }
 }
 
@@ -394,6 +404,8 @@ struct RankSpans<'a> {
     /// Host events seen so far, and where the first of them starts on the job's clock.
     host_spans: std::cell::Cell<u64>,
     first_host_ns: std::cell::Cell<Option<i64>>,
+    /// The collectives so far whose size the args do not give (`KinetoTimeline::unknown_sizes`).
+    unknown_sizes: std::cell::RefCell<Vec<(Rank, u32, u64)>>,
     /// `ProfilerStep#N` annotations as (start, end, N), by start.
     steps: Vec<(i64, i64, u32)>,
     /// The start of the runtime call of each correlation id.
@@ -433,6 +445,7 @@ impl<'a> RankSpans<'a> {
             clamped: std::cell::Cell::new(0),
             host_spans: std::cell::Cell::new(0),
             first_host_ns: std::cell::Cell::new(None),
+            unknown_sizes: std::cell::RefCell::new(Vec::new()),
             steps,
             launches,
         }
@@ -607,6 +620,12 @@ impl<'a> RankSpans<'a> {
         let collective = event.collective.map(|c| trace.names.get(c));
         let kind = comm::collective_kind(collective, trace.names.get(event.name))?;
         let args = trace.comm_args(event);
+        let message_bytes = args.and_then(|a| comm::message_bytes(kind, a));
+        if message_bytes.is_none() {
+            self.unknown_sizes
+                .borrow_mut()
+                .push((self.rank.rank, group, seq));
+        }
         Some(CollectiveAttrs {
             kind,
             group,
@@ -617,9 +636,9 @@ impl<'a> RankSpans<'a> {
                 self.world_size,
             ),
             peer: None,
-            // 0 when the args give no size (older traces): the Kineto report then leaves
-            // bandwidths out (see `report`).
-            message_bytes: args.and_then(|a| comm::message_bytes(kind, a)).unwrap_or(0),
+            // The span's size is a plain number: an unknown one is kept in `unknown_sizes`,
+            // and the report shows it as none (see `report`).
+            message_bytes: message_bytes.unwrap_or(0),
             wait_ns: None,
         })
     }
