@@ -2,13 +2,12 @@
 //! of `render`) of each rank's GPU time, kernel time by type, and idle time per stream.
 
 use crate::render::{
-    collectives_table_of, findings_text, fmt_ns, fmt_pct, ops_rows, ranks_table_of,
-    stragglers_table, table,
+    findings_text, fmt_bytes, fmt_ns, fmt_pct, ops_rows, ranks_table_of, stragglers_table, table,
 };
 use comfy_table::{Cell, CellAlignment};
 use pinch_analyzer::hta::{HtaReport, IdleShare, RankAnalysis, StreamIdle, TimeBase, types};
-use pinch_analyzer::kineto_timeline::KinetoPinchReport;
-use pinch_analyzer::{CollectiveReport, Finding, RankReport};
+use pinch_analyzer::kineto_timeline::{KinetoCollective, KinetoPinchReport};
+use pinch_analyzer::{Finding, RankReport};
 use pinch_traces::kineto::KinetoRun;
 
 pub fn render(run: &KinetoRun, report: &HtaReport) -> String {
@@ -50,7 +49,7 @@ pub fn render_pinch(report: &KinetoPinchReport) -> String {
         sections.push(format!(
             "{}\n{}",
             collectives_heading(&report.collectives),
-            collectives_table_of(&report.collectives)
+            collectives_table(&report.collectives)
         ));
     }
     if report.stragglers.collectives > 0 {
@@ -265,14 +264,70 @@ fn idle_row(rank: u32, s: &StreamIdle) -> Vec<Cell> {
     ]
 }
 
-/// The collectives table's heading; it says what 0 B means only where a size is missing.
-fn collectives_heading(collectives: &[CollectiveReport]) -> &'static str {
-    if collectives.iter().any(|c| c.message_bytes == 0) {
-        "Here a size of 0 B is unknown, and so are its bandwidths: only newer traces carry \
+/// The collectives table's heading; it explains unknown sizes only where one is.
+fn collectives_heading(collectives: &[KinetoCollective]) -> &'static str {
+    if collectives.iter().any(|c| c.message_bytes.is_none()) {
+        "A size shown as \"?\" is unknown, and so are its bandwidths: only newer traces carry \
          PyTorch's collective args."
     } else {
         "Message sizes are read from the kernels' args and counted as nccl-tests does."
     }
+}
+
+/// Rows of the collectives table; the rest are in --json.
+const COLLECTIVE_ROWS: usize = 10;
+
+/// pinch's collectives table of a Kineto job: the columns of `pinch analyze RUN`'s, an
+/// unknown size shown as "?" (never 0 B), and no link column (no calibration here).
+fn collectives_table(collectives: &[KinetoCollective]) -> String {
+    let mut t = table(&[
+        "collective",
+        "size",
+        "ranks",
+        "count",
+        "median",
+        "p90",
+        "algbw GB/s",
+        "busbw GB/s",
+        "arrival skew",
+        "waiting",
+    ]);
+    for c in collectives.iter().take(COLLECTIVE_ROWS) {
+        t.add_row(collective_row(c));
+    }
+    let more = match collectives.len().saturating_sub(COLLECTIVE_ROWS) {
+        0 => String::new(),
+        n => format!("\n  {n} more, shorter in total, in --json"),
+    };
+    format!(
+        "Collectives, longest in total first (bus bandwidth with nccl-tests' factors; waiting: \
+         share of their time spent waiting for the last peer)\n{t}{more}"
+    )
+}
+
+fn collective_row(c: &KinetoCollective) -> Vec<Cell> {
+    let r = &c.report;
+    let size = match c.message_bytes {
+        None => "?".to_string(),
+        Some(_) if r.sizes_vary => format!("≤{}", fmt_bytes(r.size_class_bytes)),
+        Some(bytes) => fmt_bytes(bytes),
+    };
+    let gbps = |v: Option<f64>| v.map_or("-".into(), |g| format!("{g:.3}"));
+    vec![
+        Cell::new(r.kind.name()),
+        right(size),
+        right(r.participants.to_string()),
+        right(r.count.to_string()),
+        right(fmt_ns(r.median_ns)),
+        right(fmt_ns(r.p90_ns)),
+        right(gbps(r.algbw_gbps)),
+        right(gbps(r.busbw_gbps)),
+        right(
+            r.mean_skew_ns
+                .map_or("-".into(), |s| fmt_ns(s.round() as u64)),
+        ),
+        right(r.wait_pct.map_or("-".into(), |w| format!("{w:.0}%"))),
+    ]
 }
 
 #[cfg(test)]

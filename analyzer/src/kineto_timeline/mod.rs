@@ -25,11 +25,15 @@
 //!
 //! Cost: one pass per rank merging its streams' and host lists' events (each sorted by start)
 //! straight into the timeline's order, so no sort and no intermediate copy of the spans.
+//! `kineto_device_timeline` builds the device spans alone (what pinch's analyses read), a
+//! sixth of the events of a typical trace; host events are then only counted.
 
 pub mod comm;
 pub mod report;
 
-pub use report::{KinetoPinchReport, SkippedDetector, kineto_detectors, pinch_report, report_of};
+pub use report::{
+    KinetoCollective, KinetoPinchReport, SkippedDetector, kineto_detectors, pinch_report, report_of,
+};
 
 use crate::align::{Alignment, NodeClockReport, align};
 use crate::facts::RunFacts;
@@ -41,9 +45,10 @@ use pinch_traces::kineto::{
     RankTrace,
 };
 use pinch_traces::{
-    Category, ClockAnchor, CollectiveAttrs, Lane, NodeEntry, NodeId, OpId, RunManifest, Span,
+    Category, ClockAnchor, CollectiveAttrs, Lane, NodeEntry, NodeId, OpId, Rank, RunManifest, Span,
     SpanAttrs, Versions, WorkloadSpec,
 };
+use rustc_hash::{FxHashMap, FxHashSet};
 use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
@@ -89,6 +94,11 @@ pub struct KinetoTimeline {
     pub clocks: Vec<NodeClockReport>,
     /// Spans cut short at the horizon (see the module doc); 0 for any real trace.
     pub clamped_spans: u64,
+    /// Host events over all ranks, whether or not `timeline` holds their spans.
+    pub host_spans: u64,
+    /// The collectives, as (rank, group, seq), whose kernels' args give no size (older
+    /// traces): their spans carry `message_bytes` 0, which here means unknown.
+    pub unknown_sizes: FxHashSet<(Rank, u32, u64)>,
 }
 
 impl KinetoTimeline {
@@ -112,26 +122,52 @@ impl KinetoTimeline {
     }
 }
 
+/// Which spans a `KinetoTimeline` holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Keep {
+    /// Device and host spans.
+    All,
+    /// Device spans only; host events are counted and give their threads' lanes. What
+    /// pinch's analyses read, at a sixth of the spans on a typical trace.
+    Device,
+}
+
 /// Puts a Kineto job on pinch's timeline, aligning ranks as `alignment` says.
 pub fn kineto_timeline(run: &KinetoRun, alignment: Alignment) -> KinetoTimeline {
+    build(run, alignment, Keep::All)
+}
+
+/// `kineto_timeline` whose `timeline` holds only the device spans (`device_timeline`'s view),
+/// on the same time base: host events are counted in `host_spans`, not built.
+pub fn kineto_device_timeline(run: &KinetoRun, alignment: Alignment) -> KinetoTimeline {
+    build(run, alignment, Keep::Device)
+}
+
+fn build(run: &KinetoRun, alignment: Alignment, keep: Keep) -> KinetoTimeline {
     let clock = JobClock::of(run);
     let world_size = run
         .world_size
         .unwrap_or_else(|| u32::try_from(run.ranks.len()).unwrap_or(u32::MAX));
     let mut names = Interner::default();
     let groups = comm::JobGroups::of(run);
-    let mut spans = Vec::with_capacity(run.ranks.iter().map(|r| r.trace.event_count()).sum());
+    let mut spans = Vec::with_capacity(run.ranks.iter().map(|r| spans_kept(r, keep)).sum());
     let mut ranges = Vec::with_capacity(run.ranks.len());
     let mut lanes = Vec::new();
-    let mut clamped_spans = 0;
+    let (mut clamped_spans, mut host_spans) = (0, 0);
+    let mut unknown_sizes = FxHashSet::default();
+    // Per rank, the start of its first host span, which `keep` may leave out.
+    let mut first_host = Vec::with_capacity(run.ranks.len());
     for rank in &run.ranks {
         let table: Vec<NameId> = (0..rank.trace.names.len())
             .map(|i| names.intern(rank.trace.names.get(KinetoNameId(i as u32))))
             .collect();
-        let builder = RankSpans::new(rank, clock, world_size, &groups);
+        let builder = RankSpans::new(rank, clock, world_size, &groups, keep);
         let from = spans.len();
         lanes.extend(builder.spans(&table, &mut spans));
         clamped_spans += builder.clamped.get();
+        host_spans += builder.host_spans.get();
+        unknown_sizes.extend(builder.unknown_sizes.take());
+        first_host.push(builder.first_host_ns.get());
         ranges.push(from..spans.len());
     }
     let clocks = align_ranks(run, &spans, &ranges, clock, alignment);
@@ -140,7 +176,12 @@ pub fn kineto_timeline(run: &KinetoRun, alignment: Alignment) -> KinetoTimeline 
             s.start_ns = s.start_ns.saturating_add(c.offset_ns);
         }
     }
-    let timeline = timeline_of(spans, names.names, clock);
+    let first_host_ns = first_host
+        .iter()
+        .zip(&clocks)
+        .filter_map(|(first, c)| Some(first.as_ref()?.saturating_add(c.offset_ns)))
+        .min();
+    let timeline = timeline_of(spans, first_host_ns, names.names, clock);
     // Every rank is a node of its own, with or without spans.
     let facts = RunFacts {
         rank_nodes: run.ranks.iter().map(|r| (r.rank, node_of(r))).collect(),
@@ -152,6 +193,16 @@ pub fn kineto_timeline(run: &KinetoRun, alignment: Alignment) -> KinetoTimeline 
         lanes,
         clocks,
         clamped_spans,
+        host_spans,
+        unknown_sizes,
+    }
+}
+
+/// How many spans of a rank `keep` builds.
+fn spans_kept(rank: &RankTrace, keep: Keep) -> usize {
+    match keep {
+        Keep::All => rank.trace.event_count(),
+        Keep::Device => rank.trace.device_event_count(),
     }
 }
 
@@ -213,9 +264,20 @@ fn untimed(s: &TimedSpan) -> Span {
 }
 
 /// The timeline of spans in rank order (each rank's by start), with times counted from the
-/// earliest span: offsets may have moved a rank before the job's earliest event.
-fn timeline_of(mut spans: Vec<TimedSpan>, names: Vec<String>, clock: JobClock) -> Timeline {
-    let first_ns = spans.iter().map(|s| s.start_ns).min().unwrap_or(0);
+/// earliest span, or host span left out (`first_host_ns`): offsets may have moved a rank
+/// before the job's earliest event.
+fn timeline_of(
+    mut spans: Vec<TimedSpan>,
+    first_host_ns: Option<i64>,
+    names: Vec<String>,
+    clock: JobClock,
+) -> Timeline {
+    let first_span_ns = spans.iter().map(|s| s.start_ns).min();
+    let first_ns = first_span_ns
+        .into_iter()
+        .chain(first_host_ns)
+        .min()
+        .unwrap_or(0);
     for s in &mut spans {
         s.start_ns = s.start_ns.saturating_sub(first_ns);
     }
@@ -335,12 +397,19 @@ struct RankSpans<'a> {
     world_size: u32,
     /// The job's named process groups.
     groups: &'a comm::JobGroups,
+    /// Whether host events become spans.
+    keep: Keep,
     /// Spans `clock` cut short so far.
     clamped: std::cell::Cell<u64>,
+    /// Host events seen so far, and where the first of them starts on the job's clock.
+    host_spans: std::cell::Cell<u64>,
+    first_host_ns: std::cell::Cell<Option<i64>>,
+    /// The collectives so far whose size the args do not give (`KinetoTimeline::unknown_sizes`).
+    unknown_sizes: std::cell::RefCell<Vec<(Rank, u32, u64)>>,
     /// `ProfilerStep#N` annotations as (start, end, N), by start.
     steps: Vec<(i64, i64, u32)>,
     /// The start of the runtime call of each correlation id.
-    launches: HashMap<u64, i64>,
+    launches: FxHashMap<u64, i64>,
 }
 
 impl<'a> RankSpans<'a> {
@@ -349,6 +418,7 @@ impl<'a> RankSpans<'a> {
         clock: JobClock,
         world_size: u32,
         groups: &'a comm::JobGroups,
+        keep: Keep,
     ) -> RankSpans<'a> {
         let trace = &rank.trace;
         let mut steps: Vec<(i64, i64, u32)> = trace
@@ -371,7 +441,11 @@ impl<'a> RankSpans<'a> {
             clock,
             world_size,
             groups,
+            keep,
             clamped: std::cell::Cell::new(0),
+            host_spans: std::cell::Cell::new(0),
+            first_host_ns: std::cell::Cell::new(None),
+            unknown_sizes: std::cell::RefCell::new(Vec::new()),
             steps,
             launches,
         }
@@ -415,7 +489,7 @@ impl<'a> RankSpans<'a> {
                 None => trace.streams[run].events.get(i).map(|event| {
                     self.stream_span(run, event, comm_groups.get(&run).copied(), &mut seqs)
                 }),
-                Some(h) => host[h].get(i).map(|event| {
+                Some(h) => host[h].get(i).and_then(|event| {
                     let lane = self.thread_lane(event, &mut threads, &mut lanes);
                     self.host_span(lane, event)
                 }),
@@ -546,6 +620,12 @@ impl<'a> RankSpans<'a> {
         let collective = event.collective.map(|c| trace.names.get(c));
         let kind = comm::collective_kind(collective, trace.names.get(event.name))?;
         let args = trace.comm_args(event);
+        let message_bytes = args.and_then(|a| comm::message_bytes(kind, a));
+        if message_bytes.is_none() {
+            self.unknown_sizes
+                .borrow_mut()
+                .push((self.rank.rank, group, seq));
+        }
         Some(CollectiveAttrs {
             kind,
             group,
@@ -556,9 +636,9 @@ impl<'a> RankSpans<'a> {
                 self.world_size,
             ),
             peer: None,
-            // 0 when the args give no size (older traces): the Kineto report then leaves
-            // bandwidths out (see `report`).
-            message_bytes: args.and_then(|a| comm::message_bytes(kind, a)).unwrap_or(0),
+            // The span's size is a plain number: an unknown one is kept in `unknown_sizes`,
+            // and the report shows it as none (see `report`).
+            message_bytes: message_bytes.unwrap_or(0),
             wait_ns: None,
         })
     }
@@ -599,15 +679,25 @@ impl<'a> RankSpans<'a> {
         }
     }
 
-    fn host_span(&self, lane: Lane, event: &HostEvent) -> Span {
+    /// A host event's span, counted; `None` when host spans are not kept.
+    fn host_span(&self, lane: Lane, event: &HostEvent) -> Option<Span> {
+        let (start_ns, duration_ns) = self.place(event.start_ns, event.duration_ns);
+        self.host_spans.set(self.host_spans.get() + 1);
+        if self.first_host_ns.get().is_none() {
+            // Events come in start order: the first is the earliest. Below the horizon.
+            self.first_host_ns
+                .set(Some(i64::try_from(start_ns).unwrap_or(i64::MAX)));
+        }
+        if self.keep == Keep::Device {
+            return None;
+        }
         let name = self.rank.trace.names.get(event.name);
         let category = if event.kind == HostEventKind::Runtime && name.contains("Synchronize") {
             Category::Wait
         } else {
             Category::Host
         };
-        let (start_ns, duration_ns) = self.place(event.start_ns, event.duration_ns);
-        Span {
+        Some(Span {
             rank: self.rank.rank,
             lane,
             category,
@@ -618,7 +708,7 @@ impl<'a> RankSpans<'a> {
                 step: self.step_at(event.start_ns),
                 ..SpanAttrs::default()
             },
-        }
+        })
     }
 
     /// An event's start and duration on the job's clock, counting the clamped ones.

@@ -6,7 +6,7 @@
 //! Detectors that need what Kineto traces do not carry are skipped, and the report says which
 //! and why (`SkippedDetector`).
 
-use super::{KinetoTimeline, LaneInfo, kineto_timeline};
+use super::{KinetoTimeline, LaneInfo, is_device_lane, kineto_device_timeline};
 use crate::align::{Alignment, NodeClockReport};
 use crate::analysis::{AnalysisInput, RankReport};
 use crate::collectives::CollectiveReport;
@@ -14,8 +14,11 @@ use crate::findings::{
     Detector, Finding, FindingKind, GpuIdle, LoadImbalance, ShareDetector, Straggler, detect_with,
 };
 use crate::stragglers::StragglerReport;
+use crate::timeline::Timeline;
+use pinch_traces::CollectiveKind;
 use pinch_traces::kineto::KinetoRun;
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 
 /// pinch's analyses of a Kineto job (the `pinch` section of `pinch analyze TRACES --json`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -23,7 +26,7 @@ pub struct KinetoPinchReport {
     /// Per rank, on its device lanes: breakdown, overlap and top kernels.
     pub ranks: Vec<RankReport>,
     /// Communication kernels matched across ranks by (process group, sequence number).
-    pub collectives: Vec<CollectiveReport>,
+    pub collectives: Vec<KinetoCollective>,
     /// Who started each collective's kernel last.
     pub stragglers: StragglerReport,
     pub findings: Vec<Finding>,
@@ -38,6 +41,52 @@ pub struct KinetoPinchReport {
     pub host_spans: u64,
     /// Spans cut short at the timeline's horizon (absurd times only; see `kineto_timeline`).
     pub clamped_spans: u64,
+}
+
+/// A collective group of a Kineto job: pinch's `CollectiveReport`, and its size where the
+/// traces give one. In JSON, the report's fields with `message_bytes` and `size_class_bytes`
+/// null (never 0) for an unknown size.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KinetoCollective {
+    /// The group; its `message_bytes` and `size_class_bytes` are 0 where `message_bytes` below
+    /// is `None`, as the timeline's spans hold sizes as plain numbers.
+    pub report: CollectiveReport,
+    /// nccl-tests' size from the kernels' args (`report.message_bytes`); `None` when a kernel of
+    /// the group has no size args (traces older than PyTorch 2.x's), and then it has no
+    /// bandwidths either.
+    pub message_bytes: Option<u64>,
+}
+
+/// The JSON fields an unknown size makes null.
+const SIZE_FIELDS: [&str; 2] = ["message_bytes", "size_class_bytes"];
+
+impl Serialize for KinetoCollective {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut value = serde_json::to_value(&self.report).map_err(serde::ser::Error::custom)?;
+        if let (None, Some(fields)) = (self.message_bytes, value.as_object_mut()) {
+            for field in SIZE_FIELDS {
+                fields.insert(field.to_string(), serde_json::Value::Null);
+            }
+        }
+        value.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for KinetoCollective {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mut value = serde_json::Value::deserialize(d)?;
+        let message_bytes = value.get("message_bytes").and_then(|b| b.as_u64());
+        if let (None, Some(fields)) = (message_bytes, value.as_object_mut()) {
+            for field in SIZE_FIELDS {
+                fields.insert(field.to_string(), 0.into());
+            }
+        }
+        let report = serde_json::from_value(value).map_err(serde::de::Error::custom)?;
+        Ok(KinetoCollective {
+            report,
+            message_bytes,
+        })
+    }
 }
 
 /// A detector pinch does not run on Kineto traces.
@@ -96,23 +145,26 @@ fn skipped_detectors() -> Vec<SkippedDetector> {
 
 /// Builds the timeline (ranks aligned by their collectives) and runs pinch's analyses on it.
 pub fn pinch_report(run: &KinetoRun) -> KinetoPinchReport {
-    report_of(&kineto_timeline(run, Alignment::Collectives))
+    report_of(&kineto_device_timeline(run, Alignment::Collectives))
 }
 
 /// pinch's analyses of a Kineto job already on the timeline.
 pub fn report_of(kt: &KinetoTimeline) -> KinetoPinchReport {
-    let device = kt.device_timeline();
+    let device = device_view(kt);
     let mut input = AnalysisInput::new(&device, &kt.facts);
-    for c in &mut input.collectives {
-        drop_unknown_bandwidth(c);
-    }
+    let unknown = unknown_size_groups(&device, kt);
+    let collectives = input
+        .collectives
+        .iter_mut()
+        .map(|c| with_size(c, &unknown))
+        .collect();
     let findings = detect_with(&kineto_detectors(), &input);
     KinetoPinchReport {
         device_spans: device.spans.len() as u64,
-        host_spans: (kt.timeline.spans.len() - device.spans.len()) as u64,
+        host_spans: kt.host_spans,
         clamped_spans: kt.clamped_spans,
         ranks: input.ranks,
-        collectives: input.collectives,
+        collectives,
         stragglers: input.stragglers,
         findings,
         skipped_detectors: skipped_detectors(),
@@ -121,11 +173,46 @@ pub fn report_of(kt: &KinetoTimeline) -> KinetoPinchReport {
     }
 }
 
-/// Without message sizes (traces older than PyTorch 2.x's collective args) a bandwidth would
-/// read 0 GB/s: leave it out instead.
-fn drop_unknown_bandwidth(c: &mut CollectiveReport) {
-    if c.message_bytes == 0 {
+/// The device spans of the timeline: itself when it holds no others (`kineto_device_timeline`).
+fn device_view(kt: &KinetoTimeline) -> Cow<'_, Timeline> {
+    if kt.timeline.spans.iter().all(|s| is_device_lane(s.lane)) {
+        Cow::Borrowed(&kt.timeline)
+    } else {
+        Cow::Owned(kt.device_timeline())
+    }
+}
+
+/// The (kind, participants) of the collective groups of size class 0 that hold a span of
+/// unknown size: `collective_reports` groups by (kind, size class, participants), and an
+/// unknown size is 0 on the span.
+fn unknown_size_groups(device: &Timeline, kt: &KinetoTimeline) -> Vec<(CollectiveKind, u32)> {
+    if kt.unknown_sizes.is_empty() {
+        return Vec::new();
+    }
+    let mut groups: Vec<(CollectiveKind, u32)> = device
+        .spans
+        .iter()
+        .filter_map(|s| Some((s.rank, s.attrs.collective?)))
+        .filter(|(rank, c)| {
+            c.message_bytes == 0 && kt.unknown_sizes.contains(&(*rank, c.group, c.seq))
+        })
+        .map(|(_, c)| (c.kind, c.participants))
+        .collect();
+    groups.sort_unstable();
+    groups.dedup();
+    groups
+}
+
+/// A group as the Kineto report gives it: with no size and no bandwidths where a span's size is
+/// unknown (a bandwidth would read 0 GB/s).
+fn with_size(c: &mut CollectiveReport, unknown: &[(CollectiveKind, u32)]) -> KinetoCollective {
+    let known = c.size_class_bytes != 0 || !unknown.contains(&(c.kind, c.participants));
+    if !known {
         c.algbw_gbps = None;
         c.busbw_gbps = None;
+    }
+    KinetoCollective {
+        report: c.clone(),
+        message_bytes: known.then_some(c.message_bytes),
     }
 }

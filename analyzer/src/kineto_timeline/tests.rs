@@ -244,7 +244,8 @@ fn collective_args_give_sizes_groups_and_bandwidths() {
     let seqs: Vec<(u32, u64)> = attrs.iter().map(|(r, c)| (*r, c.seq)).collect();
     assert_eq!(seqs, [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]);
     let report = report::report_of(&kt);
-    let c = &report.collectives[0];
+    assert_eq!(report.collectives[0].message_bytes, Some(4 << 20));
+    let c = &report.collectives[0].report;
     assert_eq!(c.message_bytes, 4 << 20);
     // 4 MiB in the median kernel's 50 us (rank 1's; rank 0's waits 250 us).
     let algbw = c.algbw_gbps.unwrap_or_default();
@@ -255,7 +256,7 @@ fn collective_args_give_sizes_groups_and_bandwidths() {
 #[test]
 fn the_rank_with_three_times_the_compute_is_the_straggler() {
     let report = report::pinch_report(&job(300));
-    let c = &report.collectives[0];
+    let c = &report.collectives[0].report;
     assert_eq!(
         (c.kind, c.count, c.span_count, c.participants),
         (CollectiveKind::AllReduce, 3, 6, 2)
@@ -266,6 +267,23 @@ fn the_rank_with_three_times_the_compute_is_the_straggler() {
         (None, None),
         "sizes are unknown without collective args"
     );
+    assert_eq!(report.collectives[0].message_bytes, None);
+    let json = serde_json::to_value(&report.collectives[0]).unwrap_or_default();
+    assert_eq!(
+        (
+            &json["message_bytes"],
+            &json["size_class_bytes"],
+            &json["count"]
+        ),
+        (
+            &serde_json::Value::Null,
+            &serde_json::Value::Null,
+            &3.into()
+        ),
+        "{json}"
+    );
+    let back: KinetoCollective = serde_json::from_value(json).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(back, report.collectives[0]);
     let late = &report.stragglers.ranks[1];
     assert_eq!((late.rank, late.times_last), (1, 3));
     assert_eq!(late.mean_lateness_ns, Some(200_000.0));
@@ -317,7 +335,7 @@ fn a_rank_with_host_events_only_has_no_measurements() {
         (report.ranks[1].wall_ns, report.ranks[1].span_count),
         (None, 0)
     );
-    assert_eq!(report.collectives[0].ranks, vec![0]);
+    assert_eq!(report.collectives[0].report.ranks, vec![0]);
 }
 
 #[test]

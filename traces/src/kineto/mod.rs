@@ -6,6 +6,7 @@
 //! plain, one or a directory of them) and checks that the ranks of a job agree; `split` parses
 //! one big file on two threads.
 
+mod fields;
 pub mod model;
 pub mod parse;
 pub mod read;

@@ -1,10 +1,11 @@
 //! Kineto's Chrome-JSON trace text into a `KinetoTrace`, in one pass.
 //!
 //! serde visits the top-level object and hands each element of `traceEvents` to a `Builder`
-//! as it is parsed, so no tree of `serde_json::Value`s is ever built: an event is a small
-//! struct of borrowed strings, its fields known by name, every other field skipped. Names are
-//! interned as they arrive.
+//! as it is parsed, so no tree of `serde_json::Value`s is ever built: an event's fields are
+//! read in place into one reused struct of borrowed strings (`fields`), every other field
+//! skipped. Names are interned as they arrive.
 
+use super::fields::{EventSeed, RawArgs, RawEvent};
 use super::model::{
     CommArgs, CommArgsId, DeviceEvent, DeviceEventKind, DeviceStream, Flow, FlowKind, FlowPhase,
     GroupId, HostEvent, HostEventKind, KinetoTrace, NameId, ProcessGroup, Skipped, dtype_bytes,
@@ -49,7 +50,7 @@ fn run<'de, R: serde_json::de::Read<'de>>(
 }
 
 /// A string as it appears in the text: borrowed unless it holds escapes.
-struct Str<'a>(Cow<'a, str>);
+pub(super) struct Str<'a>(pub Cow<'a, str>);
 
 impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -83,7 +84,7 @@ impl<'de> Visitor<'de> for StrVisitor {
 /// A time in Kineto's microseconds (integer, or with a fraction of nanoseconds), held as
 /// nanoseconds. Read from the number's text: at Unix-epoch microseconds (~1.7e15) an f64 keeps
 /// only quarter microseconds.
-struct Nanos(i64);
+pub(super) struct Nanos(pub i64);
 
 impl<'de> Deserialize<'de> for Nanos {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -147,7 +148,7 @@ fn exponent_micros_to_ns(text: &str) -> Option<i64> {
 
 /// An integer argument that traces spell several ways (7, 7.0, "7"); anything else, such as a
 /// HIP stream's pointer "0x5555...", is no integer (HTA reads those as -1, none).
-struct LenientInt(Option<i64>);
+pub(super) struct LenientInt(pub Option<i64>);
 
 impl<'de> Deserialize<'de> for LenientInt {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -202,7 +203,7 @@ impl<'de> Visitor<'de> for LenientIntVisitor {
 
 /// A text argument; a number is read as its digits (a group named `0` or `"0"` is one group),
 /// anything else as no text.
-struct LenientStr<'a>(Option<Cow<'a, str>>);
+pub(super) struct LenientStr<'a>(pub Option<Cow<'a, str>>);
 
 impl<'de: 'a, 'a> Deserialize<'de> for LenientStr<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -279,59 +280,6 @@ fn unsigned(value: &Option<LenientInt>) -> Option<u64> {
     int(value).and_then(|v| u64::try_from(v).ok())
 }
 
-/// One element of `traceEvents`, only the fields pinch reads.
-#[derive(Deserialize)]
-struct RawEvent<'a> {
-    #[serde(borrow)]
-    ph: Option<Str<'a>>,
-    #[serde(borrow)]
-    cat: Option<Str<'a>>,
-    #[serde(borrow)]
-    name: Option<Str<'a>>,
-    ts: Option<Nanos>,
-    dur: Option<Nanos>,
-    pid: Option<LenientInt>,
-    tid: Option<LenientInt>,
-    id: Option<LenientInt>,
-    #[serde(borrow)]
-    args: Option<RawArgs<'a>>,
-}
-
-#[derive(Deserialize)]
-struct RawArgs<'a> {
-    stream: Option<LenientInt>,
-    device: Option<LenientInt>,
-    correlation: Option<LenientInt>,
-    #[serde(rename = "External id", alias = "external id")]
-    external_id: Option<LenientInt>,
-    #[serde(rename = "Collective name", borrow)]
-    collective: Option<Str<'a>>,
-    #[serde(rename = "In msg nelems")]
-    in_msg_nelems: Option<LenientInt>,
-    #[serde(rename = "Out msg nelems")]
-    out_msg_nelems: Option<LenientInt>,
-    #[serde(rename = "Group size")]
-    group_size: Option<LenientInt>,
-    #[serde(borrow)]
-    dtype: Option<LenientStr<'a>>,
-    #[serde(rename = "Process Group Name", borrow)]
-    group_name: Option<LenientStr<'a>>,
-    #[serde(rename = "Process Group Description", borrow)]
-    group_description: Option<LenientStr<'a>>,
-    #[serde(rename = "Process Group Ranks", borrow)]
-    group_ranks: Option<LenientStr<'a>>,
-}
-
-impl RawArgs<'_> {
-    /// Whether the args say anything of a collective's sizes or group (few events do).
-    fn has_comm(&self) -> bool {
-        self.in_msg_nelems.is_some()
-            || self.out_msg_nelems.is_some()
-            || self.group_size.is_some()
-            || self.group_name.is_some()
-    }
-}
-
 #[derive(Deserialize)]
 struct RawDistributed {
     rank: Option<LenientInt>,
@@ -401,8 +349,10 @@ impl<'de> Visitor<'de> for EventsSeed<'_> {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         self.0.saw_events = true;
-        while let Some(event) = seq.next_element::<RawEvent>()? {
+        let mut event = RawEvent::default();
+        while seq.next_element_seed(EventSeed(&mut event))?.is_some() {
             self.0.add(&event);
+            event = RawEvent::default();
         }
         Ok(())
     }
@@ -451,7 +401,7 @@ impl Builder {
         let Some(timed) = self.timed(event) else {
             return;
         };
-        let args = event.args.as_ref();
+        let args = event.args();
         let stream = args
             .and_then(|a| int(&a.stream))
             .and_then(|s| u32::try_from(s).ok());
@@ -925,6 +875,31 @@ mod tests {
             (t.cpu_ops[0].start_ns, t.cpu_ops[0].duration_ns),
             (7_000, 1_500)
         );
+    }
+
+    #[test]
+    fn fields_read_in_place_keep_serde_derive_rules() {
+        let t = parse(
+            r#"{"traceEvents": [
+              {"ph": "X", "cat": "cpu_op", "name": "a", "ts": 1, "dur": 2, "args": null, "x": [1]},
+              {"ph": "X", "cat": "cpu_op", "name": "b", "ts": 3, "dur": 2, "args": {"external id": 9}}]}"#,
+        );
+        assert_eq!(t.cpu_ops[0].external_id, None, "args: null is no args");
+        assert_eq!(t.cpu_ops[1].external_id, Some(9), "the old spelling");
+        assert_eq!(
+            t.names.get(t.cpu_ops[1].name),
+            "b",
+            "nothing left of the first event"
+        );
+        for dup in [
+            r#"{"traceEvents": [{"ph": "X", "ph": null}]}"#,
+            r#"{"traceEvents": [{"args": {"External id": 1, "external id": 2}}]}"#,
+        ] {
+            match parse_trace(dup.as_bytes()) {
+                Err(ParseFailure::Json(e)) => assert!(e.to_string().contains("duplicate"), "{e}"),
+                other => panic!("{dup}: {other:?}"),
+            }
+        }
     }
 
     #[test]
