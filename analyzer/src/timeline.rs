@@ -13,6 +13,7 @@ use pinch_traces::{
     Category, ClockAnchor, CounterSample, Lane, NodeId, Rank, RunManifest, Span, SpanAttrs, Unit,
 };
 use rayon::prelude::*;
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
 /// An index into `Timeline::names`.
@@ -112,17 +113,22 @@ pub fn merge(run: &RunData) -> Timeline {
 pub fn merge_with(run: &RunData, alignment: Alignment) -> (Timeline, Vec<NodeClockReport>) {
     let anchors = anchors(run);
     let reports = align(run, &anchors, alignment);
-    let spans: Vec<&[Span]> = run.nodes.iter().map(|n| n.spans.as_slice()).collect();
-    let surveys = spans.par_iter().map(|s| merge::survey(s)).collect();
+    let surveys = run
+        .nodes
+        .par_iter()
+        .map(|n| merge::survey(&n.spans))
+        .collect();
+    let spans = run.nodes.iter().map(|n| Cow::from(&n.spans[..])).collect();
     (
-        merge_nodes(run, &spans, surveys, &anchors, &reports),
+        merge_nodes(run, spans, surveys, &anchors, &reports),
         reports,
     )
 }
 
 /// `merge_with`, moving the nodes' spans out of `run`: the run keeps every other record, and
-/// `NodeData::all_ranks` still names the ranks whose spans moved. The decoded spans are freed
-/// on another thread while the caller goes on.
+/// `NodeData::all_ranks` still names the ranks whose spans moved. Each node's decoded spans are
+/// freed as soon as they are on the timeline, so the two are never held whole at once (and the
+/// timeline's pages come from the ones freed, not from reclaiming the page cache).
 pub fn merge_taking_spans(
     run: &mut RunData,
     alignment: Alignment,
@@ -134,24 +140,24 @@ pub fn merge_taking_spans(
         .par_iter()
         .map(|n| merge::survey(&n.spans))
         .collect();
-    let taken: Vec<Vec<Span>> = run
+    let taken = run
         .nodes
         .iter_mut()
         .zip(&surveys)
-        .map(|(node, survey)| node.take_spans(survey.ranks()))
+        .map(|(node, survey)| Cow::from(node.take_spans(survey.ranks())))
         .collect();
-    let spans: Vec<&[Span]> = taken.iter().map(Vec::as_slice).collect();
-    let timeline = merge_nodes(run, &spans, surveys, &anchors, &reports);
-    // Unmapping gigabytes takes a good part of a second that nothing needs to wait for.
-    rayon::spawn(move || drop(taken));
-    (timeline, reports)
+    (
+        merge_nodes(run, taken, surveys, &anchors, &reports),
+        reports,
+    )
 }
 
-/// The timeline of the run's nodes, `spans[n]` being node n's spans and `surveys[n]` their
-/// survey: names interned once, then converted on every core and each (node, rank) group sorted.
+/// The timeline of the run's nodes, `spans[n]` being node n's spans (freed as they are
+/// converted where owned) and `surveys[n]` their survey: names interned once, then converted on
+/// every core and each (node, rank) group sorted.
 fn merge_nodes(
     run: &RunData,
-    spans: &[&[Span]],
+    spans: Vec<Cow<'_, [Span]>>,
     mut surveys: Vec<merge::NodeSurvey>,
     anchors: &[ClockAnchor],
     reports: &[NodeClockReport],
@@ -190,7 +196,7 @@ fn merge_nodes(
         })
         .collect();
     let mut timed = Vec::new();
-    let group_ends = merge::convert(&parts, &mut timed);
+    let group_ends = merge::convert(parts, &mut timed);
     sort_groups(&mut timed, &group_ends);
     Timeline {
         origin_unix_ns,

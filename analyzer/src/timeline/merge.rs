@@ -10,6 +10,7 @@ use super::{Interner, NameId, NodeClock, TimedSpan};
 use crate::run::NodeData;
 use pinch_traces::{OpId, Rank, Span};
 use rayon::prelude::*;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::mem::MaybeUninit;
 
@@ -155,10 +156,11 @@ pub(super) fn intern_names(nodes: &[&NodeData], surveys: &mut [NodeSurvey], name
     }
 }
 
-/// One node's part of the conversion: its spans, how they map to the timeline.
+/// One node's part of the conversion: its spans (freed once converted, where owned), how they
+/// map to the timeline.
 pub(super) struct NodePart<'a> {
     pub(super) node: &'a NodeData,
-    pub(super) spans: &'a [Span],
+    pub(super) spans: Cow<'a, [Span]>,
     pub(super) survey: &'a NodeSurvey,
     pub(super) clock: NodeClock,
 }
@@ -166,7 +168,7 @@ pub(super) struct NodePart<'a> {
 /// Converts every span into `out` (cleared first), node after node, each node's spans grouped
 /// by rank (ranks ascending, log order within a rank); returns where each (node, rank) group
 /// ends in `out`.
-pub(super) fn convert(parts: &[NodePart<'_>], out: &mut Vec<TimedSpan>) -> Vec<usize> {
+pub(super) fn convert(parts: Vec<NodePart<'_>>, out: &mut Vec<TimedSpan>) -> Vec<usize> {
     let total: usize = parts.iter().map(|p| p.spans.len()).sum();
     out.clear();
     out.reserve_exact(total);
@@ -187,7 +189,7 @@ pub(super) fn convert(parts: &[NodePart<'_>], out: &mut Vec<TimedSpan>) -> Vec<u
     }
     let written: usize = jobs
         .into_par_iter()
-        .map(|(part, mut slices)| scatter(part, &mut slices))
+        .map(|(part, mut slices)| scatter(&part, &mut slices))
         .sum();
     // The survey counted each rank's spans in the same slices, so every slot was written once.
     assert_eq!(written, total, "the survey's counts match the spans");
@@ -204,7 +206,7 @@ fn scatter(part: &NodePart<'_>, slices: &mut [&mut [MaybeUninit<TimedSpan>]]) ->
     let groups = &part.survey.groups;
     let mut cursors = vec![0usize; groups.len()];
     let mut last: Option<(Rank, usize)> = None;
-    for s in part.spans {
+    for s in part.spans.iter() {
         let g = match last {
             Some((rank, g)) if rank == s.rank => g,
             _ => {
