@@ -27,14 +27,43 @@ pub(super) const SATURATED_PCT: f64 = 90.0;
 /// The mean utilization of the node's cores from the first span's start to the last span's end;
 /// `None` when no core sample covers that time.
 pub(super) fn node_cpu_pct(timeline: &Timeline, node: NodeId) -> Option<f64> {
-    let start_ns = timeline.spans.iter().map(|s| s.start_ns).min()?;
-    let end_ns = timeline.spans.iter().map(|s| s.end_ns()).max()?;
+    let (start_ns, end_ns) = ranks_window(timeline)?;
     let cores = timeline
         .series
         .iter()
         .filter(|s| s.node == node && s.counter == CPU_COUNTER)
         .filter(|s| s.device.starts_with(CORE_PREFIX));
     counters::mean_of_means(cores, &[(start_ns, end_ns)])
+}
+
+/// From the earliest first span of a rank to the latest end of a rank's last-starting span: the
+/// ranks' time, found a rank at a time (spans are sorted by rank, then start) rather than span
+/// by span, as detectors call this on runs of tens of millions of spans.
+fn ranks_window(timeline: &Timeline) -> Option<(i64, i64)> {
+    let spans = &timeline.spans;
+    let mut window: Option<(i64, i64)> = None;
+    let mut from = 0;
+    while let Some(first) = spans.get(from) {
+        let to = spans.partition_point(|s| s.rank <= first.rank);
+        let end_ns = spans[from..to]
+            .last()
+            .map_or(first.end_ns(), |s| s.end_ns());
+        window = Some(window.map_or((first.start_ns, end_ns), |(a, b)| {
+            (a.min(first.start_ns), b.max(end_ns))
+        }));
+        from = to;
+    }
+    window
+}
+
+/// The mean core utilization of the nodes, when every one of them was saturated
+/// (`SATURATED_PCT`); `None` when one was not, or was not measured.
+pub(super) fn all_saturated_pct(timeline: &Timeline, nodes: &[u32]) -> Option<f64> {
+    let pcts: Vec<f64> = nodes
+        .iter()
+        .map(|&n| node_cpu_pct(timeline, NodeId(n)).filter(|pct| *pct >= SATURATED_PCT))
+        .collect::<Option<_>>()?;
+    super::mean(&pcts)
 }
 
 /// The CPU time the rank's process used, by its last reading; `None` when it was not read.

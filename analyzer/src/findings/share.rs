@@ -2,6 +2,7 @@
 //! the ranks whose exclusive share of wall time crosses a threshold. Communication spent waiting
 //! for a straggler is left to the straggler finding: it says nothing about the network.
 
+use super::host_load;
 use super::pipeline::waiting_in_bubbles;
 use super::ranks::waiting_for_stragglers;
 use super::{
@@ -167,24 +168,54 @@ impl Detector for ShareDetector {
         if let Some(pct) = excused_pct_mean(input, &ranks, &excused.bubble) {
             summary += &format!(", besides {pct:.0}% waiting in the pipeline bubble");
         }
+        let nodes = nodes_of(input, &ranks);
+        let mut level = self.level_at(max_pct);
+        let mut evidence = self.evidence(input, &flagged, measured.len(), excused_pct);
+        if let Some(cpu_pct) = self.saturated_host(input, &nodes) {
+            summary += &format!(
+                ", on cores {cpu_pct:.0}% busy: the ranks wait for each other because the host \
+                 runs them by turns, not because of the links"
+            );
+            suggestion = SATURATED_SUGGESTION.to_string();
+            level = Level::Info;
+            evidence.insert("node_cpu_pct_mean".to_string(), cpu_pct);
+        }
         Vec::from([Finding {
             kind: self.kind,
-            level: self.level_at(max_pct),
+            level,
             severity: severity(mean_pct / 100.0),
             summary,
             location: Location {
-                nodes: nodes_of(input, &ranks),
+                nodes,
                 ranks: ranks.clone(),
                 ops: ops.into_iter().map(|(name, _)| name).collect(),
                 ..Location::default()
             },
-            evidence: self.evidence(input, &flagged, measured.len(), excused_pct),
+            evidence,
             suggestion,
         }])
     }
 }
 
+/// What to do when the ranks' waiting comes from a saturated host.
+const SATURATED_SUGGESTION: &str = "give every rank a core of its own (fewer ranks per node, or \
+    nothing else running beside them) and measure again: on a saturated host a rank that is not \
+    running holds up every collective it takes part in, and that waiting says nothing about the \
+    links";
+
 impl ShareDetector {
+    /// For communication and waiting: the mean core utilization of the flagged ranks' nodes when
+    /// every one of them was saturated. Ranks of pinch's comm layer spin only briefly before they
+    /// sleep, so a node whose cores stay busy while its ranks wait was running something else:
+    /// the waiting is the host's doing, and the finding drops to info.
+    fn saturated_host(&self, input: &AnalysisInput<'_>, nodes: &[u32]) -> Option<f64> {
+        let waits = matches!(self.part, Some(Category::Communication | Category::Wait));
+        if !waits {
+            return None;
+        }
+        host_load::all_saturated_pct(input.timeline, nodes)
+    }
+
     fn level_at(&self, max_pct: f64) -> Level {
         match self.critical_pct {
             Some(critical) if max_pct >= critical => Level::Critical,
@@ -370,6 +401,48 @@ mod tests {
         assert_eq!(f[0].location.ops, vec!["all_reduce"]);
         assert!((f[0].severity - 0.6).abs() < 1e-9);
         assert_eq!(f[0].evidence.get("comm_overlap_pct_mean"), Some(&0.0));
+    }
+
+    /// `t` with every core of each of its nodes at `cpu_pct` over the whole run.
+    fn with_cores_at(mut t: crate::timeline::Timeline, cpu_pct: f64) -> crate::timeline::Timeline {
+        let end_ns = t.spans.iter().map(|s| s.end_ns()).max().unwrap_or(0);
+        let nodes: std::collections::BTreeSet<_> = t.spans.iter().map(|s| s.node).collect();
+        for node in nodes {
+            for core in ["cpu0", "cpu1"] {
+                t.series.push(crate::timeline::Series {
+                    node,
+                    counter: "cpu.utilization".into(),
+                    unit: Some(pinch_traces::Unit::Percent),
+                    device: core.into(),
+                    times_ns: vec![0, end_ns / 2, end_ns],
+                    values: vec![cpu_pct; 3],
+                });
+            }
+        }
+        t
+    }
+
+    #[test]
+    fn waiting_on_a_saturated_host_is_the_hosts_doing_and_only_info() {
+        let busy = detect(
+            &ShareDetector::communication(),
+            &with_cores_at(testkit::comm_heavy_timeline(4), 98.0),
+        );
+        assert_eq!(busy[0].level, Level::Info);
+        assert!(
+            busy[0].summary.ends_with("not because of the links"),
+            "{}",
+            busy[0].summary
+        );
+        assert_eq!(busy[0].evidence.get("node_cpu_pct_mean"), Some(&98.0));
+        assert!(busy[0].suggestion.starts_with("give every rank a core"));
+        // Cores half idle while the ranks wait: the waiting is the run's.
+        let idle = detect(
+            &ShareDetector::communication(),
+            &with_cores_at(testkit::comm_heavy_timeline(4), 50.0),
+        );
+        assert_eq!(idle[0].level, Level::Critical);
+        assert_eq!(idle[0].evidence.get("node_cpu_pct_mean"), None);
     }
 
     #[test]
