@@ -100,8 +100,5 @@ fn issue_5_the_unslowed_run_on_a_busy_host_has_no_straggler() {
     // The ranks wait for each other while the host runs them by turns: that waiting is the
     // host's, not the links'.
     let waiting = findings_of(&report, "communication_bound");
-    assert!(
-        waiting.iter().all(|f| f["level"] == "info"),
-        "{waiting:#?}"
-    );
+    assert!(waiting.iter().all(|f| f["level"] == "info"), "{waiting:#?}");
 }
