@@ -8,6 +8,7 @@
 pub mod clock;
 pub mod counter;
 pub mod experts;
+pub mod export;
 pub mod ids;
 pub mod kineto;
 pub mod manifest;
