@@ -111,13 +111,7 @@ pub fn merge(run: &RunData) -> Timeline {
 /// Puts every node of a run on one time base as `alignment` says, and tells how each node was
 /// aligned (one entry per node of the run, in order).
 pub fn merge_with(run: &RunData, alignment: Alignment) -> (Timeline, Vec<NodeClockReport>) {
-    let anchors = anchors(run);
-    let reports = align(run, &anchors, alignment);
-    let surveys = run
-        .nodes
-        .par_iter()
-        .map(|n| merge::survey(&n.spans))
-        .collect();
+    let (anchors, reports, surveys) = align_and_survey(run, alignment);
     let spans = run.nodes.iter().map(|n| Cow::from(&n.spans[..])).collect();
     (
         merge_nodes(run, spans, surveys, &anchors, &reports),
@@ -133,13 +127,7 @@ pub fn merge_taking_spans(
     run: &mut RunData,
     alignment: Alignment,
 ) -> (Timeline, Vec<NodeClockReport>) {
-    let anchors = anchors(run);
-    let reports = align(run, &anchors, alignment);
-    let surveys: Vec<merge::NodeSurvey> = run
-        .nodes
-        .par_iter()
-        .map(|n| merge::survey(&n.spans))
-        .collect();
+    let (anchors, reports, surveys) = align_and_survey(run, alignment);
     let taken = run
         .nodes
         .iter_mut()
@@ -150,6 +138,25 @@ pub fn merge_taking_spans(
         merge_nodes(run, taken, surveys, &anchors, &reports),
         reports,
     )
+}
+
+/// Each node's anchor and alignment, and the survey of its spans (a node per core).
+fn align_and_survey(
+    run: &RunData,
+    alignment: Alignment,
+) -> (
+    Vec<ClockAnchor>,
+    Vec<NodeClockReport>,
+    Vec<merge::NodeSurvey>,
+) {
+    let anchors = anchors(run);
+    let reports = align(run, &anchors, alignment);
+    let surveys = run
+        .nodes
+        .par_iter()
+        .map(|n| merge::survey(&n.spans))
+        .collect();
+    (anchors, reports, surveys)
 }
 
 /// The timeline of the run's nodes, `spans[n]` being node n's spans (freed as they are
