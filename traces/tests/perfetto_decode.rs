@@ -495,8 +495,14 @@ fn write_run() -> (Vec<u8>, Sent) {
     (writer.into_inner(), sent)
 }
 
-fn timestamp(time_ns: i64) -> u64 {
-    (ORIGIN_UNIX_NS + i128::from(time_ns)) as u64
+/// A timeline time as written: offset by the BOOTTIME reading of the clock snapshot.
+fn timestamp(decoded: &Decoded, time_ns: i64) -> u64 {
+    let base = decoded
+        .clocks
+        .iter()
+        .find(|&&(id, _)| id == 6)
+        .expect("BOOTTIME in the snapshot");
+    (i128::from(base.1) + i128::from(time_ns)) as u64
 }
 
 // ---- The checks ------------------------------------------------------------------------------
@@ -545,7 +551,7 @@ fn every_slice_appears_once_with_a_matching_begin_and_end_and_nests() {
         assert_eq!(*uuid, uuid_of[&track]);
         assert_eq!(
             (*begin, *end),
-            (timestamp(start_ns), timestamp(end_ns)),
+            (timestamp(&decoded, start_ns), timestamp(&decoded, end_ns)),
             "slice {id}"
         );
     }
@@ -619,7 +625,7 @@ fn every_sample_and_instant_appears_once() {
     let mut want: Vec<(u64, u64, u64)> = sent
         .samples
         .iter()
-        .map(|&(track, t, v)| (uuid_of[&track], timestamp(t), v.to_bits()))
+        .map(|&(track, t, v)| (uuid_of[&track], timestamp(&decoded, t), v.to_bits()))
         .collect();
     got.sort_unstable();
     want.sort_unstable();
@@ -694,9 +700,11 @@ fn every_flow_starts_once_and_ends_once_after_it_starts() {
 fn the_clock_snapshot_maps_the_timeline_to_wall_clock_time() {
     let (trace, _) = write_run();
     let decoded = decode(&trace);
-    // BOOTTIME (6) at the base, REALTIME (1) at the origin: here the base is the origin.
-    assert_eq!(
-        decoded.clocks,
-        vec![(6, ORIGIN_UNIX_NS as u64), (1, ORIGIN_UNIX_NS as u64)]
-    );
+    // BOOTTIME (6) at the timeline's zero, REALTIME (1) at the origin.
+    assert_eq!(decoded.clocks.len(), 2);
+    assert_eq!(decoded.clocks[0].0, 6);
+    assert_eq!(decoded.clocks[1], (1, ORIGIN_UNIX_NS as u64));
+    // The earliest event, a slice at time 0, is stamped at the snapshot's BOOTTIME reading.
+    let first = decoded.events.iter().map(|e| e.timestamp).min();
+    assert_eq!(first, Some(decoded.clocks[0].1));
 }
