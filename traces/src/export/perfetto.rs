@@ -207,12 +207,14 @@ impl OpenSlices {
     }
 }
 
-/// The cache slot of a name: its length and end bytes tell a producer's few names apart.
+/// The cache slot of a name: its length and first, middle and last bytes tell a producer's
+/// few names apart, mixed by a multiplicative hash (slots are its top bits).
 fn recent_slot(name: &str) -> usize {
     let bytes = name.as_bytes();
-    let first = bytes.first().map_or(0, |&b| usize::from(b));
-    let last = bytes.last().map_or(0, |&b| usize::from(b));
-    (bytes.len() ^ first.wrapping_mul(5) ^ last.wrapping_mul(17)) % RECENT_SLOTS
+    let byte = |i: usize| bytes.get(i).map_or(0, |&b| u64::from(b));
+    let last = bytes.len().saturating_sub(1);
+    let digest = bytes.len() as u64 | byte(0) << 16 | byte(last / 2) << 24 | byte(last) << 32;
+    (digest.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - RECENT_SLOTS.trailing_zeros())) as usize
 }
 
 /// BOOTTIME at the timeline's zero paired with the wall clock there; none when the origin is not
