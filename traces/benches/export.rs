@@ -15,7 +15,38 @@ use pinch_traces::export::{
 use std::io::{self, BufWriter};
 
 fn main() {
+    match perfetto_bytes() {
+        Ok(bytes) => eprintln!(
+            "perfetto: {bytes} bytes for {EVENTS} events ({:.1} bytes per event)",
+            bytes as f64 / EVENTS as f64
+        ),
+        Err(err) => eprintln!("perfetto: cannot measure the size: {err}"),
+    }
     divan::main();
+}
+
+/// Counts what is written, to report the trace's size per event.
+#[derive(Default)]
+struct CountingSink {
+    bytes: u64,
+}
+
+impl io::Write for CountingSink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.bytes += buf.len() as u64;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn perfetto_bytes() -> Result<u64, ExportError> {
+    let mut writer = PerfettoWriter::new(CountingSink::default(), &header())?;
+    declare(&mut writer)?;
+    emit(&mut writer, EVENTS)?;
+    writer.finish()?;
+    Ok(writer.into_inner().bytes)
 }
 
 const RANKS: u64 = 8;
