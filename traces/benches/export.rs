@@ -96,7 +96,7 @@ fn declare(sink: &mut impl TraceSink) -> Result<(), ExportError> {
 fn op_slice(sink: &mut impl TraceSink, rank: u64, step: u64, op: u64) -> Result<(), ExportError> {
     let start_ns = (step * 10_000 + op * 2_000 + 100) as i64;
     let flow = [FlowId(step * RANKS + rank)];
-    let has_flow = op == 2 && step % 10 == 0;
+    let has_flow = op == 2 && step.is_multiple_of(10);
     let args = [
         Arg {
             name: "op",
@@ -126,7 +126,7 @@ fn op_slice(sink: &mut impl TraceSink, rank: u64, step: u64, op: u64) -> Result<
         start_ns,
         duration_ns: 1_500,
         args: &args,
-        flows: if has_flow && rank % 2 == 0 {
+        flows: if has_flow && rank.is_multiple_of(2) {
             &flow
         } else {
             &[]

@@ -8,6 +8,9 @@
 //! (threads) each, a counter per node, a findings track, nested slices with arguments, flows
 //! across ranks (pairs and one three-hop chain) and instants.
 
+// Helpers outside #[test] functions unwrap too: a failure there is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use pinch_traces::counter::Unit;
 use pinch_traces::export::perfetto::PerfettoWriter;
 use pinch_traces::export::{

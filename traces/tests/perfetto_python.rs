@@ -3,6 +3,9 @@
 //! know, and checks the counts of events and tracks by kind. Skipped, with the reason printed,
 //! where `python3` or the wheel (`pip install perfetto protobuf`) is missing.
 
+// Helpers outside #[test] functions unwrap too: a failure there is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use pinch_traces::counter::Unit;
 use pinch_traces::export::perfetto::PerfettoWriter;
 use pinch_traces::export::{

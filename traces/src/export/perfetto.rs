@@ -72,7 +72,7 @@ impl<W: Write> PerfettoWriter<W> {
     fn state(&mut self, track: TrackId) -> Result<&mut TrackState, ExportError> {
         self.tracks
             .get_mut(&track)
-            .ok_or_else(|| ExportError::UnknownTrack(track.0))
+            .ok_or(ExportError::UnknownTrack(track.0))
     }
 
     /// The state of a track that takes slices and instants (any but a counter track).
@@ -114,7 +114,7 @@ impl<W: Write> TraceSink for PerfettoWriter<W> {
         let end_ns = i64::try_from(slice.duration_ns)
             .ok()
             .and_then(|d| slice.start_ns.checked_add(d))
-            .ok_or_else(|| ExportError::TimeOutOfRange {
+            .ok_or(ExportError::TimeOutOfRange {
                 time_ns: slice.start_ns,
             })?;
         self.enc.timestamp(end_ns)?;
@@ -373,7 +373,7 @@ impl<W: Write> Encoder<W> {
         time_ns
             .checked_add(self.base_ns)
             .and_then(|t| u64::try_from(t).ok())
-            .ok_or_else(|| ExportError::TimeOutOfRange { time_ns })
+            .ok_or(ExportError::TimeOutOfRange { time_ns })
     }
 
     /// The packet that opens the sequence, clearing its interned state.
