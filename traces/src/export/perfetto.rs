@@ -32,6 +32,13 @@ use std::io::Write;
 
 /// Every packet goes on this one sequence, which owns the interned strings.
 const SEQUENCE_ID: u32 = 1;
+/// A packet's `trusted_packet_sequence_id` and `sequence_flags` after the first, encoded once.
+const SEQUENCE_FIELDS: [u8; 4] = [
+    (proto::packet::TRUSTED_PACKET_SEQUENCE_ID << 3) as u8,
+    SEQUENCE_ID as u8,
+    (proto::packet::SEQUENCE_FLAGS << 3) as u8,
+    proto::packet::SEQ_NEEDS_INCREMENTAL_STATE as u8,
+];
 /// The BOOTTIME timestamp of the timeline's zero (see the module comment).
 const BASE_NS: i64 = 1 << 50;
 
@@ -503,13 +510,7 @@ impl<W: Write> Encoder<W> {
         let packet = &mut self.packet;
         packet.clear();
         varint_field(packet, proto::packet::TIMESTAMP, timestamp);
-        varint_field(
-            packet,
-            proto::packet::TRUSTED_PACKET_SEQUENCE_ID,
-            u64::from(SEQUENCE_ID),
-        );
-        let flags = proto::packet::SEQ_NEEDS_INCREMENTAL_STATE;
-        varint_field(packet, proto::packet::SEQUENCE_FLAGS, u64::from(flags));
+        packet.extend_from_slice(&SEQUENCE_FIELDS);
         if !self.fresh.is_empty() {
             prost::encoding::message::encode(proto::packet::INTERNED_DATA, &self.fresh, packet);
             self.fresh.clear();
@@ -526,12 +527,17 @@ impl<W: Write> Encoder<W> {
     }
 }
 
+#[inline]
 fn varint_field(buf: &mut Vec<u8>, field: u32, value: u64) {
     // Most fields (types, iids, flags, uuids) have one-byte keys and values.
     if field < 16 && value < 0x80 {
         buf.extend_from_slice(&[(field << 3) as u8, value as u8]);
-        return;
+    } else {
+        long_varint_field(buf, field, value);
     }
+}
+
+fn long_varint_field(buf: &mut Vec<u8>, field: u32, value: u64) {
     let (key, key_len) = varint_word(u64::from(field) << 3);
     let (value, value_len) = varint_word(value);
     let word = key | value << (8 * key_len);
