@@ -125,6 +125,8 @@ pub enum ExportError {
     },
     #[error("time {time_ns} ns is out of the range the trace format can hold")]
     TimeOutOfRange { time_ns: i64 },
+    #[error("track '{0}' is declared twice")]
+    DuplicateTrack(u64),
     #[error("{event} on track '{track}', which cannot hold one")]
     WrongTrackKind { event: &'static str, track: u64 },
 }

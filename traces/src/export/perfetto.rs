@@ -81,22 +81,14 @@ impl<W: Write> PerfettoWriter<W> {
             .get_mut(&track)
             .ok_or(ExportError::UnknownTrack(track.0))
     }
-
-    /// The state of a track that takes slices and instants (any but a counter track).
-    fn event_track(&mut self, track: TrackId, event: &'static str) -> Result<u64, ExportError> {
-        let state = self.state(track)?;
-        if state.holds_counters {
-            return Err(ExportError::WrongTrackKind {
-                event,
-                track: track.0,
-            });
-        }
-        Ok(state.uuid)
-    }
 }
 
 impl<W: Write> TraceSink for PerfettoWriter<W> {
     fn track(&mut self, track: &Track) -> Result<(), ExportError> {
+        // A second descriptor would orphan what is open on the first.
+        if self.tracks.contains_key(&track.id) {
+            return Err(ExportError::DuplicateTrack(track.id.0));
+        }
         let parent_uuid = match track.parent {
             Some(parent) => Some(self.state(parent)?.uuid),
             None => None,
@@ -117,7 +109,7 @@ impl<W: Write> TraceSink for PerfettoWriter<W> {
     }
 
     fn slice(&mut self, slice: &Slice<'_>) -> Result<(), ExportError> {
-        let uuid = self.event_track(slice.track, "slice")?;
+        let state = event_track(&mut self.tracks, slice.track, "slice")?;
         let end_ns = i64::try_from(slice.duration_ns)
             .ok()
             .and_then(|d| slice.start_ns.checked_add(d))
@@ -126,22 +118,18 @@ impl<W: Write> TraceSink for PerfettoWriter<W> {
             })?;
         self.enc.timestamp(end_ns)?;
         let start = self.enc.timestamp(slice.start_ns)?;
-        let Some(state) = self.tracks.get_mut(&slice.track) else {
-            return Err(ExportError::UnknownTrack(slice.track.0));
-        };
-        state
-            .open
-            .check_order(slice.start_ns)
-            .map_err(|()| ExportError::OutOfOrder {
+        if !state.open.in_order(slice.start_ns) {
+            return Err(ExportError::OutOfOrder {
                 name: slice.name.to_owned(),
                 track: slice.track.0,
                 start_ns: slice.start_ns,
-            })?;
+            });
+        }
         while let Some(due_ns) = state.open.pop_due(slice.start_ns) {
-            self.enc.slice_end(uuid, due_ns)?;
+            self.enc.slice_end(state.uuid, due_ns)?;
         }
         state.open.push(slice.start_ns, end_ns);
-        self.enc.slice_begin(uuid, start, slice)
+        self.enc.slice_begin(state.uuid, start, slice)
     }
 
     fn counter(&mut self, track: TrackId, time_ns: i64, value: f64) -> Result<(), ExportError> {
@@ -158,7 +146,7 @@ impl<W: Write> TraceSink for PerfettoWriter<W> {
     }
 
     fn instant(&mut self, instant: &Instant<'_>) -> Result<(), ExportError> {
-        let uuid = self.event_track(instant.track, "instant")?;
+        let uuid = event_track(&mut self.tracks, instant.track, "instant")?.uuid;
         let timestamp = self.enc.timestamp(instant.time_ns)?;
         self.enc.instant(uuid, timestamp, instant)
     }
@@ -174,6 +162,24 @@ impl<W: Write> TraceSink for PerfettoWriter<W> {
     }
 }
 
+/// The state of a track that takes slices and instants (any but a counter track).
+fn event_track<'t>(
+    tracks: &'t mut FxHashMap<TrackId, TrackState>,
+    track: TrackId,
+    event: &'static str,
+) -> Result<&'t mut TrackState, ExportError> {
+    let state = tracks
+        .get_mut(&track)
+        .ok_or(ExportError::UnknownTrack(track.0))?;
+    if state.holds_counters {
+        return Err(ExportError::WrongTrackKind {
+            event,
+            track: track.0,
+        });
+    }
+    Ok(state)
+}
+
 /// The slices still open on one track: their end times, innermost last, and the last start
 /// seen (slices must come in start order).
 #[derive(Debug, Default)]
@@ -183,12 +189,9 @@ struct OpenSlices {
 }
 
 impl OpenSlices {
-    /// `Err` when a slice starting at `start_ns` would come before the one before it.
-    fn check_order(&self, start_ns: i64) -> Result<(), ()> {
-        match self.last_start_ns {
-            Some(last_ns) if start_ns < last_ns => Err(()),
-            _ => Ok(()),
-        }
+    /// Whether a slice starting at `start_ns` comes at or after the one before it.
+    fn in_order(&self, start_ns: i64) -> bool {
+        self.last_start_ns.is_none_or(|last_ns| start_ns >= last_ns)
     }
 
     /// The innermost open slice's end if it comes at or before `time_ns` (it must be written
