@@ -7,6 +7,8 @@
 //! slice that starts inside another one's time nested under it. Times are nanoseconds on the
 //! run's timeline (since its origin); `TraceHeader::origin_unix_ns` maps them to wall-clock time.
 
+pub mod perfetto;
+
 use crate::counter::Unit;
 use thiserror::Error;
 
@@ -121,4 +123,10 @@ pub enum ExportError {
         track: u64,
         start_ns: i64,
     },
+    #[error("time {time_ns} ns is out of the range the trace format can hold")]
+    TimeOutOfRange { time_ns: i64 },
+    #[error("track '{0}' is declared twice")]
+    DuplicateTrack(u64),
+    #[error("{event} on track '{track}', which cannot hold one")]
+    WrongTrackKind { event: &'static str, track: u64 },
 }
