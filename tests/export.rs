@@ -21,7 +21,11 @@ fn export(run_dir: &Path, output: &Path, extra: &[&str]) -> assert_cmd::assert::
 fn events(path: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(path).unwrap();
     let doc: Value = serde_json::from_str(&text).unwrap();
-    assert!(doc["metadata"]["origin_unix_ns"].is_number(), "{}", doc["metadata"]);
+    assert!(
+        doc["metadata"]["origin_unix_ns"].is_number(),
+        "{}",
+        doc["metadata"]
+    );
     doc["traceEvents"].as_array().unwrap().clone()
 }
 
@@ -56,14 +60,23 @@ fn a_run_exports_every_rank_span_counter_and_finding_to_chrome_json() {
         let name = format!("rank {}", rank["rank"]);
         assert!(threads.contains(&name), "{name} in {threads:?}");
     }
-    let spans: u64 = ranks.iter().map(|r| r["span_count"].as_u64().unwrap()).sum();
+    let spans: u64 = ranks
+        .iter()
+        .map(|r| r["span_count"].as_u64().unwrap())
+        .sum();
     assert_eq!(with_phase(&events, "X").len() as u64, spans);
-    assert!(!with_phase(&events, "C").is_empty(), "the counters are exported");
+    assert!(
+        !with_phase(&events, "C").is_empty(),
+        "the counters are exported"
+    );
     let global_findings = with_phase(&events, "i")
         .iter()
         .filter(|e| e["s"] == "g")
         .count();
-    assert_eq!(global_findings, report["findings"].as_array().unwrap().len());
+    assert_eq!(
+        global_findings,
+        report["findings"].as_array().unwrap().len()
+    );
     let starts = with_phase(&events, "s").len();
     assert!(starts > 0 && starts == with_phase(&events, "f").len());
 }
@@ -79,7 +92,10 @@ fn a_cut_log_still_exports_with_a_warning_naming_it() {
     file.set_len(len - 100).unwrap();
     let json = dir.path().join("cut.json");
     let stderr = stderr_of(&export(&out, &json, &[]).success());
-    assert!(stderr.contains("warning") && stderr.contains("node-1.pnl"), "{stderr}");
+    assert!(
+        stderr.contains("warning") && stderr.contains("node-1.pnl"),
+        "{stderr}"
+    );
     assert!(!with_phase(&events(&json), "X").is_empty());
 }
 

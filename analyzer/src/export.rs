@@ -145,7 +145,7 @@ pub fn export_run(
 }
 
 /// Where each thing of the timeline goes.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Tracks {
     /// Per rank, per lane, its thread tracks: the lane's own, then the overlap siblings.
     threads: BTreeMap<Rank, Vec<(Lane, Vec<TrackId>)>>,
@@ -197,13 +197,17 @@ fn declare_tracks(
         };
         sink.track(&track).map(|()| id)
     };
-    let mut tracks = Tracks::default();
+    let mut tracks = Tracks {
+        threads: BTreeMap::new(),
+        counters: Vec::new(),
+        findings: TrackId(0),
+    };
     let mut next_tid = 0_u32;
     for node in nodes {
         let pid = node.0.saturating_add(1);
         let host = layout.hosts.get(&node).cloned();
         let name = host.unwrap_or_else(|| format!("node {}", node.0));
-        let process = declare(sink, None, name, TrackKind::Process { pid })?;
+        let process = declare(&mut *sink, None, name, TrackKind::Process { pid })?;
         for (&rank, shape) in shapes.iter().filter(|(_, s)| s.node == node) {
             let mut lanes = Vec::with_capacity(shape.lanes.len());
             for &(lane, count) in &shape.lanes {
@@ -212,7 +216,7 @@ fn declare_tracks(
                     next_tid += 1;
                     let name = thread_name(layout, rank, lane, shape.lanes.len(), sibling);
                     let kind = TrackKind::Thread { pid, tid: next_tid };
-                    ids.push(declare(sink, Some(process), name, kind)?);
+                    ids.push(declare(&mut *sink, Some(process), name, kind)?);
                 }
                 lanes.push((lane, ids));
             }
@@ -223,12 +227,12 @@ fn declare_tracks(
             let kind = TrackKind::Counter { unit: series.unit };
             tracks
                 .counters
-                .push(declare(sink, Some(process), name, kind)?);
+                .push(declare(&mut *sink, Some(process), name, kind)?);
         }
     }
     // Counters were declared node by node; put them back in `Timeline::series` order.
     tracks.counters = reorder_by_node(&timeline.series, &tracks.counters);
-    tracks.findings = declare(sink, None, "findings".into(), TrackKind::Instants)?;
+    tracks.findings = declare(&mut *sink, None, "findings".into(), TrackKind::Instants)?;
     Ok(tracks)
 }
 
@@ -560,6 +564,17 @@ mod tests {
     use pinch_traces::export::chrome::ChromeJsonWriter;
     use pinch_traces::{Category, CollectiveKind, Unit};
     use std::collections::HashMap;
+
+    /// A slice as recorded: (track, name, start, end, arg names, flows, flows ending).
+    type SliceRow = (
+        TrackId,
+        String,
+        i64,
+        i64,
+        Vec<String>,
+        Vec<FlowId>,
+        Vec<FlowId>,
+    );
 
     /// What a sink was sent, kept whole for the tests to look at.
     #[derive(Debug, Default)]

@@ -10,8 +10,8 @@ use crate::exit::bad_input;
 use anyhow::Context;
 use pinch_analyzer::kineto_timeline::{kineto_timeline, report_of};
 use pinch_analyzer::{
-    Alignment, ExportLayout, ExportSummary, Finding, LogState, RunData, RunFacts, Timeline, export_run,
-    merge_taking_spans, report_with_clocks, trace_header,
+    Alignment, ExportLayout, ExportSummary, Finding, LogState, RunData, RunFacts, Timeline,
+    export_run, merge_taking_spans, report_with_clocks, trace_header,
 };
 use pinch_traces::export::TraceSink;
 use pinch_traces::export::chrome::ChromeJsonWriter;
@@ -48,8 +48,13 @@ pub fn export(args: ExportArgs) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let summary = write(format, tmp.as_file(), &source)?;
     let seconds = started.elapsed().as_secs_f64();
-    tmp.persist(&args.output)
-        .map_err(|e| bad_input(format!("cannot write '{}': {}", args.output.display(), e.error)))?;
+    tmp.persist(&args.output).map_err(|e| {
+        bad_input(format!(
+            "cannot write '{}': {}",
+            args.output.display(),
+            e.error
+        ))
+    })?;
     let bytes = std::fs::metadata(&args.output).map_or(0, |m| m.len());
     println!(
         "wrote {} ({bytes} bytes): {} slices on {} tracks, {} counter values, {} flows, {} finding events",
@@ -76,8 +81,13 @@ fn write(format: Format, file: &File, source: &Source) -> anyhow::Result<ExportS
         Format::Json => Box::new(ChromeJsonWriter::new(file, &header)?),
         Format::Pftrace => return Err(bad_input("format 'pftrace' is not built yet")),
     };
-    export_run(&source.timeline, &source.findings, &source.layout, sink.as_mut())
-        .context("cannot export the trace")
+    export_run(
+        &source.timeline,
+        &source.findings,
+        &source.layout,
+        sink.as_mut(),
+    )
+    .context("cannot export the trace")
 }
 
 /// The format `--format` names, else the output's extension's.
@@ -180,7 +190,10 @@ mod tests {
     fn the_flag_wins_then_the_extension_decides() {
         let json = Path::new("a.json");
         assert_eq!(format_of(None, json).unwrap(), Format::Json);
-        assert_eq!(format_of(None, Path::new("a.pftrace")).unwrap(), Format::Pftrace);
+        assert_eq!(
+            format_of(None, Path::new("a.pftrace")).unwrap(),
+            Format::Pftrace
+        );
         assert_eq!(
             format_of(None, Path::new("a.perfetto-trace")).unwrap(),
             Format::Pftrace
