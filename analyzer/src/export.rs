@@ -580,16 +580,7 @@ mod tests {
     #[derive(Debug, Default)]
     struct Recorder {
         tracks: Vec<Track>,
-        /// (track, name, start, end, arg names, flows, flows ending)
-        slices: Vec<(
-            TrackId,
-            String,
-            i64,
-            i64,
-            Vec<String>,
-            Vec<FlowId>,
-            Vec<FlowId>,
-        )>,
+        slices: Vec<SliceRow>,
         counters: Vec<(TrackId, i64, f64)>,
         instants: Vec<(TrackId, String, i64)>,
         finished: bool,
