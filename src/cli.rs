@@ -23,6 +23,9 @@ pub enum Command {
     /// Report again on a recorded run, from its node logs; or analyze PyTorch profiler
     /// (Kineto) traces as Holistic Trace Analysis does.
     Analyze(AnalyzeArgs),
+    /// Write a recorded run (or Kineto traces) as a trace for timeline viewers: Perfetto's
+    /// protobuf (.pftrace, for ui.perfetto.dev) or Chrome JSON (.json, for chrome://tracing).
+    Export(ExportArgs),
     /// List the model presets with their shapes, parameter counts and weight sizes.
     Presets(crate::cmd::presets::PresetsArgs),
     /// Microbenchmarks: collectives (nccl-tests style) and decode memory bandwidth.
@@ -186,6 +189,21 @@ pub struct AnalyzeArgs {
     /// microseconds as HTA does (starts up, ends down).
     #[arg(long)]
     pub exact_times: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// A run directory written by `pinch run`, or PyTorch profiler (Kineto) traces: .json or
+    /// .json.gz files, one per rank, or a directory of them.
+    #[arg(required = true, value_name = "RUN_DIR|TRACES")]
+    pub paths: Vec<PathBuf>,
+    /// The trace file to write.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: PathBuf,
+    /// pftrace (Perfetto's protobuf) or json (Chrome's Trace Event Format). Default: from the
+    /// output's extension (.pftrace or .perfetto-trace, .json).
+    #[arg(long)]
+    pub format: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -13,6 +13,7 @@ pub mod collectives;
 pub mod critical_path;
 pub mod error;
 mod exchanges;
+pub mod export;
 pub mod facts;
 pub mod findings;
 mod frames;
@@ -45,6 +46,7 @@ pub use critical_path::{
     StepPath, critical_path,
 };
 pub use error::AnalyzerError;
+pub use export::{ExportLayout, ExportSummary, export_run, trace_header};
 pub use facts::{Problem, ProblemKind, RunFacts};
 pub use findings::{
     Detector, Finding, FindingKind, Level, Location, all_detectors, detect_all, detect_with,

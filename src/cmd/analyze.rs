@@ -11,7 +11,7 @@ use pinch_traces::kineto::{is_trace_name, trace_files};
 use std::path::{Path, PathBuf};
 
 /// What the arguments name.
-enum Input {
+pub(crate) enum Input {
     /// A directory written by `pinch run`.
     Run(PathBuf),
     /// Kineto trace files (directories already listed).
@@ -34,7 +34,7 @@ pub fn analyze(args: AnalyzeArgs) -> anyhow::Result<()> {
 }
 
 /// A lone directory with a manifest is a pinch run; anything else must be Kineto traces.
-fn input_of(paths: &[PathBuf]) -> anyhow::Result<Input> {
+pub(crate) fn input_of(paths: &[PathBuf]) -> anyhow::Result<Input> {
     for path in paths {
         if !path.exists() {
             return Err(bad_input(format!("'{}' does not exist", path.display())));

@@ -5,6 +5,7 @@ mod analyze;
 pub mod bench;
 pub mod calibrate;
 pub mod decode_bench;
+mod export;
 mod kineto;
 pub mod presets;
 mod rank;
@@ -17,6 +18,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => run::run(*args),
         Command::Analyze(args) => analyze::analyze(args),
+        Command::Export(args) => export::export(args),
         Command::Presets(args) => presets::presets(args),
         Command::Bench(BenchCommand::Collectives(args)) => bench::bench(bench::BenchArgs {
             what: bench::BenchCommand::Collectives(args),

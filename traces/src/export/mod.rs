@@ -12,6 +12,8 @@ pub mod perfetto;
 use crate::counter::Unit;
 use thiserror::Error;
 
+pub mod chrome;
+
 /// Names a track within one export; unique, chosen by the producer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct TrackId(pub u64);

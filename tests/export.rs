@@ -1,0 +1,122 @@
+//! End-to-end: `pinch run` on two local nodes, then `pinch export` of what it stored to Chrome
+//! JSON; and the one-line failures (unknown format, unwritable output) with nothing left behind.
+
+mod common;
+
+use common::{pinch, report_json, run, stderr_of};
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::path::Path;
+
+fn export(run_dir: &Path, output: &Path, extra: &[&str]) -> assert_cmd::assert::Assert {
+    pinch()
+        .arg("export")
+        .arg(run_dir)
+        .arg("-o")
+        .arg(output)
+        .args(extra)
+        .assert()
+}
+
+fn events(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let doc: Value = serde_json::from_str(&text).unwrap();
+    assert!(
+        doc["metadata"]["origin_unix_ns"].is_number(),
+        "{}",
+        doc["metadata"]
+    );
+    doc["traceEvents"].as_array().unwrap().clone()
+}
+
+fn with_phase<'a>(events: &'a [Value], phase: &str) -> Vec<&'a Value> {
+    events.iter().filter(|e| e["ph"] == phase).collect()
+}
+
+/// The one line a failed export prints, and that it exited with 2.
+fn one_line_failure(assert: assert_cmd::assert::Assert) -> String {
+    let stderr = stderr_of(&assert.code(2));
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    stderr
+}
+
+#[test]
+fn a_run_exports_every_rank_span_counter_and_finding_to_chrome_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    run(&out, &[]).success();
+    let json = dir.path().join("run.json");
+    export(&out, &json, &[]).success();
+    let events = events(&json);
+    let report = report_json(&out);
+
+    let threads: BTreeSet<String> = with_phase(&events, "M")
+        .iter()
+        .filter(|e| e["name"] == "thread_name")
+        .map(|e| e["args"]["name"].as_str().unwrap().to_string())
+        .collect();
+    let ranks = report["ranks"].as_array().unwrap();
+    for rank in ranks {
+        let name = format!("rank {}", rank["rank"]);
+        assert!(threads.contains(&name), "{name} in {threads:?}");
+    }
+    let spans: u64 = ranks
+        .iter()
+        .map(|r| r["span_count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(with_phase(&events, "X").len() as u64, spans);
+    assert!(
+        !with_phase(&events, "C").is_empty(),
+        "the counters are exported"
+    );
+    let global_findings = with_phase(&events, "i")
+        .iter()
+        .filter(|e| e["s"] == "g")
+        .count();
+    assert_eq!(
+        global_findings,
+        report["findings"].as_array().unwrap().len()
+    );
+    let starts = with_phase(&events, "s").len();
+    assert!(starts > 0 && starts == with_phase(&events, "f").len());
+}
+
+#[test]
+fn a_cut_log_still_exports_with_a_warning_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    run(&out, &[]).success();
+    let log = out.join("node-1.pnl");
+    let len = std::fs::metadata(&log).unwrap().len();
+    let file = std::fs::OpenOptions::new().write(true).open(&log).unwrap();
+    file.set_len(len - 100).unwrap();
+    let json = dir.path().join("cut.json");
+    let stderr = stderr_of(&export(&out, &json, &[]).success());
+    assert!(
+        stderr.contains("warning") && stderr.contains("node-1.pnl"),
+        "{stderr}"
+    );
+    assert!(!with_phase(&events(&json), "X").is_empty());
+}
+
+#[test]
+fn an_unknown_format_or_unwritable_output_is_one_line_and_exit_2() {
+    // The output is checked before the run is read, so an empty directory stands for one.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    std::fs::create_dir(&out).unwrap();
+    let target = dir.path().join("run.trace");
+    let stderr = one_line_failure(export(&out, &target, &["--format", "xml"]));
+    assert!(stderr.contains("format 'xml' is unknown"), "{stderr}");
+    let stderr = one_line_failure(export(&out, &target, &[]));
+    assert!(stderr.contains("run.trace"), "{stderr}");
+    let unwritable = dir.path().join("no/such/dir/run.json");
+    let stderr = one_line_failure(export(&out, &unwritable, &[]));
+    assert!(stderr.contains("no/such/dir/run.json"), "{stderr}");
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n != "run")
+        .collect();
+    assert!(left.is_empty(), "nothing half-written: {left:?}");
+}
