@@ -18,6 +18,7 @@ fn export(run_dir: &Path, output: &Path, extra: &[&str]) -> assert_cmd::assert::
         .assert()
 }
 
+#[allow(clippy::unwrap_used)] // a test helper: a panic is the failure report
 fn events(path: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(path).unwrap();
     let doc: Value = serde_json::from_str(&text).unwrap();

@@ -15,8 +15,10 @@ use pinch_analyzer::{
 };
 use pinch_traces::export::TraceSink;
 use pinch_traces::export::chrome::ChromeJsonWriter;
+use pinch_traces::export::perfetto::PerfettoWriter;
 use pinch_traces::kineto::read_run;
 use std::fs::File;
+use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
 /// The trace formats `pinch export` writes.
@@ -79,7 +81,7 @@ fn write(format: Format, file: &File, source: &Source) -> anyhow::Result<ExportS
     let header = trace_header(&source.timeline, &source.title);
     let mut sink: Box<dyn TraceSink + '_> = match format {
         Format::Json => Box::new(ChromeJsonWriter::new(file, &header)?),
-        Format::Pftrace => return Err(bad_input("format 'pftrace' is not built yet")),
+        Format::Pftrace => Box::new(PerfettoWriter::new(BufWriter::new(file), &header)?),
     };
     export_run(
         &source.timeline,

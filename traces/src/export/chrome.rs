@@ -299,9 +299,9 @@ impl<W: Write> TraceSink for ChromeJsonWriter<W> {
         self.out
             .write_all(b"\n],\"displayTimeUnit\":\"ns\",\"metadata\":{\"title\":")?;
         write_str(&mut self.out, &self.header.title)?;
-        write!(
+        writeln!(
             self.out,
-            ",\"origin_unix_ns\":{}}}}}\n",
+            ",\"origin_unix_ns\":{}}}}}",
             self.header.origin_unix_ns
         )?;
         self.out.flush()?;
