@@ -381,3 +381,16 @@ pub fn recv(rank: u32, peer: u32, start_ns: i64, duration_ns: u64, wait_ns: u64)
     });
     s
 }
+
+/// A compute span as a node log holds it: op `op` of rank `rank`, on the node's clock.
+pub fn log_span(rank: u32, op: u32, start_ns: u64, duration_ns: u64) -> pinch_traces::Span {
+    pinch_traces::Span {
+        rank: Rank(rank),
+        lane: pinch_traces::Lane(0),
+        category: pinch_traces::Category::Compute,
+        op: pinch_traces::OpId(op),
+        start_ns,
+        duration_ns,
+        attrs: pinch_traces::SpanAttrs::default(),
+    }
+}

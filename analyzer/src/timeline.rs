@@ -338,21 +338,9 @@ fn node_series(node: &NodeData, clock: NodeClock) -> Vec<Series> {
 mod tests {
     use super::*;
     use crate::testkit;
-    use pinch_traces::{
-        CounterDef, CounterId, DeviceDef, DeviceId, OpId, Span, SpanAttrs as Attrs,
-    };
+    use pinch_traces::{CounterDef, CounterId, DeviceDef, DeviceId, OpId};
 
-    fn span(rank: u32, op: u32, start_ns: u64, duration_ns: u64) -> Span {
-        Span {
-            rank: Rank(rank),
-            lane: Lane(0),
-            category: Category::Compute,
-            op: OpId(op),
-            start_ns,
-            duration_ns,
-            attrs: Attrs::default(),
-        }
-    }
+    use crate::testkit::log_span as span;
 
     /// Two nodes whose monotonic clocks differ by a lot but whose wall clocks agree.
     fn two_node_run() -> RunData {

@@ -238,18 +238,9 @@ fn scatter(part: &NodePart<'_>, slices: &mut [&mut [MaybeUninit<TimedSpan>]]) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pinch_traces::{Category, Lane, SpanAttrs};
 
     fn span(rank: u32, op: u32, start_ns: u64) -> Span {
-        Span {
-            rank: Rank(rank),
-            lane: Lane(0),
-            category: Category::Compute,
-            op: OpId(op),
-            start_ns,
-            duration_ns: 1,
-            attrs: SpanAttrs::default(),
-        }
+        crate::testkit::log_span(rank, op, start_ns, 1)
     }
 
     #[test]
