@@ -18,7 +18,6 @@ use pinch_traces::export::chrome::ChromeJsonWriter;
 use pinch_traces::export::perfetto::PerfettoWriter;
 use pinch_traces::kineto::read_run;
 use std::fs::File;
-use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
 /// The trace formats `pinch export` writes.
@@ -81,7 +80,7 @@ fn write(format: Format, file: &File, source: &Source) -> anyhow::Result<ExportS
     let header = trace_header(&source.timeline, &source.title);
     let mut sink: Box<dyn TraceSink + '_> = match format {
         Format::Json => Box::new(ChromeJsonWriter::new(file, &header)?),
-        Format::Pftrace => Box::new(PerfettoWriter::new(BufWriter::new(file), &header)?),
+        Format::Pftrace => Box::new(PerfettoWriter::new(file.try_clone()?, &header)?),
     };
     export_run(
         &source.timeline,

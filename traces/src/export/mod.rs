@@ -129,6 +129,8 @@ pub enum ExportError {
     TimeOutOfRange { time_ns: i64 },
     #[error("track '{0}' is declared twice")]
     DuplicateTrack(u64),
+    #[error("more tracks than a trace can hold")]
+    TooManyTracks,
     #[error("{event} on track '{track}', which cannot hold one")]
     WrongTrackKind { event: &'static str, track: u64 },
 }

@@ -4,66 +4,109 @@
 //! Layout: every `Track` becomes a `TrackDescriptor` (with a process, thread or counter
 //! descriptor by kind); a slice becomes a `TYPE_SLICE_BEGIN` at its start and a
 //! `TYPE_SLICE_END` at its end; counter values are `TYPE_COUNTER` events with a double value;
-//! instants are `TYPE_INSTANT` events. Categories, event names and argument names are interned
-//! on one packet sequence: a string is sent once, in the `InternedData` of the first packet that
-//! uses it.
+//! instants are `TYPE_INSTANT` events.
+//!
+//! Packet sequences: the first sequence holds the wall-clock snapshot and the track
+//! descriptors. Each track with events has a sequence of its own, opened by a packet that
+//! clears its state, sets its defaults (the track's uuid, so events name no track) and
+//! snapshots a sequence-scoped incremental clock: an event's timestamp is then the delta from
+//! the previous one on its track, a byte or three instead of eight. Instants, which a producer
+//! may send out of time order, carry an absolute BOOTTIME timestamp instead. Strings
+//! (categories, event names, argument names and string values) are interned: each goes once
+//! per sequence, in the packet that first uses it.
 //!
 //! Ends are written lazily: a track keeps a stack of its open slices' end times and writes the
 //! ends that fall before (or at) the next slice's start, and all of them at `finish`, so that
 //! begin/end pairs nest. A slice that overruns the slice it started in is cut at that slice's
 //! end, as a viewer nests by stack.
 //!
-//! Clock: packets are stamped in BOOTTIME (track events' default clock) as
-//! `timeline_ns + BASE_NS`, with `BASE_NS` = 2^50 ns (about 13 days): times up to 13 days
-//! before the origin stay non-negative, and a run's first 2.3 years take 8-byte varints (a Unix
-//! time would take 9). The first packet is a clock snapshot that pairs BOOTTIME `BASE_NS` with
-//! REALTIME `origin_unix_ns`, so a viewer shows wall-clock time: a packet's Unix time is
+//! Clock: BOOTTIME `timeline_ns + BASE_NS`, with `BASE_NS` = 2^50 ns (about 13 days): times up
+//! to 13 days before the origin stay non-negative. The first packet pairs BOOTTIME `BASE_NS`
+//! with REALTIME `origin_unix_ns`, so a viewer shows wall-clock time: a packet's Unix time is
 //! `timestamp - BASE_NS + origin_unix_ns`.
+//!
+//! Packets are batched and, by default, each batch deflated into one `compressed_packets`
+//! packet on a second thread (`output`).
 
-#[path = "perfetto_proto.rs"]
+mod output;
 mod proto;
+mod strings;
+mod wire;
 
-use super::{Arg, ArgValue, ExportError, FlowId, Instant, Slice, TraceHeader, Track, TrackId};
+pub use output::Compression;
+
+use super::{Arg, ArgValue, ExportError, Instant, Slice, TraceHeader, Track, TrackId};
 use super::{TraceSink, TrackKind};
 use crate::counter::Unit;
-use prost::encoding::{WireType, encoded_len_varint};
+use output::ChunkOutput;
 use rustc_hash::FxHashMap;
 use std::io::Write;
+use strings::{Kind, Sent, Strings};
+use wire::{bytes_field, fixed64_field, key_len, put_key, put_varint, varint_field, varint_len};
 
-/// Every packet goes on this one sequence, which owns the interned strings.
-const SEQUENCE_ID: u32 = 1;
-/// A packet's `trusted_packet_sequence_id` and `sequence_flags` after the first, encoded once.
-const SEQUENCE_FIELDS: [u8; 4] = [
-    (proto::packet::TRUSTED_PACKET_SEQUENCE_ID << 3) as u8,
-    SEQUENCE_ID as u8,
-    (proto::packet::SEQUENCE_FLAGS << 3) as u8,
-    proto::packet::SEQ_NEEDS_INCREMENTAL_STATE as u8,
-];
+/// The sequence of the clock snapshot and the track descriptors.
+const GLOBAL_SEQUENCE: u32 = 1;
 /// The BOOTTIME timestamp of the timeline's zero (see the module comment).
 const BASE_NS: i64 = 1 << 50;
 
-/// Streams tracks and events to `out` (pass a `BufWriter`) as a Perfetto trace.
+/// Streams tracks and events to `out` as a Perfetto trace. Writing happens on a thread of its
+/// own, which owns `out` until `into_inner`.
 #[derive(Debug)]
-pub struct PerfettoWriter<W: Write> {
+pub struct PerfettoWriter<W: Write + Send + 'static> {
     enc: Encoder<W>,
     tracks: FxHashMap<TrackId, TrackState>,
     /// Track descriptors written so far.
     declared: u64,
 }
 
-/// What a declared track accepts and, for slices, what is still open on it.
+/// What a declared track accepts, what is still open on it and its packet sequence.
 #[derive(Debug)]
 struct TrackState {
     uuid: u64,
     holds_counters: bool,
     open: OpenSlices,
+    seq: Sequence,
 }
 
-impl<W: Write> PerfettoWriter<W> {
-    /// Starts the trace: writes the clock snapshot that clears the sequence's state.
+/// One track's packet sequence.
+#[derive(Debug)]
+struct Sequence {
+    id: u32,
+    uuid: u64,
+    /// The packet timestamp the incremental clock stands at; `None` until the sequence's first
+    /// packet has set its defaults and clock.
+    clock: Option<u64>,
+    sent: Sent,
+}
+
+/// How an event packet is stamped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stamp {
+    /// On the sequence's incremental clock: the delta from its previous packet.
+    Delta(u64),
+    /// An absolute BOOTTIME timestamp, leaving the incremental clock where it is.
+    Absolute(u64),
+}
+
+impl<W: Write + Send + 'static> PerfettoWriter<W> {
+    /// Starts the trace, deflating batches of packets (`Compression::Deflate`).
     pub fn new(out: W, header: &TraceHeader) -> Result<Self, ExportError> {
-        let mut enc = Encoder::new(out, BASE_NS);
-        enc.first_packet(clock_snapshot(BASE_NS, header.origin_unix_ns))?;
+        Self::with_compression(out, header, Compression::default())
+    }
+
+    /// Starts the trace: writes the clock snapshot that opens the first sequence.
+    pub fn with_compression(
+        out: W,
+        header: &TraceHeader,
+        compression: Compression,
+    ) -> Result<Self, ExportError> {
+        let mut enc = Encoder::new(ChunkOutput::new(out, compression)?, BASE_NS);
+        enc.whole_packet(proto::TracePacket {
+            trusted_packet_sequence_id: Some(GLOBAL_SEQUENCE),
+            sequence_flags: Some(proto::packet::SEQ_INCREMENTAL_STATE_CLEARED),
+            clock_snapshot: wall_clock_snapshot(BASE_NS, header.origin_unix_ns),
+            ..Default::default()
+        })?;
         Ok(PerfettoWriter {
             enc,
             tracks: FxHashMap::default(),
@@ -71,9 +114,9 @@ impl<W: Write> PerfettoWriter<W> {
         })
     }
 
-    /// The output, once `finish` has flushed it.
-    pub fn into_inner(self) -> W {
-        self.enc.out
+    /// The output, once `finish` has written everything to it.
+    pub fn into_inner(self) -> Result<W, ExportError> {
+        Ok(self.enc.out.into_inner()?)
     }
 
     fn state(&mut self, track: TrackId) -> Result<&mut TrackState, ExportError> {
@@ -83,7 +126,7 @@ impl<W: Write> PerfettoWriter<W> {
     }
 }
 
-impl<W: Write> TraceSink for PerfettoWriter<W> {
+impl<W: Write + Send + 'static> TraceSink for PerfettoWriter<W> {
     fn track(&mut self, track: &Track) -> Result<(), ExportError> {
         // A second descriptor would orphan what is open on the first.
         if self.tracks.contains_key(&track.id) {
@@ -93,16 +136,23 @@ impl<W: Write> TraceSink for PerfettoWriter<W> {
             Some(parent) => Some(self.state(parent)?.uuid),
             None => None,
         };
-        // Uuids count from 1 in declaration order: 0 means "no track" to Perfetto, and small
-        // numbers are short varints on every event.
+        // Uuids count from 1 in declaration order: 0 means "no track" to Perfetto. A track's
+        // sequence is the next id after it (the first is the global one).
         self.declared += 1;
         let uuid = self.declared;
+        let seq_id = u32::try_from(uuid + 1).map_err(|_| ExportError::TooManyTracks)?;
         self.enc
             .whole_packet(descriptor(track, uuid, parent_uuid))?;
         let state = TrackState {
             uuid,
             holds_counters: matches!(track.kind, TrackKind::Counter { .. }),
             open: OpenSlices::default(),
+            seq: Sequence {
+                id: seq_id,
+                uuid,
+                clock: None,
+                sent: Sent::default(),
+            },
         };
         self.tracks.insert(track.id, state);
         Ok(())
@@ -126,38 +176,45 @@ impl<W: Write> TraceSink for PerfettoWriter<W> {
             });
         }
         while let Some(due_ns) = state.open.pop_due(slice.start_ns) {
-            self.enc.slice_end(state.uuid, due_ns)?;
+            let due = self.enc.timestamp(due_ns)?;
+            self.enc.slice_end(&mut state.seq, due)?;
         }
         state.open.push(slice.start_ns, end_ns);
-        self.enc.slice_begin(state.uuid, start, slice)
+        self.enc.slice_begin(&mut state.seq, start, slice)
     }
 
     fn counter(&mut self, track: TrackId, time_ns: i64, value: f64) -> Result<(), ExportError> {
-        let state = self.state(track)?;
+        let timestamp = self.enc.timestamp(time_ns)?;
+        let state = self
+            .tracks
+            .get_mut(&track)
+            .ok_or(ExportError::UnknownTrack(track.0))?;
         if !state.holds_counters {
             return Err(ExportError::WrongTrackKind {
                 event: "counter value",
                 track: track.0,
             });
         }
-        let uuid = state.uuid;
-        let timestamp = self.enc.timestamp(time_ns)?;
-        self.enc.counter(uuid, timestamp, value)
+        self.enc.counter(&mut state.seq, timestamp, value)
     }
 
     fn instant(&mut self, instant: &Instant<'_>) -> Result<(), ExportError> {
-        let uuid = event_track(&mut self.tracks, instant.track, "instant")?.uuid;
         let timestamp = self.enc.timestamp(instant.time_ns)?;
-        self.enc.instant(uuid, timestamp, instant)
+        let state = event_track(&mut self.tracks, instant.track, "instant")?;
+        self.enc.instant(&mut state.seq, timestamp, instant)
     }
 
     fn finish(&mut self) -> Result<(), ExportError> {
-        for state in self.tracks.values_mut() {
+        // In declaration order, so that the file is the same from run to run.
+        let mut states: Vec<&mut TrackState> = self.tracks.values_mut().collect();
+        states.sort_by_key(|s| s.uuid);
+        for state in states {
             while let Some(due_ns) = state.open.pop_due(i64::MAX) {
-                self.enc.slice_end(state.uuid, due_ns)?;
+                let due = self.enc.timestamp(due_ns)?;
+                self.enc.slice_end(&mut state.seq, due)?;
             }
         }
-        self.enc.out.flush()?;
+        self.enc.out.finish()?;
         Ok(())
     }
 }
@@ -217,23 +274,14 @@ impl OpenSlices {
     }
 }
 
-/// The cache slot of a name: its length and first, middle and last bytes tell a producer's
-/// few names apart, mixed by a multiplicative hash (slots are its top bits).
-fn recent_slot(name: &str) -> usize {
-    let bytes = name.as_bytes();
-    let byte = |i: usize| bytes.get(i).map_or(0, |&b| u64::from(b));
-    let last = bytes.len().saturating_sub(1);
-    let digest = bytes.len() as u64 | byte(0) << 16 | byte(last / 2) << 24 | byte(last) << 32;
-    (digest.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - RECENT_SLOTS.trailing_zeros())) as usize
-}
-
 /// BOOTTIME at the timeline's zero paired with the wall clock there; none when the origin is not
 /// a time after the Unix epoch.
-fn clock_snapshot(base_ns: i64, origin_unix_ns: i128) -> Option<proto::ClockSnapshot> {
+fn wall_clock_snapshot(base_ns: i64, origin_unix_ns: i128) -> Option<proto::ClockSnapshot> {
     let realtime_ns = u64::try_from(origin_unix_ns).ok()?;
     let clock = |clock_id, timestamp| proto::Clock {
         clock_id: Some(clock_id),
         timestamp: Some(timestamp),
+        is_incremental: None,
     };
     Some(proto::ClockSnapshot {
         clocks: vec![
@@ -268,6 +316,7 @@ fn descriptor(track: &Track, uuid: u64, parent_uuid: Option<u64>) -> proto::Trac
         TrackKind::Instants => {}
     }
     proto::TracePacket {
+        trusted_packet_sequence_id: Some(GLOBAL_SEQUENCE),
         track_descriptor: Some(desc),
         ..Default::default()
     }
@@ -291,89 +340,29 @@ fn counter_descriptor(unit: Option<Unit>) -> proto::CounterDescriptor {
     }
 }
 
-/// How many recently used names an interner checks before hashing.
-const RECENT_SLOTS: usize = 64;
-
-/// Strings sent once and then named by id on the sequence.
+/// Encodes packets and appends them, framed as `Trace.packet`, to the output's chunk.
 #[derive(Debug)]
-struct Interner {
-    ids: FxHashMap<Box<str>, u64>,
-    /// The names by iid - 1.
-    names: Vec<Box<str>>,
-    /// A direct-mapped cache of iids (0: empty) by a cheap digest of the name: a producer
-    /// repeats a few names, and comparing with one name is cheaper than hashing it.
-    recent: [u64; RECENT_SLOTS],
-}
-
-impl Default for Interner {
-    fn default() -> Self {
-        Interner {
-            ids: FxHashMap::default(),
-            names: Vec::new(),
-            recent: [0; RECENT_SLOTS],
-        }
-    }
-}
-
-impl Interner {
-    /// The id of `name`, adding it to `fresh` (to be sent with this packet) when it is new.
-    fn id(&mut self, name: &str, fresh: &mut Vec<proto::InternedName>) -> u64 {
-        let slot = recent_slot(name);
-        let iid = self.recent[slot];
-        if iid != 0
-            && self
-                .names
-                .get(iid as usize - 1)
-                .is_some_and(|n| **n == *name)
-        {
-            return iid;
-        }
-        let iid = self.lookup(name, fresh);
-        self.recent[slot] = iid;
-        iid
-    }
-
-    fn lookup(&mut self, name: &str, fresh: &mut Vec<proto::InternedName>) -> u64 {
-        if let Some(&iid) = self.ids.get(name) {
-            return iid;
-        }
-        // Ids start at 1: Perfetto reads 0 as unset.
-        let iid = self.names.len() as u64 + 1;
-        self.ids.insert(name.into(), iid);
-        self.names.push(name.into());
-        fresh.push(proto::InternedName {
-            iid: Some(iid),
-            name: Some(name.to_owned()),
-        });
-        iid
-    }
-}
-
-/// Encodes packets into reused buffers and writes each, framed as `Trace.packet`, to `out`.
-#[derive(Debug)]
-struct Encoder<W: Write> {
-    out: W,
+struct Encoder<W: Write + Send + 'static> {
+    out: ChunkOutput<W>,
     base_ns: i64,
-    /// The `TrackEvent` being built, then the `TracePacket` around it.
+    /// The `TrackEvent` being built.
     event: Vec<u8>,
+    /// The `InternedData` of the strings the event uses first on its sequence.
+    interned: Vec<u8>,
+    /// A whole (prost-encoded) packet.
     packet: Vec<u8>,
-    fresh: proto::InternedData,
-    categories: Interner,
-    event_names: Interner,
-    arg_names: Interner,
+    strings: Strings,
 }
 
-impl<W: Write> Encoder<W> {
-    fn new(out: W, base_ns: i64) -> Self {
+impl<W: Write + Send + 'static> Encoder<W> {
+    fn new(out: ChunkOutput<W>, base_ns: i64) -> Self {
         Encoder {
             out,
             base_ns,
             event: Vec::with_capacity(256),
+            interned: Vec::with_capacity(256),
             packet: Vec::with_capacity(512),
-            fresh: proto::InternedData::default(),
-            categories: Interner::default(),
-            event_names: Interner::default(),
-            arg_names: Interner::default(),
+            strings: Strings::default(),
         }
     }
 
@@ -386,95 +375,174 @@ impl<W: Write> Encoder<W> {
             .ok_or(ExportError::TimeOutOfRange { time_ns })
     }
 
-    /// The packet that opens the sequence, clearing its interned state.
-    fn first_packet(&mut self, snapshot: Option<proto::ClockSnapshot>) -> Result<(), ExportError> {
-        self.whole_packet(proto::TracePacket {
-            clock_snapshot: snapshot,
-            sequence_flags: Some(proto::packet::SEQ_INCREMENTAL_STATE_CLEARED),
-            ..Default::default()
+    fn whole_packet(&mut self, packet: proto::TracePacket) -> Result<(), ExportError> {
+        self.packet.clear();
+        prost::encoding::message::encode(proto::TRACE_PACKET, &packet, &mut self.packet);
+        self.out.reserve(self.packet.len())?;
+        self.out.chunk.extend_from_slice(&self.packet);
+        Ok(())
+    }
+
+    /// How a packet at `timestamp` on `seq` is stamped; opens the sequence first if needed.
+    fn stamp(&mut self, seq: &mut Sequence, timestamp: u64) -> Result<Stamp, ExportError> {
+        let clock = match seq.clock {
+            Some(clock) => clock,
+            None => self.open_sequence(seq, timestamp)?,
+        };
+        // A track's slices and counter values come in time order; anything else (a producer's
+        // late counter value) stays correct with an absolute stamp.
+        Ok(match timestamp.checked_sub(clock) {
+            Some(delta) => {
+                seq.clock = Some(timestamp);
+                Stamp::Delta(delta)
+            }
+            None => Stamp::Absolute(timestamp),
         })
     }
 
-    fn whole_packet(&mut self, mut packet: proto::TracePacket) -> Result<(), ExportError> {
-        packet.trusted_packet_sequence_id = Some(SEQUENCE_ID);
-        self.packet.clear();
-        prost::encoding::message::encode(proto::TRACE_PACKET, &packet, &mut self.packet);
-        self.out.write_all(&self.packet)?;
-        Ok(())
+    /// The packet that starts a track's sequence: clears its state, makes the track and the
+    /// incremental clock its defaults and sets that clock to `timestamp`.
+    fn open_sequence(&mut self, seq: &mut Sequence, timestamp: u64) -> Result<u64, ExportError> {
+        let clock = |clock_id, is_incremental| proto::Clock {
+            clock_id: Some(clock_id),
+            timestamp: Some(timestamp),
+            is_incremental,
+        };
+        self.whole_packet(proto::TracePacket {
+            trusted_packet_sequence_id: Some(seq.id),
+            sequence_flags: Some(proto::packet::SEQ_INCREMENTAL_STATE_CLEARED),
+            trace_packet_defaults: Some(proto::TracePacketDefaults {
+                timestamp_clock_id: Some(proto::CLOCK_INCREMENTAL),
+                track_event_defaults: Some(proto::TrackEventDefaults {
+                    track_uuid: Some(seq.uuid),
+                }),
+            }),
+            clock_snapshot: Some(proto::ClockSnapshot {
+                clocks: vec![
+                    clock(proto::CLOCK_BOOTTIME, None),
+                    clock(proto::CLOCK_INCREMENTAL, Some(true)),
+                ],
+            }),
+            ..Default::default()
+        })?;
+        seq.clock = Some(timestamp);
+        Ok(timestamp)
     }
 
     fn slice_begin(
         &mut self,
-        uuid: u64,
+        seq: &mut Sequence,
         timestamp: u64,
         slice: &Slice<'_>,
     ) -> Result<(), ExportError> {
+        let stamp = self.stamp(seq, timestamp)?;
         self.named_event(
+            seq,
             proto::track_event::TYPE_SLICE_BEGIN,
-            uuid,
             slice.category,
             slice.name,
         );
-        self.args(slice.args);
-        self.flows(proto::track_event::FLOW_IDS, slice.flows);
-        self.flows(proto::track_event::TERMINATING_FLOW_IDS, slice.flows_ending);
-        self.write_event(timestamp)
+        self.args(seq, slice.args);
+        for flow in slice.flows {
+            fixed64_field(&mut self.event, proto::track_event::FLOW_IDS, flow.0);
+        }
+        for flow in slice.flows_ending {
+            fixed64_field(
+                &mut self.event,
+                proto::track_event::TERMINATING_FLOW_IDS,
+                flow.0,
+            );
+        }
+        self.write_event(seq, stamp)
     }
 
-    fn slice_end(&mut self, uuid: u64, end_ns: i64) -> Result<(), ExportError> {
-        let timestamp = self.timestamp(end_ns)?;
+    fn slice_end(&mut self, seq: &mut Sequence, timestamp: u64) -> Result<(), ExportError> {
+        let stamp = self.stamp(seq, timestamp)?;
         self.event.clear();
         varint_field(
             &mut self.event,
             proto::track_event::TYPE,
             proto::track_event::TYPE_SLICE_END,
         );
-        varint_field(&mut self.event, proto::track_event::TRACK_UUID, uuid);
-        self.write_event(timestamp)
+        self.write_event(seq, stamp)
     }
 
-    fn counter(&mut self, uuid: u64, timestamp: u64, value: f64) -> Result<(), ExportError> {
+    fn counter(
+        &mut self,
+        seq: &mut Sequence,
+        timestamp: u64,
+        value: f64,
+    ) -> Result<(), ExportError> {
+        let stamp = self.stamp(seq, timestamp)?;
         self.event.clear();
         varint_field(
             &mut self.event,
             proto::track_event::TYPE,
             proto::track_event::TYPE_COUNTER,
         );
-        varint_field(&mut self.event, proto::track_event::TRACK_UUID, uuid);
-        put_key(
-            proto::track_event::DOUBLE_COUNTER_VALUE,
-            WireType::SixtyFourBit,
+        fixed64_field(
             &mut self.event,
+            proto::track_event::DOUBLE_COUNTER_VALUE,
+            value.to_bits(),
         );
-        self.event.extend_from_slice(&value.to_le_bytes());
-        self.write_event(timestamp)
+        self.write_event(seq, stamp)
     }
 
     fn instant(
         &mut self,
-        uuid: u64,
+        seq: &mut Sequence,
         timestamp: u64,
         instant: &Instant<'_>,
     ) -> Result<(), ExportError> {
+        if seq.clock.is_none() {
+            self.open_sequence(seq, timestamp)?;
+        }
         self.named_event(
+            seq,
             proto::track_event::TYPE_INSTANT,
-            uuid,
             instant.category,
             instant.name,
         );
-        self.args(instant.args);
-        self.write_event(timestamp)
+        self.args(seq, instant.args);
+        // Findings come after the slices of the tracks they mark, earlier in time.
+        self.write_event(seq, Stamp::Absolute(timestamp))
     }
 
-    /// Starts `event` with its type, track, interned category and interned name.
-    fn named_event(&mut self, kind: u64, uuid: u64, category: &str, name: &str) {
-        let category_iid = self
-            .categories
-            .id(category, &mut self.fresh.event_categories);
-        let name_iid = self.event_names.id(name, &mut self.fresh.event_names);
+    /// The iid of `text` as a `kind` string on `seq`, queuing its text if `seq` lacks it.
+    #[inline]
+    fn iid(&mut self, seq: &mut Sequence, kind: Kind, text: &str) -> u64 {
+        let id = self.strings.id(text);
+        if seq.sent.first_use(kind, id) {
+            let field = match kind {
+                Kind::Category => proto::interned::EVENT_CATEGORIES,
+                Kind::EventName => proto::interned::EVENT_NAMES,
+                Kind::ArgName => proto::interned::DEBUG_ANNOTATION_NAMES,
+                Kind::ArgValue => proto::interned::DEBUG_ANNOTATION_STRING_VALUES,
+            };
+            let text = self.strings.text(id).as_bytes();
+            let entry_len = 1 + varint_len(u64::from(id)) + 1 + varint_len(text.len() as u64);
+            put_key(
+                &mut self.interned,
+                field,
+                prost::encoding::WireType::LengthDelimited,
+            );
+            put_varint(&mut self.interned, (entry_len + text.len()) as u64);
+            varint_field(
+                &mut self.interned,
+                proto::interned::ENTRY_IID,
+                u64::from(id),
+            );
+            bytes_field(&mut self.interned, proto::interned::ENTRY_TEXT, text);
+        }
+        u64::from(id)
+    }
+
+    /// Starts `event` with its type, interned category and interned name.
+    fn named_event(&mut self, seq: &mut Sequence, kind: u64, category: &str, name: &str) {
+        let category_iid = self.iid(seq, Kind::Category, category);
+        let name_iid = self.iid(seq, Kind::EventName, name);
         self.event.clear();
         varint_field(&mut self.event, proto::track_event::TYPE, kind);
-        varint_field(&mut self.event, proto::track_event::TRACK_UUID, uuid);
         varint_field(
             &mut self.event,
             proto::track_event::CATEGORY_IIDS,
@@ -483,153 +551,94 @@ impl<W: Write> Encoder<W> {
         varint_field(&mut self.event, proto::track_event::NAME_IID, name_iid);
     }
 
-    /// Each argument as a `DebugAnnotation` with an interned name.
-    fn args(&mut self, args: &[Arg<'_>]) {
+    /// Each argument as a `DebugAnnotation` with an interned name (and string value).
+    fn args(&mut self, seq: &mut Sequence, args: &[Arg<'_>]) {
+        use proto::debug_annotation as da;
         for arg in args {
-            let name_iid = self
-                .arg_names
-                .id(arg.name, &mut self.fresh.debug_annotation_names);
-            let body_len = 1 + encoded_len_varint(name_iid) + 1 + value_len(&arg.value);
+            let name_iid = self.iid(seq, Kind::ArgName, arg.name);
+            let value = match arg.value {
+                ArgValue::Str(text) => Value::Iid(self.iid(seq, Kind::ArgValue, text)),
+                ArgValue::Int(v) => Value::Varint(da::INT_VALUE, v as u64),
+                ArgValue::Uint(v) => Value::Varint(da::UINT_VALUE, v),
+                ArgValue::Float(v) => Value::Double(v),
+            };
+            let body_len = 1 + varint_len(name_iid) + value.len();
             put_key(
-                proto::track_event::DEBUG_ANNOTATIONS,
-                WireType::LengthDelimited,
                 &mut self.event,
+                proto::track_event::DEBUG_ANNOTATIONS,
+                prost::encoding::WireType::LengthDelimited,
             );
-            put_varint(body_len as u64, &mut self.event);
-            varint_field(&mut self.event, proto::debug_annotation::NAME_IID, name_iid);
-            encode_value(&mut self.event, &arg.value);
+            put_varint(&mut self.event, body_len as u64);
+            varint_field(&mut self.event, da::NAME_IID, name_iid);
+            value.encode(&mut self.event);
         }
     }
 
-    fn flows(&mut self, field: u32, flows: &[FlowId]) {
-        for flow in flows {
-            put_key(field, WireType::SixtyFourBit, &mut self.event);
-            self.event.extend_from_slice(&flow.0.to_le_bytes());
+    /// Frames `event` as a packet on `seq`, with the strings it introduced.
+    fn write_event(&mut self, seq: &Sequence, stamp: Stamp) -> Result<(), ExportError> {
+        use proto::packet;
+        let (timestamp, clock_len) = match stamp {
+            Stamp::Delta(delta) => (delta, 0),
+            Stamp::Absolute(timestamp) => (timestamp, key_len(packet::TIMESTAMP_CLOCK_ID) + 1),
+        };
+        let mut len = 1 + varint_len(timestamp) + clock_len + 1 + varint_len(u64::from(seq.id));
+        if !self.interned.is_empty() {
+            len += 1 + varint_len(self.interned.len() as u64) + self.interned.len();
         }
-    }
-
-    /// Wraps `event` in a packet on the sequence, with the strings it introduced, and writes it.
-    fn write_event(&mut self, timestamp: u64) -> Result<(), ExportError> {
-        let packet = &mut self.packet;
-        packet.clear();
-        varint_field(packet, proto::packet::TIMESTAMP, timestamp);
-        packet.extend_from_slice(&SEQUENCE_FIELDS);
-        if !self.fresh.is_empty() {
-            prost::encoding::message::encode(proto::packet::INTERNED_DATA, &self.fresh, packet);
-            self.fresh.clear();
+        len += 1 + varint_len(self.event.len() as u64) + self.event.len();
+        self.out.reserve(1 + varint_len(len as u64) + len)?;
+        let buf = &mut self.out.chunk;
+        put_key(
+            buf,
+            proto::TRACE_PACKET,
+            prost::encoding::WireType::LengthDelimited,
+        );
+        put_varint(buf, len as u64);
+        varint_field(buf, packet::TIMESTAMP, timestamp);
+        if clock_len > 0 {
+            varint_field(
+                buf,
+                packet::TIMESTAMP_CLOCK_ID,
+                u64::from(proto::CLOCK_BOOTTIME),
+            );
         }
-        bytes_field(packet, proto::packet::TRACK_EVENT, &self.event);
-        // The event is in the packet now: its buffer takes the frame header.
-        let frame = &mut self.event;
-        frame.clear();
-        put_key(proto::TRACE_PACKET, WireType::LengthDelimited, frame);
-        put_varint(packet.len() as u64, frame);
-        self.out.write_all(frame)?;
-        self.out.write_all(packet)?;
+        varint_field(buf, packet::TRUSTED_PACKET_SEQUENCE_ID, u64::from(seq.id));
+        if !self.interned.is_empty() {
+            bytes_field(buf, packet::INTERNED_DATA, &self.interned);
+            self.interned.clear();
+        }
+        bytes_field(buf, packet::TRACK_EVENT, &self.event);
         Ok(())
     }
 }
 
-#[inline]
-fn varint_field(buf: &mut Vec<u8>, field: u32, value: u64) {
-    // Most fields (types, iids, flags, uuids) have one-byte keys and values.
-    if field < 16 && value < 0x80 {
-        buf.extend_from_slice(&[(field << 3) as u8, value as u8]);
-    } else {
-        long_varint_field(buf, field, value);
-    }
+/// A `DebugAnnotation`'s value field.
+#[derive(Clone, Copy, Debug)]
+enum Value {
+    Varint(u32, u64),
+    Double(f64),
+    /// An interned string value.
+    Iid(u64),
 }
 
-fn long_varint_field(buf: &mut Vec<u8>, field: u32, value: u64) {
-    let (key, key_len) = varint_word(u64::from(field) << 3);
-    let (value, value_len) = varint_word(value);
-    let word = key | value << (8 * key_len);
-    append_prefix(buf, &word.to_le_bytes(), key_len + value_len);
-}
-
-/// `value` as varint bytes in the low bytes of a little-endian word, and how many there are.
-/// Built in a register, not byte by byte in memory: reading those bytes back as one block
-/// stalled on store forwarding and took half the export's time.
-#[inline]
-fn varint_word(mut value: u64) -> (u128, usize) {
-    if value < 1 << 56 {
-        return short_varint_word(value);
-    }
-    let mut word = 0u128;
-    let mut len = 0;
-    while value >= 0x80 {
-        word |= u128::from(value as u8 | 0x80) << (8 * len);
-        value >>= 7;
-        len += 1;
-    }
-    word |= u128::from(value as u8) << (8 * len);
-    (word, len + 1)
-}
-
-/// `varint_word` for values below 2^56 (at most 8 bytes, as timestamps are): shifts of a
-/// 64-bit word are cheaper.
-#[inline]
-fn short_varint_word(mut value: u64) -> (u128, usize) {
-    let mut word = 0u64;
-    let mut len = 0;
-    while value >= 0x80 {
-        word |= u64::from(value as u8 | 0x80) << (8 * len);
-        value >>= 7;
-        len += 1;
-    }
-    word |= u64::from(value as u8) << (8 * len);
-    (u128::from(word), len + 1)
-}
-
-/// Appends `bytes[..len]`. Copying the whole array and truncating is a fixed-size copy the
-/// compiler inlines; a copy of `len` bytes is a call to memmove, which took half the time.
-#[inline]
-fn append_prefix<const N: usize>(buf: &mut Vec<u8>, bytes: &[u8; N], len: usize) {
-    let old_len = buf.len();
-    buf.extend_from_slice(bytes);
-    buf.truncate(old_len + len);
-}
-
-fn bytes_field(buf: &mut Vec<u8>, field: u32, bytes: &[u8]) {
-    put_key(field, WireType::LengthDelimited, buf);
-    put_varint(bytes.len() as u64, buf);
-    buf.extend_from_slice(bytes);
-}
-
-// prost's `encode_key`/`encode_varint` go through the generic `BufMut` a byte at a time and
-// took a third of the export's time in the profile; these write straight into the `Vec`.
-#[inline]
-fn put_key(field: u32, wire_type: WireType, buf: &mut Vec<u8>) {
-    put_varint(u64::from(field) << 3 | wire_type as u64, buf);
-}
-
-#[inline]
-fn put_varint(value: u64, buf: &mut Vec<u8>) {
-    let (word, len) = varint_word(value);
-    append_prefix(buf, &word.to_le_bytes(), len);
-}
-
-/// The encoded size of a value field, its key excluded (all value fields have one-byte keys).
-fn value_len(value: &ArgValue<'_>) -> usize {
-    match *value {
-        // int64 is sent as the varint of its two's complement.
-        ArgValue::Int(v) => encoded_len_varint(v as u64),
-        ArgValue::Uint(v) => encoded_len_varint(v),
-        ArgValue::Float(_) => 8,
-        ArgValue::Str(s) => encoded_len_varint(s.len() as u64) + s.len(),
-    }
-}
-
-fn encode_value(buf: &mut Vec<u8>, value: &ArgValue<'_>) {
-    use proto::debug_annotation as da;
-    match *value {
-        ArgValue::Int(v) => varint_field(buf, da::INT_VALUE, v as u64),
-        ArgValue::Uint(v) => varint_field(buf, da::UINT_VALUE, v),
-        ArgValue::Float(v) => {
-            put_key(da::DOUBLE_VALUE, WireType::SixtyFourBit, buf);
-            buf.extend_from_slice(&v.to_le_bytes());
+impl Value {
+    /// The encoded size, key included.
+    fn len(self) -> usize {
+        match self {
+            Value::Varint(field, v) => key_len(field) + varint_len(v),
+            Value::Double(_) => 1 + 8,
+            Value::Iid(iid) => key_len(proto::debug_annotation::STRING_VALUE_IID) + varint_len(iid),
         }
-        ArgValue::Str(s) => bytes_field(buf, da::STRING_VALUE, s.as_bytes()),
+    }
+
+    fn encode(self, buf: &mut Vec<u8>) {
+        match self {
+            Value::Varint(field, v) => varint_field(buf, field, v),
+            Value::Double(v) => {
+                fixed64_field(buf, proto::debug_annotation::DOUBLE_VALUE, v.to_bits())
+            }
+            Value::Iid(iid) => varint_field(buf, proto::debug_annotation::STRING_VALUE_IID, iid),
+        }
     }
 }
 

@@ -1,8 +1,8 @@
-//! The few Perfetto trace messages the writer sends whole (track descriptors, the clock
-//! snapshot, interned strings), as prost messages, and the field numbers of the hot ones
-//! (`TracePacket`, `TrackEvent`, `DebugAnnotation`) that the writer encodes by hand so that an
-//! event costs no allocation. Field numbers and types follow Perfetto's published protos
-//! (protos/perfetto/trace/...); only the fields pinch writes are declared.
+//! The few Perfetto trace messages the writer sends whole (track descriptors, clock snapshots,
+//! a sequence's defaults), as prost messages, and the field numbers of the hot ones
+//! (`TracePacket`, `TrackEvent`, `DebugAnnotation`, `InternedData`) that the writer encodes by
+//! hand so that an event costs no allocation. Field numbers and types follow Perfetto's
+//! published protos (protos/perfetto/trace/...); only the fields pinch writes are declared.
 
 use prost::Message;
 
@@ -15,11 +15,23 @@ pub mod packet {
     pub const TRUSTED_PACKET_SEQUENCE_ID: u32 = 10;
     pub const TRACK_EVENT: u32 = 11;
     pub const INTERNED_DATA: u32 = 12;
-    pub const SEQUENCE_FLAGS: u32 = 13;
+    /// `bytes`: a zlib stream of `Trace.packet` frames.
+    pub const COMPRESSED_PACKETS: u32 = 50;
+    pub const TIMESTAMP_CLOCK_ID: u32 = 58;
     /// `SequenceFlags.SEQ_INCREMENTAL_STATE_CLEARED`.
     pub const SEQ_INCREMENTAL_STATE_CLEARED: u32 = 1;
-    /// `SequenceFlags.SEQ_NEEDS_INCREMENTAL_STATE`.
-    pub const SEQ_NEEDS_INCREMENTAL_STATE: u32 = 2;
+}
+
+/// Fields of `InternedData` (interned_data/interned_data.proto); each entry is an
+/// `EventCategory`, `EventName`, `DebugAnnotationName` or `InternedString`, all of the shape
+/// `{ iid = 1; name or str = 2 }`.
+pub mod interned {
+    pub const EVENT_CATEGORIES: u32 = 1;
+    pub const EVENT_NAMES: u32 = 2;
+    pub const DEBUG_ANNOTATION_NAMES: u32 = 3;
+    pub const DEBUG_ANNOTATION_STRING_VALUES: u32 = 29;
+    pub const ENTRY_IID: u32 = 1;
+    pub const ENTRY_TEXT: u32 = 2;
 }
 
 /// Fields of `TrackEvent` (track_event/track_event.proto).
@@ -28,7 +40,6 @@ pub mod track_event {
     pub const DEBUG_ANNOTATIONS: u32 = 4;
     pub const TYPE: u32 = 9;
     pub const NAME_IID: u32 = 10;
-    pub const TRACK_UUID: u32 = 11;
     pub const DOUBLE_COUNTER_VALUE: u32 = 44;
     /// `repeated fixed64`.
     pub const FLOW_IDS: u32 = 47;
@@ -46,13 +57,16 @@ pub mod debug_annotation {
     pub const UINT_VALUE: u32 = 3;
     pub const INT_VALUE: u32 = 4;
     pub const DOUBLE_VALUE: u32 = 5;
-    pub const STRING_VALUE: u32 = 6;
+    pub const STRING_VALUE_IID: u32 = 17;
 }
 
 /// `BuiltinClock` values (clock_snapshot.proto / builtin_clock.proto).
 pub const CLOCK_REALTIME: u32 = 1;
 /// The clock track events are read in when a packet names none.
 pub const CLOCK_BOOTTIME: u32 = 6;
+/// The sequence-scoped clock (ids 64-127 are a sequence's own) whose timestamps are deltas
+/// from the sequence's previous packet on it.
+pub const CLOCK_INCREMENTAL: u32 = 64;
 
 /// `CounterDescriptor.Unit` values.
 pub const UNIT_TIME_NS: i32 = 1;
@@ -70,8 +84,25 @@ pub struct TracePacket {
     pub trusted_packet_sequence_id: Option<u32>,
     #[prost(uint32, optional, tag = "13")]
     pub sequence_flags: Option<u32>,
+    #[prost(message, optional, tag = "59")]
+    pub trace_packet_defaults: Option<TracePacketDefaults>,
     #[prost(message, optional, tag = "60")]
     pub track_descriptor: Option<TrackDescriptor>,
+}
+
+/// What a sequence's packets leave out (trace_packet_defaults.proto).
+#[derive(Clone, PartialEq, Message)]
+pub struct TracePacketDefaults {
+    #[prost(uint32, optional, tag = "58")]
+    pub timestamp_clock_id: Option<u32>,
+    #[prost(message, optional, tag = "11")]
+    pub track_event_defaults: Option<TrackEventDefaults>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct TrackEventDefaults {
+    #[prost(uint64, optional, tag = "11")]
+    pub track_uuid: Option<u64>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -86,6 +117,8 @@ pub struct Clock {
     pub clock_id: Option<u32>,
     #[prost(uint64, optional, tag = "2")]
     pub timestamp: Option<u64>,
+    #[prost(bool, optional, tag = "3")]
+    pub is_incremental: Option<bool>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -128,38 +161,4 @@ pub struct CounterDescriptor {
     pub unit: Option<i32>,
     #[prost(string, optional, tag = "6")]
     pub unit_name: Option<String>,
-}
-
-/// `InternedData`: the strings first used by the packet that carries it.
-#[derive(Clone, PartialEq, Message)]
-pub struct InternedData {
-    #[prost(message, repeated, tag = "1")]
-    pub event_categories: Vec<InternedName>,
-    #[prost(message, repeated, tag = "2")]
-    pub event_names: Vec<InternedName>,
-    #[prost(message, repeated, tag = "3")]
-    pub debug_annotation_names: Vec<InternedName>,
-}
-
-impl InternedData {
-    pub fn is_empty(&self) -> bool {
-        self.event_categories.is_empty()
-            && self.event_names.is_empty()
-            && self.debug_annotation_names.is_empty()
-    }
-
-    pub fn clear(&mut self) {
-        self.event_categories.clear();
-        self.event_names.clear();
-        self.debug_annotation_names.clear();
-    }
-}
-
-/// `EventCategory`, `EventName` and `DebugAnnotationName` share this shape.
-#[derive(Clone, PartialEq, Message)]
-pub struct InternedName {
-    #[prost(uint64, optional, tag = "1")]
-    pub iid: Option<u64>,
-    #[prost(string, optional, tag = "2")]
-    pub name: Option<String>,
 }
