@@ -204,6 +204,10 @@ pub struct ExportArgs {
     /// output's extension (.pftrace or .perfetto-trace, .json).
     #[arg(long)]
     pub format: Option<String>,
+    /// How a .pftrace stores its packets: deflate (batches deflated into `compressed_packets`,
+    /// which Perfetto expands as it loads) or none (for readers that do not expand them).
+    #[arg(long, value_name = "deflate|none", default_value = "deflate")]
+    pub compression: String,
 }
 
 #[derive(Debug, Args)]

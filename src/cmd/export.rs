@@ -15,7 +15,7 @@ use pinch_analyzer::{
 };
 use pinch_traces::export::TraceSink;
 use pinch_traces::export::chrome::ChromeJsonWriter;
-use pinch_traces::export::perfetto::PerfettoWriter;
+use pinch_traces::export::perfetto::{Compression, PerfettoWriter};
 use pinch_traces::kineto::read_run;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 /// The trace formats `pinch export` writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Format {
-    Pftrace,
+    Pftrace(Compression),
     Json,
 }
 
@@ -37,6 +37,7 @@ struct Source {
 
 pub fn export(args: ExportArgs) -> anyhow::Result<()> {
     let format = format_of(args.format.as_deref(), &args.output)?;
+    let format = with_compression(format, &args.compression)?;
     let dir = output_dir(&args.output)?;
     let source = match input_of(&args.paths)? {
         Input::Run(dir) => run_source(&dir)?,
@@ -80,7 +81,11 @@ fn write(format: Format, file: &File, source: &Source) -> anyhow::Result<ExportS
     let header = trace_header(&source.timeline, &source.title);
     let mut sink: Box<dyn TraceSink + '_> = match format {
         Format::Json => Box::new(ChromeJsonWriter::new(file, &header)?),
-        Format::Pftrace => Box::new(PerfettoWriter::new(file.try_clone()?, &header)?),
+        Format::Pftrace(compression) => Box::new(PerfettoWriter::with_compression(
+            file.try_clone()?,
+            &header,
+            compression,
+        )?),
     };
     export_run(
         &source.timeline,
@@ -94,7 +99,7 @@ fn write(format: Format, file: &File, source: &Source) -> anyhow::Result<ExportS
 /// The format `--format` names, else the output's extension's.
 fn format_of(flag: Option<&str>, output: &Path) -> anyhow::Result<Format> {
     let named = |name: &str| match name {
-        "pftrace" | "perfetto-trace" | "perfetto" => Some(Format::Pftrace),
+        "pftrace" | "perfetto-trace" | "perfetto" => Some(Format::Pftrace(Compression::default())),
         "json" => Some(Format::Json),
         _ => None,
     };
@@ -109,6 +114,26 @@ fn format_of(flag: Option<&str>, output: &Path) -> anyhow::Result<Format> {
             output.display()
         ))
     })
+}
+
+/// `format` with `--compression` applied: a .pftrace's packets deflated or not; JSON has none.
+fn with_compression(format: Format, compression: &str) -> anyhow::Result<Format> {
+    let compression = match compression {
+        "deflate" => Compression::Deflate,
+        "none" => Compression::None,
+        other => {
+            return Err(bad_input(format!(
+                "compression '{other}' is unknown (deflate, none)"
+            )));
+        }
+    };
+    match format {
+        Format::Pftrace(_) => Ok(Format::Pftrace(compression)),
+        Format::Json if compression == Compression::Deflate => Ok(Format::Json),
+        Format::Json => Err(bad_input(
+            "--compression applies to .pftrace output only".to_string(),
+        )),
+    }
 }
 
 /// The directory the output goes in, which must exist (the temporary file goes there too).
@@ -191,17 +216,32 @@ mod tests {
     fn the_flag_wins_then_the_extension_decides() {
         let json = Path::new("a.json");
         assert_eq!(format_of(None, json).unwrap(), Format::Json);
-        assert_eq!(
-            format_of(None, Path::new("a.pftrace")).unwrap(),
-            Format::Pftrace
-        );
+        let pftrace = Format::Pftrace(Compression::Deflate);
+        assert_eq!(format_of(None, Path::new("a.pftrace")).unwrap(), pftrace);
         assert_eq!(
             format_of(None, Path::new("a.perfetto-trace")).unwrap(),
-            Format::Pftrace
+            pftrace
         );
-        assert_eq!(format_of(Some("pftrace"), json).unwrap(), Format::Pftrace);
+        assert_eq!(format_of(Some("pftrace"), json).unwrap(), pftrace);
         let err = format_of(Some("xml"), json).unwrap_err().to_string();
         assert_eq!(err, "format 'xml' is unknown (pftrace, json)");
         assert!(format_of(None, Path::new("a.txt")).is_err());
+    }
+
+    #[test]
+    fn compression_applies_to_pftrace_only() {
+        let pftrace = Format::Pftrace(Compression::Deflate);
+        assert_eq!(
+            with_compression(pftrace, "none").unwrap(),
+            Format::Pftrace(Compression::None)
+        );
+        assert_eq!(with_compression(pftrace, "deflate").unwrap(), pftrace);
+        let err = with_compression(pftrace, "zstd").unwrap_err().to_string();
+        assert_eq!(err, "compression 'zstd' is unknown (deflate, none)");
+        assert_eq!(
+            with_compression(Format::Json, "deflate").unwrap(),
+            Format::Json
+        );
+        assert!(with_compression(Format::Json, "none").is_err());
     }
 }

@@ -436,13 +436,13 @@ impl<W: Write + Send + 'static> Encoder<W> {
         slice: &Slice<'_>,
     ) -> Result<(), ExportError> {
         let stamp = self.stamp(seq, timestamp)?;
-        self.named_event(
+        let name_id = self.named_event(
             seq,
             proto::track_event::TYPE_SLICE_BEGIN,
             slice.category,
             slice.name,
         );
-        self.args(seq, slice.args);
+        self.args(seq, slice.args, (slice.name, name_id));
         for flow in slice.flows {
             fixed64_field(&mut self.event, proto::track_event::FLOW_IDS, flow.0);
         }
@@ -497,13 +497,13 @@ impl<W: Write + Send + 'static> Encoder<W> {
         if seq.clock.is_none() {
             self.open_sequence(seq, timestamp)?;
         }
-        self.named_event(
+        let name_id = self.named_event(
             seq,
             proto::track_event::TYPE_INSTANT,
             instant.category,
             instant.name,
         );
-        self.args(seq, instant.args);
+        self.args(seq, instant.args, (instant.name, name_id));
         // Findings come after the slices of the tracks they mark, earlier in time.
         self.write_event(seq, Stamp::Absolute(timestamp))
     }
@@ -512,35 +512,48 @@ impl<W: Write + Send + 'static> Encoder<W> {
     #[inline]
     fn iid(&mut self, seq: &mut Sequence, kind: Kind, text: &str) -> u64 {
         let id = self.strings.id(text);
+        self.iid_of(seq, kind, id)
+    }
+
+    /// The iid of the string `id` as a `kind` string on `seq`, queuing its text if needed.
+    #[inline]
+    fn iid_of(&mut self, seq: &mut Sequence, kind: Kind, id: u32) -> u64 {
         if seq.sent.first_use(kind, id) {
-            let field = match kind {
-                Kind::Category => proto::interned::EVENT_CATEGORIES,
-                Kind::EventName => proto::interned::EVENT_NAMES,
-                Kind::ArgName => proto::interned::DEBUG_ANNOTATION_NAMES,
-                Kind::ArgValue => proto::interned::DEBUG_ANNOTATION_STRING_VALUES,
-            };
-            let text = self.strings.text(id).as_bytes();
-            let entry_len = 1 + varint_len(u64::from(id)) + 1 + varint_len(text.len() as u64);
-            put_key(
-                &mut self.interned,
-                field,
-                prost::encoding::WireType::LengthDelimited,
-            );
-            put_varint(&mut self.interned, (entry_len + text.len()) as u64);
-            varint_field(
-                &mut self.interned,
-                proto::interned::ENTRY_IID,
-                u64::from(id),
-            );
-            bytes_field(&mut self.interned, proto::interned::ENTRY_TEXT, text);
+            self.queue_interned(kind, id);
         }
         u64::from(id)
     }
 
-    /// Starts `event` with its type, interned category and interned name.
-    fn named_event(&mut self, seq: &mut Sequence, kind: u64, category: &str, name: &str) {
+    /// Adds the string `id` to the `InternedData` of the packet being built.
+    #[cold]
+    fn queue_interned(&mut self, kind: Kind, id: u32) {
+        let field = match kind {
+            Kind::Category => proto::interned::EVENT_CATEGORIES,
+            Kind::EventName => proto::interned::EVENT_NAMES,
+            Kind::ArgName => proto::interned::DEBUG_ANNOTATION_NAMES,
+            Kind::ArgValue => proto::interned::DEBUG_ANNOTATION_STRING_VALUES,
+        };
+        let text = self.strings.text(id).as_bytes();
+        let entry_len = 1 + varint_len(u64::from(id)) + 1 + varint_len(text.len() as u64);
+        put_key(
+            &mut self.interned,
+            field,
+            prost::encoding::WireType::LengthDelimited,
+        );
+        put_varint(&mut self.interned, (entry_len + text.len()) as u64);
+        varint_field(
+            &mut self.interned,
+            proto::interned::ENTRY_IID,
+            u64::from(id),
+        );
+        bytes_field(&mut self.interned, proto::interned::ENTRY_TEXT, text);
+    }
+
+    /// Starts `event` with its type, interned category and interned name; the name's id.
+    fn named_event(&mut self, seq: &mut Sequence, kind: u64, category: &str, name: &str) -> u32 {
         let category_iid = self.iid(seq, Kind::Category, category);
-        let name_iid = self.iid(seq, Kind::EventName, name);
+        let name_id = self.strings.id(name);
+        let name_iid = self.iid_of(seq, Kind::EventName, name_id);
         self.event.clear();
         varint_field(&mut self.event, proto::track_event::TYPE, kind);
         varint_field(
@@ -549,14 +562,20 @@ impl<W: Write + Send + 'static> Encoder<W> {
             category_iid,
         );
         varint_field(&mut self.event, proto::track_event::NAME_IID, name_iid);
+        name_id
     }
 
-    /// Each argument as a `DebugAnnotation` with an interned name (and string value).
-    fn args(&mut self, seq: &mut Sequence, args: &[Arg<'_>]) {
+    /// Each argument as a `DebugAnnotation` with an interned name (and string value). `name`
+    /// is the event's name and its string id: a value that is the very same string (an op's
+    /// name) takes its id without a lookup.
+    fn args(&mut self, seq: &mut Sequence, args: &[Arg<'_>], name: (&str, u32)) {
         use proto::debug_annotation as da;
         for arg in args {
             let name_iid = self.iid(seq, Kind::ArgName, arg.name);
             let value = match arg.value {
+                ArgValue::Str(text) if std::ptr::eq(text, name.0) => {
+                    Value::Iid(self.iid_of(seq, Kind::ArgValue, name.1))
+                }
                 ArgValue::Str(text) => Value::Iid(self.iid(seq, Kind::ArgValue, text)),
                 ArgValue::Int(v) => Value::Varint(da::INT_VALUE, v as u64),
                 ArgValue::Uint(v) => Value::Varint(da::UINT_VALUE, v),

@@ -50,9 +50,19 @@ pub(super) fn put_varint(buf: &mut Vec<u8>, value: u64) {
 /// The encoded size of a varint.
 #[inline]
 pub(super) fn varint_len(value: u64) -> usize {
-    // Each byte holds 7 bits; 0 still takes one byte.
-    (64 - (value | 1).leading_zeros() as usize).div_ceil(7)
+    VARINT_LEN[(value | 1).leading_zeros() as usize] as usize
 }
+
+/// The varint size of a value by its leading zeros: each byte holds 7 bits.
+const VARINT_LEN: [u8; 65] = {
+    let mut table = [0u8; 65];
+    let mut zeros = 0;
+    while zeros <= 64 {
+        table[zeros] = (64 - zeros).div_ceil(7) as u8;
+        zeros += 1;
+    }
+    table
+};
 
 /// The encoded size of a field's key.
 #[inline]
