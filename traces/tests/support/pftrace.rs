@@ -261,7 +261,10 @@ pub fn decode(file: &[u8]) -> Decoded {
     let mut out = Decoded::default();
     let mut sequences: HashMap<u64, Sequence> = HashMap::new();
     for (number, packet) in fields(file) {
-        assert_eq!(number, TRACE_PACKET, "a trace holds only Trace.packet fields");
+        assert_eq!(
+            number, TRACE_PACKET,
+            "a trace holds only Trace.packet fields"
+        );
         let bytes = packet.bytes();
         let msg = fields(bytes);
         let batch = field(&msg, packet::COMPRESSED_PACKETS);
@@ -274,7 +277,10 @@ pub fn decode(file: &[u8]) -> Decoded {
                 assert_eq!(msg.len(), 1, "a compressed packet holds its batch alone");
                 let raw = inflate(batch.bytes());
                 for (number, inner) in fields(&raw) {
-                    assert_eq!(number, TRACE_PACKET, "a batch holds only Trace.packet fields");
+                    assert_eq!(
+                        number, TRACE_PACKET,
+                        "a batch holds only Trace.packet fields"
+                    );
                     let inner = fields(inner.bytes());
                     assert!(
                         field(&inner, packet::COMPRESSED_PACKETS).is_none(),
@@ -321,7 +327,10 @@ fn decode_packet(
         read_snapshot(id, &fields(snapshot.bytes()), seq, out);
     }
     if let Some(desc) = field(packet, packet::TRACK_DESCRIPTOR) {
-        assert_eq!(id, GLOBAL_SEQUENCE, "track descriptors go on the global sequence");
+        assert_eq!(
+            id, GLOBAL_SEQUENCE,
+            "track descriptors go on the global sequence"
+        );
         let (uuid, desc) = decode_descriptor(&fields(desc.bytes()));
         assert!(
             out.tracks.insert(uuid, desc).is_none(),
@@ -368,9 +377,11 @@ fn read_snapshot(id: u64, snapshot: &[(u64, Wire<'_>)], seq: &mut Sequence, out:
     let boottime = clocks.iter().find(|c| c.0 == CLOCK_BOOTTIME);
     let own = clocks.iter().find(|c| SEQUENCE_CLOCKS.contains(&c.0));
     if let Some(&(clock_id, value, incremental)) = own {
-        assert!(incremental, "sequence {id}'s clock {clock_id} is not incremental");
-        let &(_, boottime_ns, _) =
-            boottime.expect("a sequence clock is snapshotted with BOOTTIME");
+        assert!(
+            incremental,
+            "sequence {id}'s clock {clock_id} is not incremental"
+        );
+        let &(_, boottime_ns, _) = boottime.expect("a sequence clock is snapshotted with BOOTTIME");
         seq.clock = Some(IncrementalClock {
             id: clock_id,
             snapshot_value: value,
@@ -460,7 +471,8 @@ fn decode_event(
 ) -> Event {
     let category = field(event, event::CATEGORY_IIDS)
         .map(|w| resolve(seq, interned::EVENT_CATEGORIES, w.varint()));
-    let name = field(event, event::NAME_IID).map(|w| resolve(seq, interned::EVENT_NAMES, w.varint()));
+    let name =
+        field(event, event::NAME_IID).map(|w| resolve(seq, interned::EVENT_NAMES, w.varint()));
     let args = repeated(event, event::DEBUG_ANNOTATIONS)
         .map(|a| decode_annotation(&fields(a.bytes()), seq))
         .collect();
@@ -476,7 +488,9 @@ fn decode_event(
         category,
         name,
         args,
-        flows: repeated(event, event::FLOW_IDS).map(Wire::fixed64).collect(),
+        flows: repeated(event, event::FLOW_IDS)
+            .map(Wire::fixed64)
+            .collect(),
         terminating_flows: repeated(event, event::TERMINATING_FLOW_IDS)
             .map(Wire::fixed64)
             .collect(),
