@@ -1,12 +1,16 @@
 //! End-to-end: `pinch run` on two local nodes, then `pinch export` of what it stored to Chrome
-//! JSON; and the one-line failures (unknown format, unwritable output) with nothing left behind.
+//! JSON and to Perfetto's .pftrace (read back with the independent decoder of the trace crate's
+//! tests); PyTorch profiler (Kineto) traces exported to both formats; and the one-line failures
+//! (unknown format, unwritable output) with nothing left behind.
 
 mod common;
+#[path = "../traces/tests/support/pftrace.rs"]
+mod pftrace;
 
-use common::{pinch, report_json, run, stderr_of};
+use common::{pinch, report_json, run, stderr_of, stdout_of};
 use serde_json::Value;
-use std::collections::BTreeSet;
-use std::path::Path;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 
 fn export(run_dir: &Path, output: &Path, extra: &[&str]) -> assert_cmd::assert::Assert {
     pinch()
@@ -80,6 +84,104 @@ fn a_run_exports_every_rank_span_counter_and_finding_to_chrome_json() {
     );
     let starts = with_phase(&events, "s").len();
     assert!(starts > 0 && starts == with_phase(&events, "f").len());
+}
+
+/// The counts `pinch export` reports ("wrote F (B bytes): 12 slices on 7 tracks, 0 counter
+/// values, ..."), by what they count.
+#[allow(clippy::unwrap_used)] // a test helper: a panic is the failure report
+fn reported(stdout: &str) -> BTreeMap<String, u64> {
+    let line = stdout.lines().find(|l| l.starts_with("wrote ")).unwrap();
+    let (_, counts) = line.split_once("): ").unwrap();
+    counts
+        .split(", ")
+        .flat_map(|part| part.split(" on "))
+        .map(|part| {
+            let (n, what) = part.split_once(' ').unwrap();
+            (what.to_string(), n.parse().unwrap())
+        })
+        .collect()
+}
+
+/// Exports `input` to `output`, decodes the .pftrace and checks what every trace must hold:
+/// batches under the packet limit, slices that nest and close, flows that start and end once,
+/// tracks whose parents exist, and the counts the export reported.
+#[allow(clippy::unwrap_used)] // a test helper: a panic is the failure report
+fn export_pftrace(input: &Path, output: &Path) -> (pftrace::Decoded, BTreeMap<String, u64>) {
+    let counts = reported(&stdout_of(&export(input, output, &[]).success()));
+    let decoded = pftrace::decode(&std::fs::read(output).unwrap());
+    pftrace::check_batches(&decoded);
+    pftrace::check_tracks(&decoded);
+    let slices = pftrace::slices(&decoded);
+    let flows = pftrace::check_flows(&decoded);
+    assert_eq!(slices.len() as u64, counts["slices"], "{counts:?}");
+    assert_eq!(decoded.of_kind(pftrace::SLICE_BEGIN).count(), slices.len());
+    assert_eq!(flows.len() as u64, counts["flows"], "{counts:?}");
+    assert_eq!(decoded.tracks.len() as u64, counts["tracks"], "{counts:?}");
+    let samples = decoded.of_kind(pftrace::COUNTER).count() as u64;
+    assert_eq!(samples, counts["counter values"], "{counts:?}");
+    let instants = decoded.of_kind(pftrace::INSTANT).count() as u64;
+    assert_eq!(instants, counts["finding events"], "{counts:?}");
+    (decoded, counts)
+}
+
+#[test]
+fn a_run_exports_to_a_pftrace_that_decodes_to_every_span_and_flow() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    run(&out, &[]).success();
+    let trace = dir.path().join("run.pftrace");
+    let (decoded, counts) = export_pftrace(&out, &trace);
+    let spans: u64 = report_json(&out)["ranks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["span_count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(counts["slices"], spans);
+    assert!(counts["flows"] > 0, "the run's collectives are linked");
+    assert!(counts["counter values"] > 0, "the counters are exported");
+    let threads = decoded.tracks.values().filter(|t| t.kind == "thread");
+    assert!(threads.count() >= 2, "a thread track per rank");
+}
+
+/// Kineto traces to export: the fuzz seed in the repository, and where ../shared/kineto is
+/// present (it is not shipped), a real two-rank NCCL job's traces.
+fn kineto_inputs() -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut inputs = vec![root.join("fuzz/seeds/kineto/small.json")];
+    let shared = root.join("../shared/kineto/traces/trace_filter");
+    if shared.is_dir() {
+        inputs.push(shared);
+    } else {
+        println!(
+            "skipped {}: absent (HTA's traces are not shipped)",
+            shared.display()
+        );
+    }
+    inputs
+}
+
+#[test]
+fn kineto_traces_export_the_same_slices_to_pftrace_and_json() {
+    for input in kineto_inputs() {
+        let dir = tempfile::tempdir().unwrap();
+        let (decoded, counts) = export_pftrace(&input, &dir.path().join("k.pftrace"));
+        let json = dir.path().join("k.json");
+        export(&input, &json, &[]).success();
+        let events = events(&json);
+        let name = input.display();
+        assert!(counts["slices"] > 0, "{name}");
+        assert_eq!(
+            with_phase(&events, "X").len(),
+            pftrace::slices(&decoded).len(),
+            "{name}"
+        );
+        assert_eq!(
+            with_phase(&events, "i").len(),
+            decoded.of_kind(pftrace::INSTANT).count(),
+            "{name}"
+        );
+    }
 }
 
 #[test]

@@ -46,7 +46,7 @@ fn perfetto_bytes() -> Result<u64, ExportError> {
     declare(&mut writer)?;
     emit(&mut writer, EVENTS)?;
     writer.finish()?;
-    Ok(writer.into_inner().bytes)
+    Ok(writer.into_inner()?.bytes)
 }
 
 const RANKS: u64 = 8;

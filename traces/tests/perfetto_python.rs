@@ -1,13 +1,14 @@
 //! Parses a trace written by `PerfettoWriter` with the perfetto Python wheel's generated protos
 //! (perfetto_trace_pb2, Perfetto's own field definitions), which rejects any field they do not
-//! know, and checks the counts of events and tracks by kind. Skipped, with the reason printed,
-//! where `python3` or the wheel (`pip install perfetto protobuf`) is missing.
+//! know, after expanding its compressed batches, and checks the counts of batches, events and
+//! tracks by kind, in both compression modes. Skipped, with the reason printed, where `python3`
+//! or the wheel (`pip install perfetto protobuf`) is missing.
 
 // Helpers outside #[test] functions unwrap too: a failure there is a test failure.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use pinch_traces::counter::Unit;
-use pinch_traces::export::perfetto::PerfettoWriter;
+use pinch_traces::export::perfetto::{Compression, PerfettoWriter};
 use pinch_traces::export::{
     Arg, ArgValue, FlowId, Instant, Slice, TraceHeader, TraceSink, Track, TrackId, TrackKind,
 };
@@ -27,13 +28,13 @@ fn track(id: u64, parent: Option<u64>, name: &str, kind: TrackKind) -> Track {
 
 /// One node, two ranks with three nested slices each and a flow between them, two counters
 /// (one in a unit Perfetto has, one it has not), and two findings.
-fn write_trace(path: &Path) {
+fn write_trace(path: &Path, compression: Compression) {
     let header = TraceHeader {
         origin_unix_ns: 1_780_000_000_000_000_000,
         title: "tiny".into(),
     };
     let file = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    let mut w = PerfettoWriter::new(file, &header).unwrap();
+    let mut w = PerfettoWriter::with_compression(file, &header, compression).unwrap();
     w.track(&track(1, None, "host0", TrackKind::Process { pid: 7 }))
         .unwrap();
     for rank in 0..2 {
@@ -149,18 +150,28 @@ fn perfettos_own_protos_parse_the_trace_with_no_unknown_field() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("tiny.pftrace");
-    write_trace(&path);
+    for (compression, batches) in [(Compression::Deflate, 1), (Compression::None, 0)] {
+        let path = dir.path().join(format!("tiny-{compression:?}.pftrace"));
+        write_trace(&path, compression);
+        let summary = check(&path);
+        assert_eq!(
+            summary,
+            format!(
+                "TYPE_COUNTER=4 TYPE_INSTANT=2 TYPE_SLICE_BEGIN=6 TYPE_SLICE_END=6 compressed={batches} counter=2 plain=1 process=1 thread=2"
+            ),
+            "{compression:?}"
+        );
+    }
+}
+
+/// Runs the checker on `path`: its one-line summary, once it has passed.
+fn check(path: &Path) -> String {
     let out = Command::new("python3")
         .arg(CHECKER)
-        .arg(&path)
+        .arg(path)
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "the checker failed: {stderr}");
-    let summary = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        summary.trim(),
-        "TYPE_COUNTER=4 TYPE_INSTANT=2 TYPE_SLICE_BEGIN=6 TYPE_SLICE_END=6 counter=2 plain=1 process=1 thread=2"
-    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
