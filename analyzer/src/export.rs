@@ -130,8 +130,9 @@ pub fn export_run(
     sink: &mut dyn TraceSink,
 ) -> Result<ExportSummary, ExportError> {
     let mut summary = ExportSummary::default();
-    let tracks = declare_tracks(timeline, layout, sink, &mut summary)?;
-    let marks = flow_marks(timeline);
+    // Two independent passes over the whole timeline, one per core.
+    let (shapes, marks) = rayon::join(|| rank_shapes(timeline, layout), || flow_marks(timeline));
+    let tracks = declare_tracks(timeline, layout, &shapes, sink, &mut summary)?;
     summary.flows = (marks.len() / 2) as u64;
     send_slices(timeline, &tracks, &marks, sink, &mut summary)?;
     for (series, &track) in timeline.series.iter().zip(&tracks.counters) {
@@ -155,12 +156,6 @@ struct Tracks {
 }
 
 impl Tracks {
-    fn thread(&self, rank: Rank, lane: Lane, sibling: usize) -> Option<TrackId> {
-        let lanes = self.threads.get(&rank)?;
-        let (_, ids) = lanes.iter().find(|(l, _)| *l == lane)?;
-        ids.get(sibling).copied()
-    }
-
     /// The track a finding on a rank goes to: its first lane's.
     fn rank_track(&self, rank: Rank) -> Option<TrackId> {
         self.threads.get(&rank)?.first()?.1.first().copied()
@@ -177,10 +172,10 @@ struct RankShape {
 fn declare_tracks(
     timeline: &Timeline,
     layout: &ExportLayout,
+    shapes: &BTreeMap<Rank, RankShape>,
     sink: &mut dyn TraceSink,
     summary: &mut ExportSummary,
 ) -> Result<Tracks, ExportError> {
-    let shapes = rank_shapes(timeline, layout);
     let mut nodes: BTreeSet<NodeId> = layout.hosts.keys().copied().collect();
     nodes.extend(shapes.values().map(|s| s.node));
     nodes.extend(timeline.series.iter().map(|s| s.node));
@@ -397,30 +392,33 @@ fn send_slices(
     summary: &mut ExportSummary,
 ) -> Result<(), ExportError> {
     let mut marks = marks.iter().peekable();
-    let mut args: Vec<Arg<'_>> = Vec::with_capacity(16);
+    let mut args = SpanArgs::default();
     let (mut flows, mut ending) = (Vec::new(), Vec::new());
     let mut index = 0_usize;
     for spans in timeline.spans.chunk_by(|a, b| a.rank == b.rank) {
         let mut placer = RankPlacer::default();
+        let lanes = tracks
+            .threads
+            .get(&spans[0].rank)
+            .ok_or(ExportError::UnknownTrack(0))?;
         for span in spans {
             let sibling = placer.place(span);
-            let track = tracks
-                .thread(span.rank, span.lane, sibling)
-                .ok_or(ExportError::UnknownTrack(0))?;
+            let track =
+                lane_track(lanes, span.lane, sibling).ok_or(ExportError::UnknownTrack(0))?;
             summary.moved_slices += u64::from(sibling > 0);
             flows.clear();
             ending.clear();
             while let Some(mark) = marks.next_if(|m| m.index as usize == index) {
                 if mark.ending { &mut ending } else { &mut flows }.push(mark.flow);
             }
-            span_args(timeline, span, &mut args);
+            args.fill(timeline, span);
             sink.slice(&Slice {
                 track,
                 name: timeline.name(span.name),
                 category: span.category.name(),
                 start_ns: span.start_ns,
                 duration_ns: span.duration_ns,
-                args: &args,
+                args: args.as_slice(),
                 flows: &flows,
                 flows_ending: &ending,
             })?;
@@ -431,40 +429,79 @@ fn send_slices(
     Ok(())
 }
 
-/// A span's arguments: only the attributes it has (a missing one is absent, never 0).
-fn span_args<'t>(timeline: &'t Timeline, span: &TimedSpan, args: &mut Vec<Arg<'t>>) {
-    args.clear();
-    let mut add = |name: &'static str, value: ArgValue<'t>| args.push(Arg { name, value });
-    let a = &span.attrs;
-    add("op", ArgValue::Str(timeline.name(span.name)));
-    let uint = |v: Option<u32>| v.map(|v| ArgValue::Uint(u64::from(v)));
-    for (name, value) in [
-        ("layer", uint(a.layer)),
-        ("step", uint(a.step)),
-        ("micro_batch", uint(a.micro_batch)),
-        ("request_id", a.request_id.map(ArgValue::Uint)),
-        ("flops", a.flops.map(ArgValue::Uint)),
-        ("bytes", a.bytes.map(ArgValue::Uint)),
-        (
-            "achieved_gb_per_s",
-            achieved_gb_per_s(span).map(ArgValue::Float),
-        ),
-    ] {
-        if let Some(value) = value {
-            add(name, value);
+/// The track of a lane's `sibling`-th thread, among one rank's lanes (a rank has few).
+fn lane_track(lanes: &[(Lane, Vec<TrackId>)], lane: Lane, sibling: usize) -> Option<TrackId> {
+    let (_, ids) = lanes.iter().find(|(l, _)| *l == lane)?;
+    ids.get(sibling).copied()
+}
+
+/// The most arguments a span has: op, layer, step, micro-batch, request, FLOPs, bytes, GB/s,
+/// and a collective's kind, group, sequence number, participants, bytes, peer and wait.
+const MAX_SPAN_ARGS: usize = 15;
+
+/// One span's arguments, rebuilt in place for each span (no allocation per span).
+struct SpanArgs<'t> {
+    args: [Arg<'t>; MAX_SPAN_ARGS],
+    len: usize,
+}
+
+impl Default for SpanArgs<'_> {
+    fn default() -> Self {
+        let empty = Arg {
+            name: "",
+            value: ArgValue::Uint(0),
+        };
+        SpanArgs {
+            args: [empty; MAX_SPAN_ARGS],
+            len: 0,
         }
     }
-    let Some(c) = a.collective else { return };
-    add("collective", ArgValue::Str(c.kind.name()));
-    add("group", ArgValue::Uint(u64::from(c.group)));
-    add("seq", ArgValue::Uint(c.seq));
-    add("participants", ArgValue::Uint(u64::from(c.participants)));
-    add("message_bytes", ArgValue::Uint(c.message_bytes));
-    if let Some(peer) = c.peer {
-        add("peer", ArgValue::Uint(u64::from(peer.0)));
+}
+
+impl<'t> SpanArgs<'t> {
+    fn as_slice(&self) -> &[Arg<'t>] {
+        &self.args[..self.len]
     }
-    if let Some(wait_ns) = c.wait_ns {
-        add("wait_ns", ArgValue::Uint(wait_ns));
+
+    fn push(&mut self, name: &'static str, value: ArgValue<'t>) {
+        self.args[self.len] = Arg { name, value };
+        self.len += 1;
+    }
+
+    /// A span's arguments: only the attributes it has (a missing one is absent, never 0).
+    fn fill(&mut self, timeline: &'t Timeline, span: &TimedSpan) {
+        self.len = 0;
+        let a = &span.attrs;
+        self.push("op", ArgValue::Str(timeline.name(span.name)));
+        let uint = |v: Option<u32>| v.map(|v| ArgValue::Uint(u64::from(v)));
+        for (name, value) in [
+            ("layer", uint(a.layer)),
+            ("step", uint(a.step)),
+            ("micro_batch", uint(a.micro_batch)),
+            ("request_id", a.request_id.map(ArgValue::Uint)),
+            ("flops", a.flops.map(ArgValue::Uint)),
+            ("bytes", a.bytes.map(ArgValue::Uint)),
+            (
+                "achieved_gb_per_s",
+                achieved_gb_per_s(span).map(ArgValue::Float),
+            ),
+        ] {
+            if let Some(value) = value {
+                self.push(name, value);
+            }
+        }
+        let Some(c) = a.collective else { return };
+        self.push("collective", ArgValue::Str(c.kind.name()));
+        self.push("group", ArgValue::Uint(u64::from(c.group)));
+        self.push("seq", ArgValue::Uint(c.seq));
+        self.push("participants", ArgValue::Uint(u64::from(c.participants)));
+        self.push("message_bytes", ArgValue::Uint(c.message_bytes));
+        if let Some(peer) = c.peer {
+            self.push("peer", ArgValue::Uint(u64::from(peer.0)));
+        }
+        if let Some(wait_ns) = c.wait_ns {
+            self.push("wait_ns", ArgValue::Uint(wait_ns));
+        }
     }
 }
 

@@ -18,6 +18,7 @@ use pinch_traces::export::chrome::ChromeJsonWriter;
 use pinch_traces::export::perfetto::{Compression, PerfettoWriter};
 use pinch_traces::kineto::read_run;
 use std::fs::File;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 /// The trace formats `pinch export` writes.
@@ -45,6 +46,8 @@ pub fn export(args: ExportArgs) -> anyhow::Result<()> {
     };
     let tmp = tempfile::Builder::new()
         .prefix(".pinch-export-")
+        // As any new file (the umask applies), not the temporary file's private 0600.
+        .permissions(std::fs::Permissions::from_mode(0o666))
         .tempfile_in(&dir)
         .map_err(|e| bad_input(format!("cannot write '{}': {e}", args.output.display())))?;
     let started = std::time::Instant::now();

@@ -272,7 +272,10 @@ mod tests {
             }
             output.chunk.extend_from_slice(&[0; 100]);
         }
-        let err = failed.map_or_else(|| output.finish().map(|_| ()).unwrap_err(), |e| e);
+        let err = match failed {
+            Some(err) => err,
+            None => output.finish().map(|_| ()).unwrap_err(),
+        };
         assert!(err.to_string().contains("disk full"), "{err}");
     }
 }
