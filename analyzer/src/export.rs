@@ -23,8 +23,8 @@ use crate::kineto_timeline::{KinetoTimeline, LaneKind};
 use crate::run::RunData;
 use crate::timeline::{Series, TimedSpan, Timeline};
 use pinch_traces::export::{
-    Arg, ArgValue, ExportError, FlowId, Instant, Slice, TraceHeader, TraceSink, Track, TrackId,
-    TrackKind,
+    Arg, ArgName, ArgValue, ExportError, FlowId, Instant, Slice, TraceHeader, TraceSink, Track,
+    TrackId, TrackKind,
 };
 use pinch_traces::kineto::KinetoRun;
 use pinch_traces::{Lane, NodeId, Rank};
@@ -448,7 +448,7 @@ struct SpanArgs<'t> {
 impl Default for SpanArgs<'_> {
     fn default() -> Self {
         let empty = Arg {
-            name: "",
+            name: "".into(),
             value: ArgValue::Uint(0),
         };
         SpanArgs {
@@ -464,7 +464,10 @@ impl<'t> SpanArgs<'t> {
     }
 
     fn push(&mut self, name: &'static str, value: ArgValue<'t>) {
-        self.args[self.len] = Arg { name, value };
+        self.args[self.len] = Arg {
+            name: name.into(),
+            value,
+        };
         self.len += 1;
     }
 
@@ -540,24 +543,24 @@ fn send_finding(
     let level = serde_name(&finding.level);
     let mut args = vec![
         Arg {
-            name: "summary",
+            name: "summary".into(),
             value: ArgValue::Str(&finding.summary),
         },
         Arg {
-            name: "level",
+            name: "level".into(),
             value: ArgValue::Str(&level),
         },
         Arg {
-            name: "severity",
+            name: "severity".into(),
             value: ArgValue::Float(finding.severity),
         },
         Arg {
-            name: "suggestion",
+            name: "suggestion".into(),
             value: ArgValue::Str(&finding.suggestion),
         },
     ];
     args.extend(finding.evidence.iter().map(|(name, &value)| Arg {
-        name,
+        name: ArgName::Text(name),
         value: ArgValue::Float(value),
     }));
     let on_ranks = ranks.iter().filter_map(|&r| tracks.rank_track(r));

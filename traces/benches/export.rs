@@ -99,23 +99,23 @@ fn op_slice(sink: &mut impl TraceSink, rank: u64, step: u64, op: u64) -> Result<
     let has_flow = op == 2 && step.is_multiple_of(10);
     let args = [
         Arg {
-            name: "op",
+            name: "op".into(),
             value: ArgValue::Str(OPS[op as usize]),
         },
         Arg {
-            name: "layer",
+            name: "layer".into(),
             value: ArgValue::Int((step % 32) as i64),
         },
         Arg {
-            name: "step",
+            name: "step".into(),
             value: ArgValue::Uint(step),
         },
         Arg {
-            name: "flops",
+            name: "flops".into(),
             value: ArgValue::Uint(step * 1_000_003),
         },
         Arg {
-            name: "gb_per_s",
+            name: "gb_per_s".into(),
             value: ArgValue::Float(step as f64 * 0.37),
         },
     ];
@@ -155,7 +155,7 @@ fn emit(sink: &mut impl TraceSink, events: usize) -> Result<(), ExportError> {
                 start_ns: (step * 10_000) as i64,
                 duration_ns: 9_000,
                 args: &[Arg {
-                    name: "step",
+                    name: "step".into(),
                     value: ArgValue::Uint(step),
                 }],
                 flows: &[],

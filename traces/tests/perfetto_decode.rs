@@ -128,28 +128,28 @@ impl<S: TraceSink> Emitter<'_, S> {
         let label = format!("op-{id}");
         let args = [
             Arg {
-                name: "id",
+                name: "id".into(),
                 value: ArgValue::Uint(id),
             },
             Arg {
-                name: "layer",
+                name: "layer".into(),
                 value: ArgValue::Int(-(id as i64)),
             },
             Arg {
-                name: "gb_per_s",
+                name: "gb_per_s".into(),
                 value: ArgValue::Float(id as f64 / 4.0),
             },
             Arg {
-                name: "op",
+                name: "op".into(),
                 value: ArgValue::Str(&label),
             },
             Arg {
-                name: "step",
+                name: "step".into(),
                 value: ArgValue::Uint(id / 10),
             },
             // The event's name again, as a string value: it must be sent in both tables.
             Arg {
-                name: "kind",
+                name: "kind".into(),
                 value: ArgValue::Str(name),
             },
         ];
@@ -209,7 +209,7 @@ impl<S: TraceSink> Emitter<'_, S> {
 
     fn instants(&mut self, step: i64) {
         let args = [Arg {
-            name: "share",
+            name: "share".into(),
             value: ArgValue::Float(0.25),
         }];
         for track in [FINDINGS, rank_id(1, 0)] {

@@ -67,19 +67,19 @@ fn write_trace(path: &Path, compression: Compression) {
         .unwrap();
     let args = [
         Arg {
-            name: "layer",
+            name: "layer".into(),
             value: ArgValue::Int(3),
         },
         Arg {
-            name: "bytes",
+            name: "bytes".into(),
             value: ArgValue::Uint(4096),
         },
         Arg {
-            name: "gb_per_s",
+            name: "gb_per_s".into(),
             value: ArgValue::Float(12.5),
         },
         Arg {
-            name: "op",
+            name: "op".into(),
             value: ArgValue::Str("all_reduce"),
         },
     ];

@@ -128,12 +128,12 @@ impl<W: Write> ChromeJsonWriter<W> {
             Some(_) => ("thread_name", "thread_sort_index"),
         };
         let name = Arg {
-            name: "name",
+            name: "name".into(),
             value: ArgValue::Str(&place.name),
         };
         self.metadata(name_event, place.pid, place.tid, name)?;
         let sort_index = Arg {
-            name: "sort_index",
+            name: "sort_index".into(),
             value: ArgValue::Uint(self.next_sort_index),
         };
         self.next_sort_index += 1;
@@ -262,7 +262,7 @@ impl<W: Write> TraceSink for ChromeJsonWriter<W> {
         write_args(
             &mut self.out,
             &[Arg {
-                name: "value",
+                name: "value".into(),
                 value: ArgValue::Float(value),
             }],
         )?;
@@ -336,7 +336,7 @@ fn write_args(out: &mut impl Write, args: &[Arg<'_>]) -> Result<(), ExportError>
         if i > 0 {
             out.write_all(b",")?;
         }
-        write_str(out, arg.name)?;
+        write_str(out, arg.name.as_str())?;
         out.write_all(b":")?;
         match arg.value {
             ArgValue::Int(v) => write!(out, "{v}")?,
@@ -426,15 +426,15 @@ mod tests {
         let mut w = declared();
         let args = [
             Arg {
-                name: "op",
+                name: "op".into(),
                 value: ArgValue::Str("mat\"mul\n"),
             },
             Arg {
-                name: "gb_per_s",
+                name: "gb_per_s".into(),
                 value: ArgValue::Float(f64::NAN),
             },
             Arg {
-                name: "layer",
+                name: "layer".into(),
                 value: ArgValue::Uint(3),
             },
         ];

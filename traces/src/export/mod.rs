@@ -64,8 +64,31 @@ pub enum ArgValue<'a> {
 /// and sequence number, request id, a finding's evidence).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Arg<'a> {
-    pub name: &'a str,
+    pub name: ArgName<'a>,
     pub value: ArgValue<'a>,
+}
+
+/// An argument's name. A producer's fixed names are `Static` (`"op".into()`): a sink may know
+/// them by address, as such a string never changes; any other name is `Text`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ArgName<'a> {
+    Static(&'static str),
+    Text(&'a str),
+}
+
+impl<'a> ArgName<'a> {
+    pub fn as_str(self) -> &'a str {
+        match self {
+            ArgName::Static(name) => name,
+            ArgName::Text(name) => name,
+        }
+    }
+}
+
+impl From<&'static str> for ArgName<'_> {
+    fn from(name: &'static str) -> Self {
+        ArgName::Static(name)
+    }
 }
 
 /// One piece of work on a thread track.

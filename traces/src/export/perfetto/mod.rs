@@ -35,7 +35,7 @@ mod wire;
 
 pub use output::Compression;
 
-use super::{Arg, ArgValue, ExportError, Instant, Slice, TraceHeader, Track, TrackId};
+use super::{Arg, ArgName, ArgValue, ExportError, Instant, Slice, TraceHeader, Track, TrackId};
 use super::{TraceSink, TrackKind};
 use crate::counter::Unit;
 use output::ChunkOutput;
@@ -571,7 +571,11 @@ impl<W: Write + Send + 'static> Encoder<W> {
     fn args(&mut self, seq: &mut Sequence, args: &[Arg<'_>], name: (&str, u32)) {
         use proto::debug_annotation as da;
         for arg in args {
-            let name_iid = self.iid(seq, Kind::ArgName, arg.name);
+            let name_id = match arg.name {
+                ArgName::Static(name) => self.strings.static_id(name),
+                ArgName::Text(name) => self.strings.id(name),
+            };
+            let name_iid = self.iid_of(seq, Kind::ArgName, name_id);
             let value = match arg.value {
                 ArgValue::Str(text) if std::ptr::eq(text, name.0) => {
                     Value::Iid(self.iid_of(seq, Kind::ArgValue, name.1))

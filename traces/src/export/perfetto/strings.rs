@@ -18,6 +18,8 @@ const KINDS: usize = 4;
 
 /// How many recently used strings the table checks before hashing.
 const RECENT_SLOTS: usize = 256;
+/// How many static strings the table knows by address.
+const STATIC_SLOTS: usize = 256;
 
 /// Every string of the trace, by id (ids count from 1: Perfetto reads 0 as unset).
 #[derive(Debug)]
@@ -27,6 +29,9 @@ pub(super) struct Strings {
     /// A direct-mapped cache of ids (0: empty) by a cheap digest of the string: a producer
     /// repeats a few strings, and comparing with one is cheaper than hashing it.
     recent: Box<[u32; RECENT_SLOTS]>,
+    /// A direct-mapped cache of static strings' ids by address (address, length, id): a
+    /// static string never changes, so the same address and length are the same text.
+    statics: Box<[(usize, usize, u32); STATIC_SLOTS]>,
 }
 
 impl Default for Strings {
@@ -35,6 +40,7 @@ impl Default for Strings {
             ids: FxHashMap::default(),
             texts: Vec::new(),
             recent: Box::new([0; RECENT_SLOTS]),
+            statics: Box::new([(0, 0, 0); STATIC_SLOTS]),
         }
     }
 }
@@ -50,6 +56,21 @@ impl Strings {
         }
         let id = self.lookup(text);
         self.recent[slot] = id;
+        id
+    }
+
+    /// The id of a static string, known by its address after the first time.
+    #[inline]
+    pub(super) fn static_id(&mut self, text: &'static str) -> u32 {
+        let address = text.as_ptr() as usize;
+        let slot = (address as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            >> (64 - STATIC_SLOTS.trailing_zeros());
+        let (known, len, id) = self.statics[slot as usize];
+        if known == address && len == text.len() && id != 0 {
+            return id;
+        }
+        let id = self.id(text);
+        self.statics[slot as usize] = (address, text.len(), id);
         id
     }
 
@@ -181,6 +202,21 @@ mod tests {
         }
         assert!(!same(b"abcdefghijklmnoX", b"abcdefghijklmnop"));
         assert!(!same(b"abcdeXghijklmnop", b"abcdefghijklmnop"));
+    }
+
+    #[test]
+    fn static_strings_share_ids_with_the_same_text() {
+        let mut strings = Strings::default();
+        let owned = String::from("layer");
+        let id = strings.id(&owned);
+        assert_eq!(strings.static_id("layer"), id);
+        assert_eq!(strings.static_id("layer"), id);
+        // A static string that is a prefix of another at the same address is another string.
+        let both: &'static str = "stepping";
+        let (step, stepping) = (strings.static_id(&both[..4]), strings.static_id(both));
+        assert_ne!(step, stepping);
+        assert_eq!(strings.text(step), "step");
+        assert_eq!(strings.static_id(&both[..4]), step);
     }
 
     #[test]

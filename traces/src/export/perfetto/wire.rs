@@ -89,19 +89,42 @@ fn varint_word(mut value: u64) -> (u128, usize) {
     (word, len + 1)
 }
 
-/// `varint_word` for values below 2^56 (at most 8 bytes): shifts of a 64-bit word are cheaper.
+/// `varint_word` for values below 2^56 (at most 8 bytes), without branches: each 7-bit group
+/// is shifted to its byte and the continuation bits come from the length. A loop that stops
+/// at the last byte mispredicts on every change of length, and argument values change length
+/// from one to the next.
 #[inline]
-fn short_varint_word(mut value: u64) -> (u128, usize) {
-    let mut word = 0u64;
-    let mut len = 0;
-    while value >= 0x80 {
-        word |= u64::from(value as u8 | 0x80) << (8 * len);
-        value >>= 7;
+fn short_varint_word(value: u64) -> (u128, usize) {
+    let (word, len) = short_varint(value);
+    (u128::from(word), len)
+}
+
+/// The varint of a value below 2^56 in the low bytes of a word, and how many bytes it takes.
+#[inline]
+pub(super) fn short_varint(value: u64) -> (u64, usize) {
+    const GROUP: u64 = 0x7f;
+    let word = (value & GROUP)
+        | (value << 1) & (GROUP << 8)
+        | (value << 2) & (GROUP << 16)
+        | (value << 3) & (GROUP << 24)
+        | (value << 4) & (GROUP << 32)
+        | (value << 5) & (GROUP << 40)
+        | (value << 6) & (GROUP << 48)
+        | (value << 7) & (GROUP << 56);
+    let len = varint_len(value);
+    (word | CONTINUATION[len], len)
+}
+
+/// The continuation bits of a varint of each length up to 8: every byte but the last.
+const CONTINUATION: [u64; 9] = {
+    let mut table = [0u64; 9];
+    let mut len = 2;
+    while len <= 8 {
+        table[len] = table[len - 1] | 0x80 << (8 * (len - 2));
         len += 1;
     }
-    word |= u64::from(value as u8) << (8 * len);
-    (u128::from(word), len + 1)
-}
+    table
+};
 
 /// Appends `bytes[..len]`. Copying the whole array and truncating is a fixed-size copy the
 /// compiler inlines; a copy of `len` bytes is a call to memmove, which took half the time.
