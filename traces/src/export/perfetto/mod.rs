@@ -42,7 +42,10 @@ use output::ChunkOutput;
 use rustc_hash::FxHashMap;
 use std::io::Write;
 use strings::{Kind, Sent, Strings};
-use wire::{bytes_field, fixed64_field, key_len, put_key, put_varint, varint_field, varint_len};
+use wire::{
+    append_word, bytes_field, fixed64_field, fixed64_field_word, key_len, put_key, put_varint,
+    varint_field, varint_field_word, varint_len,
+};
 
 /// The sequence of the clock snapshot and the track descriptors.
 const GLOBAL_SEQUENCE: u32 = 1;
@@ -576,24 +579,43 @@ impl<W: Write + Send + 'static> Encoder<W> {
                 ArgName::Text(name) => self.strings.id(name),
             };
             let name_iid = self.iid_of(seq, Kind::ArgName, name_id);
-            let value = match arg.value {
-                ArgValue::Str(text) if std::ptr::eq(text, name.0) => {
-                    Value::Iid(self.iid_of(seq, Kind::ArgValue, name.1))
+            let (value, value_len) = match arg.value {
+                ArgValue::Str(text) => {
+                    // The very same string as the event's name (an op's) needs no lookup.
+                    let id = if std::ptr::eq(text, name.0) {
+                        name.1
+                    } else {
+                        self.strings.id(text)
+                    };
+                    let iid = self.iid_of(seq, Kind::ArgValue, id);
+                    varint_field_word(da::STRING_VALUE_IID, iid)
                 }
-                ArgValue::Str(text) => Value::Iid(self.iid(seq, Kind::ArgValue, text)),
-                ArgValue::Int(v) => Value::Varint(da::INT_VALUE, v as u64),
-                ArgValue::Uint(v) => Value::Varint(da::UINT_VALUE, v),
-                ArgValue::Float(v) => Value::Double(v),
+                ArgValue::Int(v) => varint_field_word(da::INT_VALUE, v as u64),
+                ArgValue::Uint(v) => varint_field_word(da::UINT_VALUE, v),
+                ArgValue::Float(v) => fixed64_field_word(da::DOUBLE_VALUE, v.to_bits()),
             };
-            let body_len = 1 + varint_len(name_iid) + value.len();
-            put_key(
-                &mut self.event,
-                proto::track_event::DEBUG_ANNOTATIONS,
-                prost::encoding::WireType::LengthDelimited,
-            );
-            put_varint(&mut self.event, body_len as u64);
-            varint_field(&mut self.event, da::NAME_IID, name_iid);
-            value.encode(&mut self.event);
+            let body_len = 1 + varint_len(name_iid) + value_len;
+            if body_len < 0x80 && name_iid < 0x80 {
+                // The usual annotation: its key, length and name take a byte each, so the
+                // whole of it is one word of at most 4 + 12 bytes.
+                let key = (proto::track_event::DEBUG_ANNOTATIONS << 3) as u8 | 2;
+                let name_key = (da::NAME_IID << 3) as u8;
+                let head = u32::from_le_bytes([key, body_len as u8, name_key, name_iid as u8]);
+                append_word(
+                    &mut self.event,
+                    u128::from(head) | value << 32,
+                    4 + value_len,
+                );
+            } else {
+                put_key(
+                    &mut self.event,
+                    proto::track_event::DEBUG_ANNOTATIONS,
+                    prost::encoding::WireType::LengthDelimited,
+                );
+                put_varint(&mut self.event, body_len as u64);
+                varint_field(&mut self.event, da::NAME_IID, name_iid);
+                append_word(&mut self.event, value, value_len);
+            }
         }
     }
 
@@ -632,36 +654,6 @@ impl<W: Write + Send + 'static> Encoder<W> {
         }
         bytes_field(buf, packet::TRACK_EVENT, &self.event);
         Ok(())
-    }
-}
-
-/// A `DebugAnnotation`'s value field.
-#[derive(Clone, Copy, Debug)]
-enum Value {
-    Varint(u32, u64),
-    Double(f64),
-    /// An interned string value.
-    Iid(u64),
-}
-
-impl Value {
-    /// The encoded size, key included.
-    fn len(self) -> usize {
-        match self {
-            Value::Varint(field, v) => key_len(field) + varint_len(v),
-            Value::Double(_) => 1 + 8,
-            Value::Iid(iid) => key_len(proto::debug_annotation::STRING_VALUE_IID) + varint_len(iid),
-        }
-    }
-
-    fn encode(self, buf: &mut Vec<u8>) {
-        match self {
-            Value::Varint(field, v) => varint_field(buf, field, v),
-            Value::Double(v) => {
-                fixed64_field(buf, proto::debug_annotation::DOUBLE_VALUE, v.to_bits())
-            }
-            Value::Iid(iid) => varint_field(buf, proto::debug_annotation::STRING_VALUE_IID, iid),
-        }
     }
 }
 

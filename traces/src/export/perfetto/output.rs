@@ -1,14 +1,16 @@
 //! Where encoded packets go. The encoder appends framed packets to a chunk; a full chunk goes
 //! to a writer thread that deflates it into one `compressed_packets` packet (or passes it on
-//! as it is) and writes it, so that encoding and compressing run on two cores. Emptied chunks
-//! come back to be filled again: memory stays at a few chunks however large the trace.
+//! as it is) and writes it, so that encoding and compressing run on two cores. When the writer
+//! thread falls behind, the encoder deflates the next chunk itself rather than wait, so both
+//! cores share whichever work is the larger. Emptied chunks come back to be filled again:
+//! memory stays at a few chunks however large the trace.
 
 use super::proto;
 use super::wire::{key_len, put_key, put_varint, varint_len};
 use flate2::{Compress, FlushCompress, Status};
 use prost::encoding::WireType;
 use std::io::{self, Write};
-use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
 use std::thread::JoinHandle;
 
 /// How the packets are stored in the file.
@@ -29,27 +31,41 @@ pub(super) const CHUNK_BYTES: usize = 480 * 1024;
 /// Chunks in flight to the writer thread before the encoder waits for it.
 const QUEUE: usize = 2;
 
+/// A chunk on its way to the writer thread.
+#[derive(Debug)]
+enum Chunk {
+    /// Framed packets, to compress (or not) and write.
+    Packets(Vec<u8>),
+    /// A framed `compressed_packets` packet the encoder made, to write as it is.
+    Deflated(Vec<u8>),
+}
+
 /// The encoder's end: the chunk being filled and the way to the writer thread.
 #[derive(Debug)]
 pub(super) struct ChunkOutput<W: Write + Send + 'static> {
     pub(super) chunk: Vec<u8>,
-    to_writer: Option<SyncSender<Vec<u8>>>,
+    compression: Compression,
+    to_writer: Option<SyncSender<Chunk>>,
     spare: Receiver<Vec<u8>>,
+    /// Compresses here when the writer thread is behind.
+    deflater: Option<Deflater>,
     writer: Option<JoinHandle<io::Result<W>>>,
     done: Option<W>,
 }
 
 impl<W: Write + Send + 'static> ChunkOutput<W> {
     pub(super) fn new(out: W, compression: Compression) -> io::Result<Self> {
-        let (to_writer, chunks) = sync_channel::<Vec<u8>>(QUEUE);
+        let (to_writer, chunks) = sync_channel::<Chunk>(QUEUE);
         let (give_back, spare) = sync_channel::<Vec<u8>>(QUEUE + 2);
         let writer = std::thread::Builder::new()
             .name("pftrace-writer".into())
             .spawn(move || write_chunks(out, compression, &chunks, &give_back))?;
         Ok(ChunkOutput {
             chunk: Vec::with_capacity(CHUNK_BYTES),
+            compression,
             to_writer: Some(to_writer),
             spare,
+            deflater: None,
             writer: Some(writer),
             done: None,
         })
@@ -75,11 +91,26 @@ impl<W: Write + Send + 'static> ChunkOutput<W> {
             }
         };
         let full = std::mem::replace(&mut self.chunk, next);
-        let sent = self.to_writer.as_ref().map(|tx| tx.send(full));
+        let Some(tx) = self.to_writer.as_ref() else {
+            return self.finish().map(|_| ());
+        };
+        let sent = match tx.try_send(Chunk::Packets(full)) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(Chunk::Packets(full)))
+                if self.compression == Compression::Deflate =>
+            {
+                // The writer thread is behind: deflate this one here, then wait for room.
+                let deflater = self.deflater.get_or_insert_with(Deflater::default);
+                let packet = deflater.packet(&full)?.to_vec();
+                tx.send(Chunk::Deflated(packet)).map_err(|_| ())
+            }
+            Err(TrySendError::Full(chunk)) => tx.send(chunk).map_err(|_| ()),
+            Err(TrySendError::Disconnected(_)) => Err(()),
+        };
         match sent {
-            Some(Ok(())) => Ok(()),
+            Ok(()) => Ok(()),
             // The writer thread stopped: its error says why.
-            _ => self.finish().map(|_| ()),
+            Err(()) => self.finish().map(|_| ()),
         }
     }
 
@@ -90,7 +121,7 @@ impl<W: Write + Send + 'static> ChunkOutput<W> {
         {
             let last = std::mem::take(&mut self.chunk);
             // A failed send means the thread ended; join says why.
-            let _ = tx.send(last);
+            let _ = tx.send(Chunk::Packets(last));
         }
         if let Some(writer) = self.writer.take() {
             let out = writer
@@ -117,11 +148,18 @@ impl<W: Write + Send + 'static> ChunkOutput<W> {
 fn write_chunks<W: Write>(
     mut out: W,
     compression: Compression,
-    chunks: &Receiver<Vec<u8>>,
+    chunks: &Receiver<Chunk>,
     give_back: &SyncSender<Vec<u8>>,
 ) -> io::Result<W> {
     let mut deflate = Deflater::default();
     for chunk in chunks {
+        let chunk = match chunk {
+            Chunk::Deflated(packet) => {
+                out.write_all(&packet)?;
+                continue;
+            }
+            Chunk::Packets(chunk) => chunk,
+        };
         match compression {
             Compression::None => out.write_all(&chunk)?,
             Compression::Deflate => out.write_all(deflate.packet(&chunk)?)?,

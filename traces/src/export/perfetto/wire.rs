@@ -22,6 +22,29 @@ fn long_varint_field(buf: &mut Vec<u8>, field: u32, value: u64) {
     append_prefix(buf, &word.to_le_bytes(), key_len + value_len);
 }
 
+/// A varint field in the low bytes of a word, and its length: the key's varint bytes then the
+/// value's, for a caller to append with others in one copy.
+#[inline]
+pub(super) fn varint_field_word(field: u32, value: u64) -> (u128, usize) {
+    let (key, key_len) = varint_word(u64::from(field) << 3);
+    let (value, value_len) = varint_word(value);
+    (key | value << (8 * key_len), key_len + value_len)
+}
+
+/// A 64-bit field (`double`, `fixed64`) of a one-byte key in a word, and its length (9).
+#[inline]
+pub(super) fn fixed64_field_word(field: u32, bits: u64) -> (u128, usize) {
+    debug_assert!(field < 16, "a one-byte key");
+    let key = u128::from(field << 3 | WireType::SixtyFourBit as u32);
+    (key | u128::from(bits) << 8, 9)
+}
+
+/// Appends the first `len` bytes of a little-endian word (see `append_prefix`).
+#[inline]
+pub(super) fn append_word(buf: &mut Vec<u8>, word: u128, len: usize) {
+    append_prefix(buf, &word.to_le_bytes(), len);
+}
+
 /// Appends a length-delimited field.
 pub(super) fn bytes_field(buf: &mut Vec<u8>, field: u32, bytes: &[u8]) {
     put_key(buf, field, WireType::LengthDelimited);
@@ -159,6 +182,24 @@ mod tests {
             assert_eq!(ours, theirs, "{value}");
             assert_eq!(varint_len(value), theirs.len(), "{value}");
         }
+    }
+
+    #[test]
+    fn field_words_match_prost() {
+        for (field, value) in [(1, 5), (3, 300), (17, 1 << 40), (4, u64::MAX)] {
+            let (word, len) = varint_field_word(field, value);
+            let mut ours = Vec::new();
+            append_word(&mut ours, word, len);
+            let mut theirs = Vec::new();
+            prost::encoding::uint64::encode(field, &value, &mut theirs);
+            assert_eq!(ours, theirs, "{field}={value}");
+        }
+        let (word, len) = fixed64_field_word(5, 2.5f64.to_bits());
+        let mut ours = Vec::new();
+        append_word(&mut ours, word, len);
+        let mut theirs = Vec::new();
+        prost::encoding::double::encode(5, &2.5, &mut theirs);
+        assert_eq!(ours, theirs);
     }
 
     #[test]
