@@ -411,7 +411,7 @@ fn send_slices(
             while let Some(mark) = marks.next_if(|m| m.index as usize == index) {
                 if mark.ending { &mut ending } else { &mut flows }.push(mark.flow);
             }
-            args.fill(timeline, span);
+            args.fill(span);
             sink.slice(&Slice {
                 track,
                 name: timeline.name(span.name),
@@ -435,9 +435,9 @@ fn lane_track(lanes: &[(Lane, Vec<TrackId>)], lane: Lane, sibling: usize) -> Opt
     ids.get(sibling).copied()
 }
 
-/// The most arguments a span has: op, layer, step, micro-batch, request, FLOPs, bytes, GB/s,
-/// and a collective's kind, group, sequence number, participants, bytes, peer and wait.
-const MAX_SPAN_ARGS: usize = 15;
+/// The most arguments a span has: layer, step, micro-batch, request, FLOPs, bytes, GB/s, and a
+/// collective's kind, group, sequence number, participants, bytes, peer and wait.
+const MAX_SPAN_ARGS: usize = 14;
 
 /// One span's arguments, rebuilt in place for each span (no allocation per span).
 struct SpanArgs<'t> {
@@ -471,27 +471,31 @@ impl<'t> SpanArgs<'t> {
         self.len += 1;
     }
 
-    /// A span's arguments: only the attributes it has (a missing one is absent, never 0).
-    fn fill(&mut self, timeline: &'t Timeline, span: &TimedSpan) {
+    /// A span's arguments: only the attributes it has (a missing one is absent, never 0). The
+    /// op is the slice's name, not an argument.
+    fn fill(&mut self, span: &TimedSpan) {
         self.len = 0;
         let a = &span.attrs;
-        self.push("op", ArgValue::Str(timeline.name(span.name)));
-        let uint = |v: Option<u32>| v.map(|v| ArgValue::Uint(u64::from(v)));
-        for (name, value) in [
-            ("layer", uint(a.layer)),
-            ("step", uint(a.step)),
-            ("micro_batch", uint(a.micro_batch)),
-            ("request_id", a.request_id.map(ArgValue::Uint)),
-            ("flops", a.flops.map(ArgValue::Uint)),
-            ("bytes", a.bytes.map(ArgValue::Uint)),
-            (
-                "achieved_gb_per_s",
-                achieved_gb_per_s(span).map(ArgValue::Float),
-            ),
-        ] {
-            if let Some(value) = value {
-                self.push(name, value);
-            }
+        if let Some(layer) = a.layer {
+            self.push("layer", ArgValue::Uint(u64::from(layer)));
+        }
+        if let Some(step) = a.step {
+            self.push("step", ArgValue::Uint(u64::from(step)));
+        }
+        if let Some(micro_batch) = a.micro_batch {
+            self.push("micro_batch", ArgValue::Uint(u64::from(micro_batch)));
+        }
+        if let Some(request_id) = a.request_id {
+            self.push("request_id", ArgValue::Uint(request_id));
+        }
+        if let Some(flops) = a.flops {
+            self.push("flops", ArgValue::Uint(flops));
+        }
+        if let Some(bytes) = a.bytes {
+            self.push("bytes", ArgValue::Uint(bytes));
+        }
+        if let Some(gb_per_s) = achieved_gb_per_s(span) {
+            self.push("achieved_gb_per_s", ArgValue::Float(gb_per_s));
         }
         let Some(c) = a.collective else { return };
         self.push("collective", ArgValue::Str(c.kind.name()));
@@ -632,7 +636,7 @@ mod tests {
             Ok(())
         }
         fn slice(&mut self, s: &Slice<'_>) -> Result<(), ExportError> {
-            let args = s.args.iter().map(|a| a.name.to_string()).collect();
+            let args = s.args.iter().map(|a| a.name.as_str().to_string()).collect();
             let end = s.start_ns + s.duration_ns as i64;
             let row = (
                 s.track,
@@ -793,15 +797,15 @@ mod tests {
     fn attributes_a_span_lacks_are_absent_and_bandwidth_is_bytes_over_time() {
         let (sink, _, _) = recorded();
         let args_of = |name: &str| sink.slices.iter().find(|s| s.1 == name).unwrap().4.clone();
-        assert_eq!(args_of("host"), ["op"]);
+        // The op is the slice's name: no argument repeats it.
+        assert!(args_of("host").is_empty());
         assert_eq!(
             args_of("compute"),
-            ["op", "layer", "step", "flops", "bytes", "achieved_gb_per_s"]
+            ["layer", "step", "flops", "bytes", "achieved_gb_per_s"]
         );
         assert_eq!(
             args_of("all_reduce"),
             [
-                "op",
                 "collective",
                 "group",
                 "seq",
