@@ -632,6 +632,10 @@ impl<W: Write + Send + 'static> Encoder<W> {
         }
         len += 1 + varint_len(self.event.len() as u64) + self.event.len();
         self.out.reserve(1 + varint_len(len as u64) + len)?;
+        if clock_len == 0 && self.interned.is_empty() && timestamp < 1 << 56 {
+            self.write_usual_event(len, timestamp, seq.id);
+            return Ok(());
+        }
         let buf = &mut self.out.chunk;
         put_key(
             buf,
@@ -654,6 +658,36 @@ impl<W: Write + Send + 'static> Encoder<W> {
         }
         bytes_field(buf, packet::TRACK_EVENT, &self.event);
         Ok(())
+    }
+
+    /// `write_event` for the usual packet: a delta stamp and no new strings. Its fields before
+    /// the event's bytes (frame, timestamp, sequence, event key and length) are appended as
+    /// one or two words rather than field by field. `delta` is below 2^56.
+    #[inline]
+    fn write_usual_event(&mut self, len: usize, delta: u64, seq_id: u32) {
+        use proto::packet;
+        let event_len = self.event.len() as u64;
+        let parts = [
+            (u64::from(proto::TRACE_PACKET << 3 | 2), len as u64),
+            (u64::from(packet::TIMESTAMP << 3), delta),
+            (u64::from(packet::TRUSTED_PACKET_SEQUENCE_ID << 3), u64::from(seq_id)),
+            (u64::from(packet::TRACK_EVENT << 3 | 2), event_len),
+        ];
+        let buf = &mut self.out.chunk;
+        let (mut word, mut word_len) = (0u128, 0usize);
+        for (key, value) in parts {
+            // Keys are one byte and values below 2^56 (the caller checks the delta; the rest
+            // are lengths and an id): each field joins the word while it fits.
+            let (value, value_len) = wire::short_varint(value);
+            if word_len + 1 + value_len > 16 {
+                append_word(buf, word, word_len);
+                (word, word_len) = (0, 0);
+            }
+            word |= (u128::from(key) | u128::from(value) << 8) << (8 * word_len);
+            word_len += 1 + value_len;
+        }
+        append_word(buf, word, word_len);
+        buf.extend_from_slice(&self.event);
     }
 }
 
