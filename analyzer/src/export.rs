@@ -200,8 +200,7 @@ fn declare_tracks(
     let mut next_tid = 0_u32;
     for node in nodes {
         let pid = node.0.saturating_add(1);
-        let host = layout.hosts.get(&node).cloned();
-        let name = host.unwrap_or_else(|| format!("node {}", node.0));
+        let name = process_name(layout, node);
         let process = declare(&mut *sink, None, name, TrackKind::Process { pid })?;
         for (&rank, shape) in shapes.iter().filter(|(_, s)| s.node == node) {
             let mut lanes = Vec::with_capacity(shape.lanes.len());
@@ -229,6 +228,20 @@ fn declare_tracks(
     tracks.counters = reorder_by_node(&timeline.series, &tracks.counters);
     tracks.findings = declare(&mut *sink, None, "findings".into(), TrackKind::Instants)?;
     Ok(tracks)
+}
+
+/// A node's process name: its host, with the node's number where several nodes share the host
+/// (a run of several nodes on one machine); "node N" where the host is unknown.
+fn process_name(layout: &ExportLayout, node: NodeId) -> String {
+    let Some(host) = layout.hosts.get(&node) else {
+        return format!("node {}", node.0);
+    };
+    let sharing = layout.hosts.values().filter(|h| *h == host).count();
+    if sharing > 1 {
+        format!("{host} (node {})", node.0)
+    } else {
+        host.clone()
+    }
 }
 
 /// `ids` were given to `series` grouped by node (in node order, each in series order); the
@@ -791,6 +804,18 @@ mod tests {
             assert!(stack.last().is_none_or(|&e| e >= *end), "{name} at {start}");
             stack.push(*end);
         }
+    }
+
+    #[test]
+    fn nodes_sharing_a_host_are_told_apart() {
+        let mut layout = ExportLayout::default();
+        layout.hosts.insert(NodeId(0), "vm".into());
+        layout.hosts.insert(NodeId(1), "vm".into());
+        layout.hosts.insert(NodeId(2), "gpu-7".into());
+        assert_eq!(process_name(&layout, NodeId(0)), "vm (node 0)");
+        assert_eq!(process_name(&layout, NodeId(1)), "vm (node 1)");
+        assert_eq!(process_name(&layout, NodeId(2)), "gpu-7");
+        assert_eq!(process_name(&layout, NodeId(5)), "node 5");
     }
 
     #[test]

@@ -670,7 +670,10 @@ impl<W: Write + Send + 'static> Encoder<W> {
         let parts = [
             (u64::from(proto::TRACE_PACKET << 3 | 2), len as u64),
             (u64::from(packet::TIMESTAMP << 3), delta),
-            (u64::from(packet::TRUSTED_PACKET_SEQUENCE_ID << 3), u64::from(seq_id)),
+            (
+                u64::from(packet::TRUSTED_PACKET_SEQUENCE_ID << 3),
+                u64::from(seq_id),
+            ),
             (u64::from(packet::TRACK_EVENT << 3 | 2), event_len),
         ];
         let buf = &mut self.out.chunk;
