@@ -131,10 +131,11 @@ pub fn export_run(
 ) -> Result<ExportSummary, ExportError> {
     let mut summary = ExportSummary::default();
     // Two independent passes over the whole timeline, one per core.
-    let (shapes, marks) = rayon::join(|| rank_shapes(timeline, layout), || flow_marks(timeline));
+    let ((shapes, moved), marks) =
+        rayon::join(|| rank_shapes(timeline, layout), || flow_marks(timeline));
     let tracks = declare_tracks(timeline, layout, &shapes, sink, &mut summary)?;
     summary.flows = (marks.len() / 2) as u64;
-    send_slices(timeline, &tracks, &marks, sink, &mut summary)?;
+    send_slices(timeline, &tracks, &marks, &moved, sink, &mut summary)?;
     for (series, &track) in timeline.series.iter().zip(&tracks.counters) {
         send_series(series, track, sink, &mut summary)?;
     }
@@ -276,13 +277,27 @@ fn thread_name(
     name
 }
 
-/// Every rank's node and lanes, with the tracks each lane's spans need (first pass).
-fn rank_shapes(timeline: &Timeline, layout: &ExportLayout) -> BTreeMap<Rank, RankShape> {
+/// A span placed on a sibling of its lane's track: its index in `Timeline::spans` and which
+/// sibling (from 1). Few spans are, so the slices' pass reads their places from a short list.
+type Moved = (u32, u32);
+
+/// Every rank's node and lanes, with the tracks each lane's spans need, and the spans that go
+/// to a sibling track, in timeline order (first pass).
+fn rank_shapes(
+    timeline: &Timeline,
+    layout: &ExportLayout,
+) -> (BTreeMap<Rank, RankShape>, Vec<Moved>) {
     let mut shapes: BTreeMap<Rank, RankShape> = BTreeMap::new();
+    let mut moved = Vec::new();
+    let mut index = 0_u32;
     for spans in timeline.spans.chunk_by(|a, b| a.rank == b.rank) {
         let mut placer = RankPlacer::default();
         for span in spans {
-            placer.place(span);
+            let sibling = placer.place(span);
+            if sibling > 0 {
+                moved.push((index, sibling as u32));
+            }
+            index += 1;
         }
         let shape = RankShape {
             node: spans[0].node,
@@ -300,7 +315,7 @@ fn rank_shapes(timeline: &Timeline, layout: &ExportLayout) -> BTreeMap<Rank, Ran
             lanes: vec![(Lane(0), 1)],
         });
     }
-    shapes
+    (shapes, moved)
 }
 
 /// The open slices of one lane's tracks: per track, the ends of the slices that hold the next
@@ -401,21 +416,24 @@ fn send_slices(
     timeline: &Timeline,
     tracks: &Tracks,
     marks: &[FlowMark],
+    moved: &[Moved],
     sink: &mut dyn TraceSink,
     summary: &mut ExportSummary,
 ) -> Result<(), ExportError> {
     let mut marks = marks.iter().peekable();
+    let mut moved = moved.iter().peekable();
     let mut args = SpanArgs::default();
     let (mut flows, mut ending) = (Vec::new(), Vec::new());
     let mut index = 0_usize;
     for spans in timeline.spans.chunk_by(|a, b| a.rank == b.rank) {
-        let mut placer = RankPlacer::default();
         let lanes = tracks
             .threads
             .get(&spans[0].rank)
             .ok_or(ExportError::UnknownTrack(0))?;
         for span in spans {
-            let sibling = placer.place(span);
+            let sibling = moved
+                .next_if(|m| m.0 as usize == index)
+                .map_or(0, |m| m.1 as usize);
             let track =
                 lane_track(lanes, span.lane, sibling).ok_or(ExportError::UnknownTrack(0))?;
             summary.moved_slices += u64::from(sibling > 0);

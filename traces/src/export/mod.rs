@@ -96,8 +96,9 @@ impl From<&'static str> for ArgName<'_> {
 pub struct Slice<'a> {
     pub track: TrackId,
     pub name: &'a str,
-    /// The span's category ("compute", "communication", ...).
-    pub category: &'a str,
+    /// The span's category ("compute", "communication", ...): one of a producer's few fixed
+    /// names, which a sink may know by address.
+    pub category: &'static str,
     pub start_ns: i64,
     pub duration_ns: u64,
     pub args: &'a [Arg<'a>],
@@ -117,7 +118,7 @@ pub struct FlowId(pub u64);
 pub struct Instant<'a> {
     pub track: TrackId,
     pub name: &'a str,
-    pub category: &'a str,
+    pub category: &'static str,
     pub time_ns: i64,
     pub args: &'a [Arg<'a>],
 }

@@ -511,13 +511,6 @@ impl<W: Write + Send + 'static> Encoder<W> {
         self.write_event(seq, Stamp::Absolute(timestamp))
     }
 
-    /// The iid of `text` as a `kind` string on `seq`, queuing its text if `seq` lacks it.
-    #[inline]
-    fn iid(&mut self, seq: &mut Sequence, kind: Kind, text: &str) -> u64 {
-        let id = self.strings.id(text);
-        self.iid_of(seq, kind, id)
-    }
-
     /// The iid of the string `id` as a `kind` string on `seq`, queuing its text if needed.
     #[inline]
     fn iid_of(&mut self, seq: &mut Sequence, kind: Kind, id: u32) -> u64 {
@@ -553,8 +546,15 @@ impl<W: Write + Send + 'static> Encoder<W> {
     }
 
     /// Starts `event` with its type, interned category and interned name; the name's id.
-    fn named_event(&mut self, seq: &mut Sequence, kind: u64, category: &str, name: &str) -> u32 {
-        let category_iid = self.iid(seq, Kind::Category, category);
+    fn named_event(
+        &mut self,
+        seq: &mut Sequence,
+        kind: u64,
+        category: &'static str,
+        name: &str,
+    ) -> u32 {
+        let category_id = self.strings.static_id(category);
+        let category_iid = self.iid_of(seq, Kind::Category, category_id);
         let name_id = self.strings.id(name);
         let name_iid = self.iid_of(seq, Kind::EventName, name_id);
         self.event.clear();
