@@ -27,7 +27,7 @@ fn a_rank_slowed_three_times_is_the_straggler() {
     run(&out, &["--slow-rank=1=3"]).success();
     let report = report_json(&out);
     let stragglers = findings_of(&report, "straggler");
-    assert_eq!(stragglers.len(), 1, "{stragglers:#?}");
+    assert_eq!(stragglers.len(), 1, "{:#}", report["findings"]);
     assert_eq!(stragglers[0]["location"]["ranks"], serde_json::json!([1]));
     let summary = stragglers[0]["summary"].as_str().unwrap_or_default();
     assert!(summary.starts_with("rank 1 arrives last at "), "{summary}");

@@ -39,6 +39,10 @@ const STRAGGLER_CRITICAL_SHARE: f64 = 0.25;
 /// busy loops on both cores; in healthy default runs, quiet or under busy loops, each rank's
 /// turns last were as late as the other's (0.84 to 1.19 times).
 const STRAGGLER_JITTER_FACTOR: f64 = 1.5;
+/// The others' turns last measure the jitter only when they are at least this share of the
+/// rank's own: a rank slowed threefold was last at 98% of 252 collectives, and the five turns
+/// left to its peer were once as late as its own median.
+const JITTER_MIN_TURNS_SHARE: f64 = 0.1;
 /// On a node whose cores were saturated, a straggler used more than this multiple of its peers'
 /// mean CPU time: a rank late because it has more to do uses more CPU; one late because the host
 /// did not run it uses no more than they do. (The rank slowed threefold used 2.5× its peer's CPU
@@ -135,7 +139,16 @@ fn with_median_lateness<'a>(
                 None => {}
             }
         }
-        (s.median_ns, s.others_median_ns) = (median(own), median(others));
+        // The others' turns last are the run's jitter only when there are enough of them: a
+        // rank last at 98% of the collectives leaves a handful, one long descheduling of
+        // which sways their median.
+        let jitter_measured = others.len() as f64 >= JITTER_MIN_TURNS_SHARE * own.len() as f64;
+        let others_median = if jitter_measured {
+            median(others)
+        } else {
+            None
+        };
+        (s.median_ns, s.others_median_ns) = (median(own), others_median);
     }
     late
 }
