@@ -18,6 +18,7 @@ use pinch_traces::export::chrome::ChromeJsonWriter;
 use pinch_traces::export::perfetto::{Compression, PerfettoWriter};
 use pinch_traces::kineto::read_run;
 use std::fs::File;
+use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -61,7 +62,11 @@ pub fn export(args: ExportArgs) -> anyhow::Result<()> {
         ))
     })?;
     let bytes = std::fs::metadata(&args.output).map_or(0, |m| m.len());
-    println!(
+    // The trace is written: a reader that closed stdout early (`| head -1`) loses only these
+    // lines, so a failed print is not an error (println! would panic on it).
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(
+        stdout,
         "wrote {} ({bytes} bytes): {} slices on {} tracks, {} counter values, {} flows, {} finding events",
         args.output.display(),
         summary.slices,
@@ -71,7 +76,8 @@ pub fn export(args: ExportArgs) -> anyhow::Result<()> {
         summary.instants,
     );
     // The export alone, without reading and analyzing the run: what scripts/bench-export reads.
-    println!(
+    let _ = writeln!(
+        stdout,
         "exported {} events in {seconds:.3} s ({:.0} events/s)",
         summary.events(),
         summary.events() as f64 / seconds.max(1e-9)
