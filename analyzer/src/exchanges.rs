@@ -12,6 +12,7 @@
 
 use crate::timeline::{TimedSpan, Timeline};
 use pinch_traces::{CollectiveKind, Rank};
+use rayon::slice::ParallelSliceMut;
 
 /// One rank's span of one collective.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -30,6 +31,14 @@ pub(crate) struct Collectives {
     members: Vec<Member>,
 }
 
+/// The (group, seq) of the collective a span takes part in; `None` for sends, receives and
+/// spans of no collective.
+pub fn collective_of(span: &TimedSpan) -> Option<(u32, u64)> {
+    let c = span.attrs.collective?;
+    let p2p = matches!(c.kind, CollectiveKind::Send | CollectiveKind::Recv);
+    (!p2p).then_some((c.group, c.seq))
+}
+
 impl Collectives {
     pub fn new(timeline: &Timeline) -> Collectives {
         let mut members: Vec<Member> = timeline
@@ -37,17 +46,17 @@ impl Collectives {
             .iter()
             .enumerate()
             .filter_map(|(i, s)| {
-                let c = s.attrs.collective?;
-                let p2p = matches!(c.kind, CollectiveKind::Send | CollectiveKind::Recv);
-                (!p2p).then_some(Member {
-                    group: c.group,
-                    seq: c.seq,
+                let (group, seq) = collective_of(s)?;
+                Some(Member {
+                    group,
+                    seq,
                     rank: s.rank,
                     index: u32::try_from(i).ok()?,
                 })
             })
             .collect();
-        members.sort_unstable();
+        // A large run has millions of collective spans: both cores sort them.
+        members.par_sort_unstable();
         Collectives { members }
     }
 
@@ -93,8 +102,8 @@ impl Messages {
             }
         }
         // Stable sorts: within one pair, spans stay in their rank's start order.
-        sends.sort_by_key(|l| (l.group, l.src, l.dst));
-        recvs.sort_by_key(|l| (l.group, l.src, l.dst));
+        sends.par_sort_by_key(|l| (l.group, l.src, l.dst));
+        recvs.par_sort_by_key(|l| (l.group, l.src, l.dst));
         let mut by_recv = Vec::with_capacity(recvs.len());
         let mut by_send = Vec::new();
         let pair = |l: &Leg| (l.group, l.src, l.dst);

@@ -17,7 +17,7 @@
 //! n participants is a chain of n - 1 links in start order (drawn as one arrow path through its
 //! participants); a send and its receive are one link.
 
-use crate::exchanges::{Collectives, Messages};
+use crate::exchanges::{Messages, collective_of};
 use crate::findings::Finding;
 use crate::kineto_timeline::{KinetoTimeline, LaneKind};
 use crate::run::RunData;
@@ -28,6 +28,7 @@ use pinch_traces::export::{
 };
 use pinch_traces::kineto::KinetoRun;
 use pinch_traces::{Lane, NodeId, Rank};
+use rayon::slice::ParallelSliceMut;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// What the timeline alone does not say: hosts, where ranks without spans ran, lane names.
@@ -375,11 +376,13 @@ struct FlowMark {
 /// Both ends of every link, sorted by span index: collectives chained in start order, then
 /// each send with its receive.
 fn flow_marks(timeline: &Timeline) -> Vec<FlowMark> {
+    let (mut participants, messages) =
+        rayon::join(|| participants(timeline), || Messages::new(timeline));
+    participants.par_sort_unstable();
     let mut marks = Vec::new();
     let mut next = 0_u64;
-    let mut link = |marks: &mut Vec<FlowMark>, a: u32, b: u32| {
-        let key = |i: u32| (timeline.spans[i as usize].start_ns, i);
-        let (from, to) = if key(a) <= key(b) { (a, b) } else { (b, a) };
+    // Links go from the slice that starts first (the earlier index on a tie) to the other.
+    let mut link = |marks: &mut Vec<FlowMark>, from: u32, to: u32| {
         next += 1;
         let flow = FlowId(next);
         marks.push(FlowMark {
@@ -393,22 +396,56 @@ fn flow_marks(timeline: &Timeline) -> Vec<FlowMark> {
             ending: true,
         });
     };
-    let mut members: Vec<u32> = Vec::new();
-    for collective in Collectives::new(timeline).each() {
-        members.clear();
-        members.extend(collective.iter().map(|m| m.index));
-        members.sort_by_key(|&i| (timeline.spans[i as usize].start_ns, i));
+    let collective = |p: &Participant| (p.group, p.seq);
+    for members in participants.chunk_by(|a, b| collective(a) == collective(b)) {
         for pair in members.windows(2) {
-            link(&mut marks, pair[0], pair[1]);
+            link(&mut marks, pair[0].index, pair[1].index);
         }
     }
-    for &(recv, send) in Messages::new(timeline).receives() {
+    let key = |i: u32| (timeline.spans[i as usize].start_ns, i);
+    for &(recv, send) in messages.receives() {
         if let Some(send) = send {
-            link(&mut marks, send, recv);
+            let (from, to) = if key(send) <= key(recv) {
+                (send, recv)
+            } else {
+                (recv, send)
+            };
+            link(&mut marks, from, to);
         }
     }
-    marks.sort_unstable();
+    // Millions of marks on a large run: both cores sort them.
+    marks.par_sort_unstable();
     marks
+}
+
+/// A span of a collective (sends and receives aside) as flows link it: sorted, each
+/// collective's spans are together in start order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Participant {
+    group: u32,
+    seq: u64,
+    start_ns: i64,
+    /// The span's index in `Timeline::spans`.
+    index: u32,
+}
+
+/// Every collective span of the timeline (as `Collectives` gathers them), with its start, in
+/// one pass: sorting them needs no second look at the spans.
+fn participants(timeline: &Timeline) -> Vec<Participant> {
+    timeline
+        .spans
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| {
+            let (group, seq) = collective_of(s)?;
+            Some(Participant {
+                group,
+                seq,
+                start_ns: s.start_ns,
+                index: u32::try_from(i).ok()?,
+            })
+        })
+        .collect()
 }
 
 /// Sends every span as a slice, rank by rank in start order, each on the track it nests in.
