@@ -1,6 +1,7 @@
 //! Benchmarks trace export: how many producer events per second a sink writes, for a mix like
 //! a real run's (nested slices with five arguments on eight ranks, some with flows, and counter
-//! samples), written to `io::sink()` through a `BufWriter` so that only encoding is timed.
+//! samples), written to `io::sink()` so that no disk is timed: encoding on the calling thread,
+//! deflating on the writer's thread (the default `Compression::Deflate`).
 //!
 //! Run with `cargo bench -p pinch-traces --bench export`; results go in BENCHMARKS.md
 //! ("Trace export").
