@@ -223,21 +223,23 @@ fn collectives_table(report: &Report) -> String {
     collectives_table_of(&report.collectives)
 }
 
+/// The columns every collectives table shows (a run's adds the share of the link's peak).
+pub const COLLECTIVE_COLUMNS: [&str; 10] = [
+    "collective",
+    "size",
+    "ranks",
+    "count",
+    "median",
+    "p90",
+    "algbw GB/s",
+    "busbw GB/s",
+    "arrival skew",
+    "waiting",
+];
+
 /// The collectives table of any list of collective groups.
 pub fn collectives_table_of(collectives: &[pinch_analyzer::CollectiveReport]) -> String {
-    let mut t = table(&[
-        "collective",
-        "size",
-        "ranks",
-        "count",
-        "median",
-        "p90",
-        "algbw GB/s",
-        "busbw GB/s",
-        "arrival skew",
-        "waiting",
-        "of link peak",
-    ]);
+    let mut t = table(&[COLLECTIVE_COLUMNS.as_slice(), &["of link peak"]].concat());
     for c in collectives.iter().take(COLLECTIVE_ROWS) {
         let size = if c.sizes_vary {
             format!("≤{}", fmt_bytes(c.size_class_bytes))

@@ -2,7 +2,8 @@
 //! of `render`) of each rank's GPU time, kernel time by type, and idle time per stream.
 
 use crate::render::{
-    findings_text, fmt_bytes, fmt_ns, fmt_pct, ops_rows, ranks_table_of, stragglers_table, table,
+    COLLECTIVE_COLUMNS, findings_text, fmt_bytes, fmt_ns, fmt_pct, ops_rows, ranks_table_of,
+    stragglers_table, table,
 };
 use comfy_table::{Cell, CellAlignment};
 use pinch_analyzer::hta::{HtaReport, IdleShare, RankAnalysis, StreamIdle, TimeBase, types};
@@ -280,18 +281,7 @@ const COLLECTIVE_ROWS: usize = 10;
 /// pinch's collectives table of a Kineto job: the columns of `pinch analyze RUN`'s, an
 /// unknown size shown as "?" (never 0 B), and no link column (no calibration here).
 fn collectives_table(collectives: &[KinetoCollective]) -> String {
-    let mut t = table(&[
-        "collective",
-        "size",
-        "ranks",
-        "count",
-        "median",
-        "p90",
-        "algbw GB/s",
-        "busbw GB/s",
-        "arrival skew",
-        "waiting",
-    ]);
+    let mut t = table(&COLLECTIVE_COLUMNS);
     for c in collectives.iter().take(COLLECTIVE_ROWS) {
         t.add_row(collective_row(c));
     }

@@ -49,6 +49,17 @@ fn trace(rank: Option<u32>, world_size: u32) -> String {
     )
 }
 
+/// `pinch analyze PATH --json`, which must succeed, as parsed JSON.
+fn analyze_json(path: impl AsRef<std::ffi::OsStr>) -> serde_json::Value {
+    let out = pinch()
+        .arg("analyze")
+        .arg(path)
+        .arg("--json")
+        .assert()
+        .success();
+    serde_json::from_slice(&out.get_output().stdout).expect("--json writes JSON")
+}
+
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     write_bytes(dir, name, text.as_bytes())
 }
@@ -319,13 +330,7 @@ fn every_shared_trace_reads_without_error() {
 #[test]
 fn nccl_parser_config_all_reduces_have_sizes_and_bus_bandwidth() {
     let Some(shared) = shared() else { return };
-    let json = pinch()
-        .arg("analyze")
-        .arg(shared.join("traces/nccl_parser_config"))
-        .arg("--json")
-        .assert()
-        .success();
-    let report: serde_json::Value = serde_json::from_slice(&json.get_output().stdout).unwrap();
+    let report = analyze_json(shared.join("traces/nccl_parser_config"));
     let collectives = report["pinch"]["collectives"].as_array().unwrap();
     let all_reduces: Vec<&serde_json::Value> = collectives
         .iter()
@@ -367,13 +372,7 @@ fn pinchs_own_analyses_follow_the_hta_tables() {
     ] {
         assert!(out.contains(want), "'{want}' missing from:\n{out}");
     }
-    let json = pinch()
-        .arg("analyze")
-        .arg(dir.path())
-        .arg("--json")
-        .assert()
-        .success();
-    let report: serde_json::Value = serde_json::from_slice(&json.get_output().stdout).unwrap();
+    let report = analyze_json(dir.path());
     let pinch = &report["pinch"];
     assert_eq!(pinch["ranks"][1]["breakdown_ns"]["compute"], 150_000);
     assert_eq!(pinch["ranks"][1]["breakdown_ns"]["idle"], 170_000);
@@ -413,14 +412,7 @@ fn pinchs_breakdown_agrees_with_hta_within_a_few_points() {
         ("alexnet", "critical_path/alexnet"),
     ];
     for (set, folder) in sets {
-        let assert = pinch()
-            .arg("analyze")
-            .arg(shared.join("traces").join(folder))
-            .arg("--json")
-            .assert()
-            .success();
-        let report: serde_json::Value =
-            serde_json::from_slice(&assert.get_output().stdout).unwrap();
+        let report = analyze_json(shared.join("traces").join(folder));
         let csv = shared
             .join("hta-expected")
             .join(set)
@@ -490,13 +482,7 @@ fn an_nccl_kernel_without_size_args_has_a_null_size_and_no_bandwidth() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     write(dir.path(), "rank0.json", &straggling_trace(0, 100));
     write(dir.path(), "rank1.json", &straggling_trace(1, 100));
-    let json = pinch()
-        .arg("analyze")
-        .arg(dir.path())
-        .arg("--json")
-        .assert()
-        .success();
-    let report: serde_json::Value = serde_json::from_slice(&json.get_output().stdout).unwrap();
+    let report = analyze_json(dir.path());
     let c = &report["pinch"]["collectives"][0];
     assert_eq!(c["kind"], "all_reduce", "{c}");
     for field in [
@@ -521,14 +507,7 @@ fn pinch_findings(rank1_compute_us: u32) -> serde_json::Value {
         "rank1.json",
         &straggling_trace(1, rank1_compute_us),
     );
-    let assert = pinch()
-        .arg("analyze")
-        .arg(dir.path())
-        .arg("--json")
-        .assert()
-        .success();
-    let report: serde_json::Value =
-        serde_json::from_slice(&assert.get_output().stdout).expect("--json writes JSON");
+    let report = analyze_json(dir.path());
     report["pinch"]["findings"].clone()
 }
 
