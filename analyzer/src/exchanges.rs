@@ -93,14 +93,49 @@ pub(crate) struct Messages {
     by_send: Vec<(u32, u32)>,
 }
 
+/// The sends and receives of a timeline, in span order, as a pass over the spans finds them.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Legs {
+    sends: Vec<Leg>,
+    recvs: Vec<Leg>,
+}
+
+impl Legs {
+    /// Takes the span at `index` if it is a send or a receive; spans must come in index order.
+    #[inline]
+    pub fn see(&mut self, index: usize, span: &TimedSpan) {
+        if let Some((leg, is_send)) = leg(index, span) {
+            if is_send {
+                &mut self.sends
+            } else {
+                &mut self.recvs
+            }
+            .push(leg);
+        }
+    }
+
+    /// Appends the legs of spans that come after this one's.
+    pub fn append(&mut self, mut later: Legs) {
+        self.sends.append(&mut later.sends);
+        self.recvs.append(&mut later.recvs);
+    }
+}
+
 impl Messages {
     pub fn new(timeline: &Timeline) -> Messages {
-        let (mut sends, mut recvs) = (Vec::new(), Vec::new());
+        let mut legs = Legs::default();
         for (i, s) in timeline.spans.iter().enumerate() {
-            if let Some((leg, is_send)) = leg(i, s) {
-                if is_send { &mut sends } else { &mut recvs }.push(leg);
-            }
+            legs.see(i, s);
         }
+        Messages::from_legs(legs)
+    }
+
+    /// Pairs the sends and receives a pass over the spans found.
+    pub fn from_legs(legs: Legs) -> Messages {
+        let Legs {
+            mut sends,
+            mut recvs,
+        } = legs;
         // Stable sorts: within one pair, spans stay in their rank's start order.
         sends.par_sort_by_key(|l| (l.group, l.src, l.dst));
         recvs.par_sort_by_key(|l| (l.group, l.src, l.dst));

@@ -17,7 +17,7 @@
 //! n participants is a chain of n - 1 links in start order (drawn as one arrow path through its
 //! participants); a send and its receive are one link.
 
-use crate::exchanges::{Messages, collective_of};
+use crate::exchanges::{Legs, Messages, collective_of};
 use crate::findings::Finding;
 use crate::kineto_timeline::{KinetoTimeline, LaneKind};
 use crate::run::RunData;
@@ -28,8 +28,10 @@ use pinch_traces::export::{
 };
 use pinch_traces::kineto::KinetoRun;
 use pinch_traces::{Lane, NodeId, Rank};
+use rayon::iter::{IntoParallelIterator, ParallelIterator};
 use rayon::slice::ParallelSliceMut;
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
 
 /// What the timeline alone does not say: hosts, where ranks without spans ran, lane names.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -131,9 +133,17 @@ pub fn export_run(
     sink: &mut dyn TraceSink,
 ) -> Result<ExportSummary, ExportError> {
     let mut summary = ExportSummary::default();
-    // Two independent passes over the whole timeline, one per core.
-    let ((shapes, moved), marks) =
-        rayon::join(|| rank_shapes(timeline, layout), || flow_marks(timeline));
+    // Flow marks and moved slices name spans by a u32 index.
+    if u32::try_from(timeline.spans.len()).is_err() {
+        return Err(ExportError::TooManySpans(timeline.spans.len()));
+    }
+    let Survey {
+        shapes,
+        moved,
+        participants,
+        legs,
+    } = survey(timeline, layout);
+    let marks = flow_marks(timeline, participants, legs);
     let tracks = declare_tracks(timeline, layout, &shapes, sink, &mut summary)?;
     summary.flows = (marks.len() / 2) as u64;
     send_slices(timeline, &tracks, &marks, &moved, sink, &mut summary)?;
@@ -282,41 +292,98 @@ fn thread_name(
 /// sibling (from 1). Few spans are, so the slices' pass reads their places from a short list.
 type Moved = (u32, u32);
 
-/// Every rank's node and lanes, with the tracks each lane's spans need, and the spans that go
-/// to a sibling track, in timeline order (first pass).
-fn rank_shapes(
-    timeline: &Timeline,
-    layout: &ExportLayout,
-) -> (BTreeMap<Rank, RankShape>, Vec<Moved>) {
-    let mut shapes: BTreeMap<Rank, RankShape> = BTreeMap::new();
-    let mut moved = Vec::new();
-    let mut index = 0_u32;
-    for spans in timeline.spans.chunk_by(|a, b| a.rank == b.rank) {
-        let mut placer = RankPlacer::default();
-        for span in spans {
-            let sibling = placer.place(span);
-            if sibling > 0 {
-                moved.push((index, sibling as u32));
-            }
-            index += 1;
-        }
-        let shape = RankShape {
-            node: spans[0].node,
-            lanes: placer
-                .lanes
-                .iter()
-                .map(|(lane, n)| (*lane, n.stacks.len()))
-                .collect(),
-        };
-        shapes.insert(spans[0].rank, shape);
+/// What the slices' pass needs to know before its first slice, from one read of the spans
+/// (the spans are far larger than the caches: each read of them costs).
+struct Survey {
+    /// Every rank's node and lanes, with the tracks each lane's spans need.
+    shapes: BTreeMap<Rank, RankShape>,
+    /// The spans that go to a sibling track, in timeline order.
+    moved: Vec<Moved>,
+    /// The collective spans, in timeline order.
+    participants: Vec<Participant>,
+    legs: Legs,
+}
+
+/// Surveys the timeline rank by rank, the ranks shared among the cores.
+fn survey(timeline: &Timeline, layout: &ExportLayout) -> Survey {
+    let parts: Vec<(Rank, RankSurvey)> = rank_ranges(&timeline.spans)
+        .into_par_iter()
+        .map(|(rank, range)| (rank, survey_rank(timeline, range)))
+        .collect();
+    let mut survey = Survey {
+        shapes: BTreeMap::new(),
+        moved: Vec::new(),
+        participants: Vec::new(),
+        legs: Legs::default(),
+    };
+    for (rank, mut part) in parts {
+        survey.shapes.insert(rank, part.shape);
+        survey.moved.append(&mut part.moved);
+        survey.participants.append(&mut part.participants);
+        survey.legs.append(part.legs);
     }
     for (&rank, &node) in &layout.ranks {
-        shapes.entry(rank).or_insert(RankShape {
+        survey.shapes.entry(rank).or_insert(RankShape {
             node,
             lanes: vec![(Lane(0), 1)],
         });
     }
-    (shapes, moved)
+    survey
+}
+
+/// Each rank's spans as an index range (the spans are sorted by rank), found by bisection.
+fn rank_ranges(spans: &[TimedSpan]) -> Vec<(Rank, Range<usize>)> {
+    let mut ranges = Vec::new();
+    let mut from = 0;
+    while let Some(first) = spans.get(from) {
+        let to = from + spans[from..].partition_point(|s| s.rank <= first.rank);
+        ranges.push((first.rank, from..to));
+        from = to;
+    }
+    ranges
+}
+
+/// `Survey`'s part for one rank's spans.
+struct RankSurvey {
+    shape: RankShape,
+    moved: Vec<Moved>,
+    participants: Vec<Participant>,
+    legs: Legs,
+}
+
+fn survey_rank(timeline: &Timeline, range: Range<usize>) -> RankSurvey {
+    let mut placer = RankPlacer::default();
+    let mut part = RankSurvey {
+        shape: RankShape {
+            node: timeline.spans[range.start].node,
+            lanes: Vec::new(),
+        },
+        moved: Vec::new(),
+        participants: Vec::new(),
+        legs: Legs::default(),
+    };
+    for (index, span) in range.clone().zip(&timeline.spans[range]) {
+        let sibling = placer.place(span);
+        // Indices fit in u32: `export_run` refuses more spans.
+        if sibling > 0 {
+            part.moved.push((index as u32, sibling as u32));
+        }
+        if let Some((group, seq)) = collective_of(span) {
+            part.participants.push(Participant {
+                group,
+                seq,
+                start_ns: span.start_ns,
+                index: index as u32,
+            });
+        }
+        part.legs.see(index, span);
+    }
+    part.shape.lanes = placer
+        .lanes
+        .iter()
+        .map(|(lane, n)| (*lane, n.stacks.len()))
+        .collect();
+    part
 }
 
 /// The open slices of one lane's tracks: per track, the ends of the slices that hold the next
@@ -375,10 +442,15 @@ struct FlowMark {
 
 /// Both ends of every link, sorted by span index: collectives chained in start order, then
 /// each send with its receive.
-fn flow_marks(timeline: &Timeline) -> Vec<FlowMark> {
-    let (mut participants, messages) =
-        rayon::join(|| participants(timeline), || Messages::new(timeline));
-    participants.par_sort_unstable();
+fn flow_marks(
+    timeline: &Timeline,
+    mut participants: Vec<Participant>,
+    legs: Legs,
+) -> Vec<FlowMark> {
+    let ((), messages) = rayon::join(
+        || participants.par_sort_unstable(),
+        || Messages::from_legs(legs),
+    );
     let mut marks = Vec::new();
     let mut next = 0_u64;
     // Links go from the slice that starts first (the earlier index on a tie) to the other.
@@ -429,25 +501,6 @@ struct Participant {
     index: u32,
 }
 
-/// Every collective span of the timeline (as `Collectives` gathers them), with its start, in
-/// one pass: sorting them needs no second look at the spans.
-fn participants(timeline: &Timeline) -> Vec<Participant> {
-    timeline
-        .spans
-        .iter()
-        .enumerate()
-        .filter_map(|(i, s)| {
-            let (group, seq) = collective_of(s)?;
-            Some(Participant {
-                group,
-                seq,
-                start_ns: s.start_ns,
-                index: u32::try_from(i).ok()?,
-            })
-        })
-        .collect()
-}
-
 /// Sends every span as a slice, rank by rank in start order, each on the track it nests in.
 fn send_slices(
     timeline: &Timeline,
@@ -461,38 +514,39 @@ fn send_slices(
     let mut moved = moved.iter().peekable();
     let mut args = SpanArgs::default();
     let (mut flows, mut ending) = (Vec::new(), Vec::new());
-    let mut index = 0_usize;
-    for spans in timeline.spans.chunk_by(|a, b| a.rank == b.rank) {
-        let lanes = tracks
-            .threads
-            .get(&spans[0].rank)
-            .ok_or(ExportError::UnknownTrack(0))?;
-        for span in spans {
-            let sibling = moved
-                .next_if(|m| m.0 as usize == index)
-                .map_or(0, |m| m.1 as usize);
-            let track =
-                lane_track(lanes, span.lane, sibling).ok_or(ExportError::UnknownTrack(0))?;
-            summary.moved_slices += u64::from(sibling > 0);
-            flows.clear();
-            ending.clear();
-            while let Some(mark) = marks.next_if(|m| m.index as usize == index) {
-                if mark.ending { &mut ending } else { &mut flows }.push(mark.flow);
-            }
-            args.fill(span);
-            sink.slice(&Slice {
-                track,
-                name: timeline.name(span.name),
-                category: span.category.name(),
-                start_ns: span.start_ns,
-                duration_ns: span.duration_ns,
-                args: args.as_slice(),
-                flows: &flows,
-                flows_ending: &ending,
-            })?;
-            summary.slices += 1;
-            index += 1;
+    // One pass over the spans (a rank's lanes looked up where its spans begin), as `chunk_by`
+    // would read every span twice.
+    let mut lanes: (Option<Rank>, &[(Lane, Vec<TrackId>)]) = (None, &[]);
+    for (index, span) in timeline.spans.iter().enumerate() {
+        if lanes.0 != Some(span.rank) {
+            let rank_lanes = tracks.threads.get(&span.rank);
+            lanes = (
+                Some(span.rank),
+                rank_lanes.ok_or(ExportError::UnknownTrack(0))?,
+            );
         }
+        let sibling = moved
+            .next_if(|m| m.0 as usize == index)
+            .map_or(0, |m| m.1 as usize);
+        let track = lane_track(lanes.1, span.lane, sibling).ok_or(ExportError::UnknownTrack(0))?;
+        summary.moved_slices += u64::from(sibling > 0);
+        flows.clear();
+        ending.clear();
+        while let Some(mark) = marks.next_if(|m| m.index as usize == index) {
+            if mark.ending { &mut ending } else { &mut flows }.push(mark.flow);
+        }
+        args.fill(span);
+        sink.slice(&Slice {
+            track,
+            name: timeline.name(span.name),
+            category: span.category.name(),
+            start_ns: span.start_ns,
+            duration_ns: span.duration_ns,
+            args: args.as_slice(),
+            flows: &flows,
+            flows_ending: &ending,
+        })?;
+        summary.slices += 1;
     }
     Ok(())
 }
@@ -925,7 +979,8 @@ mod tests {
             .map(|(rank, start)| collective(rank, 0, start, 100, 64))
             .collect();
         let t = testkit::timeline(spans);
-        let marks = flow_marks(&t);
+        let survey = survey(&t, &ExportLayout::default());
+        let marks = flow_marks(&t, survey.participants, survey.legs);
         let link = |f: u64| -> Vec<(u32, bool)> {
             marks
                 .iter()

@@ -155,6 +155,8 @@ pub enum ExportError {
     DuplicateTrack(u64),
     #[error("more tracks than a trace can hold")]
     TooManyTracks,
+    #[error("'{0}' spans are more than an export can hold ({max})", max = u32::MAX)]
+    TooManySpans(usize),
     #[error("{event} on track '{track}', which cannot hold one")]
     WrongTrackKind { event: &'static str, track: u64 },
 }
