@@ -24,7 +24,9 @@ pub struct TraceHeader {
     /// Wall-clock time of the timeline's zero, nanoseconds since the Unix epoch: written as a
     /// clock snapshot so viewers can show wall-clock time.
     pub origin_unix_ns: i128,
-    /// What the trace is of (the run id, or the traces it was imported from).
+    /// What the trace is of (the run id, or the traces it was imported from). The JSON keeps it
+    /// in its metadata; a .pftrace has no place for it (Perfetto's UI titles a trace by its file
+    /// name), so name the file after it.
     pub title: String,
 }
 
