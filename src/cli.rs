@@ -26,6 +26,9 @@ pub enum Command {
     /// Write a recorded run (or Kineto traces) as a trace for timeline viewers: Perfetto's
     /// protobuf (.pftrace, for ui.perfetto.dev) or Chrome JSON (.json, for chrome://tracing).
     Export(ExportArgs),
+    /// Open a recorded run in the terminal dashboard: overview, timeline, findings, ops,
+    /// communication and serving views (keys 1-6, ? for help, q to quit).
+    Tui(TuiArgs),
     /// List the model presets with their shapes, parameter counts and weight sizes.
     Presets(crate::cmd::presets::PresetsArgs),
     /// Microbenchmarks: collectives (nccl-tests style) and decode memory bandwidth.
@@ -189,6 +192,13 @@ pub struct AnalyzeArgs {
     /// microseconds as HTA does (starts up, ends down).
     #[arg(long)]
     pub exact_times: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TuiArgs {
+    /// A run directory written by `pinch run`.
+    #[arg(value_name = "RUN_DIR")]
+    pub run: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -10,6 +10,7 @@ mod kineto;
 pub mod presets;
 mod rank;
 mod run;
+mod tui;
 mod workload;
 
 use crate::cli::{BenchCommand, Cli, Command};
@@ -19,6 +20,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Run(args) => run::run(*args),
         Command::Analyze(args) => analyze::analyze(args),
         Command::Export(args) => export::export(args),
+        Command::Tui(args) => tui::tui(args),
         Command::Presets(args) => presets::presets(args),
         Command::Bench(BenchCommand::Collectives(args)) => bench::bench(bench::BenchArgs {
             what: bench::BenchCommand::Collectives(args),

@@ -1,0 +1,402 @@
+//! The dashboard's state of interaction: which view is up, where the timeline looks, what is
+//! selected, and how a key changes that. Drawing is `view`'s; this module never draws.
+
+use crate::state::{Dashboard, timeline_end_ns};
+use pinch_traces::{Category, Rank};
+use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+
+/// The views, in the order of their number keys (1-6) and of Tab.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum View {
+    Overview,
+    Timeline,
+    Findings,
+    Ops,
+    Comm,
+    Serving,
+}
+
+impl View {
+    pub const ALL: [View; 6] = [
+        View::Overview,
+        View::Timeline,
+        View::Findings,
+        View::Ops,
+        View::Comm,
+        View::Serving,
+    ];
+
+    pub fn title(self) -> &'static str {
+        match self {
+            View::Overview => "Overview",
+            View::Timeline => "Timeline",
+            View::Findings => "Findings",
+            View::Ops => "Ops",
+            View::Comm => "Communication",
+            View::Serving => "Serving",
+        }
+    }
+
+    fn index(self) -> usize {
+        View::ALL.iter().position(|&v| v == self).unwrap_or(0)
+    }
+
+    fn step(self, by: isize) -> View {
+        let n = View::ALL.len() as isize;
+        View::ALL[(self.index() as isize + by).rem_euclid(n) as usize]
+    }
+}
+
+/// Where the timeline looks and what it has selected.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TimelineCursor {
+    /// The time at the left edge, timeline ns.
+    pub start_ns: i64,
+    /// How much time the width shows; at least `MIN_WIDTH_NS`.
+    pub width_ns: i64,
+    /// The selected rank's row (an index into `Timeline::ranks()`).
+    pub row: usize,
+    /// The first row shown (rows scroll when there are more ranks than lines).
+    pub first_row: usize,
+    /// The selected span, an index into `Timeline::spans`.
+    pub span: Option<usize>,
+}
+
+/// The narrowest the timeline zooms to: a microsecond across the screen.
+pub const MIN_WIDTH_NS: i64 = 1_000;
+
+/// How the ops table is sorted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpColumn {
+    Share,
+    Count,
+    Median,
+    Gflops,
+    Gbps,
+    Name,
+}
+
+impl OpColumn {
+    const ORDER: [OpColumn; 6] = [
+        OpColumn::Share,
+        OpColumn::Count,
+        OpColumn::Median,
+        OpColumn::Gflops,
+        OpColumn::Gbps,
+        OpColumn::Name,
+    ];
+
+    fn next(self) -> OpColumn {
+        let at = OpColumn::ORDER.iter().position(|&c| c == self).unwrap_or(0);
+        OpColumn::ORDER[(at + 1) % OpColumn::ORDER.len()]
+    }
+}
+
+/// What the communication heatmap colours by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CommMetric {
+    Bytes,
+    Bandwidth,
+}
+
+/// The dashboard and how the user is looking at it.
+#[derive(Debug)]
+pub struct App {
+    pub dash: Dashboard,
+    pub view: View,
+    pub help: bool,
+    pub timeline: TimelineCursor,
+    /// The selected finding.
+    pub finding: usize,
+    /// Whether the selected finding's evidence is open.
+    pub evidence: bool,
+    pub ops_sort: OpColumn,
+    pub ops_descending: bool,
+    pub comm_metric: CommMetric,
+    pub quit: bool,
+}
+
+impl App {
+    pub fn new(dash: Dashboard) -> App {
+        let width_ns = timeline_end_ns(&dash.timeline).max(MIN_WIDTH_NS);
+        App {
+            dash,
+            view: View::Overview,
+            help: false,
+            timeline: TimelineCursor {
+                start_ns: 0,
+                width_ns,
+                row: 0,
+                first_row: 0,
+                span: None,
+            },
+            finding: 0,
+            evidence: false,
+            ops_sort: OpColumn::Share,
+            ops_descending: true,
+            comm_metric: CommMetric::Bytes,
+            quit: false,
+        }
+    }
+
+    /// Takes a newer dashboard of the same run (a live source), keeping what the user looks at.
+    pub fn update(&mut self, dash: Dashboard) {
+        let followed_end =
+            self.timeline.start_ns + self.timeline.width_ns >= timeline_end_ns(&self.dash.timeline);
+        self.dash = dash;
+        if followed_end && self.timeline.start_ns == 0 {
+            self.timeline.width_ns = timeline_end_ns(&self.dash.timeline).max(MIN_WIDTH_NS);
+        }
+        self.finding = self.finding.min(self.dash.findings.len().saturating_sub(1));
+        self.timeline.span = self
+            .timeline
+            .span
+            .filter(|&i| i < self.dash.timeline.spans.len());
+    }
+
+    /// Applies one key.
+    pub fn key(&mut self, key: KeyEvent) {
+        if key.modifiers.contains(KeyModifiers::CONTROL) && key.code == KeyCode::Char('c') {
+            self.quit = true;
+            return;
+        }
+        if self.help {
+            // Any key closes the help; q still quits.
+            self.help = false;
+            self.quit = key.code == KeyCode::Char('q');
+            return;
+        }
+        match key.code {
+            KeyCode::Char('q') => self.quit = true,
+            KeyCode::Char('?') => self.help = true,
+            KeyCode::Tab => self.view = self.view.step(1),
+            KeyCode::BackTab => self.view = self.view.step(-1),
+            KeyCode::Char(c @ '1'..='6') => self.view = View::ALL[c as usize - '1' as usize],
+            _ => self.view_key(key.code),
+        }
+    }
+
+    fn view_key(&mut self, code: KeyCode) {
+        match self.view {
+            View::Timeline => self.timeline_key(code),
+            View::Findings => self.findings_key(code),
+            View::Ops => match code {
+                KeyCode::Char('s') => self.ops_sort = self.ops_sort.next(),
+                KeyCode::Char('r') => self.ops_descending = !self.ops_descending,
+                _ => {}
+            },
+            View::Comm => {
+                if code == KeyCode::Char('b') {
+                    self.comm_metric = match self.comm_metric {
+                        CommMetric::Bytes => CommMetric::Bandwidth,
+                        CommMetric::Bandwidth => CommMetric::Bytes,
+                    };
+                }
+            }
+            View::Overview | View::Serving => {}
+        }
+    }
+
+    fn findings_key(&mut self, code: KeyCode) {
+        let count = self.dash.findings.len();
+        match code {
+            KeyCode::Up | KeyCode::Char('k') => self.finding = self.finding.saturating_sub(1),
+            KeyCode::Down | KeyCode::Char('j') => {
+                self.finding = (self.finding + 1).min(count.saturating_sub(1));
+            }
+            KeyCode::Enter if self.evidence => self.jump_to_finding(),
+            KeyCode::Enter => self.evidence = count > 0,
+            KeyCode::Esc => self.evidence = false,
+            KeyCode::Char('t') => self.jump_to_finding(),
+            _ => {}
+        }
+    }
+
+    fn timeline_key(&mut self, code: KeyCode) {
+        let ranks = self.dash.tracks.len();
+        let cursor = &mut self.timeline;
+        match code {
+            KeyCode::Left | KeyCode::Char('h') => cursor.start_ns -= cursor.width_ns / 8,
+            KeyCode::Right | KeyCode::Char('l') => cursor.start_ns += cursor.width_ns / 8,
+            KeyCode::Char('+') | KeyCode::Char('=') => self.zoom(0.5),
+            KeyCode::Char('-') => self.zoom(2.0),
+            KeyCode::Char('0') | KeyCode::Home => self.whole_run(),
+            KeyCode::Up | KeyCode::Char('k') => cursor.row = cursor.row.saturating_sub(1),
+            KeyCode::Down | KeyCode::Char('j') => {
+                cursor.row = (cursor.row + 1).min(ranks.saturating_sub(1));
+            }
+            KeyCode::Char('n') | KeyCode::Enter => self.select_next(|_| true),
+            KeyCode::Char('c') => self.select_next(|c| c == Category::Communication),
+            KeyCode::Esc => self.timeline.span = None,
+            _ => {}
+        }
+    }
+
+    /// Zooms by `factor` about the middle of the view (or the selected span).
+    fn zoom(&mut self, factor: f64) {
+        let cursor = &mut self.timeline;
+        let centre_ns = match cursor.span {
+            Some(i) => self.dash.timeline.spans[i].start_ns,
+            None => cursor.start_ns + cursor.width_ns / 2,
+        };
+        let end_ns = timeline_end_ns(&self.dash.timeline).max(MIN_WIDTH_NS);
+        cursor.width_ns = ((cursor.width_ns as f64 * factor) as i64).clamp(MIN_WIDTH_NS, end_ns);
+        cursor.start_ns = centre_ns - cursor.width_ns / 2;
+    }
+
+    fn whole_run(&mut self) {
+        self.timeline.start_ns = 0;
+        self.timeline.width_ns = timeline_end_ns(&self.dash.timeline).max(MIN_WIDTH_NS);
+    }
+
+    /// The rank of the selected row.
+    pub fn selected_rank(&self) -> Option<Rank> {
+        self.dash.tracks.get(self.timeline.row).map(|t| t.rank)
+    }
+
+    /// Selects the selected row's next span (after the selected one, else from the view's left
+    /// edge) whose category passes, and brings it into view.
+    fn select_next(&mut self, wanted: impl Fn(Category) -> bool) {
+        let Some(track) = self.dash.tracks.get(self.timeline.row) else {
+            return;
+        };
+        let (rank, range) = (track.rank, track.spans.clone());
+        let spans = &self.dash.timeline.spans;
+        let (from, to) = (range.start, range.end);
+        let after = match self.timeline.span {
+            Some(i) if range.contains(&i) && spans[i].rank == rank => i + 1,
+            _ => from + spans[from..to].partition_point(|s| s.start_ns < self.timeline.start_ns),
+        };
+        let Some(found) = (after..to).find(|&i| wanted(spans[i].category)) else {
+            return;
+        };
+        self.timeline.span = Some(found);
+        self.bring_into_view(found);
+    }
+
+    /// Pans (and zooms out if needed) so that span `i` shows whole.
+    fn bring_into_view(&mut self, i: usize) {
+        let span = &self.dash.timeline.spans[i];
+        let cursor = &mut self.timeline;
+        let duration_ns = i64::try_from(span.duration_ns).unwrap_or(i64::MAX);
+        if duration_ns > cursor.width_ns {
+            cursor.width_ns = duration_ns.saturating_mul(2).max(MIN_WIDTH_NS);
+        }
+        let end_ns = span.end_ns();
+        if span.start_ns < cursor.start_ns || end_ns > cursor.start_ns + cursor.width_ns {
+            cursor.start_ns = span.start_ns - cursor.width_ns / 4;
+        }
+    }
+
+    /// Shows the selected finding on the timeline: its first rank's row, and the first span of
+    /// the first op it names there (the rank's first span if it names none).
+    pub fn jump_to_finding(&mut self) {
+        let Some(finding) = self.dash.findings.get(self.finding) else {
+            return;
+        };
+        let row = finding
+            .location
+            .ranks
+            .first()
+            .and_then(|&r| self.dash.tracks.iter().position(|t| t.rank == Rank(r)))
+            .unwrap_or(0);
+        let op = finding.location.ops.first().cloned();
+        self.view = View::Timeline;
+        self.evidence = false;
+        self.timeline.row = row;
+        self.timeline.span = None;
+        let Some(range) = self.dash.tracks.get(row).map(|t| t.spans.clone()) else {
+            return;
+        };
+        let timeline = &self.dash.timeline;
+        let spans = &timeline.spans[range.clone()];
+        let base = range.start;
+        let hit = spans
+            .iter()
+            .position(|s| op.as_deref().is_none_or(|op| timeline.name(s.name) == op))
+            .or((!spans.is_empty()).then_some(0));
+        if let Some(k) = hit {
+            self.timeline.span = Some(base + k);
+            self.bring_into_view(base + k);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::dashboard;
+
+    fn press(app: &mut App, code: KeyCode) {
+        app.key(KeyEvent::new(code, KeyModifiers::NONE));
+    }
+
+    #[test]
+    fn number_keys_and_tab_switch_views_and_q_quits() {
+        let mut app = App::new(dashboard());
+        press(&mut app, KeyCode::Char('3'));
+        assert_eq!(app.view, View::Findings);
+        press(&mut app, KeyCode::Tab);
+        assert_eq!(app.view, View::Ops);
+        press(&mut app, KeyCode::BackTab);
+        press(&mut app, KeyCode::BackTab);
+        assert_eq!(app.view, View::Timeline);
+        press(&mut app, KeyCode::Char('6'));
+        press(&mut app, KeyCode::Tab);
+        assert_eq!(app.view, View::Overview);
+        assert!(!app.quit);
+        press(&mut app, KeyCode::Char('q'));
+        assert!(app.quit);
+    }
+
+    #[test]
+    fn help_opens_on_question_mark_and_any_key_closes_it() {
+        let mut app = App::new(dashboard());
+        press(&mut app, KeyCode::Char('?'));
+        assert!(app.help);
+        press(&mut app, KeyCode::Char('2'));
+        assert!(!app.help);
+        assert_eq!(app.view, View::Overview, "the key only closed the help");
+    }
+
+    #[test]
+    fn zoom_narrows_about_the_middle_and_zero_shows_the_whole_run() {
+        let mut app = App::new(dashboard());
+        press(&mut app, KeyCode::Char('2'));
+        let whole = app.timeline.width_ns;
+        press(&mut app, KeyCode::Char('+'));
+        assert_eq!(app.timeline.width_ns, whole / 2);
+        assert_eq!(app.timeline.start_ns, whole / 4);
+        press(&mut app, KeyCode::Char('0'));
+        assert_eq!((app.timeline.start_ns, app.timeline.width_ns), (0, whole));
+    }
+
+    #[test]
+    fn c_jumps_to_the_rows_next_collective() {
+        let mut app = App::new(dashboard());
+        press(&mut app, KeyCode::Char('2'));
+        press(&mut app, KeyCode::Char('c'));
+        let first = app.timeline.span.expect("a collective");
+        let span = app.dash.timeline.spans[first];
+        assert_eq!(span.category, Category::Communication);
+        press(&mut app, KeyCode::Char('c'));
+        let second = app.timeline.span.expect("another collective");
+        assert!(second > first);
+        assert_eq!(app.dash.timeline.spans[second].rank, span.rank);
+    }
+
+    #[test]
+    fn enter_opens_a_findings_evidence_then_jumps_to_its_rank_and_op() {
+        let mut app = App::new(dashboard());
+        press(&mut app, KeyCode::Char('3'));
+        press(&mut app, KeyCode::Down);
+        press(&mut app, KeyCode::Enter);
+        assert!(app.evidence);
+        press(&mut app, KeyCode::Enter);
+        assert_eq!(app.view, View::Timeline);
+        let finding = &app.dash.findings[1];
+        let span = &app.dash.timeline.spans[app.timeline.span.expect("a span")];
+        assert_eq!(span.rank.0, finding.location.ranks[0]);
+        assert_eq!(app.dash.timeline.name(span.name), finding.location.ops[0]);
+    }
+}

@@ -1,0 +1,57 @@
+//! The terminal session: takes the screen (raw mode, alternate screen), runs the loop of draw,
+//! wait for a key or a resize or the source's news, and gives the screen back on every way
+//! out, a panic included.
+//!
+//! The loop never blocks on I/O while drawing: keys are polled with a timeout and the source
+//! is asked without waiting (`Source::poll`), so a slow producer only makes news late.
+
+use crate::app::App;
+use crate::source::{Source, SourceEvent};
+use crate::view;
+use ratatui::DefaultTerminal;
+use ratatui::crossterm::event::{self, Event, KeyEventKind};
+use std::io;
+use std::time::Duration;
+
+/// How long the loop waits for a key before asking the source again.
+const TICK: Duration = Duration::from_millis(100);
+
+/// Runs the dashboard on this terminal until the user quits.
+pub fn run(app: App, source: &mut dyn Source) -> io::Result<App> {
+    // ratatui::init sets raw mode and the alternate screen, and installs a panic hook that
+    // restores the terminal before the panic message prints.
+    let mut terminal = ratatui::init();
+    let result = event_loop(&mut terminal, app, source);
+    ratatui::restore();
+    result
+}
+
+fn event_loop(
+    terminal: &mut DefaultTerminal,
+    mut app: App,
+    source: &mut dyn Source,
+) -> io::Result<App> {
+    loop {
+        terminal.draw(|frame| view::render(&app, frame))?;
+        if app.quit {
+            return Ok(app);
+        }
+        if event::poll(TICK)? {
+            match event::read()? {
+                Event::Key(key) if key.kind == KeyEventKind::Press => app.key(key),
+                // The next draw takes the new size.
+                Event::Resize(..) => {}
+                _ => {}
+            }
+        }
+        while let Some(news) = source.poll() {
+            match news {
+                SourceEvent::Update(dash) => app.update(*dash),
+                SourceEvent::Finished(dash) => {
+                    app.update(*dash);
+                    app.dash.live = false;
+                }
+            }
+        }
+    }
+}

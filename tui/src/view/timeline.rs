@@ -1,0 +1,266 @@
+//! View 2: a row per rank, its spans coloured by category on the visible stretch of time (inner
+//! spans drawn over the spans that hold them), a time axis, the selected span's arguments, and
+//! the ranks the selected finding names marked.
+
+use super::{bytes, category_color, dim, duration};
+use crate::app::App;
+use crate::state::Track;
+use pinch_analyzer::timeline::TimedSpan;
+use pinch_traces::Category;
+use ratatui::Frame;
+use ratatui::buffer::Buffer;
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::{Color, Modifier, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Paragraph};
+
+/// The rank labels' column.
+const LABEL_WIDTH: u16 = 10;
+/// Lines of the selected span's details.
+const DETAIL_LINES: u16 = 4;
+
+pub fn render(app: &App, frame: &mut Frame, area: Rect) {
+    let [axis, rows, legend, detail] = Layout::vertical([
+        Constraint::Length(1),
+        Constraint::Min(1),
+        Constraint::Length(1),
+        Constraint::Length(DETAIL_LINES + 2),
+    ])
+    .areas(area);
+    render_axis(app, frame.buffer_mut(), axis);
+    render_rows(app, frame.buffer_mut(), rows);
+    let width = duration(app.timeline.width_ns.max(0) as u64);
+    frame.render_widget(Paragraph::new(legend_line(&width)), legend);
+    render_detail(app, frame, detail);
+}
+
+/// Times at the left edge, the middle and the right edge, since the run's first span.
+fn render_axis(app: &App, buf: &mut Buffer, area: Rect) {
+    let cursor = &app.timeline;
+    let at = |ns: i64| format!("{:+.6} s", ns as f64 / 1e9);
+    let lanes = lanes_area(area);
+    let left = at(cursor.start_ns);
+    let middle = at(cursor.start_ns + cursor.width_ns / 2);
+    let right = at(cursor.start_ns + cursor.width_ns);
+    let style = Style::new().fg(Color::Cyan);
+    buf.set_string(lanes.x, area.y, &left, style);
+    let mid_x = lanes.x + lanes.width / 2 - (middle.len() as u16 / 2).min(lanes.width / 2);
+    buf.set_string(mid_x, area.y, &middle, style);
+    let right_x = (lanes.x + lanes.width).saturating_sub(right.len() as u16);
+    buf.set_string(right_x, area.y, &right, style);
+}
+
+fn lanes_area(area: Rect) -> Rect {
+    Rect {
+        x: area.x + LABEL_WIDTH,
+        width: area.width.saturating_sub(LABEL_WIDTH),
+        ..area
+    }
+}
+
+/// The first row shown: the selected row stays in view.
+fn first_row(app: &App, lines: usize) -> usize {
+    let row = app.timeline.row;
+    let first = app.timeline.first_row.min(row);
+    if lines == 0 || row < first + lines {
+        first
+    } else {
+        row + 1 - lines
+    }
+}
+
+fn render_rows(app: &App, buf: &mut Buffer, area: Rect) {
+    let dash = &app.dash;
+    let lines = area.height as usize;
+    let first = first_row(app, lines);
+    let marked: Vec<u32> = dash
+        .findings
+        .get(app.finding)
+        .map(|f| f.location.ranks.clone())
+        .unwrap_or_default();
+    for (k, track) in dash.tracks.iter().enumerate().skip(first).take(lines) {
+        let y = area.y + (k - first) as u16;
+        let selected = k == app.timeline.row;
+        let named = marked.contains(&track.rank.0);
+        let label_style = match (selected, named) {
+            (true, _) => Style::new().add_modifier(Modifier::REVERSED),
+            (false, true) => Style::new().fg(Color::Red).add_modifier(Modifier::BOLD),
+            _ => Style::new(),
+        };
+        let mark = if named { "!" } else { " " };
+        buf.set_string(
+            area.x,
+            y,
+            format!("{mark}rank {:<4}", track.rank.0),
+            label_style,
+        );
+        let lane = Rect {
+            y,
+            height: 1,
+            ..lanes_area(area)
+        };
+        paint_lane(app, track, buf, lane);
+    }
+}
+
+/// Paints one rank's spans on its lane: each cell takes the colour of the last span (the
+/// innermost) that overlaps it; the selected span is drawn reversed.
+fn paint_lane(app: &App, track: &Track, buf: &mut Buffer, lane: Rect) {
+    let cursor = &app.timeline;
+    let spans = &app.dash.timeline.spans[track.spans.clone()];
+    let width = i64::from(lane.width);
+    if width == 0 || cursor.width_ns <= 0 {
+        return;
+    }
+    let view_end_ns = cursor.start_ns.saturating_add(cursor.width_ns);
+    let earliest_ns = cursor
+        .start_ns
+        .saturating_sub(i64::try_from(track.longest_ns).unwrap_or(i64::MAX));
+    let from = spans.partition_point(|s| s.start_ns < earliest_ns);
+    let to = spans.partition_point(|s| s.start_ns < view_end_ns);
+    let cell_of = |ns: i64| {
+        let offset = i128::from(ns) - i128::from(cursor.start_ns);
+        (offset * i128::from(width) / i128::from(cursor.width_ns)).clamp(0, i128::from(width) - 1)
+            as u16
+    };
+    for (k, span) in spans[from..to].iter().enumerate() {
+        if span.end_ns() <= cursor.start_ns {
+            continue;
+        }
+        let selected = cursor.span == Some(track.spans.start + from + k);
+        let style = span_style(span, selected);
+        let (x0, x1) = (cell_of(span.start_ns), cell_of(span.end_ns() - 1));
+        for x in x0..=x1 {
+            buf[(lane.x + x, lane.y)]
+                .set_symbol(symbol(span.category))
+                .set_style(style);
+        }
+    }
+}
+
+/// A category's cell: its colour, and a letter too, for terminals without colour.
+fn symbol(category: Category) -> &'static str {
+    match category {
+        Category::Compute => "█",
+        Category::Communication => "▒",
+        Category::Memory => "▓",
+        Category::Host => "░",
+        Category::Wait => "·",
+    }
+}
+
+fn span_style(span: &TimedSpan, selected: bool) -> Style {
+    let style = Style::new().fg(category_color(span.category));
+    if selected {
+        style
+            .fg(Color::White)
+            .bg(Color::Black)
+            .add_modifier(Modifier::REVERSED)
+    } else {
+        style
+    }
+}
+
+/// The categories' symbols, the finding mark and how much time the view spans.
+fn legend_line(width: &str) -> Line<'static> {
+    let categories = [
+        (Category::Compute, "compute"),
+        (Category::Communication, "communication"),
+        (Category::Memory, "memory"),
+        (Category::Host, "host"),
+        (Category::Wait, "wait"),
+    ];
+    let mut spans = Vec::new();
+    for (category, name) in categories {
+        spans.push(Span::styled(
+            symbol(category),
+            Style::new().fg(category_color(category)),
+        ));
+        spans.push(Span::raw(format!(" {name}  ")));
+    }
+    spans.push(Span::styled(
+        "! named by the finding",
+        Style::new().fg(Color::Red),
+    ));
+    spans.push(Span::styled(format!("  view {width} wide"), dim()));
+    Line::from(spans)
+}
+
+fn render_detail(app: &App, frame: &mut Frame, area: Rect) {
+    let block = Block::bordered().title(" selected span ");
+    let text = match app.timeline.span {
+        Some(i) => detail_lines(app, &app.dash.timeline.spans[i]),
+        None => vec![Line::styled(
+            "none: n or Enter selects the rank's next span, c its next collective",
+            dim(),
+        )],
+    };
+    frame.render_widget(Paragraph::new(text).block(block), area);
+}
+
+fn detail_lines(app: &App, span: &TimedSpan) -> Vec<Line<'static>> {
+    let name = app.dash.timeline.name(span.name).to_string();
+    let head = format!(
+        "{name} ({}) on rank {}: starts {:+.6} s, lasts {}",
+        span.category.name(),
+        span.rank.0,
+        span.start_ns as f64 / 1e9,
+        duration(span.duration_ns)
+    );
+    let a = &span.attrs;
+    let mut args: Vec<String> = Vec::new();
+    let mut add = |name: &str, value: Option<String>| {
+        if let Some(v) = value {
+            args.push(format!("{name} {v}"));
+        }
+    };
+    add("layer", a.layer.map(|v| v.to_string()));
+    add("step", a.step.map(|v| v.to_string()));
+    add("micro-batch", a.micro_batch.map(|v| v.to_string()));
+    add("request", a.request_id.map(|v| v.to_string()));
+    add("FLOPs", a.flops.map(|v| format!("{v:.3e}", v = v as f64)));
+    add("bytes", a.bytes.map(|v| bytes(v as f64)));
+    let seconds = span.duration_ns as f64 / 1e9;
+    if let Some(b) = a.bytes.filter(|_| seconds > 0.0) {
+        add(
+            "achieved",
+            Some(format!("{:.2} GB/s", b as f64 / seconds / 1e9)),
+        );
+    }
+    let mut lines = vec![Line::raw(head), Line::raw(args.join("  "))];
+    if let Some(c) = a.collective {
+        let mut parts = vec![
+            format!("{} #{} on group {}", c.kind.name(), c.seq, c.group),
+            format!("{} participants", c.participants),
+            format!("message {}", bytes(c.message_bytes as f64)),
+        ];
+        parts.extend(c.peer.map(|p| format!("peer rank {}", p.0)));
+        parts.extend(c.wait_ns.map(|w| format!("waited {}", duration(w))));
+        lines.push(Line::raw(parts.join(", ")));
+    }
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::app::{App, View};
+    use crate::testkit::{dashboard, screen};
+
+    #[test]
+    fn timeline_whole_run() {
+        let mut app = App::new(dashboard());
+        app.view = View::Timeline;
+        insta::assert_snapshot!(screen(&app, 100, 24));
+    }
+
+    #[test]
+    fn timeline_zoomed_with_a_collective_selected() {
+        let mut app = App::new(dashboard());
+        app.view = View::Timeline;
+        app.timeline.row = 1;
+        app.timeline.span = Some(app.dash.tracks[1].spans.start + 2);
+        app.timeline.start_ns = 0;
+        app.timeline.width_ns = 400_000;
+        insta::assert_snapshot!(screen(&app, 100, 24));
+    }
+}
