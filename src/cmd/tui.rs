@@ -11,12 +11,13 @@ use pinch_tui::{App, Dashboard, Replay};
 use std::io::IsTerminal;
 
 pub fn tui(args: TuiArgs) -> anyhow::Result<()> {
+    let run = load(&args.run)?;
     if !std::io::stdout().is_terminal() {
         return Err(bad_input(
             "pinch tui draws on a terminal, and standard output is not one".to_string(),
         ));
     }
-    let dash = dashboard_of(load(&args.run)?);
+    let dash = dashboard_of(run);
     pinch_tui::term::run(App::new(dash), &mut Replay).context("the terminal failed")?;
     Ok(())
 }

@@ -1,0 +1,166 @@
+//! End-to-end: the dashboard driven in tmux as a user would: open a recorded run, switch to
+//! every view, open a finding's evidence and jump to it on the timeline, open the help, quit,
+//! and find the shell's screen back. Plus the failures that must come before the screen is
+//! taken over. The tmux test skips, and says why, where tmux is missing.
+
+mod common;
+
+use common::{pinch, run, stderr_of};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// A tmux server of the test's own (its own socket), killed when dropped.
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn new() -> Tmux {
+        Tmux {
+            socket: format!("pinch-test-{}", std::process::id()),
+        }
+    }
+
+    fn cmd(&self, args: &[&str]) -> std::process::Output {
+        Command::new("tmux")
+            .arg("-L")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("tmux runs")
+    }
+
+    fn screen(&self) -> String {
+        String::from_utf8_lossy(&self.cmd(&["capture-pane", "-p", "-t", "t"]).stdout).into_owned()
+    }
+
+    fn keys(&self, keys: &str) {
+        self.cmd(&["send-keys", "-t", "t", keys]);
+    }
+
+    /// Waits (up to 60 s: a debug build loads the run slowly) for `text` on the screen.
+    fn wait_for(&self, text: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let screen = self.screen();
+            if screen.contains(text) {
+                return screen;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "'{text}' never showed; the screen:\n{screen}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        self.cmd(&["kill-server"]);
+    }
+}
+
+fn has_tmux() -> bool {
+    Command::new("tmux")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn the_dashboard_shows_every_view_and_a_finding_on_the_timeline_in_tmux() {
+    if !has_tmux() {
+        eprintln!("skipped: tmux is not installed (.ci/run installs it)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    run(&out, &[]).success();
+    let tmux = Tmux::new();
+    let bin = assert_cmd::cargo::cargo_bin("pinch");
+    // The shell prints how the dashboard ended once it gives the screen back.
+    let shell = format!(
+        "'{}' tui '{}'; echo dashboard exited $?; sleep 30",
+        bin.display(),
+        out.display()
+    );
+    let started = tmux.cmd(&[
+        "new-session",
+        "-d",
+        "-s",
+        "t",
+        "-x",
+        "100",
+        "-y",
+        "30",
+        &shell,
+    ]);
+    assert!(started.status.success(), "{started:?}");
+
+    let overview = tmux.wait_for("ranks: share of wall time");
+    assert!(
+        overview.contains("[recorded]") && overview.contains("node 0"),
+        "{overview}"
+    );
+    tmux.keys("2");
+    tmux.wait_for("selected span");
+    tmux.keys("c");
+    let timeline = tmux.wait_for("participants");
+    assert!(timeline.contains("rank 0"), "{timeline}");
+    tmux.keys("3");
+    tmux.wait_for("findings (");
+    tmux.keys("Enter");
+    let evidence = tmux.wait_for("suggestion:");
+    assert!(evidence.contains("evidence:"), "{evidence}");
+    tmux.keys("Enter");
+    let jumped = tmux.wait_for("selected span");
+    assert!(
+        !jumped.contains("none: n or Enter"),
+        "a span is selected:\n{jumped}"
+    );
+    for (key, text) in [
+        ("4", "ops, all ranks"),
+        ("5", "collectives"),
+        ("6", "output tokens per second"),
+        ("Tab", "ranks: share of wall time"),
+        ("?", "any key closes it"),
+    ] {
+        tmux.keys(key);
+        tmux.wait_for(text);
+    }
+    tmux.keys("Escape");
+    tmux.wait_for("ranks: share of wall time");
+    tmux.keys("q");
+    let after = tmux.wait_for("dashboard exited");
+    assert!(after.contains("dashboard exited 0"), "{after}");
+    assert!(
+        !after.contains("ranks: share of wall time"),
+        "the alternate screen is gone:\n{after}"
+    );
+}
+
+/// The one line a failed `pinch tui` prints, and that it exited with 2.
+fn one_line_failure(args: &[&std::ffi::OsStr]) -> String {
+    let assert = pinch().arg("tui").args(args).assert().code(2);
+    let stderr = stderr_of(&assert);
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    stderr
+}
+
+#[test]
+fn a_missing_run_is_named_in_one_line_before_the_screen_is_taken() {
+    let stderr = one_line_failure(&[Path::new("no/such/run").as_os_str()]);
+    assert!(stderr.contains("'no/such/run' does not exist"), "{stderr}");
+}
+
+#[test]
+fn without_a_terminal_it_says_so_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    run(&out, &[]).success();
+    // assert_cmd gives the child a pipe, not a terminal, for stdout.
+    let stderr = one_line_failure(&[out.as_os_str()]);
+    assert!(stderr.contains("not one"), "{stderr}");
+}
