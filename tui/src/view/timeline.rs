@@ -104,11 +104,12 @@ fn render_rows(app: &App, buf: &mut Buffer, area: Rect) {
 }
 
 /// Paints one rank's spans on its lane: each cell takes the colour of the last span (the
-/// innermost) that overlaps it; the selected span is drawn reversed.
+/// innermost) that overlaps it; the selected span is drawn reversed. Cells are decided first
+/// and written to the buffer once: zoomed out, thousands of spans share a cell.
 fn paint_lane(app: &App, track: &Track, buf: &mut Buffer, lane: Rect) {
     let cursor = &app.timeline;
     let spans = &app.dash.timeline.spans[track.spans.clone()];
-    let width = i64::from(lane.width);
+    let width = usize::from(lane.width);
     if width == 0 || cursor.width_ns <= 0 {
         return;
     }
@@ -118,22 +119,25 @@ fn paint_lane(app: &App, track: &Track, buf: &mut Buffer, lane: Rect) {
         .saturating_sub(i64::try_from(track.longest_ns).unwrap_or(i64::MAX));
     let from = spans.partition_point(|s| s.start_ns < earliest_ns);
     let to = spans.partition_point(|s| s.start_ns < view_end_ns);
+    let cells_per_ns = width as f64 / cursor.width_ns as f64;
     let cell_of = |ns: i64| {
-        let offset = i128::from(ns) - i128::from(cursor.start_ns);
-        (offset * i128::from(width) / i128::from(cursor.width_ns)).clamp(0, i128::from(width) - 1)
-            as u16
+        let x = (ns.saturating_sub(cursor.start_ns)) as f64 * cells_per_ns;
+        x.clamp(0.0, (width - 1) as f64) as usize
     };
+    let mut cells: Vec<Option<(Category, bool)>> = vec![None; width];
     for (k, span) in spans[from..to].iter().enumerate() {
         if span.end_ns() <= cursor.start_ns {
             continue;
         }
         let selected = cursor.span == Some(track.spans.start + from + k);
-        let style = span_style(span, selected);
         let (x0, x1) = (cell_of(span.start_ns), cell_of(span.end_ns() - 1));
-        for x in x0..=x1 {
-            buf[(lane.x + x, lane.y)]
-                .set_symbol(symbol(span.category))
-                .set_style(style);
+        cells[x0..=x1].fill(Some((span.category, selected)));
+    }
+    for (x, cell) in cells.into_iter().enumerate() {
+        if let Some((category, selected)) = cell {
+            buf[(lane.x + x as u16, lane.y)]
+                .set_symbol(symbol(category))
+                .set_style(span_style(category, selected));
         }
     }
 }
@@ -149,8 +153,8 @@ fn symbol(category: Category) -> &'static str {
     }
 }
 
-fn span_style(span: &TimedSpan, selected: bool) -> Style {
-    let style = Style::new().fg(category_color(span.category));
+fn span_style(category: Category, selected: bool) -> Style {
+    let style = Style::new().fg(category_color(category));
     if selected {
         style
             .fg(Color::White)
