@@ -107,9 +107,14 @@ pub struct PairCell {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Serving {
     pub report: ServingReport,
-    /// Output tokens per second, a point per second of the run.
+    /// Output tokens per second over the run, in `SERVING_POINTS` equal bins.
     pub tokens_per_s: Vec<u64>,
+    /// How long each bin is.
+    pub bin_ns: i64,
 }
+
+/// How many bins the serving view's rate over time has.
+pub const SERVING_POINTS: usize = 120;
 
 impl Dashboard {
     /// The dashboard of a run: its report, its merged timeline, and when each output token came
@@ -122,9 +127,12 @@ impl Dashboard {
             .collect();
         let ranks: Vec<RankRow> = report.ranks.iter().map(rank_row).collect();
         let dropped: Vec<u64> = ranks.iter().filter_map(|r| r.dropped_spans).collect();
+        let end_ns = timeline_end_ns(&timeline);
+        let bin_ns = (end_ns / SERVING_POINTS as i64).max(1);
         let serving = report.serving.clone().map(|s| Serving {
             report: s,
-            tokens_per_s: per_second(token_times_ns, timeline_end_ns(&timeline)),
+            tokens_per_s: rate_per_bin(token_times_ns, bin_ns, SERVING_POINTS),
+            bin_ns,
         });
         Dashboard {
             title: title_of(report),
@@ -303,18 +311,20 @@ fn last_minute(times_ns: &[i64], values: &[f64], end_ns: i64) -> Vec<u64> {
         .collect()
 }
 
-/// Events per second: how many times fall in each second from 0 to `end_ns`.
-fn per_second(times_ns: &[i64], end_ns: i64) -> Vec<u64> {
-    let seconds = usize::try_from(end_ns.max(0) / 1_000_000_000 + 1).unwrap_or(1);
-    let mut counts = vec![0_u64; seconds];
+/// Events per second in each of `bins` bins of `bin_ns` from 0 (the last bin takes what comes
+/// after it).
+fn rate_per_bin(times_ns: &[i64], bin_ns: i64, bins: usize) -> Vec<u64> {
+    let mut counts = vec![0_u64; bins];
     for &t in times_ns {
-        if let Ok(s) = usize::try_from(t / 1_000_000_000)
-            && let Some(c) = counts.get_mut(s)
-        {
-            *c += 1;
+        if let Ok(k) = usize::try_from(t / bin_ns) {
+            counts[k.min(bins - 1)] += 1;
         }
     }
+    let per_s = 1e9 / bin_ns as f64;
     counts
+        .iter()
+        .map(|&c| (c as f64 * per_s).round() as u64)
+        .collect()
 }
 
 /// The latest span end of the timeline (0 without spans).
@@ -425,8 +435,9 @@ mod tests {
     }
 
     #[test]
-    fn tokens_are_counted_per_second() {
-        let counts = per_second(&[0, 10, 1_500_000_000, 2_999_999_999], 3_000_000_000);
-        assert_eq!(counts, [2, 1, 1, 0]);
+    fn tokens_are_counted_per_bin_as_a_rate() {
+        let times = [0, 10, 1_500_000_000, 2_999_999_999, 9_000_000_000];
+        let rates = rate_per_bin(&times, 500_000_000, 6);
+        assert_eq!(rates, [4, 0, 0, 2, 0, 4]);
     }
 }

@@ -92,7 +92,7 @@ fn render_table(app: &App, rows: &[&OpRow], frame: &mut Frame, area: Rect) {
         Constraint::Min(14),
         Constraint::Length(7),
         Constraint::Length(6),
-        Constraint::Length(9),
+        Constraint::Length(10),
         Constraint::Length(8),
         Constraint::Length(7),
         Constraint::Length(7),

@@ -28,7 +28,10 @@ pub fn render(app: &App, frame: &mut Frame, area: Rect) {
     render_latencies(serving, frame, latency);
     render_rates(serving, frame, rates);
     let max = serving.tokens_per_s.iter().copied().max().unwrap_or(0);
-    let title = format!(" output tokens per second over the run (peak {max}) ");
+    let title = format!(
+        " output tokens per second over the run, bins of {} (peak {max}/s) ",
+        super::duration(serving.bin_ns.max(0) as u64)
+    );
     let spark = Sparkline::default()
         .data(&serving.tokens_per_s)
         .style(Style::new().fg(Color::Green))
