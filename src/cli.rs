@@ -165,6 +165,10 @@ pub struct RunArgs {
     /// Print report.json's content instead of tables.
     #[arg(long)]
     pub json: bool,
+    /// Watch the run in the terminal dashboard as it goes (refreshed each second), and stay on
+    /// its result at the end; q leaves it, and the report prints as usual.
+    #[arg(long, conflicts_with = "json")]
+    pub tui: bool,
     /// Serve each node's latest counters in Prometheus' text format, at /metrics: node n on
     /// this address's port + n. Loopback only. Off by default.
     #[arg(long)]

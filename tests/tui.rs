@@ -1,7 +1,8 @@
 //! End-to-end: the dashboard driven in tmux as a user would: open a recorded run, switch to
 //! every view, open a finding's evidence and jump to it on the timeline, open the help, quit,
-//! and find the shell's screen back. Plus the failures that must come before the screen is
-//! taken over. The tmux test skips, and says why, where tmux is missing.
+//! and find the shell's screen back; and `pinch run --tui`, which ends on the run's result and
+//! prints the report after. Plus the failures that must come before the screen is taken over.
+//! The tmux tests skip, and say why, where tmux is missing.
 
 mod common;
 
@@ -10,15 +11,16 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// A tmux server of the test's own (its own socket), killed when dropped.
+/// A tmux server of the test's own (its own socket: tests run side by side), killed when
+/// dropped.
 struct Tmux {
     socket: String,
 }
 
 impl Tmux {
-    fn new() -> Tmux {
+    fn new(test: &str) -> Tmux {
         Tmux {
-            socket: format!("pinch-test-{}", std::process::id()),
+            socket: format!("pinch-test-{}-{test}", std::process::id()),
         }
     }
 
@@ -78,7 +80,7 @@ fn the_dashboard_shows_every_view_and_a_finding_on_the_timeline_in_tmux() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
     run(&out, &[]).success();
-    let tmux = Tmux::new();
+    let tmux = Tmux::new("views");
     let bin = assert_cmd::cargo::cargo_bin("pinch");
     // The shell prints how the dashboard ended once it gives the screen back.
     let shell = format!(
@@ -139,6 +141,68 @@ fn the_dashboard_shows_every_view_and_a_finding_on_the_timeline_in_tmux() {
         !after.contains("ranks: share of wall time"),
         "the alternate screen is gone:\n{after}"
     );
+}
+
+#[test]
+fn pinch_run_tui_shows_the_run_then_stays_on_its_result_and_prints_the_report() {
+    if !has_tmux() {
+        eprintln!("skipped: tmux is not installed (.ci/run installs it)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let tmux = Tmux::new("live");
+    let bin = assert_cmd::cargo::cargo_bin("pinch");
+    let shell = format!(
+        "'{}' run --tui {} --out '{}'; echo run exited $?; sleep 30",
+        bin.display(),
+        common::SMALL.join(" "),
+        out.display()
+    );
+    let started = tmux.cmd(&[
+        "new-session",
+        "-d",
+        "-s",
+        "t",
+        "-x",
+        "100",
+        "-y",
+        "30",
+        &shell,
+    ]);
+    assert!(started.status.success(), "{started:?}");
+    // The last dashboard is the whole run's, and it stays until q.
+    let result = tmux.wait_for("[recorded]");
+    assert!(result.contains("2 nodes, 2 ranks"), "{result}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(tmux.screen().contains("[recorded]"), "the dashboard stays");
+    tmux.keys("q");
+    let after = tmux.wait_for("run exited");
+    assert!(after.contains("run exited 0"), "{after}");
+    assert!(
+        after.contains("run stored in"),
+        "the report follows:\n{after}"
+    );
+    assert!(out.join("report.json").is_file());
+    assert!(
+        out.join("agent-0.stderr").is_file(),
+        "the agents' stderr kept off the screen"
+    );
+}
+
+#[test]
+fn pinch_run_tui_without_a_terminal_fails_in_one_line_before_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let assert = pinch()
+        .args(["run", "--tui", "--out"])
+        .arg(&out)
+        .assert()
+        .code(2);
+    let stderr = stderr_of(&assert);
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("--tui"), "{stderr}");
+    assert!(!out.exists(), "nothing ran");
 }
 
 /// The one line a failed `pinch tui` prints, and that it exited with 2.

@@ -18,11 +18,13 @@ use pinch_workloads::RendezvousServer;
 use pinch_workloads::engine::ServeConfig;
 use pinch_workloads::serving::{RouterServer, generate};
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, IsTerminal};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
+
+mod live;
 
 /// How long the rendezvous waits for every rank to register.
 const RENDEZVOUS_TIMEOUT: Duration = Duration::from_secs(120);
@@ -43,13 +45,22 @@ struct Plan {
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let plan = plan(&args)?;
+    if args.tui && !std::io::stdout().is_terminal() {
+        return Err(bad_input(
+            "--tui draws on a terminal, and standard output is not one".to_string(),
+        ));
+    }
     std::fs::create_dir_all(&plan.run_dir)
         .with_context(|| format!("cannot create run directory '{}'", plan.run_dir.display()))?;
     manifest(&plan, &args)?.store(&plan.run_dir)?;
     let plan_text = serde_json::to_string_pretty(&plan.config)?;
     std::fs::write(plan.run_dir.join(PLAN_FILE), plan_text + "\n")
         .with_context(|| format!("cannot write {PLAN_FILE} in '{}'", plan.run_dir.display()))?;
-    let agent_failures = execute(&plan)?;
+    let agent_failures = if args.tui {
+        live::execute_in_dashboard(&plan)?
+    } else {
+        execute(&plan, Progress::Bar)?
+    };
     // The node logs are read once: for the manifest's counter sources, the report and the
     // failures alike.
     let mut run = load(&plan.run_dir)?;
@@ -264,8 +275,18 @@ fn stored_calibration() -> serde_json::Value {
     }
 }
 
+/// How the coordinator shows the run's progress.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Progress {
+    /// A progress bar on stderr, the agents' stderr passed through.
+    Bar,
+    /// Nothing on the terminal (the dashboard has it): the agents' stderr goes to a file per
+    /// node in the run directory.
+    Quiet,
+}
+
 /// Starts the rendezvous and the agents, follows their progress, and returns what failed.
-fn execute(plan: &Plan) -> anyhow::Result<Vec<String>> {
+fn execute(plan: &Plan, progress: Progress) -> anyhow::Result<Vec<String>> {
     let world = plan.config.layout.world();
     let server = RendezvousServer::bind("127.0.0.1:0").context("cannot start the rendezvous")?;
     let rendezvous = server.addr();
@@ -288,10 +309,11 @@ fn execute(plan: &Plan) -> anyhow::Result<Vec<String>> {
             node,
             (rendezvous, router_addr),
             events.clone(),
+            progress,
         )?);
     }
     drop(events);
-    let failures = follow(received, c.requests.requests as u64);
+    let failures = follow(received, c.requests.requests as u64, progress);
     let mut failures = failures;
     for (node, mut child) in agents {
         let status = child
@@ -312,8 +334,18 @@ fn spawn_agent(
     node: &NodeEntry,
     (rendezvous, router): (std::net::SocketAddr, std::net::SocketAddr),
     events: mpsc::Sender<AgentEvent>,
+    progress: Progress,
 ) -> anyhow::Result<(NodeId, Child)> {
     let exe = std::env::current_exe().context("cannot find the pinch executable")?;
+    let stderr = match progress {
+        Progress::Bar => Stdio::inherit(),
+        Progress::Quiet => {
+            let path = plan.run_dir.join(format!("agent-{}.stderr", node.node.0));
+            let file = std::fs::File::create(&path)
+                .with_context(|| format!("cannot create '{}'", path.display()))?;
+            Stdio::from(file)
+        }
+    };
     let ranks: Vec<String> = node.ranks.iter().map(|r| r.0.to_string()).collect();
     let mut child = Command::new(exe)
         .arg("agent")
@@ -331,6 +363,7 @@ fn spawn_agent(
             format!("--metrics-addr={addr}")
         }))
         .stdout(Stdio::piped())
+        .stderr(stderr)
         .spawn()
         .with_context(|| format!("cannot start the agent of {}", node.node))?;
     let stdout = child.stdout.take().context("agent stdout is not piped")?;
@@ -348,8 +381,11 @@ fn spawn_agent(
 
 /// Shows progress (requests finished) until every agent closed its stdout; returns the rank
 /// failures reported.
-fn follow(events: mpsc::Receiver<AgentEvent>, requests: u64) -> Vec<String> {
-    let bar = ProgressBar::new(requests);
+fn follow(events: mpsc::Receiver<AgentEvent>, requests: u64, progress: Progress) -> Vec<String> {
+    let bar = match progress {
+        Progress::Bar => ProgressBar::new(requests),
+        Progress::Quiet => ProgressBar::hidden(),
+    };
     bar.set_style(
         ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len} requests ({elapsed})")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),

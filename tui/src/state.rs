@@ -117,6 +117,24 @@ pub struct Serving {
 pub const SERVING_POINTS: usize = 120;
 
 impl Dashboard {
+    /// The dashboard of a run that has recorded nothing yet.
+    pub fn starting(title: String) -> Dashboard {
+        Dashboard {
+            title,
+            live: true,
+            dropped_spans: None,
+            nodes: Vec::new(),
+            ranks: Vec::new(),
+            timeline: Timeline::from_parts(0, Vec::new(), Vec::new(), Vec::new()),
+            tracks: Vec::new(),
+            findings: Vec::new(),
+            ops: Vec::new(),
+            roofs: None,
+            comm: Comm::default(),
+            serving: None,
+        }
+    }
+
     /// The dashboard of a run: its report, its merged timeline, and when each output token came
     /// (timeline ns; empty for a run that served nothing).
     pub fn new(report: &Report, timeline: Timeline, token_times_ns: &[i64]) -> Dashboard {
