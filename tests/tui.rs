@@ -33,6 +33,22 @@ impl Tmux {
             .expect("tmux runs")
     }
 
+    /// Runs `shell` in a 100x30 pane of a new session.
+    fn start(&self, shell: &str) {
+        let started = self.cmd(&[
+            "new-session",
+            "-d",
+            "-s",
+            "t",
+            "-x",
+            "100",
+            "-y",
+            "30",
+            shell,
+        ]);
+        assert!(started.status.success(), "{started:?}");
+    }
+
     fn screen(&self) -> String {
         String::from_utf8_lossy(&self.cmd(&["capture-pane", "-p", "-t", "t"]).stdout).into_owned()
     }
@@ -88,18 +104,7 @@ fn the_dashboard_shows_every_view_and_a_finding_on_the_timeline_in_tmux() {
         bin.display(),
         out.display()
     );
-    let started = tmux.cmd(&[
-        "new-session",
-        "-d",
-        "-s",
-        "t",
-        "-x",
-        "100",
-        "-y",
-        "30",
-        &shell,
-    ]);
-    assert!(started.status.success(), "{started:?}");
+    tmux.start(&shell);
 
     let overview = tmux.wait_for("ranks: share of wall time");
     assert!(
@@ -159,18 +164,7 @@ fn pinch_run_tui_shows_the_run_then_stays_on_its_result_and_prints_the_report() 
         common::SMALL.join(" "),
         out.display()
     );
-    let started = tmux.cmd(&[
-        "new-session",
-        "-d",
-        "-s",
-        "t",
-        "-x",
-        "100",
-        "-y",
-        "30",
-        &shell,
-    ]);
-    assert!(started.status.success(), "{started:?}");
+    tmux.start(&shell);
     // The last dashboard is the whole run's, and it stays until q.
     let result = tmux.wait_for("[recorded]");
     assert!(result.contains("2 nodes, 2 ranks"), "{result}");
