@@ -5,6 +5,7 @@ use comfy_table::{Cell, CellAlignment, Table, presets::UTF8_FULL_CONDENSED};
 use pinch_analyzer::{
     ClockMethod, Finding, LatencyStats, RankReport, Report, ServingReport, StragglerReport,
 };
+pub use pinch_traces::units::{fmt_bytes, fmt_ns};
 use std::io::Write;
 use std::path::Path;
 
@@ -544,35 +545,10 @@ pub fn fmt_pct(v: f64) -> String {
     format!("{v:.1}%")
 }
 
-pub fn fmt_ns(ns: u64) -> String {
-    let ns_f = ns as f64;
-    match ns {
-        0..1_000 => format!("{ns} ns"),
-        1_000..1_000_000 => format!("{:.1} µs", ns_f / 1e3),
-        1_000_000..1_000_000_000 => format!("{:.2} ms", ns_f / 1e6),
-        _ => format!("{:.2} s", ns_f / 1e9),
-    }
-}
-
 /// A duration that may be negative: "-13.6 µs", "0 ns".
 fn fmt_signed_ns(ns: i64) -> String {
     let sign = if ns < 0 { "-" } else { "" };
     format!("{sign}{}", fmt_ns(ns.unsigned_abs()))
-}
-
-pub fn fmt_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
 }
 
 #[cfg(test)]

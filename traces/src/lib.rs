@@ -15,6 +15,7 @@ pub mod manifest;
 pub mod nodelog;
 pub mod request;
 pub mod span;
+pub mod units;
 
 pub use clock::{ClockAnchor, monotonic_now_ns, wall_now_ns};
 pub use counter::{CounterDef, CounterSample, DeviceDef, Unit};

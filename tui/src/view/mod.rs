@@ -160,28 +160,12 @@ fn pct(value: Option<f64>) -> String {
 
 /// A duration in the unit that suits it.
 fn duration(ns: u64) -> String {
-    match ns {
-        0..1_000 => format!("{ns} ns"),
-        1_000..1_000_000 => format!("{:.1} µs", ns as f64 / 1e3),
-        1_000_000..1_000_000_000 => format!("{:.2} ms", ns as f64 / 1e6),
-        _ => format!("{:.2} s", ns as f64 / 1e9),
-    }
+    pinch_traces::units::fmt_ns(ns)
 }
 
-/// Bytes in binary units.
+/// Bytes (or bytes per second) in binary units; a fraction of a byte is dropped.
 fn bytes(value: f64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = value;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{v:.0} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
+    pinch_traces::units::fmt_bytes(value.max(0.0) as u64)
 }
 
 #[cfg(test)]
