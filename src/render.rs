@@ -25,6 +25,9 @@ pub fn print_report(report: &Report, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The report's file in a run directory.
+pub const REPORT_FILE: &str = "report.json";
+
 pub fn write_report_json(report: &Report, path: &Path) -> anyhow::Result<()> {
     let text = serde_json::to_string_pretty(report)? + "\n";
     std::fs::write(path, text).with_context(|| format!("cannot write report '{}'", path.display()))
@@ -597,6 +600,7 @@ mod tests {
                 fraction: 1.0 / 3.0,
             }),
             preemptions: 2,
+            output_rate: None,
             per_replica: vec![pinch_analyzer::ReplicaServing {
                 replica: 0,
                 requests: 3,

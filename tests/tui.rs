@@ -199,6 +199,40 @@ fn pinch_run_tui_without_a_terminal_fails_in_one_line_before_running() {
     assert!(!out.exists(), "nothing ran");
 }
 
+#[test]
+fn a_run_with_only_its_logs_is_analysed_once_and_its_files_stored() {
+    if !has_tmux() {
+        eprintln!("skipped: tmux is not installed (.ci/run installs it)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    run(&out, &[]).success();
+    let stored = ["report.json", "spans.parquet", "counters.parquet"];
+    for file in stored {
+        std::fs::remove_file(out.join(file)).unwrap();
+    }
+    let tmux = Tmux::new("logs-only");
+    let bin = assert_cmd::cargo::cargo_bin("pinch");
+    tmux.start(&format!(
+        "'{}' tui '{}'; echo dashboard exited $?; sleep 30",
+        bin.display(),
+        out.display()
+    ));
+    tmux.wait_for("ranks: share of wall time");
+    for file in stored {
+        assert!(out.join(file).is_file(), "{file} stored again");
+    }
+    // A span's arguments now come from the stored spans table.
+    tmux.keys("2");
+    tmux.wait_for("selected span");
+    tmux.keys("c");
+    tmux.wait_for("participants");
+    tmux.keys("q");
+    let after = tmux.wait_for("dashboard exited");
+    assert!(after.contains("dashboard exited 0"), "{after}");
+}
+
 /// The one line a failed `pinch tui` prints, and that it exited with 2.
 fn one_line_failure(args: &[&std::ffi::OsStr]) -> String {
     let assert = pinch().arg("tui").args(args).assert().code(2);

@@ -28,8 +28,10 @@ pub mod report;
 pub mod roofline;
 pub mod run;
 pub mod serving;
+pub mod span_columns;
 pub mod stats;
 pub mod store;
+pub mod stored;
 pub mod stragglers;
 pub mod timeline;
 pub mod traffic;
@@ -65,11 +67,14 @@ pub use report::{
 pub use roofline::{Ceilings, OpRoofline, RooflineClass};
 pub use run::{LogState, NodeData, RankLife, RunData};
 pub use serving::{
-    Goodput, LatencyStats, ReplicaServing, ServingReport, Slo, SloError, serving_report,
+    Goodput, LatencyStats, OUTPUT_RATE_BINS, OutputRate, ReplicaServing, ServingReport, Slo,
+    SloError, serving_report,
 };
+pub use span_columns::{ColumnsError, SpanColumns, SpanTrack, SpanView};
 pub use store::{
     Rewrite, StoreError, StoredTable, TablesOutcome, analyze_and_store, analyze_run, store_tables,
 };
+pub use stored::{SpanRow, read_series, read_span_columns, read_span_row, stored_current};
 pub use stragglers::{
     RankLateness, SeqLateness, StragglerReport, lateness_by_seq, straggler_report,
 };

@@ -9,10 +9,12 @@ use crate::critical_path::CriticalPathReport;
 use crate::facts::RunFacts;
 use crate::findings::{Finding, cite_phases, detect_all};
 use crate::imbalance::{ImbalanceReport, imbalance_report};
-use crate::phases::{PhaseInput, PhaseReport, phase_reports, replica_tokens, tcp_link_bytes_per_s};
+use crate::phases::{
+    PhaseInput, PhaseReport, ReplicaTokens, phase_reports, replica_tokens, tcp_link_bytes_per_s,
+};
 use crate::roofline::{classify, rank_ceilings};
 use crate::run::{NodeData, RunData};
-use crate::serving::{ServingReport, serving_report};
+use crate::serving::{OutputRate, ServingReport, serving_report};
 use crate::stragglers::StragglerReport;
 use crate::timeline::{Timeline, merge_with, node_clocks};
 use crate::traffic::{CommSettings, TrafficReport, rate_links};
@@ -163,7 +165,8 @@ pub(crate) fn report_from_input(
     }
     input.imbalance = imbalance_report(run, &input);
     let mut findings = detect_all(&input);
-    let phases = run_phases(run, timeline, clocks);
+    let tokens = replica_tokens(run, timeline, clocks);
+    let phases = run_phases(run, timeline, &tokens);
     cite_phases(&mut findings, timeline, &phases);
     let clock_of = |node: &NodeData| clocks.iter().find(|c| c.node == node.node.0).cloned();
     Report {
@@ -177,7 +180,10 @@ pub(crate) fn report_from_input(
         ranks: input.ranks,
         collectives: input.collectives,
         findings,
-        serving: serving_report(run),
+        serving: serving_report(run).map(|serving| ServingReport {
+            output_rate: OutputRate::of(token_times(&tokens), timeline_end_ns(timeline)),
+            ..serving
+        }),
         stragglers: input.stragglers,
         phases,
         traffic: input.traffic,
@@ -187,15 +193,24 @@ pub(crate) fn report_from_input(
 }
 
 /// The run's phases, with request tokens and the link's peak taken from the run.
-fn run_phases(run: &RunData, timeline: &Timeline, clocks: &[NodeClockReport]) -> Vec<PhaseReport> {
-    let tokens = replica_tokens(run, timeline, clocks);
+fn run_phases(run: &RunData, timeline: &Timeline, tokens: &[ReplicaTokens]) -> Vec<PhaseReport> {
     let nodes: Vec<pinch_traces::NodeId> = run.nodes.iter().map(|n| n.node).collect();
     phase_reports(&PhaseInput {
         timeline,
-        tokens: &tokens,
+        tokens,
         nodes: &nodes,
         link_bytes_per_s: tcp_link_bytes_per_s(&run.manifest.workload.parameters),
     })
+}
+
+/// Every replica's output token times (timeline ns).
+fn token_times(tokens: &[ReplicaTokens]) -> impl Iterator<Item = i64> + '_ {
+    tokens.iter().flat_map(|r| r.tokens.iter().map(|t| t.0))
+}
+
+/// The latest span end (0 without spans).
+fn timeline_end_ns(timeline: &Timeline) -> i64 {
+    timeline.spans.iter().map(|s| s.end_ns()).max().unwrap_or(0)
 }
 
 /// Gives each rank its roofs (its share of the host's calibrated ceilings) and each of its ops

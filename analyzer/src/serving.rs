@@ -203,6 +203,42 @@ pub struct ServingReport {
     pub per_replica: Vec<ReplicaServing>,
     /// SHA-256, hex, over every request's (id, tokens) in id order.
     pub outputs_digest: String,
+    /// Output tokens per second over the run's timeline; `None` where the report was made
+    /// without one.
+    #[serde(default)]
+    pub output_rate: Option<OutputRate>,
+}
+
+/// A rate over time: equal bins from the timeline's origin to the run's last span end.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OutputRate {
+    /// How long each bin is.
+    pub bin_ns: u64,
+    /// Output tokens per second in each bin; the last bin also counts tokens after the end.
+    pub tokens_per_s: Vec<f64>,
+}
+
+/// How many bins `OutputRate` cuts a run into.
+pub const OUTPUT_RATE_BINS: usize = 120;
+
+impl OutputRate {
+    /// The rate of tokens at `token_times_ns` (timeline ns) over a run ending at `end_ns`;
+    /// `None` for a run that has not started.
+    pub fn of(token_times_ns: impl IntoIterator<Item = i64>, end_ns: i64) -> Option<OutputRate> {
+        let end_ns = u64::try_from(end_ns).ok().filter(|&e| e > 0)?;
+        let bin_ns = end_ns.div_ceil(OUTPUT_RATE_BINS as u64);
+        let mut counts = vec![0_u64; OUTPUT_RATE_BINS];
+        for t in token_times_ns {
+            if let Ok(t) = u64::try_from(t) {
+                counts[((t / bin_ns) as usize).min(OUTPUT_RATE_BINS - 1)] += 1;
+            }
+        }
+        let per_s = 1e9 / bin_ns as f64;
+        Some(OutputRate {
+            bin_ns,
+            tokens_per_s: counts.iter().map(|&c| c as f64 * per_s).collect(),
+        })
+    }
 }
 
 /// The run's serving metrics; `None` when no request was recorded. The SLO comes from the
@@ -272,6 +308,7 @@ pub fn report_from_requests(
         preemptions: records.iter().map(|r| u64::from(r.preemptions)).sum(),
         per_replica: per_replica(&records),
         outputs_digest: outputs_digest(&records),
+        output_rate: None,
     })
 }
 
@@ -339,6 +376,19 @@ mod tests {
     use pinch_traces::ClockAnchor;
 
     const MS: u64 = 1_000_000;
+
+    #[test]
+    fn the_output_rate_counts_tokens_per_bin_per_second() {
+        let end_ns = 120 * 500_000_000;
+        let times = [0, 10, 1_500_000_000, 1_999_999_999, -5, end_ns + 7];
+        let rate = OutputRate::of(times, end_ns).unwrap();
+        assert_eq!(rate.bin_ns, 500_000_000);
+        assert_eq!(rate.tokens_per_s.len(), OUTPUT_RATE_BINS);
+        assert_eq!(rate.tokens_per_s[..4], [4.0, 0.0, 0.0, 4.0]);
+        // Before the origin is left out; after the end counts in the last bin.
+        assert_eq!(rate.tokens_per_s[OUTPUT_RATE_BINS - 1], 2.0);
+        assert_eq!(OutputRate::of([1], 0), None);
+    }
 
     fn record(
         id: u64,

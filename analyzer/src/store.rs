@@ -9,6 +9,7 @@ use crate::frames::{CollectiveFrame, Instance, SpanFrame};
 use crate::report::{Report, report_from_input};
 use crate::timeline::{TimedSpan, Timeline};
 use crate::traffic::CommSettings;
+use polars::io::parquet::write::BatchedWriter;
 use polars::prelude::{
     Column, DataFrame, NamedFrom, ParquetCompression, ParquetWriter, PolarsError, Series,
 };
@@ -31,7 +32,12 @@ pub enum StoreError {
     },
     #[error("cannot write '{path}': {message}")]
     Write { path: PathBuf, message: String },
+    #[error("cannot read '{path}': {message}")]
+    Read { path: PathBuf, message: String },
 }
+
+/// Rows in each row group of spans.parquet: a reader after one span decodes this many.
+pub const ROW_GROUP_ROWS: usize = 1 << 16;
 
 /// One table written: its file and how many rows it holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -127,18 +133,30 @@ fn write_spans(
         .map_err(failed)?;
     for next in starts.iter().skip(1) {
         let (written, built) = rayon::join(
-            || writer.write_batch(&batch),
+            || write_row_groups(&mut writer, &batch),
             || spans_batch(timeline, frame, *next),
         );
         written.map_err(failed)?;
         batch = built.map_err(failed)?;
     }
-    writer.write_batch(&batch).map_err(failed)?;
+    write_row_groups(&mut writer, &batch).map_err(failed)?;
     writer.finish().map_err(failed)?;
     Ok(StoredTable {
         path: path.to_path_buf(),
         rows,
     })
+}
+
+/// Writes a batch as row groups of `ROW_GROUP_ROWS`, so that a reader after a few rows decodes
+/// little.
+fn write_row_groups(
+    writer: &mut BatchedWriter<BufWriter<File>>,
+    batch: &DataFrame,
+) -> Result<(), PolarsError> {
+    for from in (0..batch.height()).step_by(ROW_GROUP_ROWS) {
+        writer.write_batch(&batch.slice(from as i64, ROW_GROUP_ROWS))?;
+    }
+    Ok(())
 }
 
 /// A column from any values polars can name.

@@ -55,7 +55,7 @@ pub struct Series {
 }
 
 /// The whole run on one time base. Spans are sorted by (rank, start).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Timeline {
     /// Wall-clock time of the origin, nanoseconds since the Unix epoch: the earliest span's start,
     /// or the manifest's start time when the run has no span.

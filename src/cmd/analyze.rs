@@ -67,12 +67,18 @@ fn has_traces(dir: &Path) -> bool {
 }
 
 /// Loads a run directory and analyzes it, writing its Parquet tables beside the manifest where
-/// they are missing or older than the run's files (a warning, not a failure, where the
-/// directory is read-only).
+/// they are missing or older than the run's files, and report.json (a warning, not a failure,
+/// where the directory is read-only). `pinch tui` opens a run from these files.
 pub fn report_of(run_dir: &Path) -> anyhow::Result<Report> {
     let (report, tables) = analyze_run(load(run_dir)?, run_dir, Rewrite::WhenStale);
-    if let TablesOutcome::Failed(e) = tables {
-        eprintln!("pinch: warning: the run's tables are not stored: {e}");
+    let stored = match tables {
+        TablesOutcome::Failed(e) => Err(anyhow::Error::new(e)),
+        TablesOutcome::Written(_) | TablesOutcome::Current => {
+            render::write_report_json(&report, &run_dir.join(render::REPORT_FILE))
+        }
+    };
+    if let Err(e) = stored {
+        eprintln!("pinch: warning: the run's tables are not stored: {e:#}");
     }
     Ok(report)
 }

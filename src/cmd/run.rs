@@ -68,7 +68,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     run.manifest.store(&plan.run_dir)?;
     let report = analyze_and_store(&run, &plan.run_dir);
     let failures = failures_cause_first(&run);
-    render::write_report_json(&report, &plan.run_dir.join("report.json"))?;
+    render::write_report_json(&report, &plan.run_dir.join(render::REPORT_FILE))?;
     render::print_report(&report, args.json)?;
     if !args.json {
         eprintln!("run stored in {}", plan.run_dir.display());

@@ -26,6 +26,24 @@ pub enum Unit {
 }
 
 impl Unit {
+    pub const ALL: [Unit; 10] = [
+        Unit::Percent,
+        Unit::Bytes,
+        Unit::BytesPerSecond,
+        Unit::PerSecond,
+        Unit::Nanoseconds,
+        Unit::Count,
+        Unit::Hertz,
+        Unit::Watts,
+        Unit::Celsius,
+        Unit::Ratio,
+    ];
+
+    /// The unit `symbol` writes as `text`.
+    pub fn from_symbol(text: &str) -> Option<Unit> {
+        Unit::ALL.into_iter().find(|u| u.symbol() == text)
+    }
+
     pub fn symbol(self) -> &'static str {
         match self {
             Unit::Percent => "%",
@@ -72,4 +90,17 @@ pub struct CounterSample {
     /// The node's monotonic clock when the value was read, in nanoseconds.
     pub time_ns: u64,
     pub value: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn symbols_read_back_as_their_units() {
+        for unit in Unit::ALL {
+            assert_eq!(Unit::from_symbol(unit.symbol()), Some(unit));
+        }
+        assert_eq!(Unit::from_symbol("furlongs"), None);
+    }
 }

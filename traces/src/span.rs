@@ -32,6 +32,11 @@ impl Category {
         Category::Wait,
     ];
 
+    /// The category `name` writes as `text`.
+    pub fn from_name(text: &str) -> Option<Category> {
+        Category::ALL.into_iter().find(|c| c.name() == text)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Category::Compute => "compute",
@@ -63,6 +68,21 @@ pub enum CollectiveKind {
 }
 
 impl CollectiveKind {
+    pub const ALL: [CollectiveKind; 7] = [
+        CollectiveKind::AllReduce,
+        CollectiveKind::AllGather,
+        CollectiveKind::ReduceScatter,
+        CollectiveKind::AllToAll,
+        CollectiveKind::Broadcast,
+        CollectiveKind::Send,
+        CollectiveKind::Recv,
+    ];
+
+    /// The kind `name` writes as `text`.
+    pub fn from_name(text: &str) -> Option<CollectiveKind> {
+        CollectiveKind::ALL.into_iter().find(|k| k.name() == text)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             CollectiveKind::AllReduce => "all_reduce",
@@ -150,6 +170,17 @@ impl Span {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_read_back_as_what_they_name() {
+        for c in Category::ALL {
+            assert_eq!(Category::from_name(c.name()), Some(c));
+        }
+        for k in CollectiveKind::ALL {
+            assert_eq!(CollectiveKind::from_name(k.name()), Some(k));
+        }
+        assert_eq!(Category::from_name("Compute"), None);
+    }
 
     #[test]
     fn all_reduce_bus_factor_follows_nccl_tests() {

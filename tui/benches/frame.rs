@@ -6,9 +6,9 @@
 //! ("Dashboard").
 
 use divan::Bencher;
-use pinch_analyzer::{NameId, TimedSpan, Timeline};
+use pinch_analyzer::{NameId, SpanColumns, TimedSpan, Timeline};
 use pinch_traces::{Category, Lane, NodeId, Rank, SpanAttrs};
-use pinch_tui::state::{Comm, tracks_of};
+use pinch_tui::state::{Comm, Details};
 use pinch_tui::{App, Dashboard, View};
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
@@ -62,8 +62,8 @@ fn dashboard() -> Dashboard {
         dropped_spans: None,
         nodes: Vec::new(),
         ranks: Vec::new(),
-        tracks: tracks_of(&timeline),
-        timeline,
+        spans: SpanColumns::from_timeline(&timeline).expect("sorted spans"),
+        details: Details::Held(Box::default()),
         findings: Vec::new(),
         ops: Vec::new(),
         roofs: None,

@@ -1,7 +1,8 @@
 //! The dashboard's state of interaction: which view is up, where the timeline looks, what is
 //! selected, and how a key changes that. Drawing is `view`'s; this module never draws.
 
-use crate::state::{Dashboard, timeline_end_ns};
+use crate::state::Dashboard;
+use pinch_analyzer::SpanRow;
 use pinch_traces::{Category, Rank};
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
@@ -58,7 +59,7 @@ pub struct TimelineCursor {
     pub row: usize,
     /// The first row shown (rows scroll when there are more ranks than lines).
     pub first_row: usize,
-    /// The selected span, an index into `Timeline::spans`.
+    /// The selected span, an index into the dashboard's span columns.
     pub span: Option<usize>,
 }
 
@@ -110,6 +111,9 @@ pub struct App {
     pub finding: usize,
     /// Whether the selected finding's evidence is open.
     pub evidence: bool,
+    /// The selected span whole, read when it was selected (never while drawing), or why it
+    /// could not be read.
+    pub span_row: Option<Result<SpanRow, String>>,
     pub ops_sort: OpColumn,
     pub ops_descending: bool,
     pub comm_metric: CommMetric,
@@ -118,7 +122,7 @@ pub struct App {
 
 impl App {
     pub fn new(dash: Dashboard) -> App {
-        let width_ns = timeline_end_ns(&dash.timeline).max(MIN_WIDTH_NS);
+        let width_ns = dash.spans.end_ns().max(MIN_WIDTH_NS);
         App {
             dash,
             view: View::Overview,
@@ -132,6 +136,7 @@ impl App {
             },
             finding: 0,
             evidence: false,
+            span_row: None,
             ops_sort: OpColumn::Share,
             ops_descending: true,
             comm_metric: CommMetric::Bytes,
@@ -142,16 +147,20 @@ impl App {
     /// Takes a newer dashboard of the same run (a live source), keeping what the user looks at.
     pub fn update(&mut self, dash: Dashboard) {
         let followed_end =
-            self.timeline.start_ns + self.timeline.width_ns >= timeline_end_ns(&self.dash.timeline);
+            self.timeline.start_ns + self.timeline.width_ns >= self.dash.spans.end_ns();
         self.dash = dash;
         if followed_end && self.timeline.start_ns == 0 {
-            self.timeline.width_ns = timeline_end_ns(&self.dash.timeline).max(MIN_WIDTH_NS);
+            self.timeline.width_ns = self.dash.spans.end_ns().max(MIN_WIDTH_NS);
         }
         self.finding = self.finding.min(self.dash.findings.len().saturating_sub(1));
-        self.timeline.span = self
-            .timeline
-            .span
-            .filter(|&i| i < self.dash.timeline.spans.len());
+        let kept = self.timeline.span.filter(|&i| i < self.dash.spans.len());
+        self.select(kept);
+    }
+
+    /// Selects span `index` (or none) and reads its arguments.
+    pub fn select(&mut self, index: Option<usize>) {
+        self.timeline.span = index;
+        self.span_row = index.map(|i| self.dash.details.row(i));
     }
 
     /// Applies one key.
@@ -213,7 +222,7 @@ impl App {
     }
 
     fn timeline_key(&mut self, code: KeyCode) {
-        let ranks = self.dash.tracks.len();
+        let ranks = self.dash.spans.tracks().len();
         let cursor = &mut self.timeline;
         match code {
             KeyCode::Left | KeyCode::Char('h') => cursor.start_ns -= cursor.width_ns / 8,
@@ -227,7 +236,7 @@ impl App {
             }
             KeyCode::Char('n') | KeyCode::Enter => self.select_next(|_| true),
             KeyCode::Char('c') => self.select_next(|c| c == Category::Communication),
-            KeyCode::Esc => self.timeline.span = None,
+            KeyCode::Esc => self.select(None),
             _ => {}
         }
     }
@@ -236,47 +245,54 @@ impl App {
     fn zoom(&mut self, factor: f64) {
         let cursor = &mut self.timeline;
         let centre_ns = match cursor.span {
-            Some(i) => self.dash.timeline.spans[i].start_ns,
+            Some(i) => self.dash.spans.span(i).map_or(0, |s| s.start_ns),
             None => cursor.start_ns + cursor.width_ns / 2,
         };
-        let end_ns = timeline_end_ns(&self.dash.timeline).max(MIN_WIDTH_NS);
+        let end_ns = self.dash.spans.end_ns().max(MIN_WIDTH_NS);
         cursor.width_ns = ((cursor.width_ns as f64 * factor) as i64).clamp(MIN_WIDTH_NS, end_ns);
         cursor.start_ns = centre_ns - cursor.width_ns / 2;
     }
 
     fn whole_run(&mut self) {
         self.timeline.start_ns = 0;
-        self.timeline.width_ns = timeline_end_ns(&self.dash.timeline).max(MIN_WIDTH_NS);
+        self.timeline.width_ns = self.dash.spans.end_ns().max(MIN_WIDTH_NS);
     }
 
     /// The rank of the selected row.
     pub fn selected_rank(&self) -> Option<Rank> {
-        self.dash.tracks.get(self.timeline.row).map(|t| t.rank)
+        self.dash
+            .spans
+            .tracks()
+            .get(self.timeline.row)
+            .map(|t| t.rank)
     }
 
     /// Selects the selected row's next span (after the selected one, else from the view's left
     /// edge) whose category passes, and brings it into view.
     fn select_next(&mut self, wanted: impl Fn(Category) -> bool) {
-        let Some(track) = self.dash.tracks.get(self.timeline.row) else {
+        let spans = &self.dash.spans;
+        let Some(track) = spans.tracks().get(self.timeline.row) else {
             return;
         };
-        let (rank, range) = (track.rank, track.spans.clone());
-        let spans = &self.dash.timeline.spans;
-        let (from, to) = (range.start, range.end);
         let after = match self.timeline.span {
-            Some(i) if range.contains(&i) && spans[i].rank == rank => i + 1,
-            _ => from + spans[from..to].partition_point(|s| s.start_ns < self.timeline.start_ns),
+            Some(i) if track.spans.contains(&i) => i + 1,
+            _ => spans.first_starting_at(track, self.timeline.start_ns),
         };
-        let Some(found) = (after..to).find(|&i| wanted(spans[i].category)) else {
+        let Some(found) = spans
+            .spans_of(track, after..track.spans.end)
+            .find(|s| wanted(s.category))
+        else {
             return;
         };
-        self.timeline.span = Some(found);
-        self.bring_into_view(found);
+        self.select(Some(found.index));
+        self.bring_into_view(found.index);
     }
 
     /// Pans (and zooms out if needed) so that span `i` shows whole.
     fn bring_into_view(&mut self, i: usize) {
-        let span = &self.dash.timeline.spans[i];
+        let Some(span) = self.dash.spans.span(i) else {
+            return;
+        };
         let cursor = &mut self.timeline;
         let duration_ns = i64::try_from(span.duration_ns).unwrap_or(i64::MAX);
         if duration_ns > cursor.width_ns {
@@ -298,27 +314,26 @@ impl App {
             .location
             .ranks
             .first()
-            .and_then(|&r| self.dash.tracks.iter().position(|t| t.rank == Rank(r)))
+            .and_then(|&r| {
+                let tracks = self.dash.spans.tracks();
+                tracks.iter().position(|t| t.rank == Rank(r))
+            })
             .unwrap_or(0);
         let op = finding.location.ops.first().cloned();
         self.view = View::Timeline;
         self.evidence = false;
         self.timeline.row = row;
-        self.timeline.span = None;
-        let Some(range) = self.dash.tracks.get(row).map(|t| t.spans.clone()) else {
+        let spans = &self.dash.spans;
+        let Some(track) = spans.tracks().get(row) else {
+            self.select(None);
             return;
         };
-        let timeline = &self.dash.timeline;
-        let spans = &timeline.spans[range.clone()];
-        let base = range.start;
         let hit = spans
-            .iter()
-            .position(|s| op.as_deref().is_none_or(|op| timeline.name(s.name) == op))
-            .or((!spans.is_empty()).then_some(0));
-        if let Some(k) = hit {
-            self.timeline.span = Some(base + k);
-            self.bring_into_view(base + k);
-        }
+            .spans_of(track, track.spans.clone())
+            .find(|s| op.as_deref().is_none_or(|op| spans.name(s.name) == op))
+            .map_or(track.spans.start, |s| s.index);
+        self.select(Some(hit));
+        self.bring_into_view(hit);
     }
 }
 
@@ -377,12 +392,17 @@ mod tests {
         press(&mut app, KeyCode::Char('2'));
         press(&mut app, KeyCode::Char('c'));
         let first = app.timeline.span.expect("a collective");
-        let span = app.dash.timeline.spans[first];
+        let span = app.dash.spans.span(first).unwrap();
         assert_eq!(span.category, Category::Communication);
+        let row = app.span_row.clone().unwrap().unwrap();
+        assert_eq!(row.op, "all_reduce");
+        assert!(row.attrs.collective.is_some(), "{row:?}");
         press(&mut app, KeyCode::Char('c'));
         let second = app.timeline.span.expect("another collective");
         assert!(second > first);
-        assert_eq!(app.dash.timeline.spans[second].rank, span.rank);
+        assert_eq!(app.dash.spans.span(second).unwrap().rank, span.rank);
+        press(&mut app, KeyCode::Esc);
+        assert_eq!((app.timeline.span, app.span_row.is_none()), (None, true));
     }
 
     #[test]
@@ -395,8 +415,12 @@ mod tests {
         press(&mut app, KeyCode::Enter);
         assert_eq!(app.view, View::Timeline);
         let finding = &app.dash.findings[1];
-        let span = &app.dash.timeline.spans[app.timeline.span.expect("a span")];
+        let span = app
+            .dash
+            .spans
+            .span(app.timeline.span.expect("a span"))
+            .unwrap();
         assert_eq!(span.rank.0, finding.location.ranks[0]);
-        assert_eq!(app.dash.timeline.name(span.name), finding.location.ops[0]);
+        assert_eq!(app.dash.spans.name(span.name), finding.location.ops[0]);
     }
 }

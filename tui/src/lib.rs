@@ -19,4 +19,4 @@ mod testkit;
 
 pub use app::{App, View};
 pub use source::{Live, LiveSender, Replay, Source, SourceEvent};
-pub use state::Dashboard;
+pub use state::{Dashboard, Details};

@@ -2,11 +2,12 @@
 //! render from this and nothing else, so a recorded run and a live one look the same.
 
 use pinch_analyzer::{
-    Ceilings, CollectiveReport, Finding, OpReport, Report, RooflineClass, ServingReport, Timeline,
+    Ceilings, CollectiveReport, Finding, OpReport, Report, RooflineClass, Series, ServingReport,
+    SpanColumns, SpanRow, Timeline, read_span_row,
 };
-use pinch_traces::{Category, Rank};
+use pinch_traces::Category;
 use std::collections::BTreeMap;
-use std::ops::Range;
+use std::path::PathBuf;
 
 /// How far back the overview's sparklines reach (all of a shorter run).
 pub const SPARK_WINDOW_NS: i64 = 60_000_000_000;
@@ -24,9 +25,10 @@ pub struct Dashboard {
     pub dropped_spans: Option<u64>,
     pub nodes: Vec<NodeRow>,
     pub ranks: Vec<RankRow>,
-    pub timeline: Timeline,
-    /// The timeline's rows: each rank with spans.
-    pub tracks: Vec<Track>,
+    /// Every span, compact; the timeline's rows are its tracks.
+    pub spans: SpanColumns,
+    /// Where a selected span's arguments come from.
+    pub details: Details,
     /// Ranked, most severe first (as the report has them).
     pub findings: Vec<Finding>,
     pub ops: Vec<OpRow>,
@@ -107,14 +109,32 @@ pub struct PairCell {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Serving {
     pub report: ServingReport,
-    /// Output tokens per second over the run, in `SERVING_POINTS` equal bins.
+    /// Output tokens per second over the run, in equal bins (empty when the report has none).
     pub tokens_per_s: Vec<u64>,
     /// How long each bin is.
     pub bin_ns: i64,
 }
 
-/// How many bins the serving view's rate over time has.
-pub const SERVING_POINTS: usize = 120;
+/// Where the arguments of a selected span come from: the dashboard keeps only what it draws.
+#[derive(Debug)]
+pub enum Details {
+    /// The run directory whose spans.parquet has a row per span, in the columns' order.
+    Stored(PathBuf),
+    /// A timeline held whole (a live run, or one whose tables could not be stored).
+    Held(Box<Timeline>),
+}
+
+impl Details {
+    /// Span `index` whole; an error says in one line why it cannot be read.
+    pub fn row(&self, index: usize) -> Result<SpanRow, String> {
+        match self {
+            Details::Stored(dir) => read_span_row(dir, index).map_err(|e| e.to_string()),
+            Details::Held(timeline) => {
+                SpanRow::of(timeline, index).ok_or_else(|| format!("no span {index}"))
+            }
+        }
+    }
+}
 
 impl Dashboard {
     /// The dashboard of a run that has recorded nothing yet.
@@ -125,8 +145,8 @@ impl Dashboard {
             dropped_spans: None,
             nodes: Vec::new(),
             ranks: Vec::new(),
-            timeline: Timeline::from_parts(0, Vec::new(), Vec::new(), Vec::new()),
-            tracks: Vec::new(),
+            spans: SpanColumns::default(),
+            details: Details::Held(Box::default()),
             findings: Vec::new(),
             ops: Vec::new(),
             roofs: None,
@@ -135,23 +155,22 @@ impl Dashboard {
         }
     }
 
-    /// The dashboard of a run: its report, its merged timeline, and when each output token came
-    /// (timeline ns; empty for a run that served nothing).
-    pub fn new(report: &Report, timeline: Timeline, token_times_ns: &[i64]) -> Dashboard {
+    /// The dashboard of a run: its report, its spans, its counters' series (timeline ns) and
+    /// where a span's arguments are read.
+    pub fn new(
+        report: &Report,
+        spans: SpanColumns,
+        series: &[Series],
+        details: Details,
+    ) -> Dashboard {
+        let end_ns = spans.end_ns();
         let nodes = report
             .nodes
             .iter()
-            .map(|n| node_row(report, &timeline, n.node, &n.host))
+            .map(|n| node_row(report, series, end_ns, n.node, &n.host))
             .collect();
         let ranks: Vec<RankRow> = report.ranks.iter().map(rank_row).collect();
         let dropped: Vec<u64> = ranks.iter().filter_map(|r| r.dropped_spans).collect();
-        let end_ns = timeline_end_ns(&timeline);
-        let bin_ns = (end_ns / SERVING_POINTS as i64).max(1);
-        let serving = report.serving.clone().map(|s| Serving {
-            report: s,
-            tokens_per_s: rate_per_bin(token_times_ns, bin_ns, SERVING_POINTS),
-            bin_ns,
-        });
         Dashboard {
             title: title_of(report),
             live: false,
@@ -162,43 +181,35 @@ impl Dashboard {
             ops: op_rows(&report.ranks),
             roofs: report.ranks.iter().find_map(|r| r.roofs),
             comm: comm_of(report),
-            serving,
-            tracks: tracks_of(&timeline),
-            timeline,
+            serving: report.serving.clone().map(serving_of),
+            spans,
+            details,
         }
     }
-}
 
-/// One rank's row of the timeline.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Track {
-    pub rank: Rank,
-    /// Its spans' indices in `Timeline::spans`.
-    pub spans: Range<usize>,
-    /// Its longest span: a span that ends after a time starts at most this long before it.
-    pub longest_ns: u64,
-}
-
-/// Each rank's row, its span range found by bisection (the spans are sorted by rank).
-pub fn tracks_of(timeline: &Timeline) -> Vec<Track> {
-    let spans = &timeline.spans;
-    let mut tracks = Vec::new();
-    let mut from = 0;
-    while let Some(first) = spans.get(from) {
-        let to = from + spans[from..].partition_point(|s| s.rank <= first.rank);
-        let longest_ns = spans[from..to]
-            .iter()
-            .map(|s| s.duration_ns)
-            .max()
-            .unwrap_or(0);
-        tracks.push(Track {
-            rank: first.rank,
-            spans: from..to,
-            longest_ns,
-        });
-        from = to;
+    /// The dashboard of a run analysed in this process: its timeline is kept for the spans'
+    /// arguments.
+    pub fn of_timeline(report: &Report, timeline: Timeline) -> Dashboard {
+        // A timeline keeps its spans sorted and its names whole, which is all the columns ask.
+        let spans = SpanColumns::from_timeline(&timeline).unwrap_or_default();
+        let series = timeline.series.clone();
+        Dashboard::new(report, spans, &series, Details::Held(Box::new(timeline)))
     }
-    tracks
+}
+
+fn serving_of(report: ServingReport) -> Serving {
+    let (tokens_per_s, bin_ns) = match &report.output_rate {
+        Some(rate) => (
+            rate.tokens_per_s.iter().map(|r| r.round() as u64).collect(),
+            i64::try_from(rate.bin_ns).unwrap_or(i64::MAX),
+        ),
+        None => (Vec::new(), 1),
+    };
+    Serving {
+        report,
+        tokens_per_s,
+        bin_ns,
+    }
 }
 
 fn title_of(report: &Report) -> String {
@@ -229,16 +240,13 @@ fn rank_row(rank: &pinch_analyzer::RankReport) -> RankRow {
 }
 
 /// A node's gauges: the report's CPU mean, the counters' last values and last minute.
-fn node_row(report: &Report, timeline: &Timeline, node: u32, host: &str) -> NodeRow {
+fn node_row(report: &Report, all: &[Series], end_ns: i64, node: u32, host: &str) -> NodeRow {
     let series = |name: &'static str| {
-        timeline
-            .series
-            .iter()
+        all.iter()
             .filter(move |s| s.node.0 == node && s.counter == name)
     };
     let cpu = series("cpu.utilization").next();
     let gpu = series("gpu.utilization").next();
-    let end_ns = timeline_end_ns(timeline);
     let nic: Vec<(Vec<i64>, Vec<f64>)> = ["net.rx_bytes", "net.tx_bytes"]
         .iter()
         .flat_map(|name| series(name))
@@ -327,27 +335,6 @@ fn last_minute(times_ns: &[i64], values: &[f64], end_ns: i64) -> Vec<u64> {
             last
         })
         .collect()
-}
-
-/// Events per second in each of `bins` bins of `bin_ns` from 0 (the last bin takes what comes
-/// after it).
-fn rate_per_bin(times_ns: &[i64], bin_ns: i64, bins: usize) -> Vec<u64> {
-    let mut counts = vec![0_u64; bins];
-    for &t in times_ns {
-        if let Ok(k) = usize::try_from(t / bin_ns) {
-            counts[k.min(bins - 1)] += 1;
-        }
-    }
-    let per_s = 1e9 / bin_ns as f64;
-    counts
-        .iter()
-        .map(|&c| (c as f64 * per_s).round() as u64)
-        .collect()
-}
-
-/// The latest span end of the timeline (0 without spans).
-pub fn timeline_end_ns(timeline: &Timeline) -> i64 {
-    timeline.spans.iter().map(|s| s.end_ns()).max().unwrap_or(0)
 }
 
 /// Each op summed over the ranks, largest total first.
@@ -450,12 +437,5 @@ mod tests {
         );
         let rates = busier_rates(&[rx, tx]);
         assert_eq!(rates, [(1_000_000_000, 150.0), (2_000_000_000, 200.0)]);
-    }
-
-    #[test]
-    fn tokens_are_counted_per_bin_as_a_rate() {
-        let times = [0, 10, 1_500_000_000, 2_999_999_999, 9_000_000_000];
-        let rates = rate_per_bin(&times, 500_000_000, 6);
-        assert_eq!(rates, [4, 0, 0, 2, 0, 4]);
     }
 }

@@ -4,11 +4,11 @@
 //! change when drawing does.
 
 use crate::app::App;
-use crate::state::{Comm, Dashboard, NodeRow, OpRow, PairCell, RankRow, Serving, tracks_of};
+use crate::state::{Comm, Dashboard, Details, NodeRow, OpRow, PairCell, RankRow, Serving};
 use crate::view;
 use pinch_analyzer::{
-    Ceilings, Finding, FindingKind, Level, Location, NameId, RooflineClass, Series, TimedSpan,
-    Timeline,
+    Ceilings, Finding, FindingKind, Level, Location, NameId, RooflineClass, Series, SpanColumns,
+    TimedSpan, Timeline,
 };
 use pinch_traces::{Category, CollectiveAttrs, CollectiveKind, Lane, NodeId, Rank, SpanAttrs};
 use ratatui::Terminal;
@@ -229,8 +229,8 @@ pub fn dashboard() -> Dashboard {
         dropped_spans: Some(0),
         nodes: vec![node(0, 71.5), node(1, 64.0)],
         ranks: vec![rank(0, 60.0), rank(1, 58.0), rank(2, 61.0), rank(3, 66.0)],
-        tracks: tracks_of(&timeline),
-        timeline,
+        spans: SpanColumns::from_timeline(&timeline).expect("sorted spans"),
+        details: Details::Held(Box::new(timeline)),
         findings: findings(),
         ops: vec![
             op("matmul.qkv", Category::Compute, 40, 1_200_000, (66.7, 1.33)),

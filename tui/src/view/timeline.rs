@@ -4,8 +4,7 @@
 
 use super::{bytes, category_color, dim, duration};
 use crate::app::App;
-use crate::state::Track;
-use pinch_analyzer::timeline::TimedSpan;
+use pinch_analyzer::{SpanRow, SpanTrack};
 use pinch_traces::Category;
 use ratatui::Frame;
 use ratatui::buffer::Buffer;
@@ -78,7 +77,14 @@ fn render_rows(app: &App, buf: &mut Buffer, area: Rect) {
         .get(app.finding)
         .map(|f| f.location.ranks.clone())
         .unwrap_or_default();
-    for (k, track) in dash.tracks.iter().enumerate().skip(first).take(lines) {
+    for (k, track) in dash
+        .spans
+        .tracks()
+        .iter()
+        .enumerate()
+        .skip(first)
+        .take(lines)
+    {
         let y = area.y + (k - first) as u16;
         let selected = k == app.timeline.row;
         let named = marked.contains(&track.rank.0);
@@ -106,9 +112,9 @@ fn render_rows(app: &App, buf: &mut Buffer, area: Rect) {
 /// Paints one rank's spans on its lane: each cell takes the colour of the last span (the
 /// innermost) that overlaps it; the selected span is drawn reversed. Cells are decided first
 /// and written to the buffer once: zoomed out, thousands of spans share a cell.
-fn paint_lane(app: &App, track: &Track, buf: &mut Buffer, lane: Rect) {
+fn paint_lane(app: &App, track: &SpanTrack, buf: &mut Buffer, lane: Rect) {
     let cursor = &app.timeline;
-    let spans = &app.dash.timeline.spans[track.spans.clone()];
+    let spans = &app.dash.spans;
     let width = usize::from(lane.width);
     if width == 0 || cursor.width_ns <= 0 {
         return;
@@ -117,19 +123,19 @@ fn paint_lane(app: &App, track: &Track, buf: &mut Buffer, lane: Rect) {
     let earliest_ns = cursor
         .start_ns
         .saturating_sub(i64::try_from(track.longest_ns).unwrap_or(i64::MAX));
-    let from = spans.partition_point(|s| s.start_ns < earliest_ns);
-    let to = spans.partition_point(|s| s.start_ns < view_end_ns);
+    let from = spans.first_starting_at(track, earliest_ns);
+    let to = spans.first_starting_at(track, view_end_ns);
     let cells_per_ns = width as f64 / cursor.width_ns as f64;
     let cell_of = |ns: i64| {
         let x = (ns.saturating_sub(cursor.start_ns)) as f64 * cells_per_ns;
         x.clamp(0.0, (width - 1) as f64) as usize
     };
     let mut cells: Vec<Option<(Category, bool)>> = vec![None; width];
-    for (k, span) in spans[from..to].iter().enumerate() {
+    for span in spans.spans_of(track, from..to) {
         if span.end_ns() <= cursor.start_ns {
             continue;
         }
-        let selected = cursor.span == Some(track.spans.start + from + k);
+        let selected = cursor.span == Some(span.index);
         let (x0, x1) = (cell_of(span.start_ns), cell_of(span.end_ns() - 1));
         cells[x0..=x1].fill(Some((span.category, selected)));
     }
@@ -192,8 +198,12 @@ fn legend_line(width: &str) -> Line<'static> {
 
 fn render_detail(app: &App, frame: &mut Frame, area: Rect) {
     let block = Block::bordered().title(" selected span ");
-    let text = match app.timeline.span {
-        Some(i) => detail_lines(app, &app.dash.timeline.spans[i]),
+    let text = match &app.span_row {
+        Some(Ok(row)) => detail_lines(row),
+        Some(Err(why)) => vec![Line::styled(
+            format!("its arguments cannot be read: {why}"),
+            Style::new().fg(Color::Red),
+        )],
         None => vec![Line::styled(
             "none: n or Enter selects the rank's next span, c its next collective",
             dim(),
@@ -202,8 +212,8 @@ fn render_detail(app: &App, frame: &mut Frame, area: Rect) {
     frame.render_widget(Paragraph::new(text).block(block), area);
 }
 
-fn detail_lines(app: &App, span: &TimedSpan) -> Vec<Line<'static>> {
-    let name = app.dash.timeline.name(span.name).to_string();
+fn detail_lines(span: &SpanRow) -> Vec<Line<'static>> {
+    let name = &span.op;
     let head = format!(
         "{name} ({}) on rank {}: starts {:+.6} s, lasts {}",
         span.category.name(),
@@ -262,7 +272,7 @@ mod tests {
         let mut app = App::new(dashboard());
         app.view = View::Timeline;
         app.timeline.row = 1;
-        app.timeline.span = Some(app.dash.tracks[1].spans.start + 2);
+        app.select(Some(app.dash.spans.tracks()[1].spans.start + 2));
         app.timeline.start_ns = 0;
         app.timeline.width_ns = 400_000;
         insta::assert_snapshot!(screen(&app, 100, 24));
