@@ -840,6 +840,7 @@ mod tests {
             },
             evidence: BTreeMap::from([("lateness_ns".to_string(), 60.0)]),
             suggestion: "look at rank 1".into(),
+            stretches: Vec::new(),
         };
         let layout = ExportLayout {
             hosts: BTreeMap::from([(NodeId(0), "host-a".into()), (NodeId(1), "host-b".into())]),

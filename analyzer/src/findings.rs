@@ -15,6 +15,7 @@ mod share;
 mod stages;
 
 use crate::analysis::AnalysisInput;
+use crate::phases::Stretch;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -82,7 +83,14 @@ pub struct Finding {
     pub evidence: BTreeMap<String, f64>,
     /// What to do about it.
     pub suggestion: String,
+    /// Where on the timeline it shows, in time order (at most `MAX_STRETCHES`, the costliest);
+    /// empty when it concerns the run as a whole.
+    #[serde(default)]
+    pub stretches: Vec<Stretch>,
 }
+
+/// The most stretches a finding names.
+pub const MAX_STRETCHES: usize = 256;
 
 /// One kind of finding: looks at the measured run and reports what it sees, if anything.
 pub trait Detector: std::fmt::Debug {

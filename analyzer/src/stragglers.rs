@@ -32,6 +32,9 @@ pub struct SeqLateness {
     pub lateness_ns: u64,
     /// The others' waiting it caused: (ranks − 1) × `lateness_ns`.
     pub cost_ns: u64,
+    /// When the last rank arrived (timeline ns); the others waited the `lateness_ns` before.
+    #[serde(default)]
+    pub last_arrival_ns: i64,
 }
 
 /// How one rank arrived at the collectives it took part in.
@@ -119,6 +122,7 @@ fn seq_lateness(
         last_rank: (lateness_ns > 0).then_some(last.0),
         lateness_ns,
         cost_ns: lateness_ns * (order.len() as u64 - 1),
+        last_arrival_ns: last_start,
     }
 }
 

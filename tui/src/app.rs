@@ -2,7 +2,7 @@
 //! selected, and how a key changes that. Drawing is `view`'s; this module never draws.
 
 use crate::state::Dashboard;
-use pinch_analyzer::SpanRow;
+use pinch_analyzer::{SpanRow, Stretch};
 use pinch_traces::{Category, Rank};
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
@@ -236,6 +236,7 @@ impl App {
             }
             KeyCode::Char('n') | KeyCode::Enter => self.select_next(|_| true),
             KeyCode::Char('c') => self.select_next(|c| c == Category::Communication),
+            KeyCode::Char('f') => self.next_stretch(),
             KeyCode::Esc => self.select(None),
             _ => {}
         }
@@ -304,8 +305,10 @@ impl App {
         }
     }
 
-    /// Shows the selected finding on the timeline: its first rank's row, and the first span of
-    /// the first op it names there (the rank's first span if it names none).
+    /// Shows the selected finding on the timeline: its first rank's row, and there its first
+    /// stretch (when it has any) with the first span of the first op it names from that time
+    /// on (the span running at the stretch's start if it names none, the rank's first span
+    /// without stretches).
     pub fn jump_to_finding(&mut self) {
         let Some(finding) = self.dash.findings.get(self.finding) else {
             return;
@@ -319,21 +322,70 @@ impl App {
                 tracks.iter().position(|t| t.rank == Rank(r))
             })
             .unwrap_or(0);
-        let op = finding.location.ops.first().cloned();
+        let first = finding.stretches.first().copied();
         self.view = View::Timeline;
         self.evidence = false;
         self.timeline.row = row;
-        let spans = &self.dash.spans;
-        let Some(track) = spans.tracks().get(row) else {
-            self.select(None);
+        match first {
+            Some(stretch) => self.show_stretch(stretch),
+            None => {
+                let hit = self.span_at(row, i64::MIN);
+                self.select(hit);
+                if let Some(i) = hit {
+                    self.bring_into_view(i);
+                }
+            }
+        }
+    }
+
+    /// Moves the view to the selected finding's next stretch after the view's middle (the
+    /// first one after the last).
+    fn next_stretch(&mut self) {
+        let Some(finding) = self.dash.findings.get(self.finding) else {
             return;
         };
-        let hit = spans
-            .spans_of(track, track.spans.clone())
-            .find(|s| op.as_deref().is_none_or(|op| spans.name(s.name) == op))
-            .map_or(track.spans.start, |s| s.index);
-        self.select(Some(hit));
-        self.bring_into_view(hit);
+        let middle_ns = self.timeline.start_ns + self.timeline.width_ns / 2;
+        let next = finding
+            .stretches
+            .iter()
+            .find(|s| s.start_ns > middle_ns)
+            .or(finding.stretches.first())
+            .copied();
+        if let Some(stretch) = next {
+            self.show_stretch(stretch);
+        }
+    }
+
+    /// Frames a stretch in the middle third of the view and selects the span there.
+    fn show_stretch(&mut self, stretch: Stretch) {
+        let duration_ns = i64::try_from(stretch.duration_ns).unwrap_or(i64::MAX / 4);
+        let cursor = &mut self.timeline;
+        cursor.width_ns = duration_ns.saturating_mul(3).max(MIN_WIDTH_NS);
+        cursor.start_ns = stretch.start_ns + duration_ns / 2 - cursor.width_ns / 2;
+        let hit = self.span_at(self.timeline.row, stretch.start_ns);
+        self.select(hit);
+    }
+
+    /// On row `row`: the first span from `at_ns` on of the selected finding's first op, or
+    /// without one, the span running at `at_ns` (else the next one).
+    fn span_at(&self, row: usize, at_ns: i64) -> Option<usize> {
+        let spans = &self.dash.spans;
+        let track = spans.tracks().get(row)?;
+        let op = self
+            .dash
+            .findings
+            .get(self.finding)
+            .and_then(|f| f.location.ops.first());
+        let longest_ns = i64::try_from(track.longest_ns).unwrap_or(i64::MAX);
+        let from = spans.first_starting_at(track, at_ns.saturating_sub(longest_ns));
+        let mut after = spans.spans_of(track, from..track.spans.end);
+        let found = match op {
+            Some(op) => after.find(|s| s.start_ns >= at_ns && spans.name(s.name) == op.as_str()),
+            None => after.find(|s| s.end_ns() > at_ns),
+        };
+        found
+            .map(|s| s.index)
+            .or_else(|| (!track.spans.is_empty()).then_some(track.spans.start))
     }
 }
 
@@ -422,5 +474,33 @@ mod tests {
             .unwrap();
         assert_eq!(span.rank.0, finding.location.ranks[0]);
         assert_eq!(app.dash.spans.name(span.name), finding.location.ops[0]);
+    }
+
+    #[test]
+    fn a_finding_with_stretches_jumps_to_the_first_and_f_walks_them() {
+        let mut app = App::new(dashboard());
+        press(&mut app, KeyCode::Char('3'));
+        press(&mut app, KeyCode::Char('t'));
+        let stretches = app.dash.findings[0].stretches.clone();
+        let middle = |app: &App| app.timeline.start_ns + app.timeline.width_ns / 2;
+        // The first stretch fills the middle third of the view.
+        assert_eq!(app.timeline.width_ns, 6_000);
+        assert_eq!(middle(&app), stretches[0].start_ns + 1_000);
+        // Rank 3's row, and its first span that ends after the others began to wait: the
+        // all-reduce it arrived late at.
+        assert_eq!(app.selected_rank(), Some(Rank(3)));
+        let span = app.dash.spans.span(app.timeline.span.unwrap()).unwrap();
+        assert_eq!(app.dash.spans.name(span.name), "all_reduce");
+        assert_eq!(span.start_ns, stretches[0].start_ns + 2_000);
+        press(&mut app, KeyCode::Char('f'));
+        assert_eq!(middle(&app), stretches[1].start_ns + 1_000);
+        for _ in 1..stretches.len() {
+            press(&mut app, KeyCode::Char('f'));
+        }
+        assert_eq!(
+            middle(&app),
+            stretches[0].start_ns + 1_000,
+            "after the last, the first"
+        );
     }
 }

@@ -8,7 +8,7 @@ use crate::state::{Comm, Dashboard, Details, NodeRow, OpRow, PairCell, RankRow, 
 use crate::view;
 use pinch_analyzer::{
     Ceilings, Finding, FindingKind, Level, Location, NameId, RooflineClass, Series, SpanColumns,
-    TimedSpan, Timeline,
+    Stretch, TimedSpan, Timeline,
 };
 use pinch_traces::{Category, CollectiveAttrs, CollectiveKind, Lane, NodeId, Rank, SpanAttrs};
 use ratatui::Terminal;
@@ -101,6 +101,7 @@ fn finding(
         location,
         evidence: BTreeMap::from([("lateness_ns".into(), 12_000.0), ("share_pct".into(), 18.5)]),
         suggestion: "look at rank 3's attention: it runs 12 µs longer than its peers'".into(),
+        stretches: Vec::new(),
     }
 }
 
@@ -110,14 +111,22 @@ fn findings() -> Vec<Finding> {
         ops: ops.iter().map(|o| o.to_string()).collect(),
         ..Location::default()
     };
+    let mut straggler = finding(
+        FindingKind::Straggler,
+        Level::Critical,
+        0.185,
+        "rank 3 arrives last at 100% of all-reduces, 12 µs late on median",
+        ranks(&[3], &[]),
+    );
+    // The others wait from rank 2's arrival at each all-reduce to rank 3's, 2 µs later.
+    straggler.stretches = (0..10)
+        .map(|step| Stretch {
+            start_ns: step * 100_000 + 74_000,
+            duration_ns: 2_000,
+        })
+        .collect();
     vec![
-        finding(
-            FindingKind::Straggler,
-            Level::Critical,
-            0.185,
-            "rank 3 arrives last at 100% of all-reduces, 12 µs late on median",
-            ranks(&[3], &[]),
-        ),
+        straggler,
         finding(
             FindingKind::LoadImbalance,
             Level::Warning,

@@ -61,6 +61,7 @@ impl Detector for GpuIdle {
                 overhead (CUDA graphs, fused or larger kernels), host synchronizations \
                 (.item(), .cpu(), cudaStreamSynchronize) and data loading on the critical path"
                 .to_string(),
+            stretches: Vec::new(),
         }]
     }
 }

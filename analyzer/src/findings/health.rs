@@ -53,6 +53,7 @@ impl Detector for IncompleteRun {
                 read each cause in run.incomplete (a failed rank's exit code and message are in \
                 ranks[].exit), fix it and rerun for a complete profile"
                 .to_string(),
+            stretches: Vec::new(),
         }])
     }
 }
@@ -137,6 +138,7 @@ impl Detector for DroppedSpans {
             suggestion: "the recorder's queue filled up: enlarge it, let the agent drain it more \
                 often, or record coarser spans"
                 .to_string(),
+            stretches: Vec::new(),
         }])
     }
 }

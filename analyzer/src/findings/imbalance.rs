@@ -151,6 +151,7 @@ fn expert_finding(input: &AnalysisInput<'_>, experts: &ExpertImbalance, ratio: f
                      copies of the hot experts on more ranks (redundant experts, as DeepSeek's \
                      EPLB does)"
             .to_string(),
+        stretches: Vec::new(),
     }
 }
 
@@ -264,6 +265,7 @@ fn queueing_finding(
                      this replica more capacity (KV-cache blocks, batch size); check whether its \
                      node is slower than the others"
             .to_string(),
+        stretches: Vec::new(),
     }
 }
 

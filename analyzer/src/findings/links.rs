@@ -315,6 +315,7 @@ fn slow_finding(input: &AnalysisInput<'_>, slow: &Slow<'_>) -> Option<Finding> {
              switch port, or traffic shaping (compare with `pinch calibrate`'s link figures); \
              until it is fixed, place ranks so that the ones exchanging most do not cross it"
         ),
+        stretches: Vec::new(),
     })
 }
 

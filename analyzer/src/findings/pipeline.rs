@@ -171,6 +171,7 @@ fn bubble_finding(
                      micro-batches (--micro-batches), and balance the layers over the stages so no \
                      stage waits on a slower neighbour"
             .to_string(),
+        stretches: Vec::new(),
     }
 }
 

@@ -2,11 +2,13 @@
 //! collectives (from who arrived last at each one), and compute spread unevenly across ranks.
 
 use super::{
-    Detector, Finding, FindingKind, Level, Location, fmt_ns, host_load, mean, nodes_of, severity,
+    Detector, Finding, FindingKind, Level, Location, MAX_STRETCHES, fmt_ns, host_load, mean,
+    nodes_of, severity,
 };
 use crate::analysis::{AnalysisInput, RankReport};
+use crate::phases::Stretch;
 use crate::stats::median;
-use crate::stragglers::{RankLateness, lateness_by_seq};
+use crate::stragglers::{RankLateness, SeqLateness, lateness_by_seq};
 use pinch_traces::{Category, NodeId, Rank};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -61,6 +63,8 @@ pub(super) struct Straggling<'a> {
     /// (the run's jitter); `None` where there were none.
     pub median_ns: Option<u64>,
     pub others_median_ns: Option<u64>,
+    /// Where the others waited for it: the costliest of its last arrivals, in time order.
+    pub stretches: Vec<Stretch>,
 }
 
 impl Detector for Straggler {
@@ -114,6 +118,7 @@ fn late_often<'a>(input: &'a AnalysisInput<'_>) -> Vec<Straggling<'a>> {
                 share,
                 median_ns: None,
                 others_median_ns: None,
+                stretches: Vec::new(),
             })
         })
         .collect();
@@ -132,9 +137,13 @@ fn with_median_lateness<'a>(
     let seqs = lateness_by_seq(input.timeline);
     for s in late.iter_mut() {
         let (mut own, mut others) = (Vec::new(), Vec::new());
+        let mut waits = Vec::new();
         for seq in &seqs {
             match seq.last_rank {
-                Some(last) if last == s.lateness.rank => own.push(seq.lateness_ns),
+                Some(last) if last == s.lateness.rank => {
+                    own.push(seq.lateness_ns);
+                    waits.push(seq);
+                }
                 Some(_) => others.push(seq.lateness_ns),
                 None => {}
             }
@@ -149,8 +158,28 @@ fn with_median_lateness<'a>(
             None
         };
         (s.median_ns, s.others_median_ns) = (median(own), others_median);
+        s.stretches = costliest_waits(waits);
     }
     late
+}
+
+/// The others' waits for a rank at the collectives it was last at: the costliest
+/// `MAX_STRETCHES`, in time order.
+fn costliest_waits(mut waits: Vec<&SeqLateness>) -> Vec<Stretch> {
+    waits.sort_by_key(|w| std::cmp::Reverse(w.cost_ns));
+    let mut stretches: Vec<Stretch> = waits
+        .iter()
+        .take(MAX_STRETCHES)
+        .map(|w| {
+            let lateness = i64::try_from(w.lateness_ns).unwrap_or(i64::MAX);
+            Stretch {
+                start_ns: w.last_arrival_ns.saturating_sub(lateness),
+                duration_ns: w.lateness_ns,
+            }
+        })
+        .collect();
+    stretches.sort_by_key(|s| s.start_ns);
+    stretches
 }
 
 /// Whether the rank's lateness stands out from the run's jitter (see `STRAGGLER_JITTER_FACTOR`);
@@ -258,6 +287,7 @@ fn straggler_finding(input: &AnalysisInput<'_>, s: &Straggling<'_>) -> Finding {
              processes); then even out its work or move it",
             l.rank
         ),
+        stretches: s.stretches.clone(),
     }
 }
 
@@ -345,6 +375,7 @@ fn contention_finding(input: &AnalysisInput<'_>, s: &Straggling<'_>) -> Finding 
             (other processes, or more ranks than cores, make ranks late by turns); the waiting \
             at collectives then shows what the workload itself costs"
             .to_string(),
+        stretches: Vec::new(),
     }
 }
 
@@ -424,6 +455,7 @@ fn imbalance_finding(
         suggestion: "even out the work: check how heads, hidden dimensions and requests are split \
             across ranks, and whether this rank's node is slower or busier than the others"
             .to_string(),
+        stretches: Vec::new(),
     }
 }
 
@@ -473,6 +505,14 @@ mod tests {
         // The others' wall time is 9 steps of 10 µs plus the last step's 7.5 µs, each.
         assert!((f[0].severity - 60_000.0 / (3.0 * 97_500.0)).abs() < 1e-9);
         assert_eq!(f[0].level, Level::Warning);
+        // On the timeline: the 2 µs before rank 2 reached each step's all-reduce.
+        let waits: Vec<(i64, u64)> = f[0]
+            .stretches
+            .iter()
+            .map(|s| (s.start_ns, s.duration_ns))
+            .collect();
+        let expected: Vec<(i64, u64)> = (0..10).map(|k| (k * 10_000 + 5_000, 2_000)).collect();
+        assert_eq!(waits, expected);
     }
 
     #[test]

@@ -72,6 +72,7 @@ impl Detector for MemoryBandwidthBound {
                          tokens per step so each weight read serves more of them (more flops per \
                          byte), and fuse ops that read the same activations again"
                 .to_string(),
+            stretches: Vec::new(),
         }]
     }
 }

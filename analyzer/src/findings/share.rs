@@ -6,10 +6,12 @@ use super::host_load;
 use super::pipeline::waiting_in_bubbles;
 use super::ranks::waiting_for_stragglers;
 use super::{
-    Detector, Finding, FindingKind, Level, Location, mean, nodes_of, ranks_phrase, severity,
+    Detector, Finding, FindingKind, Level, Location, MAX_STRETCHES, mean, nodes_of, ranks_phrase,
+    severity,
 };
 use crate::analysis::AnalysisInput;
 use crate::breakdown::BreakdownNs;
+use crate::phases::Stretch;
 use crate::roofline::RooflineClass;
 use pinch_traces::Category;
 use std::collections::BTreeMap;
@@ -193,8 +195,34 @@ impl Detector for ShareDetector {
             },
             evidence,
             suggestion,
+            stretches: if self.kind == FindingKind::Idle {
+                idle_gaps(input.timeline, &ranks)
+            } else {
+                Vec::new()
+            },
         }])
     }
+}
+
+/// The ranks' longest gaps with no span running (at most `MAX_STRETCHES`), in time order.
+fn idle_gaps(timeline: &crate::timeline::Timeline, ranks: &[u32]) -> Vec<Stretch> {
+    let mut gaps: Vec<Stretch> = Vec::new();
+    for &rank in ranks {
+        let mut busy_until: Option<i64> = None;
+        for span in timeline.spans_of(pinch_traces::Rank(rank)) {
+            if let Some(end) = busy_until.filter(|&end| span.start_ns > end) {
+                gaps.push(Stretch {
+                    start_ns: end,
+                    duration_ns: span.start_ns.abs_diff(end),
+                });
+            }
+            busy_until = Some(busy_until.map_or(span.end_ns(), |e| e.max(span.end_ns())));
+        }
+    }
+    gaps.sort_by_key(|g| std::cmp::Reverse(g.duration_ns));
+    gaps.truncate(MAX_STRETCHES);
+    gaps.sort_by_key(|g| g.start_ns);
+    gaps
 }
 
 /// What to do when the ranks' waiting comes from a saturated host.
@@ -558,5 +586,14 @@ mod tests {
         }
         assert!(detect(&ShareDetector::compute(), &t).is_empty());
         assert!(detect(&ShareDetector::communication(), &t).is_empty());
+        // Only idle time is placed on the timeline: the gap from 70 to 100 ns.
+        let idle = detect(&ShareDetector::idle(), &t);
+        let gaps: Vec<(i64, u64)> = idle[0]
+            .stretches
+            .iter()
+            .map(|s| (s.start_ns, s.duration_ns))
+            .collect();
+        assert_eq!(gaps, [(70, 30)]);
+        assert!(detect(&ShareDetector::host(), &t)[0].stretches.is_empty());
     }
 }

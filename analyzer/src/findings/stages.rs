@@ -143,6 +143,7 @@ fn stage_finding(
         },
         evidence: evidence(stage, &n, input.imbalance.stages.len(), slowest),
         suggestion: suggestion(stage, &n, waits_on),
+        stretches: Vec::new(),
     }
 }
 

@@ -1,7 +1,7 @@
 //! View 3: the findings, most severe first; Enter opens the selected one's evidence (what it
 //! measured, where, what to do), and again shows it on the timeline.
 
-use super::dim;
+use super::{dim, duration};
 use crate::app::App;
 use pinch_analyzer::{Finding, Level};
 use ratatui::Frame;
@@ -73,6 +73,7 @@ fn render_evidence(finding: &Finding, frame: &mut Frame, area: Rect) {
     if !loc.ops.is_empty() {
         lines.push(Line::raw(format!("ops: {}", loc.ops.join(", "))));
     }
+    lines.push(Line::raw(when_text(finding)));
     let evidence: Vec<String> = finding
         .evidence
         .iter()
@@ -89,6 +90,24 @@ fn render_evidence(finding: &Finding, frame: &mut Frame, area: Rect) {
         Paragraph::new(lines).block(block).wrap(Wrap { trim: true }),
         area,
     );
+}
+
+/// Where in time the finding shows: its stretches' count, extent and total.
+fn when_text(finding: &Finding) -> String {
+    let stretches = &finding.stretches;
+    let (Some(first), Some(last)) = (stretches.first(), stretches.last()) else {
+        return "when: the whole run".to_string();
+    };
+    let total_ns: u64 = stretches.iter().map(|s| s.duration_ns).sum();
+    let at = |ns: i64| format!("{:+.6} s", ns as f64 / 1e9);
+    format!(
+        "when: {} stretch{} from {} to {}, {} in all (f on the timeline walks them)",
+        stretches.len(),
+        if stretches.len() == 1 { "" } else { "es" },
+        at(first.start_ns),
+        at(last.start_ns),
+        duration(total_ns)
+    )
 }
 
 fn where_text(finding: &Finding) -> String {

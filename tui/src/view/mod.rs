@@ -96,7 +96,7 @@ fn render_tabs(app: &App, frame: &mut Frame, area: Rect) {
 /// The keys the current view takes, after the ones every view takes.
 fn keys_line(view: View) -> String {
     let own = match view {
-        View::Timeline => "←→ pan  +- zoom  0 whole run  ↑↓ rank  n next span  c next collective",
+        View::Timeline => "←→ pan  +- zoom  0 all  ↑↓ rank  n span  c collective  f finding",
         View::Findings => "↑↓ select  Enter evidence, again: timeline  t timeline",
         View::Ops => "s sort column  r reverse",
         View::Comm => "b bytes / bandwidth",
@@ -115,7 +115,8 @@ fn render_help(frame: &mut Frame, area: Rect) {
         "q, Ctrl-C            quit",
         "",
         "Timeline   ← → or h l pan, + - zoom, 0 the whole run, ↑ ↓ or j k choose a rank,",
-        "           n or Enter the rank's next span, c its next collective, Esc unselect",
+        "           n or Enter the rank's next span, c its next collective, Esc none",
+        "           f the selected finding's next stretch of time",
         "Findings   ↑ ↓ choose, Enter shows the evidence, Enter again (or t) shows it",
         "           on the timeline",
         "Ops        s sorts by the next column, r reverses",

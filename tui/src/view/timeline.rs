@@ -1,6 +1,6 @@
 //! View 2: a row per rank, its spans coloured by category on the visible stretch of time (inner
 //! spans drawn over the spans that hold them), a time axis, the selected span's arguments, and
-//! the ranks the selected finding names marked.
+//! the ranks and stretches of time the selected finding names marked.
 
 use super::{bytes, category_color, dim, duration};
 use crate::app::App;
@@ -19,7 +19,8 @@ const LABEL_WIDTH: u16 = 10;
 const DETAIL_LINES: u16 = 4;
 
 pub fn render(app: &App, frame: &mut Frame, area: Rect) {
-    let [axis, rows, legend, detail] = Layout::vertical([
+    let [axis, marks, rows, legend, detail] = Layout::vertical([
+        Constraint::Length(1),
         Constraint::Length(1),
         Constraint::Min(1),
         Constraint::Length(1),
@@ -27,6 +28,7 @@ pub fn render(app: &App, frame: &mut Frame, area: Rect) {
     ])
     .areas(area);
     render_axis(app, frame.buffer_mut(), axis);
+    render_marks(app, frame.buffer_mut(), marks);
     render_rows(app, frame.buffer_mut(), rows);
     let width = duration(app.timeline.width_ns.max(0) as u64);
     frame.render_widget(Paragraph::new(legend_line(&width)), legend);
@@ -47,6 +49,50 @@ fn render_axis(app: &App, buf: &mut Buffer, area: Rect) {
     buf.set_string(mid_x, area.y, &middle, style);
     let right_x = (lanes.x + lanes.width).saturating_sub(right.len() as u16);
     buf.set_string(right_x, area.y, &right, style);
+}
+
+/// The selected finding's stretches on the visible time: a cell is marked when a stretch
+/// overlaps it, so a stretch narrower than a cell still shows.
+fn render_marks(app: &App, buf: &mut Buffer, area: Rect) {
+    let Some(finding) = app.dash.findings.get(app.finding) else {
+        return;
+    };
+    let style = Style::new().fg(Color::Red);
+    buf.set_string(
+        area.x,
+        area.y,
+        format!("finding {}", app.finding + 1),
+        style,
+    );
+    let lanes = lanes_area(area);
+    let cursor = &app.timeline;
+    if finding.stretches.is_empty() {
+        let text = "concerns the whole run (no stretch of time to mark)";
+        buf.set_string(lanes.x, area.y, text, dim());
+        return;
+    }
+    let width = usize::from(lanes.width);
+    if width == 0 || cursor.width_ns <= 0 {
+        return;
+    }
+    let view_end_ns = cursor.start_ns.saturating_add(cursor.width_ns);
+    let cells_per_ns = width as f64 / cursor.width_ns as f64;
+    let cell_of = |ns: i64| {
+        let x = (ns.saturating_sub(cursor.start_ns)) as f64 * cells_per_ns;
+        x.clamp(0.0, (width - 1) as f64) as usize
+    };
+    for stretch in &finding.stretches {
+        let duration_ns = i64::try_from(stretch.duration_ns).unwrap_or(i64::MAX);
+        let end_ns = stretch.start_ns.saturating_add(duration_ns.max(1));
+        if end_ns <= cursor.start_ns || stretch.start_ns >= view_end_ns {
+            continue;
+        }
+        for x in cell_of(stretch.start_ns)..=cell_of(end_ns - 1) {
+            buf[(lanes.x + x as u16, area.y)]
+                .set_symbol("▀")
+                .set_style(style);
+        }
+    }
 }
 
 fn lanes_area(area: Rect) -> Rect {
@@ -189,7 +235,7 @@ fn legend_line(width: &str) -> Line<'static> {
         spans.push(Span::raw(format!(" {name}  ")));
     }
     spans.push(Span::styled(
-        "! named by the finding",
+        "! ▀ the finding's ranks, times",
         Style::new().fg(Color::Red),
     ));
     spans.push(Span::styled(format!("  view {width} wide"), dim()));
