@@ -100,6 +100,21 @@ pub enum CommMetric {
     Bandwidth,
 }
 
+/// A list's selection after an arrow, page or Home/End key, within `count` rows.
+fn moved(at: usize, code: KeyCode, count: usize) -> usize {
+    const PAGE: usize = 10;
+    let last = count.saturating_sub(1);
+    match code {
+        KeyCode::Up | KeyCode::Char('k') => at.saturating_sub(1),
+        KeyCode::Down | KeyCode::Char('j') => (at + 1).min(last),
+        KeyCode::PageUp => at.saturating_sub(PAGE),
+        KeyCode::PageDown => (at + PAGE).min(last),
+        KeyCode::Home => 0,
+        KeyCode::End => last,
+        _ => at,
+    }
+}
+
 /// The dashboard and how the user is looking at it.
 #[derive(Debug)]
 pub struct App {
@@ -114,6 +129,11 @@ pub struct App {
     /// The selected span whole, read when it was selected (never while drawing), or why it
     /// could not be read.
     pub span_row: Option<Result<SpanRow, String>>,
+    /// The overview's selected rank (an index into the dashboard's ranks); its node is kept
+    /// in view.
+    pub overview_rank: usize,
+    /// The ops table's selected row, in the order shown.
+    pub ops_row: usize,
     pub ops_sort: OpColumn,
     pub ops_descending: bool,
     pub comm_metric: CommMetric,
@@ -137,6 +157,8 @@ impl App {
             finding: 0,
             evidence: false,
             span_row: None,
+            overview_rank: 0,
+            ops_row: 0,
             ops_sort: OpColumn::Share,
             ops_descending: true,
             comm_metric: CommMetric::Bytes,
@@ -153,6 +175,10 @@ impl App {
             self.timeline.width_ns = self.dash.spans.end_ns().max(MIN_WIDTH_NS);
         }
         self.finding = self.finding.min(self.dash.findings.len().saturating_sub(1));
+        self.overview_rank = self
+            .overview_rank
+            .min(self.dash.ranks.len().saturating_sub(1));
+        self.ops_row = self.ops_row.min(self.dash.ops.len().saturating_sub(1));
         let kept = self.timeline.span.filter(|&i| i < self.dash.spans.len());
         self.select(kept);
     }
@@ -189,10 +215,14 @@ impl App {
         match self.view {
             View::Timeline => self.timeline_key(code),
             View::Findings => self.findings_key(code),
+            View::Overview => match code {
+                KeyCode::Enter => self.show_rank_on_timeline(),
+                _ => self.overview_rank = moved(self.overview_rank, code, self.dash.ranks.len()),
+            },
             View::Ops => match code {
                 KeyCode::Char('s') => self.ops_sort = self.ops_sort.next(),
                 KeyCode::Char('r') => self.ops_descending = !self.ops_descending,
-                _ => {}
+                _ => self.ops_row = moved(self.ops_row, code, self.dash.ops.len()),
             },
             View::Comm => {
                 if code == KeyCode::Char('b') {
@@ -202,7 +232,7 @@ impl App {
                     };
                 }
             }
-            View::Overview | View::Serving => {}
+            View::Serving => {}
         }
     }
 
@@ -302,6 +332,22 @@ impl App {
         let end_ns = span.end_ns();
         if span.start_ns < cursor.start_ns || end_ns > cursor.start_ns + cursor.width_ns {
             cursor.start_ns = span.start_ns - cursor.width_ns / 4;
+        }
+    }
+
+    /// The overview's selected rank, on its row of the timeline.
+    fn show_rank_on_timeline(&mut self) {
+        let Some(rank) = self
+            .dash
+            .ranks
+            .get(self.overview_rank)
+            .map(|r| Rank(r.rank))
+        else {
+            return;
+        };
+        if let Some(row) = self.dash.spans.tracks().iter().position(|t| t.rank == rank) {
+            self.timeline.row = row;
+            self.view = View::Timeline;
         }
     }
 
@@ -474,6 +520,26 @@ mod tests {
             .unwrap();
         assert_eq!(span.rank.0, finding.location.ranks[0]);
         assert_eq!(app.dash.spans.name(span.name), finding.location.ops[0]);
+    }
+
+    #[test]
+    fn arrows_move_the_overview_and_ops_selections_within_their_lists() {
+        let mut app = App::new(dashboard());
+        for _ in 0..9 {
+            press(&mut app, KeyCode::Down);
+        }
+        assert_eq!(app.overview_rank, 3, "four ranks");
+        press(&mut app, KeyCode::Up);
+        press(&mut app, KeyCode::Enter);
+        assert_eq!(
+            (app.view, app.selected_rank()),
+            (View::Timeline, Some(Rank(2)))
+        );
+        press(&mut app, KeyCode::Char('4'));
+        press(&mut app, KeyCode::End);
+        assert_eq!(app.ops_row, 3);
+        press(&mut app, KeyCode::PageUp);
+        assert_eq!(app.ops_row, 0);
     }
 
     #[test]

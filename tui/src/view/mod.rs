@@ -98,9 +98,10 @@ fn keys_line(view: View) -> String {
     let own = match view {
         View::Timeline => "←→ pan  +- zoom  0 all  ↑↓ rank  n span  c collective  f finding",
         View::Findings => "↑↓ select  Enter evidence, again: timeline  t timeline",
-        View::Ops => "s sort column  r reverse",
+        View::Ops => "↑↓ PgUp PgDn select  s sort column  r reverse",
         View::Comm => "b bytes / bandwidth",
-        View::Overview | View::Serving => "",
+        View::Overview => "↑↓ PgUp PgDn rank  Enter its timeline",
+        View::Serving => "",
     };
     format!("1-6/Tab views  ? help  q quit  {own}")
 }
@@ -119,7 +120,10 @@ fn render_help(frame: &mut Frame, area: Rect) {
         "           f the selected finding's next stretch of time",
         "Findings   ↑ ↓ choose, Enter shows the evidence, Enter again (or t) shows it",
         "           on the timeline",
-        "Ops        s sorts by the next column, r reverses",
+        "Overview   ↑ ↓ PgUp PgDn Home End choose a rank (its node shows), Enter: its",
+        "           row on the timeline",
+        "Ops        ↑ ↓ PgUp PgDn Home End choose an op, s sorts by the next column,",
+        "           r reverses",
         "Comm       b colours the matrix by bytes or by achieved bandwidth",
     ];
     let width =

@@ -8,10 +8,12 @@ use crate::state::OpRow;
 use pinch_analyzer::{Ceilings, RooflineClass};
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
-use ratatui::style::{Color, Style};
+use ratatui::style::{Color, Modifier, Style};
 use ratatui::symbols::Marker;
 use ratatui::text::Line;
-use ratatui::widgets::{Axis, Block, Cell, Chart, Dataset, GraphType, Paragraph, Row, Table};
+use ratatui::widgets::{
+    Axis, Block, Cell, Chart, Dataset, GraphType, Paragraph, Row, Table, TableState,
+};
 use std::cmp::Ordering;
 
 pub fn render(app: &App, frame: &mut Frame, area: Rect) {
@@ -97,10 +99,13 @@ fn render_table(app: &App, rows: &[&OpRow], frame: &mut Frame, area: Rect) {
         Constraint::Length(7),
         Constraint::Length(7),
     ];
+    let title = format!(" ops, all ranks ({} of {}) ", app.ops_row + 1, rows.len());
     let table = Table::new(body, widths)
         .header(header)
-        .block(Block::bordered().title(" ops, all ranks "));
-    frame.render_widget(table, area);
+        .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED))
+        .block(Block::bordered().title(title));
+    let mut state = TableState::default().with_selected(Some(app.ops_row));
+    frame.render_stateful_widget(table, area, &mut state);
 }
 
 /// The roofs and the ops under them, log10 on both axes.

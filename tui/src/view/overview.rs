@@ -6,9 +6,9 @@ use crate::app::App;
 use crate::state::{NodeRow, RankRow};
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
-use ratatui::style::{Color, Style};
+use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::Line;
-use ratatui::widgets::{Block, Cell, Gauge, Paragraph, Row, Sparkline, Table};
+use ratatui::widgets::{Block, Cell, Gauge, Paragraph, Row, Sparkline, Table, TableState};
 
 /// Lines per node: name, CPU gauge and sparkline, GPU gauge, NIC gauge and sparkline.
 const NODE_LINES: u16 = 4;
@@ -18,16 +18,40 @@ pub fn render(app: &App, frame: &mut Frame, area: Rect) {
     let node_height = (dash.nodes.len() as u16 * NODE_LINES + 2).min(area.height / 2);
     let [nodes, ranks] =
         Layout::vertical([Constraint::Length(node_height), Constraint::Min(0)]).areas(area);
-    let block =
-        Block::bordered().title(" nodes (lines: the last minute, or all of a shorter run) ");
+    let inner_height = node_height.saturating_sub(2);
+    let fits = usize::from(inner_height / NODE_LINES).max(1);
+    let first = first_node(app, fits);
+    let shown = fits.min(dash.nodes.len().saturating_sub(first));
+    let title = if shown < dash.nodes.len() {
+        format!(
+            " nodes {}-{} of {} (lines: the last minute, or all of a shorter run) ",
+            dash.nodes[first].node,
+            dash.nodes[first + shown - 1].node,
+            dash.nodes.len()
+        )
+    } else {
+        " nodes (lines: the last minute, or all of a shorter run) ".to_string()
+    };
+    let block = Block::bordered().title(title);
     let inner = block.inner(nodes);
     frame.render_widget(block, nodes);
-    let rows =
-        Layout::vertical(vec![Constraint::Length(NODE_LINES); dash.nodes.len()]).split(inner);
-    for (node, &row) in dash.nodes.iter().zip(rows.iter()) {
+    let rows = Layout::vertical(vec![Constraint::Length(NODE_LINES); shown]).split(inner);
+    for (node, &row) in dash.nodes.iter().skip(first).zip(rows.iter()) {
         render_node(node, frame, row);
     }
-    render_ranks(&dash.ranks, frame, ranks);
+    render_ranks(app, frame, ranks);
+}
+
+/// The first node shown: the selected rank's node stays in view, `fits` nodes at a time.
+fn first_node(app: &App, fits: usize) -> usize {
+    let dash = &app.dash;
+    let node = dash.ranks.get(app.overview_rank).map(|r| r.node);
+    let at = dash
+        .nodes
+        .iter()
+        .position(|n| Some(n.node) == node)
+        .unwrap_or(0);
+    (at + 1).saturating_sub(fits)
 }
 
 fn render_node(node: &NodeRow, frame: &mut Frame, area: Rect) {
@@ -111,7 +135,8 @@ fn gauge_color(ratio: f64) -> Color {
     }
 }
 
-fn render_ranks(ranks: &[RankRow], frame: &mut Frame, area: Rect) {
+fn render_ranks(app: &App, frame: &mut Frame, area: Rect) {
+    let ranks: &[RankRow] = &app.dash.ranks;
     let header = Row::new([
         "rank", "node", "compute", "comm", "memory", "host", "wait", "idle", "dropped",
     ])
@@ -142,10 +167,21 @@ fn render_ranks(ranks: &[RankRow], frame: &mut Frame, area: Rect) {
         Constraint::Length(7),
         Constraint::Length(8),
     ];
+    let title = if ranks.len() > usize::from(area.height.saturating_sub(3)) {
+        format!(
+            " ranks: share of wall time ({} of {}; Enter: its timeline) ",
+            app.overview_rank + 1,
+            ranks.len()
+        )
+    } else {
+        " ranks: share of wall time (Enter: its timeline) ".to_string()
+    };
     let table = Table::new(rows, widths)
         .header(header)
-        .block(Block::bordered().title(" ranks: share of wall time "));
-    frame.render_widget(table, area);
+        .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED))
+        .block(Block::bordered().title(title));
+    let mut state = TableState::default().with_selected(Some(app.overview_rank));
+    frame.render_stateful_widget(table, area, &mut state);
 }
 
 #[cfg(test)]
@@ -156,5 +192,37 @@ mod tests {
     #[test]
     fn overview() {
         insta::assert_snapshot!(screen(&App::new(dashboard()), 100, 30));
+    }
+
+    #[test]
+    fn a_rank_past_the_screen_brings_itself_and_its_node_into_view() {
+        let mut dash = dashboard();
+        let (node, rank) = (dash.nodes[0].clone(), dash.ranks[0].clone());
+        dash.nodes = (0..8)
+            .map(|n| crate::state::NodeRow {
+                node: n,
+                host: format!("host-{n}"),
+                ..node.clone()
+            })
+            .collect();
+        dash.ranks = (0..64)
+            .map(|r| crate::state::RankRow {
+                rank: r,
+                node: r / 8,
+                ..rank.clone()
+            })
+            .collect();
+        let mut app = App::new(dash);
+        app.overview_rank = 45;
+        let text = screen(&app, 100, 30);
+        assert!(text.contains("nodes 4-5 of 8"), "{text}");
+        assert!(text.contains("node 5 (host-5)"), "{text}");
+        assert!(!text.contains("node 0 (host-0)"), "{text}");
+        assert!(text.contains("46 of 64"), "{text}");
+        let row = text
+            .lines()
+            .find(|l| l.starts_with("│45 "))
+            .unwrap_or_default();
+        assert!(row.contains("5"), "rank 45's row shows:\n{text}");
     }
 }
