@@ -1,6 +1,6 @@
-//! The terminal session: takes the screen (raw mode, alternate screen), runs the loop of draw,
-//! wait for a key or a resize or the source's news, and gives the screen back on every way
-//! out, a panic included.
+//! The terminal session: takes the screen (raw mode, alternate screen), runs the loop of wait
+//! for a key or a resize or the source's news and draw what changed, and gives the screen back
+//! on every way out, a panic included.
 //!
 //! The loop never blocks on I/O while drawing: keys are polled with a timeout and the source
 //! is asked without waiting (`Source::poll`), so a slow producer only makes news late.
@@ -31,16 +31,25 @@ fn event_loop(
     mut app: App,
     source: &mut dyn Source,
 ) -> io::Result<App> {
+    // Drawing only after something changed keeps an idle dashboard off the cores a live run
+    // saturates: a frame costs milliseconds, the wake-up to look for news microseconds.
+    let mut changed = true;
     loop {
-        terminal.draw(|frame| view::render(&app, frame))?;
+        if changed {
+            terminal.draw(|frame| view::render(&app, frame))?;
+            changed = false;
+        }
         if app.quit {
             return Ok(app);
         }
         if event::poll(TICK)? {
             match event::read()? {
-                Event::Key(key) if key.kind == KeyEventKind::Press => app.key(key),
+                Event::Key(key) if key.kind == KeyEventKind::Press => {
+                    app.key(key);
+                    changed = true;
+                }
                 // The next draw takes the new size.
-                Event::Resize(..) => {}
+                Event::Resize(..) => changed = true,
                 _ => {}
             }
         }
@@ -52,6 +61,7 @@ fn event_loop(
                     app.dash.live = false;
                 }
             }
+            changed = true;
         }
     }
 }
