@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use comfy_table::{Cell, CellAlignment, Table, presets::UTF8_FULL_CONDENSED};
+use pinch_analyzer::findings::MAX_STRETCHES;
 use pinch_analyzer::{
     ClockMethod, Finding, LatencyStats, RankReport, Report, ServingReport, StragglerReport,
 };
@@ -515,7 +516,7 @@ fn finding_text(n: usize, f: &Finding) -> String {
         .map(|(k, v)| format!("{k}={}", fmt_number(*v)))
         .collect();
     format!(
-        "  {n}. [{}] {}\n     where: {}\n     evidence: {}\n     suggestion: {}",
+        "  {n}. [{}] {}\n     where: {}{}\n     evidence: {}\n     suggestion: {}",
         level.unwrap_or_default(),
         f.summary,
         if where_.is_empty() {
@@ -523,8 +524,31 @@ fn finding_text(n: usize, f: &Finding) -> String {
         } else {
             where_.join("; ")
         },
+        when_line(f),
         evidence.join(", "),
         f.suggestion,
+    )
+}
+
+/// Where in time a finding shows, as a line of its own; empty for one about the whole run.
+fn when_line(f: &Finding) -> String {
+    let (Some(first), Some(last)) = (f.stretches.first(), f.stretches.last()) else {
+        return String::new();
+    };
+    let total_ns: u64 = f.stretches.iter().map(|s| s.duration_ns).sum();
+    let count = f.stretches.len();
+    format!(
+        "\n     when: {count} stretch{}{} from {:+.6} s to {:+.6} s, {} in all (report.json lists \
+         them; the dashboard marks them)",
+        if count == 1 { "" } else { "es" },
+        if count == MAX_STRETCHES {
+            " (the most a finding keeps)"
+        } else {
+            ""
+        },
+        first.start_ns as f64 / 1e9,
+        last.start_ns as f64 / 1e9,
+        fmt_ns(total_ns)
     )
 }
 
