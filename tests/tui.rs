@@ -139,6 +139,9 @@ fn the_dashboard_shows_every_view_and_a_finding_on_the_timeline_in_tmux() {
     }
     tmux.keys("Escape");
     tmux.wait_for("ranks: share of wall time");
+    // A left click on the fourth tab, as a terminal reports it (SGR, 1-based column and row).
+    tmux.cmd(&["send-keys", "-t", "t", "-l", "\x1b[<0;44;2M"]);
+    tmux.wait_for("ops, all ranks");
     tmux.keys("q");
     let after = tmux.wait_for("dashboard exited");
     assert!(after.contains("dashboard exited 0"), "{after}");

@@ -2,9 +2,13 @@
 //! selected, and how a key changes that. Drawing is `view`'s; this module never draws.
 
 use crate::state::Dashboard;
+use crate::view::Hit;
 use pinch_analyzer::{SpanRow, Stretch};
 use pinch_traces::{Category, Rank};
-use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use ratatui::crossterm::event::{
+    KeyCode, KeyEvent, KeyModifiers, MouseButton, MouseEvent, MouseEventKind,
+};
+use ratatui::layout::Rect;
 
 /// The views, in the order of their number keys (1-6) and of Tab.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -335,6 +339,63 @@ impl App {
         }
     }
 
+    /// Applies one mouse event on a screen of `area`: a click on a tab switches to it, a click
+    /// on the timeline selects the span drawn in that cell (the innermost), the wheel zooms the
+    /// timeline about the pointer and moves the other views' selections.
+    pub fn mouse(&mut self, event: MouseEvent, area: Rect) {
+        let hit = crate::view::hit(self, area, event.column, event.row);
+        match (event.kind, hit) {
+            (MouseEventKind::Down(MouseButton::Left), Hit::Tab(view)) => self.view = view,
+            (
+                MouseEventKind::Down(MouseButton::Left),
+                Hit::Timeline {
+                    row,
+                    from_ns,
+                    to_ns,
+                },
+            ) => {
+                self.timeline.row = row;
+                let span = self.span_in(row, from_ns, to_ns);
+                self.select(span);
+            }
+            (MouseEventKind::ScrollUp, Hit::Timeline { from_ns, .. }) => self.zoom_at(0.8, from_ns),
+            (MouseEventKind::ScrollDown, Hit::Timeline { from_ns, .. }) => {
+                self.zoom_at(1.25, from_ns);
+            }
+            (MouseEventKind::ScrollUp, _) if self.view != View::Timeline => {
+                self.view_key(KeyCode::Up);
+            }
+            (MouseEventKind::ScrollDown, _) if self.view != View::Timeline => {
+                self.view_key(KeyCode::Down);
+            }
+            _ => {}
+        }
+    }
+
+    /// Zooms by `factor`, keeping the time `at_ns` under the same cell.
+    fn zoom_at(&mut self, factor: f64, at_ns: i64) {
+        let cursor = &mut self.timeline;
+        let end_ns = self.dash.spans.end_ns().max(MIN_WIDTH_NS);
+        let share = (at_ns - cursor.start_ns) as f64 / cursor.width_ns.max(1) as f64;
+        cursor.width_ns = ((cursor.width_ns as f64 * factor) as i64).clamp(MIN_WIDTH_NS, end_ns);
+        cursor.start_ns = at_ns - (share * cursor.width_ns as f64) as i64;
+    }
+
+    /// On row `row`, the last-starting span that overlaps `[from_ns, to_ns)`: the one a cell of
+    /// that time shows.
+    fn span_in(&self, row: usize, from_ns: i64, to_ns: i64) -> Option<usize> {
+        let spans = &self.dash.spans;
+        let track = spans.tracks().get(row)?;
+        let longest_ns = i64::try_from(track.longest_ns).unwrap_or(i64::MAX);
+        let first = spans.first_starting_at(track, from_ns.saturating_sub(longest_ns));
+        let last = spans.first_starting_at(track, to_ns);
+        spans
+            .spans_of(track, first..last)
+            .filter(|s| s.end_ns() > from_ns)
+            .last()
+            .map(|s| s.index)
+    }
+
     /// The overview's selected rank, on its row of the timeline.
     fn show_rank_on_timeline(&mut self) {
         let Some(rank) = self
@@ -520,6 +581,66 @@ mod tests {
             .unwrap();
         assert_eq!(span.rank.0, finding.location.ranks[0]);
         assert_eq!(app.dash.spans.name(span.name), finding.location.ops[0]);
+    }
+
+    fn mouse(app: &mut App, kind: MouseEventKind, column: u16, row: u16) {
+        let event = MouseEvent {
+            kind,
+            column,
+            row,
+            modifiers: KeyModifiers::NONE,
+        };
+        app.mouse(event, Rect::new(0, 0, 100, 30));
+    }
+
+    #[test]
+    fn a_click_on_a_tab_opens_its_view() {
+        let mut app = App::new(dashboard());
+        // " 1 Overview |" then " 2 Timeline |", " 3 Findings |", " 4 Ops |".
+        mouse(&mut app, MouseEventKind::Down(MouseButton::Left), 43, 1);
+        assert_eq!(app.view, View::Ops);
+        mouse(&mut app, MouseEventKind::Down(MouseButton::Left), 20, 1);
+        assert_eq!(app.view, View::Timeline);
+    }
+
+    #[test]
+    fn a_click_on_the_timeline_selects_the_span_in_that_cell_and_the_wheel_zooms_there() {
+        let mut app = App::new(dashboard());
+        press(&mut app, KeyCode::Char('2'));
+        // Rows start under the axis and the finding's marks (y 4); lanes after the labels
+        // (x 10). Rank 1's first all-reduce runs from 72 to 92 µs, cells are ~11 µs wide.
+        mouse(&mut app, MouseEventKind::Down(MouseButton::Left), 17, 5);
+        assert_eq!(app.selected_rank(), Some(Rank(1)));
+        let span = app
+            .dash
+            .spans
+            .span(app.timeline.span.expect("a span"))
+            .unwrap();
+        assert_eq!(app.dash.spans.name(span.name), "all_reduce");
+        let row = app.span_row.clone().unwrap().unwrap();
+        assert_eq!(row.rank, Rank(1));
+        let whole = app.timeline.width_ns;
+        let at = |app: &App, x: u16| match crate::view::hit(app, Rect::new(0, 0, 100, 30), x, 5) {
+            Hit::Timeline { from_ns, .. } => from_ns,
+            other => panic!("{other:?}"),
+        };
+        let before = at(&app, 40);
+        mouse(&mut app, MouseEventKind::ScrollUp, 40, 5);
+        assert_eq!(app.timeline.width_ns, (whole as f64 * 0.8) as i64);
+        assert!((at(&app, 40) - before).abs() < app.timeline.width_ns / 90);
+        // Outside the rows the wheel does nothing.
+        mouse(&mut app, MouseEventKind::ScrollUp, 40, 29);
+        assert_eq!(app.timeline.width_ns, (whole as f64 * 0.8) as i64);
+    }
+
+    #[test]
+    fn the_wheel_moves_a_lists_selection() {
+        let mut app = App::new(dashboard());
+        press(&mut app, KeyCode::Char('3'));
+        mouse(&mut app, MouseEventKind::ScrollDown, 10, 5);
+        assert_eq!(app.finding, 1);
+        mouse(&mut app, MouseEventKind::ScrollUp, 10, 5);
+        assert_eq!(app.finding, 0);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Draws the app: a header (the run, dropped events), the view tabs, the current view, a line of
-//! keys, and the help overlay. Reads the app, never changes it.
+//! keys, and the help overlay; and says what lies under a cell, for the mouse. Reads the app,
+//! never changes it.
 
 mod comm;
 mod findings;
@@ -20,6 +21,61 @@ use ratatui::widgets::{Block, Clear, Paragraph, Tabs, Wrap};
 pub const MIN_WIDTH: u16 = 80;
 pub const MIN_HEIGHT: u16 = 24;
 
+/// What lies under one cell of the screen, for the mouse.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hit {
+    /// A view's tab.
+    Tab(View),
+    /// A row of the timeline (an index into its tracks) and the stretch of time one cell covers
+    /// there.
+    Timeline {
+        row: usize,
+        from_ns: i64,
+        to_ns: i64,
+    },
+    Nothing,
+}
+
+/// The screen's parts: header, tabs, the view's body and the keys line.
+fn screen_areas(area: Rect) -> [Rect; 4] {
+    Layout::vertical([
+        Constraint::Length(1),
+        Constraint::Length(1),
+        Constraint::Min(0),
+        Constraint::Length(1),
+    ])
+    .areas(area)
+}
+
+/// What the cell at (`column`, `row`) of a screen of `area` shows.
+pub fn hit(app: &App, area: Rect, column: u16, row: u16) -> Hit {
+    if area.width < MIN_WIDTH || area.height < MIN_HEIGHT || app.help {
+        return Hit::Nothing;
+    }
+    let [_, tabs, body, _] = screen_areas(area);
+    if row == tabs.y {
+        return tab_at(column.saturating_sub(tabs.x));
+    }
+    if app.view == View::Timeline {
+        return timeline::hit(app, body, column, row);
+    }
+    Hit::Nothing
+}
+
+/// The tab at `x` cells from the tabs' left edge: each title has a space either side and a
+/// divider after it, as `Tabs` draws them.
+fn tab_at(x: u16) -> Hit {
+    let mut left = 0;
+    for (i, view) in View::ALL.iter().enumerate() {
+        let width = format!("{} {}", i + 1, view.title()).chars().count() as u16 + 2;
+        if x < left + width {
+            return Hit::Tab(*view);
+        }
+        left += width + 1;
+    }
+    Hit::Nothing
+}
+
 /// Draws the whole screen.
 pub fn render(app: &App, frame: &mut Frame) {
     let area = frame.area();
@@ -27,13 +83,7 @@ pub fn render(app: &App, frame: &mut Frame) {
         too_small(frame, area);
         return;
     }
-    let [header, tabs, body, keys] = Layout::vertical([
-        Constraint::Length(1),
-        Constraint::Length(1),
-        Constraint::Min(0),
-        Constraint::Length(1),
-    ])
-    .areas(area);
+    let [header, tabs, body, keys] = screen_areas(area);
     render_header(app, frame, header);
     render_tabs(app, frame, tabs);
     match app.view {
@@ -125,6 +175,8 @@ fn render_help(frame: &mut Frame, area: Rect) {
         "Ops        ↑ ↓ PgUp PgDn Home End choose an op, s sorts by the next column,",
         "           r reverses",
         "Comm       b colours the matrix by bytes or by achieved bandwidth",
+        "Mouse      click a tab or a span; the wheel zooms the timeline about the",
+        "           pointer and moves the other views' selections",
     ];
     let width =
         (lines.iter().map(|l| l.chars().count()).max().unwrap_or(0) as u16 + 4).min(area.width);

@@ -18,15 +18,43 @@ const LABEL_WIDTH: u16 = 10;
 /// Lines of the selected span's details.
 const DETAIL_LINES: u16 = 4;
 
-pub fn render(app: &App, frame: &mut Frame, area: Rect) {
-    let [axis, marks, rows, legend, detail] = Layout::vertical([
+/// The view's parts: time axis, the finding's marks, the rows, the legend, the span's details.
+fn areas(area: Rect) -> [Rect; 5] {
+    Layout::vertical([
         Constraint::Length(1),
         Constraint::Length(1),
         Constraint::Min(1),
         Constraint::Length(1),
         Constraint::Length(DETAIL_LINES + 2),
     ])
-    .areas(area);
+    .areas(area)
+}
+
+/// What the cell at (`column`, `row`) of the view's `area` shows: a rank's row and the time
+/// that cell covers.
+pub fn hit(app: &App, area: Rect, column: u16, row: u16) -> super::Hit {
+    let [_, _, rows, _, _] = areas(area);
+    let lanes = lanes_area(rows);
+    let inside = (rows.y..rows.y + rows.height).contains(&row)
+        && (lanes.x..lanes.x + lanes.width).contains(&column);
+    let first = first_row(app, usize::from(rows.height));
+    let track = first + usize::from(row.saturating_sub(rows.y));
+    let cursor = &app.timeline;
+    if !inside || track >= app.dash.spans.tracks().len() || cursor.width_ns <= 0 {
+        return super::Hit::Nothing;
+    }
+    let ns_per_cell = cursor.width_ns as f64 / f64::from(lanes.width);
+    let x = f64::from(column - lanes.x);
+    let at = |cells: f64| cursor.start_ns + (cells * ns_per_cell) as i64;
+    super::Hit::Timeline {
+        row: track,
+        from_ns: at(x),
+        to_ns: at(x + 1.0).max(at(x) + 1),
+    }
+}
+
+pub fn render(app: &App, frame: &mut Frame, area: Rect) {
+    let [axis, marks, rows, legend, detail] = areas(area);
     render_axis(app, frame.buffer_mut(), axis);
     render_marks(app, frame.buffer_mut(), marks);
     render_rows(app, frame.buffer_mut(), rows);
