@@ -376,6 +376,10 @@ fn findings_table(findings: &[Finding]) -> Result<DataFrame, PolarsError> {
             text(&|f| serde_json::to_string(&f.evidence).unwrap_or_default()),
         ),
         column("suggestion", text(&|f| f.suggestion.clone())),
+        column(
+            "stretches_json",
+            text(&|f| serde_json::to_string(&f.stretches).unwrap_or_default()),
+        ),
     ];
     DataFrame::new(findings.len(), columns)
 }
@@ -533,6 +537,12 @@ mod tests {
         );
         let findings = read(&dir.path().join(FINDINGS_FILE));
         assert_eq!(findings.height(), report.findings.len());
+        let stretches = findings.column("stretches_json").unwrap().str().unwrap();
+        for (text, finding) in stretches.iter().zip(&report.findings) {
+            let read: Vec<crate::phases::Stretch> =
+                serde_json::from_str(text.unwrap_or_default()).unwrap();
+            assert_eq!(read, finding.stretches);
+        }
     }
 
     #[test]
