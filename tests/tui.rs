@@ -33,6 +33,16 @@ impl Tmux {
             .expect("tmux runs")
     }
 
+    /// Opens `run_dir` with `pinch tui` in a new session; the shell says how it exited after.
+    fn open(&self, run_dir: &Path) {
+        let bin = assert_cmd::cargo::cargo_bin("pinch");
+        self.start(&format!(
+            "'{}' tui '{}'; echo dashboard exited $?; sleep 30",
+            bin.display(),
+            run_dir.display()
+        ));
+    }
+
     /// Runs `shell` in a 100x30 pane of a new session.
     fn start(&self, shell: &str) {
         let started = self.cmd(&[
@@ -97,14 +107,7 @@ fn the_dashboard_shows_every_view_and_a_finding_on_the_timeline_in_tmux() {
     let out = dir.path().join("run");
     run(&out, &[]).success();
     let tmux = Tmux::new("views");
-    let bin = assert_cmd::cargo::cargo_bin("pinch");
-    // The shell prints how the dashboard ended once it gives the screen back.
-    let shell = format!(
-        "'{}' tui '{}'; echo dashboard exited $?; sleep 30",
-        bin.display(),
-        out.display()
-    );
-    tmux.start(&shell);
+    tmux.open(&out);
 
     let overview = tmux.wait_for("ranks: share of wall time");
     assert!(
@@ -216,12 +219,7 @@ fn a_run_with_only_its_logs_is_analysed_once_and_its_files_stored() {
         std::fs::remove_file(out.join(file)).unwrap();
     }
     let tmux = Tmux::new("logs-only");
-    let bin = assert_cmd::cargo::cargo_bin("pinch");
-    tmux.start(&format!(
-        "'{}' tui '{}'; echo dashboard exited $?; sleep 30",
-        bin.display(),
-        out.display()
-    ));
+    tmux.open(&out);
     tmux.wait_for("ranks: share of wall time");
     for file in stored {
         assert!(out.join(file).is_file(), "{file} stored again");

@@ -22,15 +22,7 @@ use rayon::prelude::*;
 const CHUNK_ROWS: usize = 1 << 20;
 
 /// Every collective kind, in the order of the codes the collectives frame stores.
-const KINDS: [CollectiveKind; 7] = [
-    CollectiveKind::AllReduce,
-    CollectiveKind::AllGather,
-    CollectiveKind::ReduceScatter,
-    CollectiveKind::AllToAll,
-    CollectiveKind::Broadcast,
-    CollectiveKind::Send,
-    CollectiveKind::Recv,
-];
+const KINDS: [CollectiveKind; 7] = CollectiveKind::ALL;
 
 /// The spans as columns, in timeline order: rank, name (a `NameId`), category (an index into
 /// `Category::ALL`), start_ns, duration_ns, flops, bytes.

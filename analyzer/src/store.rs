@@ -36,6 +36,31 @@ pub enum StoreError {
     Read { path: PathBuf, message: String },
 }
 
+/// spans.parquet's columns, in order (docs/parquet.md).
+pub const SPANS_COLUMNS: [&str; 21] = [
+    "node",
+    "rank",
+    "lane",
+    "category",
+    "op",
+    "start_ns",
+    "duration_ns",
+    "start_unix_ns",
+    "step",
+    "layer",
+    "micro_batch",
+    "request_id",
+    "flops",
+    "bytes",
+    "collective_kind",
+    "collective_group",
+    "collective_seq",
+    "participants",
+    "peer",
+    "message_bytes",
+    "wait_ns",
+];
+
 /// Rows in each row group of spans.parquet: a reader after one span decodes this many.
 pub const ROW_GROUP_ROWS: usize = 1 << 16;
 
@@ -180,29 +205,8 @@ fn spans_batch(
     let extra = export_chunk(timeline, spans)?;
     let part = frame.frame.slice(from as i64, spans.len());
     let wide = part.hstack(extra.columns())?;
-    let names = [
-        "node",
-        "rank",
-        "lane",
-        "category_name",
-        "op",
-        "start_ns",
-        "duration_ns",
-        "start_unix_ns",
-        "step",
-        "layer",
-        "micro_batch",
-        "request_id",
-        "flops",
-        "bytes",
-        "collective_kind",
-        "collective_group",
-        "collective_seq",
-        "participants",
-        "peer",
-        "message_bytes",
-        "wait_ns",
-    ];
+    // The analysis frame's category column holds codes; the names are beside them.
+    let names = SPANS_COLUMNS.map(|c| if c == "category" { "category_name" } else { c });
     let mut table = wide.select(names)?;
     table.rename("category_name", "category".into())?;
     // The batched writer needs every column cut into the same chunks.

@@ -3,7 +3,7 @@
 //! and whether the stored files are newer than the run's. No polars type leaves this module.
 
 use crate::span_columns::{ColumnsBuilder, SpanColumns};
-use crate::store::{COUNTERS_FILE, SPANS_FILE, StoreError};
+use crate::store::{COUNTERS_FILE, SPANS_COLUMNS, SPANS_FILE, StoreError};
 use crate::timeline::{NameId, Series, TimedSpan, Timeline};
 use pinch_traces::manifest::{MANIFEST_FILE, RunManifest};
 use pinch_traces::{
@@ -156,29 +156,7 @@ fn push_rows(
 /// Row `index` of a run's spans.parquet, whole (only its row group is decoded).
 pub fn read_span_row(dir: &Path, index: usize) -> Result<SpanRow, StoreError> {
     let path = dir.join(SPANS_FILE);
-    let columns = [
-        "node",
-        "rank",
-        "lane",
-        "category",
-        "op",
-        "start_ns",
-        "duration_ns",
-        "step",
-        "layer",
-        "micro_batch",
-        "request_id",
-        "flops",
-        "bytes",
-        "collective_kind",
-        "collective_group",
-        "collective_seq",
-        "participants",
-        "peer",
-        "message_bytes",
-        "wait_ns",
-    ];
-    let frame = read_frame(&path, &columns, Some((index, 1)))?;
+    let frame = read_frame(&path, &SPANS_COLUMNS, Some((index, 1)))?;
     if frame.height() != 1 {
         return Err(read_error(&path, format!("it has no row {index}")));
     }

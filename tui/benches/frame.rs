@@ -8,7 +8,6 @@
 use divan::Bencher;
 use pinch_analyzer::{NameId, SpanColumns, TimedSpan, Timeline};
 use pinch_traces::{Category, Lane, NodeId, Rank, SpanAttrs};
-use pinch_tui::state::{Comm, Details};
 use pinch_tui::{App, Dashboard, View};
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
@@ -57,18 +56,9 @@ fn dashboard() -> Dashboard {
         .to_vec();
     let timeline = Timeline::from_parts(0, names, spans, Vec::new());
     Dashboard {
-        title: "bench".into(),
-        live: false,
-        dropped_spans: None,
-        nodes: Vec::new(),
-        ranks: Vec::new(),
         spans: SpanColumns::from_timeline(&timeline).expect("sorted spans"),
-        details: Details::Held(Box::default()),
-        findings: Vec::new(),
-        ops: Vec::new(),
-        roofs: None,
-        comm: Comm::default(),
-        serving: None,
+        live: false,
+        ..Dashboard::starting("bench".into())
     }
 }
 
