@@ -27,11 +27,13 @@ pub fn render(app: &App, frame: &mut Frame, area: Rect) {
     .areas(area);
     render_latencies(serving, frame, latency);
     render_rates(serving, frame, rates);
-    let max = serving.tokens_per_s.iter().copied().max().unwrap_or(0);
-    let title = format!(
-        " output tokens per second over the run, bins of {} (peak {max}/s) ",
-        super::duration(serving.bin_ns.max(0) as u64)
-    );
+    let title = match serving.tokens_per_s.iter().copied().max() {
+        Some(max) => format!(
+            " output tokens per second over the run, bins of {} (peak {max}/s) ",
+            super::duration(serving.bin_ns.max(0) as u64)
+        ),
+        None => " output tokens per second over the run: not in this report ".to_string(),
+    };
     let spark = Sparkline::default()
         .data(&serving.tokens_per_s)
         .style(Style::new().fg(Color::Green))
