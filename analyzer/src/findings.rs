@@ -92,6 +92,14 @@ pub struct Finding {
 /// The most stretches a finding names.
 pub const MAX_STRETCHES: usize = 256;
 
+/// The longest `MAX_STRETCHES` of `stretches`, in time order.
+fn keep_longest(mut stretches: Vec<Stretch>) -> Vec<Stretch> {
+    stretches.sort_by_key(|s| std::cmp::Reverse(s.duration_ns));
+    stretches.truncate(MAX_STRETCHES);
+    stretches.sort_by_key(|s| s.start_ns);
+    stretches
+}
+
 /// One kind of finding: looks at the measured run and reports what it sees, if anything.
 pub trait Detector: std::fmt::Debug {
     fn kind(&self) -> FindingKind;

@@ -6,9 +6,9 @@
 //! Host time is counted as the breakdown counts it: time a host span covers while no compute,
 //! communication or memory span does. Spans are sorted by start, so each union is one pass.
 
-use super::{Finding, FindingKind, MAX_STRETCHES};
+use super::{Finding, FindingKind, keep_longest};
 use crate::intervals::{Interval, overlap_ns};
-use crate::phases::{PhaseKind, PhaseReport, Stretch};
+use crate::phases::{PhaseKind, PhaseReport};
 use crate::timeline::{TimedSpan, Timeline};
 use pinch_traces::{Category, Rank};
 use rayon::prelude::*;
@@ -93,15 +93,6 @@ fn stretches_of(phase: &PhaseReport) -> Vec<Interval> {
     phase.stretches.iter().map(ends).collect()
 }
 
-/// The longest `MAX_STRETCHES` of a phase's stretches, in time order.
-fn longest(stretches: &[Stretch]) -> Vec<Stretch> {
-    let mut kept = stretches.to_vec();
-    kept.sort_by_key(|s| std::cmp::Reverse(s.duration_ns));
-    kept.truncate(MAX_STRETCHES);
-    kept.sort_by_key(|s| s.start_ns);
-    kept
-}
-
 /// A rank's first span start and last span end.
 fn extent(spans: &[TimedSpan]) -> Option<Interval> {
     let start = spans.first()?.start_ns;
@@ -184,7 +175,7 @@ fn cite(
             cpu_pct(p, &finding.location.nodes),
         );
     }
-    finding.stretches = longest(&phase.stretches);
+    finding.stretches = keep_longest(phase.stretches.clone());
     let cores = cpu_cores(timeline, &finding.location.nodes);
     if let Some(cores) = cores {
         finding.evidence.insert("cpu_cores".into(), cores as f64);

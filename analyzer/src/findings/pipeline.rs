@@ -7,8 +7,11 @@
 //! the per-rank finding would report the same waiting twice, so it gives way.
 
 use super::stages::{ranks_in_stage_bubbles, stage_findings};
-use super::{Detector, Finding, FindingKind, Level, Location, fmt_ns, nodes_of, severity};
+use super::{
+    Detector, Finding, FindingKind, Level, Location, fmt_ns, keep_longest, nodes_of, severity,
+};
 use crate::analysis::AnalysisInput;
+use crate::phases::Stretch;
 use pinch_traces::CollectiveKind;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -107,6 +110,28 @@ pub(crate) fn receive_waiting(input: &AnalysisInput<'_>) -> BTreeMap<u32, Waitin
     waiting
 }
 
+/// Where `ranks` waited in their receives for another stage: the first part of each receive,
+/// the longest first kept, in time order.
+pub(super) fn receive_waits(input: &AnalysisInput<'_>, ranks: &[u32]) -> Vec<Stretch> {
+    let waits = ranks.iter().flat_map(|&rank| {
+        input
+            .timeline
+            .spans_of(pinch_traces::Rank(rank))
+            .iter()
+            .filter_map(|span| {
+                let c = span.attrs.collective?;
+                let wait_ns = c
+                    .wait_ns
+                    .filter(|&w| w > 0 && c.kind == CollectiveKind::Recv)?;
+                Some(Stretch {
+                    start_ns: span.start_ns,
+                    duration_ns: wait_ns.min(span.duration_ns),
+                })
+            })
+    });
+    keep_longest(waits.collect())
+}
+
 fn bubble_finding(
     input: &AnalysisInput<'_>,
     waiting: &BTreeMap<u32, Waiting>,
@@ -171,7 +196,7 @@ fn bubble_finding(
                      micro-batches (--micro-batches), and balance the layers over the stages so no \
                      stage waits on a slower neighbour"
             .to_string(),
-        stretches: Vec::new(),
+        stretches: receive_waits(input, flagged),
     }
 }
 
@@ -211,6 +236,13 @@ mod tests {
         assert_eq!(finding.location.ranks, vec![1]);
         assert_eq!(finding.evidence["bubble_pct_max"], 60.0);
         assert!((finding.severity - 0.6).abs() < 1e-9);
+        // On the timeline: the first 600 ns of the receive.
+        let waits: Vec<(i64, u64)> = finding
+            .stretches
+            .iter()
+            .map(|s| (s.start_ns, s.duration_ns))
+            .collect();
+        assert_eq!(waits, [(200, 600)]);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use super::host_load;
 use super::pipeline::waiting_in_bubbles;
 use super::ranks::waiting_for_stragglers;
 use super::{
-    Detector, Finding, FindingKind, Level, Location, MAX_STRETCHES, mean, nodes_of, ranks_phrase,
+    Detector, Finding, FindingKind, Level, Location, keep_longest, mean, nodes_of, ranks_phrase,
     severity,
 };
 use crate::analysis::AnalysisInput;
@@ -204,7 +204,7 @@ impl Detector for ShareDetector {
     }
 }
 
-/// The ranks' longest gaps with no span running (at most `MAX_STRETCHES`), in time order.
+/// The ranks' longest gaps with no span running, in time order.
 fn idle_gaps(timeline: &crate::timeline::Timeline, ranks: &[u32]) -> Vec<Stretch> {
     let mut gaps: Vec<Stretch> = Vec::new();
     for &rank in ranks {
@@ -219,10 +219,7 @@ fn idle_gaps(timeline: &crate::timeline::Timeline, ranks: &[u32]) -> Vec<Stretch
             busy_until = Some(busy_until.map_or(span.end_ns(), |e| e.max(span.end_ns())));
         }
     }
-    gaps.sort_by_key(|g| std::cmp::Reverse(g.duration_ns));
-    gaps.truncate(MAX_STRETCHES);
-    gaps.sort_by_key(|g| g.start_ns);
-    gaps
+    keep_longest(gaps)
 }
 
 /// What to do when the ranks' waiting comes from a saturated host.

@@ -8,7 +8,7 @@
 //! while it fills and drains. That much is `info` (more micro-batches shrink it); a bubble well
 //! beyond it (a slow stage, gaps between steps) asks for action.
 
-use super::pipeline::{BUBBLE_WARNING_PCT, receive_waiting};
+use super::pipeline::{BUBBLE_WARNING_PCT, receive_waiting, receive_waits};
 use super::{Finding, FindingKind, Level, Location, fmt_ns, nodes_of, severity};
 use crate::analysis::AnalysisInput;
 use crate::imbalance::StageBubble;
@@ -143,7 +143,7 @@ fn stage_finding(
         },
         evidence: evidence(stage, &n, input.imbalance.stages.len(), slowest),
         suggestion: suggestion(stage, &n, waits_on),
-        stretches: Vec::new(),
+        stretches: receive_waits(input, &stage.ranks),
     }
 }
 
