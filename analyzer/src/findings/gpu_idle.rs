@@ -3,6 +3,7 @@
 //! streams all idle waits for its host to hand it work, which the CPU-rank wording of the
 //! idle finding ("no span covers this time; add spans") would misread.
 
+use super::share::idle_gaps;
 use super::{Detector, Finding, FindingKind, Level, Location, mean, nodes_of, ranks_phrase};
 use crate::analysis::AnalysisInput;
 use std::collections::BTreeMap;
@@ -35,6 +36,7 @@ impl Detector for GpuIdle {
         };
         let max_pct = pcts.iter().copied().fold(0.0, f64::max);
         let ranks: Vec<u32> = flagged.iter().map(|(r, _)| *r).collect();
+        let stretches = idle_gaps(input.timeline, &ranks);
         vec![Finding {
             kind: FindingKind::Idle,
             level: Level::Warning,
@@ -61,7 +63,7 @@ impl Detector for GpuIdle {
                 overhead (CUDA graphs, fused or larger kernels), host synchronizations \
                 (.item(), .cpu(), cudaStreamSynchronize) and data loading on the critical path"
                 .to_string(),
-            stretches: Vec::new(),
+            stretches,
         }]
     }
 }
@@ -96,6 +98,12 @@ mod tests {
             "{}",
             f.summary
         );
+        let gaps: Vec<(i64, u64)> = f
+            .stretches
+            .iter()
+            .map(|s| (s.start_ns, s.duration_ns))
+            .collect();
+        assert_eq!(gaps, [(100, 100)]);
     }
 
     #[test]

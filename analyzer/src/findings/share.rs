@@ -204,8 +204,8 @@ impl Detector for ShareDetector {
     }
 }
 
-/// The ranks' longest gaps with no span running, in time order.
-fn idle_gaps(timeline: &crate::timeline::Timeline, ranks: &[u32]) -> Vec<Stretch> {
+/// The ranks' longest gaps with no span running (on any lane), in time order.
+pub(super) fn idle_gaps(timeline: &crate::timeline::Timeline, ranks: &[u32]) -> Vec<Stretch> {
     let mut gaps: Vec<Stretch> = Vec::new();
     for &rank in ranks {
         let mut busy_until: Option<i64> = None;
