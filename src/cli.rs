@@ -26,8 +26,9 @@ pub enum Command {
     /// Write a recorded run (or Kineto traces) as a trace for timeline viewers: Perfetto's
     /// protobuf (.pftrace, for ui.perfetto.dev) or Chrome JSON (.json, for chrome://tracing).
     Export(ExportArgs),
-    /// Open a recorded run in the terminal dashboard: overview, timeline, findings, ops,
-    /// communication and serving views (keys 1-6, ? for help, q to quit).
+    /// Open a recorded run (or PyTorch profiler traces) in the terminal dashboard: overview,
+    /// timeline, findings, ops, communication and serving views (keys 1-6, ? for help, q to
+    /// quit).
     Tui(TuiArgs),
     /// List the model presets with their shapes, parameter counts and weight sizes.
     Presets(crate::cmd::presets::PresetsArgs),
@@ -200,8 +201,9 @@ pub struct AnalyzeArgs {
 
 #[derive(Debug, Args)]
 pub struct TuiArgs {
-    /// A run directory written by `pinch run`.
-    #[arg(value_name = "RUN_DIR")]
+    /// A run directory written by `pinch run`, or PyTorch profiler (Kineto) traces: a trace
+    /// file or a directory of them (.json, .json.gz), one per rank.
+    #[arg(value_name = "RUN_DIR|TRACES")]
     pub run: PathBuf,
 }
 

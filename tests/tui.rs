@@ -1,12 +1,13 @@
 //! End-to-end: the dashboard driven in tmux as a user would: open a recorded run, switch to
 //! every view, open a finding's evidence and jump to it on the timeline, open the help, quit,
 //! and find the shell's screen back; and `pinch run --tui`, which ends on the run's result and
-//! prints the report after. Plus the failures that must come before the screen is taken over.
+//! prints the report after; and PyTorch profiler traces opened the same way. Plus the failures
+//! that must come before the screen is taken over.
 //! The tmux tests skip, and say why, where tmux is missing.
 
 mod common;
 
-use common::{pinch, run, stderr_of};
+use common::{kineto_trace, pinch, run, stderr_of};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -229,6 +230,31 @@ fn a_run_with_only_its_logs_is_analysed_once_and_its_files_stored() {
     tmux.wait_for("selected span");
     tmux.keys("c");
     tmux.wait_for("participants");
+    tmux.keys("q");
+    let after = tmux.wait_for("dashboard exited");
+    assert!(after.contains("dashboard exited 0"), "{after}");
+}
+
+#[test]
+fn pytorch_profiler_traces_open_in_the_dashboard() {
+    if !has_tmux() {
+        eprintln!("skipped: tmux is not installed (.ci/run installs it)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for rank in 0..2 {
+        let path = dir.path().join(format!("rank-{rank}.json"));
+        std::fs::write(path, kineto_trace(Some(rank), 2)).unwrap();
+    }
+    let tmux = Tmux::new("kineto");
+    tmux.open(dir.path());
+    let overview = tmux.wait_for("ranks: share of wall time");
+    assert!(overview.contains("PyTorch profiler traces"), "{overview}");
+    tmux.keys("2");
+    tmux.wait_for("selected span");
+    tmux.keys("c");
+    let timeline = tmux.wait_for("ncclDevKernel_AllReduce");
+    assert!(timeline.contains("all_reduce"), "{timeline}");
     tmux.keys("q");
     let after = tmux.wait_for("dashboard exited");
     assert!(after.contains("dashboard exited 0"), "{after}");

@@ -1,5 +1,6 @@
-//! `pinch tui RUN`: a recorded run in the terminal dashboard. Everything that can fail (a
-//! missing or unreadable run, no terminal) fails before the screen is taken over.
+//! `pinch tui RUN`: a recorded run (or PyTorch profiler traces) in the terminal dashboard.
+//! Everything that can fail (a missing or unreadable run, no terminal) fails before the screen
+//! is taken over.
 //!
 //! A run opens from what `pinch run` and `pinch analyze` stored beside its logs (report.json
 //! and the Parquet tables), so the dashboard holds compact span columns and reads a span's
@@ -7,41 +8,63 @@
 //! the run is analysed once and they are written for the next time.
 
 use crate::cli::TuiArgs;
-use crate::cmd::analyze::{load, report_of};
+use crate::cmd::analyze::{Input, input_of, load, report_of};
 use crate::exit::bad_input;
 use crate::render::REPORT_FILE;
 use anyhow::Context;
+use pinch_analyzer::kineto_timeline::as_run::as_run_report;
 use pinch_analyzer::store::{COUNTERS_FILE, SPANS_FILE};
 use pinch_analyzer::{
     Alignment, REPORT_SCHEMA_VERSION, Report, RunData, RunFacts, merge_taking_spans, read_series,
     read_span_columns, report_with_clocks, stored_current,
 };
+use pinch_traces::kineto::read_run;
 use pinch_traces::manifest::RunManifest;
 use pinch_tui::{App, Dashboard, Details, Replay};
 use std::io::IsTerminal;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// What `pinch tui` was given, checked.
+enum Opened {
+    Run(RunManifest, PathBuf),
+    Traces(Vec<PathBuf>),
+}
 
 pub fn tui(args: TuiArgs) -> anyhow::Result<()> {
-    let manifest = manifest_of(&args.run)?;
+    // A run's manifest is read first: an unreadable one is named before anything else.
+    let opened = match input_of(std::slice::from_ref(&args.run))? {
+        Input::Run(dir) => Opened::Run(RunManifest::load(&dir).map_err(bad_input)?, dir),
+        Input::Kineto(files) => Opened::Traces(files),
+    };
     if !std::io::stdout().is_terminal() {
         return Err(bad_input(
             "pinch tui draws on a terminal, and standard output is not one".to_string(),
         ));
     }
-    let dash = recorded_dashboard(&args.run, &manifest)?;
+    let dash = match opened {
+        Opened::Run(manifest, dir) => recorded_dashboard(&dir, &manifest)?,
+        Opened::Traces(files) => kineto_dashboard(&args.run, &files)?,
+    };
     pinch_tui::term::run(App::new(dash), &mut Replay).context("the terminal failed")?;
     Ok(())
 }
 
-/// The run's manifest: a directory that lacks one is bad input.
-fn manifest_of(dir: &Path) -> anyhow::Result<RunManifest> {
-    if !dir.is_dir() {
-        return Err(bad_input(format!(
-            "run directory '{}' does not exist",
-            dir.display()
-        )));
+/// The dashboard of PyTorch profiler traces: pinch's analyses of their device timeline, one
+/// node per rank; the timeline is held whole (the traces are read whole anyway).
+fn kineto_dashboard(path: &Path, files: &[PathBuf]) -> anyhow::Result<Dashboard> {
+    let run = read_run(files).map_err(bad_input)?;
+    for warning in &run.warnings {
+        eprintln!("pinch: warning: {warning}");
     }
-    RunManifest::load(dir).map_err(bad_input)
+    let (report, timeline) = as_run_report(&run, &path.display().to_string());
+    let spans = timeline.spans.len();
+    let mut dash = Dashboard::of_timeline(&report, timeline);
+    dash.title = format!(
+        "PyTorch profiler traces '{}': {} ranks, {spans} device spans",
+        path.display(),
+        report.ranks.len()
+    );
+    Ok(dash)
 }
 
 /// The dashboard of a recorded run: from its stored files where they are current, else from its

@@ -45,3 +45,44 @@ pub fn stderr_of(assert: &assert_cmd::assert::Assert) -> String {
 pub fn stdout_of(assert: &assert_cmd::assert::Assert) -> String {
     String::from_utf8_lossy(&assert.get_output().stdout).into_owned()
 }
+
+/// A Kineto trace of one rank: on stream 7 a computation kernel [0, 100) us, then a copy
+/// [200, 220) us launched at 160 us, after the kernel before it ended; on stream 9 an NCCL
+/// kernel [40, 130) us. Two ProfilerSteps, the second launching one more kernel, which HTA's
+/// clean-up drops.
+pub fn kineto_trace(rank: Option<u32>, world_size: u32) -> String {
+    let info = match rank {
+        Some(r) => format!(
+            r#""distributedInfo": {{"backend": "nccl", "rank": {r}, "world_size": {world_size}}},"#
+        ),
+        None => String::new(),
+    };
+    let kernel = |cat: &str, name: &str, stream: u32, ts: u32, dur: u32, corr: u32| {
+        format!(
+            r#"{{"ph": "X", "cat": "{cat}", "name": "{name}", "pid": 0, "tid": {stream}, "ts": {ts}, "dur": {dur}, "args": {{"stream": {stream}, "device": 0, "correlation": {corr}}}}}"#
+        )
+    };
+    let launch = |ts: u32, corr: u32| {
+        format!(
+            r#"{{"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "pid": 1, "tid": 1, "ts": {ts}, "dur": 2, "args": {{"correlation": {corr}}}}}"#
+        )
+    };
+    let events = [
+        r#"{"ph": "X", "cat": "user_annotation", "name": "ProfilerStep#1", "pid": 1, "tid": 1, "ts": 0, "dur": 300}"#.to_string(),
+        r#"{"ph": "X", "cat": "user_annotation", "name": "ProfilerStep#2", "pid": 1, "tid": 1, "ts": 300, "dur": 100}"#.to_string(),
+        launch(0, 1),
+        launch(1, 2),
+        launch(160, 3),
+        launch(310, 4),
+        kernel("kernel", "volta_sgemm_128x64_nn", 7, 0, 100, 1),
+        kernel("kernel", "ncclDevKernel_AllReduce_Sum_f32_RING_LL", 9, 40, 90, 2),
+        kernel("gpu_memcpy", "Memcpy DtoD (Device -> Device)", 7, 200, 20, 3),
+        kernel("kernel", "volta_sgemm_128x64_nn", 7, 320, 50, 4),
+        r#"{"ph": "s", "cat": "ac2g", "id": 1, "pid": 1, "tid": 1, "ts": 0}"#.to_string(),
+        r#"{"ph": "M", "name": "process_name", "pid": 1, "tid": 0, "args": {"name": "python"}}"#.to_string(),
+    ];
+    format!(
+        r#"{{"schemaVersion": 1, {info} "traceEvents": [{}]}}"#,
+        events.join(",\n")
+    )
+}

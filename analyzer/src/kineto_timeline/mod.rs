@@ -28,6 +28,7 @@
 //! `kineto_device_timeline` builds the device spans alone (what pinch's analyses read), a
 //! sixth of the events of a typical trace; host events are then only counted.
 
+pub mod as_run;
 pub mod comm;
 pub mod report;
 

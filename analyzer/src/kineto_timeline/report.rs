@@ -174,7 +174,7 @@ pub fn report_of(kt: &KinetoTimeline) -> KinetoPinchReport {
 }
 
 /// The device spans of the timeline: itself when it holds no others (`kineto_device_timeline`).
-fn device_view(kt: &KinetoTimeline) -> Cow<'_, Timeline> {
+pub(super) fn device_view(kt: &KinetoTimeline) -> Cow<'_, Timeline> {
     if kt.timeline.spans.iter().all(|s| is_device_lane(s.lane)) {
         Cow::Borrowed(&kt.timeline)
     } else {

@@ -320,7 +320,11 @@ fn detail_lines(span: &SpanRow) -> Vec<Line<'static>> {
         let mut parts = vec![
             format!("{} #{} on group {}", c.kind.name(), c.seq, c.group),
             format!("{} participants", c.participants),
-            format!("message {}", bytes(c.message_bytes as f64)),
+            // No collective moves 0 bytes: 0 is a size the trace did not record.
+            match c.message_bytes {
+                0 => "message size not recorded".to_string(),
+                b => format!("message {}", bytes(b as f64)),
+            },
         ];
         parts.extend(c.peer.map(|p| format!("peer rank {}", p.0)));
         parts.extend(c.wait_ns.map(|w| format!("waited {}", duration(w))));
