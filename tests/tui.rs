@@ -91,6 +91,15 @@ impl Drop for Tmux {
     }
 }
 
+/// A tmux server of the test's own, or `None`, saying why, where tmux is missing.
+fn tmux_or_skip(test: &str) -> Option<Tmux> {
+    if !has_tmux() {
+        eprintln!("skipped: tmux is not installed (.ci/run installs it)");
+        return None;
+    }
+    Some(Tmux::new(test))
+}
+
 fn has_tmux() -> bool {
     Command::new("tmux")
         .arg("-V")
@@ -100,14 +109,12 @@ fn has_tmux() -> bool {
 
 #[test]
 fn the_dashboard_shows_every_view_and_a_finding_on_the_timeline_in_tmux() {
-    if !has_tmux() {
-        eprintln!("skipped: tmux is not installed (.ci/run installs it)");
+    let Some(tmux) = tmux_or_skip("views") else {
         return;
-    }
+    };
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
     run(&out, &[]).success();
-    let tmux = Tmux::new("views");
     tmux.open(&out);
 
     let overview = tmux.wait_for("ranks: share of wall time");
@@ -157,13 +164,11 @@ fn the_dashboard_shows_every_view_and_a_finding_on_the_timeline_in_tmux() {
 
 #[test]
 fn pinch_run_tui_shows_the_run_then_stays_on_its_result_and_prints_the_report() {
-    if !has_tmux() {
-        eprintln!("skipped: tmux is not installed (.ci/run installs it)");
+    let Some(tmux) = tmux_or_skip("live") else {
         return;
-    }
+    };
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
-    let tmux = Tmux::new("live");
     let bin = assert_cmd::cargo::cargo_bin("pinch");
     let shell = format!(
         "'{}' run --tui {} --out '{}'; echo run exited $?; sleep 30",
@@ -208,10 +213,9 @@ fn pinch_run_tui_without_a_terminal_fails_in_one_line_before_running() {
 
 #[test]
 fn a_run_with_only_its_logs_is_analysed_once_and_its_files_stored() {
-    if !has_tmux() {
-        eprintln!("skipped: tmux is not installed (.ci/run installs it)");
+    let Some(tmux) = tmux_or_skip("logs-only") else {
         return;
-    }
+    };
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
     run(&out, &[]).success();
@@ -219,7 +223,6 @@ fn a_run_with_only_its_logs_is_analysed_once_and_its_files_stored() {
     for file in stored {
         std::fs::remove_file(out.join(file)).unwrap();
     }
-    let tmux = Tmux::new("logs-only");
     tmux.open(&out);
     tmux.wait_for("ranks: share of wall time");
     for file in stored {
@@ -237,16 +240,14 @@ fn a_run_with_only_its_logs_is_analysed_once_and_its_files_stored() {
 
 #[test]
 fn pytorch_profiler_traces_open_in_the_dashboard() {
-    if !has_tmux() {
-        eprintln!("skipped: tmux is not installed (.ci/run installs it)");
+    let Some(tmux) = tmux_or_skip("kineto") else {
         return;
-    }
+    };
     let dir = tempfile::tempdir().unwrap();
     for rank in 0..2 {
         let path = dir.path().join(format!("rank-{rank}.json"));
         std::fs::write(path, kineto_trace(Some(rank), 2)).unwrap();
     }
-    let tmux = Tmux::new("kineto");
     tmux.open(dir.path());
     let overview = tmux.wait_for("ranks: share of wall time");
     assert!(overview.contains("PyTorch profiler traces"), "{overview}");
