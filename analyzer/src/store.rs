@@ -469,16 +469,8 @@ pub fn analyze_run(
 
 /// Whether every table exists and is newer than the manifest and every node log.
 fn tables_current(run: &crate::run::RunData, dir: &Path) -> bool {
-    let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
-    let mut inputs = vec![dir.join(pinch_traces::manifest::MANIFEST_FILE)];
-    inputs.extend(run.nodes.iter().map(|n| dir.join(&n.log_file)));
-    let newest_input = inputs.iter().filter_map(|p| modified(p)).max();
     let tables = [SPANS_FILE, COUNTERS_FILE, COLLECTIVES_FILE, FINDINGS_FILE];
-    let oldest_table = tables.iter().map(|t| modified(&dir.join(t))).min();
-    match (newest_input, oldest_table) {
-        (Some(input), Some(Some(table))) => table > input,
-        _ => false,
-    }
+    crate::stored::stored_current(dir, &run.manifest, &tables)
 }
 
 /// How the run's comm layer was set up, from its manifest.

@@ -182,31 +182,33 @@ fn span_row(frame: &DataFrame) -> Result<SpanRow, String> {
             .get(0)
             .map(str::to_string))
     };
-    let needed = |name: &str, value: Option<u64>| value.ok_or_else(|| format!("no {name}"));
-    let category = text_of("category")?.unwrap_or_default();
-    let kind = text_of("collective_kind")?;
-    let collective = match kind {
+    // Columns every span has, and a collective's: a null there is a damaged table.
+    let needed32 = |name: &str| u32_of(name)?.ok_or_else(|| format!("no {name}"));
+    let needed64 = |name: &str| u64_of(name)?.ok_or_else(|| format!("no {name}"));
+    let needed_text = |name: &str| text_of(name)?.ok_or_else(|| format!("no {name}"));
+    let category = needed_text("category")?;
+    let collective = match text_of("collective_kind")? {
         Some(kind) => Some(CollectiveAttrs {
             kind: CollectiveKind::from_name(&kind)
                 .ok_or_else(|| format!("collective kind '{kind}'"))?,
-            group: u32_of("collective_group")?.unwrap_or(0),
-            seq: u64_of("collective_seq")?.unwrap_or(0),
-            participants: u32_of("participants")?.unwrap_or(0),
+            group: needed32("collective_group")?,
+            seq: needed64("collective_seq")?,
+            participants: needed32("participants")?,
             peer: u32_of("peer")?.map(Rank),
-            message_bytes: u64_of("message_bytes")?.unwrap_or(0),
+            message_bytes: needed64("message_bytes")?,
             wait_ns: u64_of("wait_ns")?,
         }),
         None => None,
     };
     let start = typed(frame, "start_ns", DataType::Int64, |s| s.i64()).map_err(err)?;
     Ok(SpanRow {
-        node: NodeId(needed("node", u32_of("node")?.map(u64::from))? as u32),
-        rank: Rank(needed("rank", u32_of("rank")?.map(u64::from))? as u32),
-        lane: Lane(u32_of("lane")?.unwrap_or(0)),
+        node: NodeId(needed32("node")?),
+        rank: Rank(needed32("rank")?),
+        lane: Lane(needed32("lane")?),
         category: Category::from_name(&category).ok_or_else(|| format!("category '{category}'"))?,
-        op: text_of("op")?.unwrap_or_default(),
+        op: needed_text("op")?,
         start_ns: start.get(0).ok_or("no start_ns")?,
-        duration_ns: needed("duration_ns", u64_of("duration_ns")?)?,
+        duration_ns: needed64("duration_ns")?,
         attrs: SpanAttrs {
             flops: u64_of("flops")?,
             bytes: u64_of("bytes")?,
@@ -281,7 +283,7 @@ pub fn stored_current(dir: &Path, manifest: &RunManifest, files: &[&str]) -> boo
     let newest_input = inputs.into_iter().map(modified).max().flatten();
     let oldest_output = files.iter().map(|f| modified(dir.join(f))).min().flatten();
     match (newest_input, oldest_output) {
-        (Some(input), Some(output)) => output > input && !files.is_empty(),
+        (Some(input), Some(output)) => output > input,
         _ => false,
     }
 }

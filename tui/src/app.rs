@@ -278,14 +278,20 @@ impl App {
 
     /// Zooms by `factor` about the middle of the view (or the selected span).
     fn zoom(&mut self, factor: f64) {
-        let cursor = &mut self.timeline;
+        let cursor = &self.timeline;
         let centre_ns = match cursor.span {
             Some(i) => self.dash.spans.span(i).map_or(0, |s| s.start_ns),
             None => cursor.start_ns + cursor.width_ns / 2,
         };
+        self.zoom_about(factor, centre_ns, 0.5);
+    }
+
+    /// Zooms by `factor`, putting `at_ns` at `share` of the view's width from its left edge.
+    fn zoom_about(&mut self, factor: f64, at_ns: i64, share: f64) {
+        let cursor = &mut self.timeline;
         let end_ns = self.dash.spans.end_ns().max(MIN_WIDTH_NS);
         cursor.width_ns = ((cursor.width_ns as f64 * factor) as i64).clamp(MIN_WIDTH_NS, end_ns);
-        cursor.start_ns = centre_ns - cursor.width_ns / 2;
+        cursor.start_ns = at_ns - (share * cursor.width_ns as f64) as i64;
     }
 
     fn whole_run(&mut self) {
@@ -374,11 +380,9 @@ impl App {
 
     /// Zooms by `factor`, keeping the time `at_ns` under the same cell.
     fn zoom_at(&mut self, factor: f64, at_ns: i64) {
-        let cursor = &mut self.timeline;
-        let end_ns = self.dash.spans.end_ns().max(MIN_WIDTH_NS);
+        let cursor = &self.timeline;
         let share = (at_ns - cursor.start_ns) as f64 / cursor.width_ns.max(1) as f64;
-        cursor.width_ns = ((cursor.width_ns as f64 * factor) as i64).clamp(MIN_WIDTH_NS, end_ns);
-        cursor.start_ns = at_ns - (share * cursor.width_ns as f64) as i64;
+        self.zoom_about(factor, at_ns, share);
     }
 
     /// On row `row`, the last-starting span that overlaps `[from_ns, to_ns)`: the one a cell of

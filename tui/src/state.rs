@@ -111,8 +111,8 @@ pub struct Serving {
     pub report: ServingReport,
     /// Output tokens per second over the run, in equal bins (empty when the report has none).
     pub tokens_per_s: Vec<u64>,
-    /// How long each bin is.
-    pub bin_ns: i64,
+    /// How long each bin is; `None` when the report has no rate over time.
+    pub bin_ns: Option<u64>,
 }
 
 /// Where the arguments of a selected span come from: the dashboard keeps only what it draws.
@@ -201,9 +201,9 @@ fn serving_of(report: ServingReport) -> Serving {
     let (tokens_per_s, bin_ns) = match &report.output_rate {
         Some(rate) => (
             rate.tokens_per_s.iter().map(|r| r.round() as u64).collect(),
-            i64::try_from(rate.bin_ns).unwrap_or(i64::MAX),
+            Some(rate.bin_ns),
         ),
-        None => (Vec::new(), 1),
+        None => (Vec::new(), None),
     };
     Serving {
         report,

@@ -203,7 +203,7 @@ fn serving() -> Serving {
     Serving {
         report: serde_json::from_value(report).expect("a serving report"),
         tokens_per_s: vec![120, 480, 512, 530, 406],
-        bin_ns: 1_000_000_000,
+        bin_ns: Some(1_000_000_000),
     }
 }
 

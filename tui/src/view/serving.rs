@@ -27,12 +27,13 @@ pub fn render(app: &App, frame: &mut Frame, area: Rect) {
     .areas(area);
     render_latencies(serving, frame, latency);
     render_rates(serving, frame, rates);
-    let title = match serving.tokens_per_s.iter().copied().max() {
-        Some(max) => format!(
+    let peak = serving.tokens_per_s.iter().copied().max();
+    let title = match (peak, serving.bin_ns) {
+        (Some(max), Some(bin_ns)) => format!(
             " output tokens per second over the run, bins of {} (peak {max}/s) ",
-            super::duration(serving.bin_ns.max(0) as u64)
+            super::duration(bin_ns)
         ),
-        None => " output tokens per second over the run: not in this report ".to_string(),
+        _ => " output tokens per second over the run: not in this report ".to_string(),
     };
     let spark = Sparkline::default()
         .data(&serving.tokens_per_s)
